@@ -1,0 +1,64 @@
+"""llmguard: production hardening for code that calls LLM APIs.
+
+Composable decorators and context managers that wrap any function you already
+have; see the README and ``DESIGN.md`` for what each promises.
+"""
+
+from ._context import current_call, remaining
+from ._describe import GuardInfo, describe
+from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
+from ._wrap import AsyncGuardedStream, GuardedStream, report_usage
+from .errors import (
+    AllFailed,
+    BudgetExceeded,
+    CircuitOpen,
+    GuardTimeout,
+    InputRejected,
+    LLMGuardError,
+    RateLimited,
+    StreamInterrupted,
+    ValidationFailed,
+)
+from .prices import Price, cost_of, set_price
+from .providers import classify, usage_from
+
+
+__all__ = [
+    "AllFailed",
+    "AsyncGuardedStream",
+    "Attempt",
+    "BudgetExceeded",
+    "CallRecord",
+    "CircuitOpen",
+    "ErrorKind",
+    "GuardInfo",
+    "GuardTimeout",
+    "GuardedStream",
+    "InputRejected",
+    "LLMGuardError",
+    "Outcome",
+    "Price",
+    "RateLimited",
+    "StreamInterrupted",
+    "Usage",
+    "ValidationFailed",
+    "__version__",
+    "classify",
+    "cost_of",
+    "current_call",
+    "describe",
+    "remaining",
+    "report_usage",
+    "set_price",
+    "usage_from",
+]
+
+
+def __getattr__(name: str) -> str:
+    # Read lazily, like stamina: importing llmguard must not parse metadata.
+    if name == "__version__":
+        from importlib.metadata import version  # noqa: PLC0415
+
+        return version("llmguard")
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -1,0 +1,51 @@
+"""The one clock every guard reads and sleeps through.
+
+Tests swap it for `llmguard.testing.FakeClock`, which makes every wait
+instant and every duration exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+
+class Clock:
+    """Real time: `time.monotonic`, `time.time`, `time.sleep`, `asyncio.sleep`."""
+
+    __slots__ = ()
+
+    def monotonic(self) -> float:
+        """Seconds on a monotonic clock (for deadlines and durations)."""
+        return time.monotonic()
+
+    def time(self) -> float:
+        """Wall-clock seconds since the epoch (for calendar windows, HTTP dates)."""
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        """Block the thread for *seconds*."""
+        if seconds > 0:
+            time.sleep(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        """Suspend the task for *seconds*."""
+        await asyncio.sleep(max(seconds, 0.0))
+
+
+SYSTEM_CLOCK = Clock()
+
+# Read through `get_clock()` / `clock()`; replaced by `llmguard.testing`.
+_active: Clock = SYSTEM_CLOCK
+
+
+def get_clock() -> Clock:
+    """The clock guards use now."""
+    return _active
+
+
+def set_clock(clock: Clock) -> Clock:
+    """Make *clock* the one guards use; returns the previous one."""
+    global _active  # noqa: PLW0603 - one process-wide clock is the point
+    previous, _active = _active, clock
+    return previous

@@ -1,0 +1,24 @@
+"""`describe`: the guards on a function, outermost first, with their settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._wrap import layers_of
+
+
+@dataclass(frozen=True, slots=True)
+class GuardInfo:
+    """One guard on a function: its name and its configuration."""
+
+    name: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def describe(fn: object) -> list[GuardInfo]:
+    """List the llmguard guards on *fn*, outermost first.
+
+    A function with no guards gives an empty list.
+    """
+    return [GuardInfo(layer.name, layer.settings()) for layer in layers_of(fn)]

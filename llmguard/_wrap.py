@@ -1,0 +1,1004 @@
+"""The one wrapping primitive every guard is built on.
+
+A guard is a `Layer`: an object with ``around(call)`` for code that runs in a
+thread and ``around_async(call)`` for code that runs on an event loop. `wrap`
+puts a layer around a function with wrapt (which handles binding to
+instances, classes, staticmethods and classmethods, and keeps ``__name__``,
+``__doc__``, ``__wrapped__``, the signature and ``iscoroutinefunction``), and
+turns every call shape into that one interface:
+
+========================  ==================  ============================
+wrapped function          layer method        ``call.proceed*()`` returns
+========================  ==================  ============================
+``def``                   ``around``          the value, or a `GuardedStream`
+                                              if the value is a stream
+``async def``             ``around_async``    same, `AsyncGuardedStream`
+generator function        ``around``          a `GuardedStream` (lazy)
+async generator function  ``around_async``    an `AsyncGuardedStream` (lazy)
+========================  ==================  ============================
+
+"A stream" is whatever the wrapped code hands back to be iterated: a
+generator, an anthropic or openai ``Stream``/``AsyncStream``, or a stream
+manager (``client.messages.stream(...)``). Streams are wrapped lazily (each
+chunk passes through as it arrives, nothing is buffered) and every guarded
+stream has **one idempotent finish hook** that runs exactly once whichever way
+the stream ends: exhaustion, an exception, ``close()``/``aclose()``,
+``__exit__``, ``GeneratorExit``, task cancellation, or garbage collection as a
+last resort. Layers register callbacks with `GuardedStream.on_finish`.
+
+Calling a guarded generator function runs nothing, as calling a generator
+function never does: the layers run when the first chunk is asked for.
+
+Each layer of one call shares one `CallRecord` (see `_context` for how it is
+handed from layer to layer); the innermost layer, the one that calls your
+function, opens an `Attempt` per real call and fills it from the result
+(usage, model, finish reason) through the provider adapters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import warnings
+
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar, cast
+
+import wrapt
+
+from . import providers, prices
+from ._clock import get_clock
+from ._context import _CURRENT, _HANDOFF
+from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
+
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+SYNC = "sync"
+ASYNC = "async"
+GEN = "generator"
+ASYNCGEN = "async generator"
+
+FinishHook = Callable[[Outcome, "BaseException | None"], None]
+
+# Argument names whose string content is the request's input, for estimates.
+_INPUT_PARAMS = ("system", "messages", "prompt", "input", "contents", "instructions")
+
+
+class Layer:
+    """One guard's behaviour around a call. Subclass it once per guard.
+
+    ``around`` and ``around_async`` must call ``call.proceed()`` /
+    ``await call.proceed_async()`` (zero or more times) and return what it
+    returned, or raise. A layer object may decorate many functions; what it
+    keeps per function it creates in `for_function`.
+    """
+
+    name: ClassVar[str] = "layer"
+
+    def settings(self) -> dict[str, Any]:
+        """The layer's configuration, for `describe`."""
+        return {}
+
+    def for_function(self, fn: Callable[..., Any], shape: str) -> Layer:  # noqa: ARG002
+        """The layer to use for *fn* (override to keep per-function state)."""
+        return self
+
+    def around(self, call: Call) -> Any:
+        """Run one call of a ``def`` or generator function."""
+        return call.proceed()
+
+    async def around_async(self, call: Call) -> Any:
+        """Run one call of an ``async def`` or async generator function."""
+        return await call.proceed_async()
+
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
+        """Decorate *fn* with this layer."""
+        return wrap(self, fn)
+
+
+class _FunctionInfo:
+    """What `wrap` learns once about a function, so calls don't redo it."""
+
+    __slots__ = (
+        "defaults",
+        "inner_is_guard",
+        "name",
+        "positions",
+        "self_offset",
+        "shape",
+        "signature",
+    )
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.shape = shape_of(fn)
+        self.name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+        self.inner_is_guard = layer_of(fn) is not None
+        try:
+            self.signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):
+            self.signature = None
+        params = list(self.signature.parameters.values()) if self.signature else []
+        self.positions = {
+            p.name: i
+            for i, p in enumerate(params)
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        }
+        self.defaults = {p.name: p.default for p in params if p.default is not p.empty}
+        # wrapt hands a bound method's arguments without self/cls.
+        self.self_offset = 1 if params and params[0].name in ("self", "cls") else 0
+
+
+class Call:
+    """One invocation of one layer: the arguments, the record, and the way on.
+
+    ``args`` and ``kwargs`` are what the caller passed (``self`` excluded for
+    methods; it is ``instance``). ``proceed`` calls the next layer, or the
+    function itself, possibly with other arguments (fallback's overrides).
+    """
+
+    __slots__ = ("args", "info", "instance", "kwargs", "layer", "owns_record", "record", "wrapped")
+
+    def __init__(
+        self,
+        layer: Layer,
+        info: _FunctionInfo,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.layer = layer
+        self.info = info
+        self.wrapped = wrapped
+        self.instance = instance
+        self.args = args
+        self.kwargs = kwargs
+        record = _HANDOFF.get()
+        if record is None:
+            self.owns_record = True
+            record = CallRecord(info.name, parent=_CURRENT.get())
+            record.started_at = get_clock().monotonic()
+            model = self.param("model")
+            record.request_model = model if isinstance(model, str) else None
+            record.stream = info.shape in (GEN, ASYNCGEN) or self.param("stream") is True
+        else:
+            self.owns_record = False
+            # Claimed: the user's function (and guarded calls inside it) must
+            # not see it. The outer layer's reset restores the variable.
+            _HANDOFF.set(None)
+        self.record = record
+
+    @property
+    def shape(self) -> str:
+        """`SYNC`, `ASYNC`, `GEN` or `ASYNCGEN`."""
+        return self.info.shape
+
+    @property
+    def function_name(self) -> str:
+        """The qualified name of the function being guarded."""
+        return self.info.name
+
+    def param(self, name: str, default: Any = None) -> Any:
+        """The argument passed for parameter *name* (keyword or positional)."""
+        if name in self.kwargs:
+            return self.kwargs[name]
+        pos = self.info.positions.get(name)
+        if pos is not None:
+            if self.instance is not None:
+                pos -= self.info.self_offset
+            if 0 <= pos < len(self.args):
+                return self.args[pos]
+        return self.info.defaults.get(name, default)
+
+    def bound_arguments(self) -> dict[str, Any]:
+        """All arguments by parameter name, defaults applied (self excluded)."""
+        sig = self.info.signature
+        if sig is None:
+            return {**{f"*{i}": a for i, a in enumerate(self.args)}, **self.kwargs}
+        args = self.args
+        if self.instance is not None and self.info.self_offset:
+            args = (self.instance, *args)
+        bound = sig.bind(*args, **self.kwargs)
+        bound.apply_defaults()
+        out = dict(bound.arguments)
+        if self.instance is not None and self.info.self_offset:
+            out.pop(next(iter(sig.parameters)), None)
+        return out
+
+    # -- going on to the next layer, or to the function ---------------------
+
+    def proceed(
+        self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        """Call what this layer wraps (sync and generator shapes)."""
+        a = self.args if args is None else args
+        k = self.kwargs if kwargs is None else kwargs
+        record = self.record
+        if self.info.inner_is_guard:
+            token = _HANDOFF.set(record)
+            try:
+                return self.wrapped(*a, **k)
+            finally:
+                _HANDOFF.reset(token)
+        attempt = _begin_attempt(record, k.get("model", self.param("model")))
+        if self.info.shape == GEN:
+            return GuardedStream(
+                source=self.wrapped(*a, **k), record=record, attempt=attempt, call=self
+            )
+        token = _CURRENT.set(record)
+        try:
+            result = self.wrapped(*a, **k)
+        except BaseException as exc:
+            _fail_attempt(attempt, exc)
+            raise
+        finally:
+            _CURRENT.reset(token)
+        return self._observe(attempt, result)
+
+    async def proceed_async(
+        self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        """Call what this layer wraps (async and async generator shapes)."""
+        a = self.args if args is None else args
+        k = self.kwargs if kwargs is None else kwargs
+        record = self.record
+        if self.info.inner_is_guard:
+            token = _HANDOFF.set(record)
+            try:
+                pending = self.wrapped(*a, **k)
+            finally:
+                _HANDOFF.reset(token)
+            return await pending if self.info.shape == ASYNC else pending
+        attempt = _begin_attempt(record, k.get("model", self.param("model")))
+        if self.info.shape == ASYNCGEN:
+            return AsyncGuardedStream(
+                source=self.wrapped(*a, **k), record=record, attempt=attempt, call=self
+            )
+        token = _CURRENT.set(record)
+        try:
+            result = await self.wrapped(*a, **k)
+        except BaseException as exc:
+            _fail_attempt(attempt, exc)
+            raise
+        finally:
+            _CURRENT.reset(token)
+        return self._observe(attempt, result)
+
+    def _observe(self, attempt: Attempt, result: Any) -> Any:
+        kind = stream_kind(result)
+        if kind is None:
+            _settle_attempt(attempt, providers.observe_result(result))
+            return result
+        self.record.stream = True
+        if kind == "manager":
+            return GuardedStream(manager=result, record=self.record, attempt=attempt, call=self)
+        if kind == "async manager":
+            return AsyncGuardedStream(manager=result, record=self.record, attempt=attempt, call=self)
+        if kind == "async":
+            return AsyncGuardedStream(source=result, record=self.record, attempt=attempt, call=self)
+        return GuardedStream(source=result, record=self.record, attempt=attempt, call=self)
+
+    def estimated_input_tokens(self) -> int:
+        """A conservative token estimate of the request's input arguments."""
+        parts = [str(v) for name in _INPUT_PARAMS if (v := self.param(name)) is not None]
+        return providers.estimate_tokens("".join(parts)) if parts else 0
+
+
+# -- attempts ----------------------------------------------------------------
+
+
+def _begin_attempt(record: CallRecord, model: Any) -> Attempt:
+    attempt = Attempt(
+        number=len(record.attempts) + 1,
+        model=model if isinstance(model, str) else record.request_model,
+        started_at=get_clock().monotonic(),
+    )
+    record.attempts.append(attempt)
+    return attempt
+
+
+def _settle_attempt(attempt: Attempt, facts: providers.ResultFacts | None) -> None:
+    if facts is not None:
+        if attempt.usage is None:  # what the user reported wins
+            attempt.usage = facts.usage
+        attempt.response_model = facts.model or attempt.response_model
+        attempt.provider = facts.provider or attempt.provider
+        attempt.response_id = facts.response_id
+        attempt.finish_reasons = facts.finish_reasons
+    _price(attempt)
+    attempt.outcome = Outcome.OK
+    attempt.ended_at = get_clock().monotonic()
+
+
+def _price(attempt: Attempt) -> None:
+    if attempt.usage is not None and attempt.cost_usd is None:
+        attempt.cost_usd = prices.cost_of(
+            attempt.usage, attempt.response_model or attempt.model, attempt.provider
+        )
+
+
+def _fail_attempt(attempt: Attempt, exc: BaseException) -> None:
+    attempt.outcome = outcome_of(exc)
+    attempt.error = exc
+    attempt.error_kind = error_kind_of(exc)
+    attempt.ended_at = get_clock().monotonic()
+    _price(attempt)
+
+
+def outcome_of(exc: BaseException | None) -> Outcome:
+    """The `Outcome` an exception ends a call with."""
+    if exc is None:
+        return Outcome.OK
+    if isinstance(exc, asyncio.CancelledError):
+        return Outcome.CANCELLED
+    if isinstance(exc, GeneratorExit):
+        return Outcome.CLOSED
+    return Outcome.ERROR
+
+
+def error_kind_of(exc: BaseException) -> ErrorKind | None:
+    """The provider-aware kind of *exc* (None for cancellation and close)."""
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt, SystemExit)):
+        return None
+    return providers.classify(exc).kind
+
+
+def report_usage(
+    *,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    cache_read_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    reasoning_tokens: int = 0,
+    model: str | None = None,
+    provider: str | None = None,
+    estimated: bool = False,
+) -> bool:
+    """Report usage from inside a guarded call made with any client.
+
+    For code that calls something llmguard cannot read (raw HTTP, another
+    SDK): call it inside the guarded function and every guard (budget,
+    trace) sees the numbers as if the provider's response had carried them.
+    ``input_tokens`` is the total input, cache reads and writes included.
+    Reporting twice in one attempt adds up. Returns False (and records
+    nothing) when no guarded call is running.
+    """
+    for name, value in (
+        ("input_tokens", input_tokens),
+        ("output_tokens", output_tokens),
+        ("cache_read_tokens", cache_read_tokens),
+        ("cache_write_tokens", cache_write_tokens),
+        ("reasoning_tokens", reasoning_tokens),
+    ):
+        if not isinstance(value, int) or value < 0:
+            msg = f"report_usage({name}=...) must be an int >= 0, got {value!r}"
+            raise ValueError(msg)
+    record = _CURRENT.get()
+    if record is None or not record.attempts:
+        return False
+    attempt = record.attempts[-1]
+    usage = Usage(
+        input_tokens,
+        output_tokens,
+        cache_read_tokens,
+        cache_write_tokens,
+        reasoning_tokens,
+        estimated,
+    )
+    attempt.usage = usage if attempt.usage is None else attempt.usage + usage
+    attempt.cost_usd = None  # re-priced when the attempt settles
+    if model:
+        attempt.response_model = model
+    if provider:
+        attempt.provider = provider
+    return True
+
+
+# -- shapes ------------------------------------------------------------------
+
+
+def shape_of(fn: Callable[..., Any]) -> str:
+    """The call shape of *fn*: `SYNC`, `ASYNC`, `GEN` or `ASYNCGEN`."""
+    target = fn.__func__ if isinstance(fn, (staticmethod, classmethod)) else fn
+    if inspect.isasyncgenfunction(target):
+        return ASYNCGEN
+    if inspect.isgeneratorfunction(target):
+        return GEN
+    if inspect.iscoroutinefunction(target):
+        return ASYNC
+    call = getattr(type(target), "__call__", None)
+    if not inspect.isfunction(target) and call is not None:
+        if inspect.iscoroutinefunction(call):
+            return ASYNC
+        if inspect.isasyncgenfunction(call):
+            return ASYNCGEN
+        if inspect.isgeneratorfunction(call):
+            return GEN
+    return SYNC
+
+
+_STREAM_TYPES: dict[type, str | None] = {}
+
+# (module, class name, kind) of the SDKs' stream objects, resolved lazily so
+# that no SDK is imported unless the user's code already returned one of its
+# objects.
+_SDK_STREAMS = (
+    ("anthropic", "Stream", "sync"),
+    ("anthropic", "AsyncStream", "async"),
+    ("anthropic.lib.streaming", "MessageStreamManager", "manager"),
+    ("anthropic.lib.streaming", "AsyncMessageStreamManager", "async manager"),
+    ("anthropic.lib.streaming", "MessageStream", "sync"),
+    ("anthropic.lib.streaming", "AsyncMessageStream", "async"),
+    ("openai", "Stream", "sync"),
+    ("openai", "AsyncStream", "async"),
+    ("openai.lib.streaming.chat", "ChatCompletionStreamManager", "manager"),
+    ("openai.lib.streaming.chat", "AsyncChatCompletionStreamManager", "async manager"),
+    ("openai.lib.streaming.responses", "ResponseStreamManager", "manager"),
+    ("openai.lib.streaming.responses", "AsyncResponseStreamManager", "async manager"),
+)
+
+
+def stream_kind(result: object) -> str | None:
+    """``"sync"``, ``"async"``, ``"manager"``, ``"async manager"`` for a stream, else None."""
+    tp = type(result)
+    try:
+        return _STREAM_TYPES[tp]
+    except KeyError:
+        pass
+    kind: str | None = None
+    if isinstance(result, (GuardedStream, AsyncGuardedStream)):
+        kind = None  # already guarded; never wrap twice
+    elif inspect.isgenerator(result):
+        kind = "sync"
+    elif inspect.isasyncgen(result):
+        kind = "async"
+    else:
+        module = tp.__module__.partition(".")[0]
+        if module in ("anthropic", "openai"):
+            import importlib  # noqa: PLC0415 - only once the SDK is in use
+
+            for mod, cls_name, k in _SDK_STREAMS:
+                if not mod.startswith(module):
+                    continue
+                try:
+                    cls = getattr(importlib.import_module(mod), cls_name)
+                except (ImportError, AttributeError):
+                    continue
+                if isinstance(result, cls):
+                    kind = k
+                    break
+    _STREAM_TYPES[tp] = kind
+    return kind
+
+
+# -- streams -----------------------------------------------------------------
+
+
+class _StreamBase:
+    """What sync and async guarded streams share: state and the finish hook."""
+
+    __slots__ = (
+        "__weakref__",
+        "_acc",
+        "_attempt",
+        "_buffer",
+        "_call",
+        "_chunk_hooks",
+        "_finish_hooks",
+        "_finished",
+        "_is_managed",
+        "_it",
+        "_manager",
+        "_record",
+        "_source",
+        "_start",
+        "delivered",
+        "outcome",
+    )
+
+    def __init__(
+        self,
+        *,
+        source: Any = None,
+        start: Callable[[], Any] | None = None,
+        manager: Any = None,
+        record: CallRecord,
+        attempt: Attempt | None = None,
+        call: Call | None = None,
+    ) -> None:
+        self._source = source  # the iterable (SDK stream, generator, guarded stream)
+        self._start = start  # lazily produces the source (layers not run yet)
+        self._manager = manager  # an SDK stream manager, entered on first use
+        self._is_managed = manager is not None
+        self._record = record
+        self._attempt = attempt  # set on the innermost stream only
+        self._call = call
+        self._acc = providers.StreamAccumulator() if attempt is not None else None
+        self._it: Any = None
+        self._buffer: deque[Any] = deque()
+        self._chunk_hooks: list[Callable[[Any], None]] = []
+        self._finish_hooks: list[FinishHook] = []
+        self._finished = False
+        self.delivered = 0  # chunks handed to the caller
+        self.outcome: Outcome = Outcome.PENDING
+
+    @property
+    def record(self) -> CallRecord:
+        """The call record of the call that produced this stream."""
+        return self._record
+
+    @property
+    def finished(self) -> bool:
+        """Whether the stream has ended (and its finish hooks have run)."""
+        return self._finished
+
+    @property
+    def text(self) -> str:
+        """The text seen so far (from the innermost stream's accumulator)."""
+        inner = self._innermost()
+        return inner._acc.text if inner._acc is not None else ""
+
+    @property
+    def usage(self) -> Usage | None:
+        """The usage reported so far (None until the provider says)."""
+        inner = self._innermost()
+        return inner._acc.usage if inner._acc is not None else None
+
+    def _innermost(self) -> _StreamBase:
+        node: _StreamBase = self
+        while isinstance(node._source, _StreamBase):
+            node = node._source
+        return node
+
+    def on_chunk(self, hook: Callable[[Any], None]) -> None:
+        """Call *hook(chunk)* for each chunk as it passes to the caller."""
+        self._chunk_hooks.append(hook)
+
+    def on_finish(self, hook: FinishHook) -> None:
+        """Call *hook(outcome, exc)* once, when the stream ends in any way.
+
+        If it has already ended, *hook* runs now.
+        """
+        if self._finished:
+            hook(self.outcome, None)
+        else:
+            self._finish_hooks.append(hook)
+
+    def _ended_outcome(self, exc: BaseException | None) -> Outcome:
+        """How a stream ended early by the caller (close, with-exit) ended."""
+        if exc is not None:
+            return outcome_of(exc)
+        inner = self._innermost()
+        if inner._is_managed and inner._acc is not None and inner._source is not None:
+            # Read to the end through the manager's own helpers: completed.
+            inner._acc.finish_from(inner._source)
+            if inner._acc.finish_reasons:
+                return Outcome.OK
+        return Outcome.CLOSED
+
+    def _observe_chunk(self, chunk: Any) -> None:
+        attempt = self._attempt
+        if attempt is not None:
+            if attempt.first_chunk_at is None:
+                attempt.first_chunk_at = get_clock().monotonic()
+            attempt.chunks += 1
+            self._acc.feed(chunk)  # type: ignore[union-attr]
+        for hook in self._chunk_hooks:
+            hook(chunk)
+
+    def _finish(self, outcome: Outcome, exc: BaseException | None) -> None:
+        """Run the finish hooks, once, innermost stream first."""
+        if self._finished:
+            return
+        self._finished = True
+        self.outcome = outcome
+        source = self._source
+        if isinstance(source, _StreamBase):
+            source._finish(outcome, exc)
+        if self._attempt is not None:
+            self._settle(outcome, exc)
+        hooks, self._finish_hooks = self._finish_hooks, []
+        for hook in hooks:
+            try:
+                hook(outcome, exc)
+            except Exception as hook_exc:  # noqa: BLE001 - a guard's bug must not mask the stream's end
+                warnings.warn(
+                    f"llmguard: a stream finish hook failed: {hook_exc!r}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+
+    def _settle(self, outcome: Outcome, exc: BaseException | None) -> None:
+        attempt = self._attempt
+        acc = self._acc
+        assert attempt is not None and acc is not None  # noqa: S101 - innermost only
+        if outcome is Outcome.OK or self._is_managed:
+            # A manager's stream may have been read through its own helpers
+            # (``text_stream``), which we don't see: its snapshot has the facts.
+            acc.finish_from(self._source)
+        attempt.text = acc.text
+        attempt.response_model = acc.model or attempt.response_model
+        attempt.provider = acc.provider or attempt.provider
+        attempt.response_id = acc.response_id or attempt.response_id
+        attempt.finish_reasons = acc.finish_reasons or attempt.finish_reasons
+        if attempt.usage is None:  # what the user reported wins
+            attempt.usage = self._usage_for(outcome, acc)
+        attempt.outcome = outcome
+        if exc is not None:
+            attempt.error = exc
+            attempt.error_kind = error_kind_of(exc)
+        attempt.ended_at = get_clock().monotonic()
+        _price(attempt)
+
+    def _usage_for(self, outcome: Outcome, acc: providers.StreamAccumulator) -> Usage | None:
+        """Measured usage if the stream completed with it; else an estimate.
+
+        Never zero for a stream that produced output: an interrupted stream
+        keeps the input the provider confirmed and the larger of the output
+        it reported and an estimate from the text seen, flagged estimated.
+        """
+        measured = acc.usage
+        if outcome is Outcome.OK and measured is not None:
+            return measured
+        out_est = providers.estimate_tokens(acc.text)
+        if measured is not None:
+            return Usage(
+                measured.input_tokens,
+                max(measured.output_tokens, out_est),
+                measured.cache_read_tokens,
+                measured.cache_write_tokens,
+                measured.reasoning_tokens,
+                estimated=True,
+            )
+        if acc.chunks == 0 and outcome is not Outcome.OK:
+            return None  # nothing came back; nothing to estimate from
+        in_est = self._call.estimated_input_tokens() if self._call is not None else 0
+        return Usage(in_est, out_est, estimated=True)
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (``.response``, ``get_final_message()``,
+        # ``text_stream``...) is the underlying SDK object's.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        source = object.__getattribute__(self, "_source")
+        if source is None:
+            msg = f"{type(self).__name__!r} has no attribute {name!r} before the stream starts"
+            raise AttributeError(msg)
+        return getattr(source, name)
+
+    def __del__(self) -> None:
+        # Last resort: the caller dropped the stream without finishing it.
+        try:
+            if not self._finished and (self._it is not None or self._manager is not None):
+                self._finish(Outcome.ABANDONED, None)
+        except Exception:  # noqa: BLE001, S110 - nothing may escape __del__
+            pass
+
+
+class GuardedStream(_StreamBase):
+    """A sync stream passed through llmguard's guards, chunk by chunk.
+
+    Iterate it like the stream your function returned; other attributes
+    (``.response``, ``get_final_message()``...) are the underlying stream's.
+    ``close()`` or a ``with`` block ends it early.
+    """
+
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        if self._buffer:
+            self.delivered += 1
+            return self._buffer.popleft()
+        chunk = self._pull()
+        self.delivered += 1
+        return chunk
+
+    def prime(self) -> bool:
+        """Fetch the first chunk now (to see early failures); False if empty."""
+        if self._buffer or self.delivered:
+            return True
+        try:
+            self._buffer.append(self._pull())
+        except StopIteration:
+            return False
+        return True
+
+    def _open(self) -> Any:
+        try:
+            if self._start is not None:
+                start, self._start = self._start, None
+                self._source = start()
+            if self._manager is not None:
+                self._source = self._manager.__enter__()
+            source = self._source
+            self._it = source if isinstance(source, _StreamBase) else iter(source)
+        except BaseException as exc:
+            self._finish(outcome_of(exc), exc)
+            raise
+        return self._it
+
+    def _pull(self) -> Any:
+        if self._finished:
+            raise StopIteration
+        it = self._it if self._it is not None else self._open()
+        try:
+            if self._attempt is not None:
+                token = _CURRENT.set(self._record)
+                try:
+                    chunk = next(it)
+                finally:
+                    _CURRENT.reset(token)
+            else:
+                chunk = next(it)
+        except StopIteration:
+            self._close_manager(None)
+            self._finish(Outcome.OK, None)
+            raise
+        except BaseException as exc:
+            self._close_manager(exc)
+            self._finish(outcome_of(exc), exc)
+            raise
+        self._observe_chunk(chunk)
+        return chunk
+
+    def _close_manager(self, exc: BaseException | None) -> None:
+        manager, self._manager = self._manager, None
+        if manager is not None and self._source is not None:
+            manager.__exit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
+
+    def close(self) -> None:
+        """Stop the stream now; the underlying stream is closed too."""
+        self._end(None)
+
+    def _end(self, exc: BaseException | None) -> None:
+        if self._finished:
+            return
+        try:
+            if self._manager is not None:
+                self._close_manager(exc)
+            elif self._source is not None and (closer := getattr(self._source, "close", None)):
+                closer()
+        finally:
+            self._finish(self._ended_outcome(exc), exc)
+
+    def __enter__(self) -> GuardedStream:
+        if self._it is None:
+            self._open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._end(exc_info[1] if isinstance(exc_info[1], BaseException) else None)
+
+
+class AsyncGuardedStream(_StreamBase):
+    """An async stream passed through llmguard's guards, chunk by chunk.
+
+    ``async for`` over it; ``await s.aclose()`` (or ``await s.close()``, as
+    the SDKs spell it) or ``async with`` ends it early.
+    """
+
+    __slots__ = ()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._buffer:
+            self.delivered += 1
+            return self._buffer.popleft()
+        chunk = await self._pull()
+        self.delivered += 1
+        return chunk
+
+    async def prime(self) -> bool:
+        """Fetch the first chunk now (to see early failures); False if empty."""
+        if self._buffer or self.delivered:
+            return True
+        try:
+            self._buffer.append(await self._pull())
+        except StopAsyncIteration:
+            return False
+        return True
+
+    async def _open(self) -> Any:
+        try:
+            if self._start is not None:
+                start, self._start = self._start, None
+                self._source = await cast("Awaitable[Any]", start())
+            if self._manager is not None:
+                self._source = await self._manager.__aenter__()
+            source = self._source
+            self._it = source if isinstance(source, _StreamBase) else source.__aiter__()
+        except BaseException as exc:
+            self._finish(outcome_of(exc), exc)
+            raise
+        return self._it
+
+    async def _pull(self) -> Any:
+        if self._finished:
+            raise StopAsyncIteration
+        it = self._it if self._it is not None else await self._open()
+        try:
+            if self._attempt is not None:
+                token = _CURRENT.set(self._record)
+                try:
+                    chunk = await it.__anext__()
+                finally:
+                    _CURRENT.reset(token)
+            else:
+                chunk = await it.__anext__()
+        except StopAsyncIteration:
+            await self._close_manager(None)
+            self._finish(Outcome.OK, None)
+            raise
+        except BaseException as exc:
+            try:
+                await self._close_manager(exc)
+            finally:
+                self._finish(outcome_of(exc), exc)
+            raise
+        self._observe_chunk(chunk)
+        return chunk
+
+    async def _close_manager(self, exc: BaseException | None) -> None:
+        manager, self._manager = self._manager, None
+        if manager is not None and self._source is not None:
+            await manager.__aexit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
+
+    async def aclose(self) -> None:
+        """Stop the stream now; the underlying stream is closed too."""
+        await self._end(None)
+
+    close = aclose  # the SDKs' AsyncStream spells it close()
+
+    async def _end(self, exc: BaseException | None) -> None:
+        if self._finished:
+            return
+        try:
+            if self._manager is not None:
+                await self._close_manager(exc)
+            elif self._source is not None:
+                source = self._source
+                closer = getattr(source, "aclose", None) or getattr(source, "close", None)
+                if closer is not None:
+                    result = closer()
+                    if inspect.isawaitable(result):
+                        await result
+        finally:
+            self._finish(self._ended_outcome(exc), exc)
+
+    async def __aenter__(self) -> AsyncGuardedStream:
+        if self._it is None:
+            await self._open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._end(exc_info[1] if isinstance(exc_info[1], BaseException) else None)
+
+
+# -- wrapping ----------------------------------------------------------------
+
+
+def layer_of(fn: object) -> Layer | None:
+    """The llmguard layer *fn* is wrapped in, or None if it is not guarded."""
+    wrapper = getattr(fn, "_self_wrapper", None)
+    return getattr(wrapper, "_llmguard_layer", None)
+
+
+def layers_of(fn: object) -> list[Layer]:
+    """Every llmguard layer around *fn*, outermost first."""
+    out: list[Layer] = []
+    node: object = fn
+    while True:
+        if isinstance(node, (staticmethod, classmethod)):
+            node = node.__func__
+        layer = layer_of(node)
+        if layer is not None:
+            out.append(layer)
+        nxt = getattr(node, "__wrapped__", None)
+        if nxt is None or nxt is node:
+            return out
+        node = nxt
+
+
+def _end_record(record: CallRecord, exc: BaseException | None) -> None:
+    record.outcome = outcome_of(exc)
+    if exc is not None and record.error_kind is None:
+        record.error_kind = error_kind_of(exc)
+    record.ended_at = get_clock().monotonic()
+
+
+def _end_record_hook(record: CallRecord) -> FinishHook:
+    def hook(outcome: Outcome, exc: BaseException | None) -> None:
+        record.outcome = outcome
+        if exc is not None and record.error_kind is None:
+            record.error_kind = error_kind_of(exc)
+        record.ended_at = get_clock().monotonic()
+
+    return hook
+
+
+def _end_with_result(record: CallRecord, result: Any) -> Any:
+    if isinstance(result, _StreamBase):
+        result.on_finish(_end_record_hook(record))
+    else:
+        _end_record(record, None)
+    return result
+
+
+def wrap(layer: Layer, fn: Callable[P, R]) -> Callable[P, R]:
+    """Put *layer* around *fn*, for every call shape; see the module docs."""
+    if isinstance(fn, (staticmethod, classmethod)):
+        # Wrap the function and re-apply the descriptor, so `cls` arrives
+        # as an ordinary first argument and binding stays Python's.
+        inner = wrap(layer, fn.__func__)
+        return cast("Callable[P, R]", type(fn)(inner))
+    if not callable(cast("object", fn)):
+        msg = (
+            f"llmguard.{layer.name}() can only decorate a callable, "
+            f"got {type(fn).__name__}: {fn!r}"
+        )
+        raise TypeError(msg)
+    info = _FunctionInfo(fn)
+    layer = layer.for_function(fn, info.shape)
+    shape = info.shape
+
+    if shape == SYNC:
+
+        def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            call = Call(layer, info, wrapped, instance, args, kwargs)
+            if not call.owns_record:
+                return layer.around(call)
+            try:
+                result = layer.around(call)
+            except BaseException as exc:
+                _end_record(call.record, exc)
+                raise
+            return _end_with_result(call.record, result)
+
+    elif shape == ASYNC:
+
+        async def run_async(call: Call) -> Any:
+            try:
+                result = await layer.around_async(call)
+            except BaseException as exc:
+                _end_record(call.record, exc)
+                raise
+            return _end_with_result(call.record, result)
+
+        def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            call = Call(layer, info, wrapped, instance, args, kwargs)
+            if not call.owns_record:
+                return layer.around_async(call)
+            return run_async(call)
+
+    elif shape == GEN:
+
+        def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            call = Call(layer, info, wrapped, instance, args, kwargs)
+            stream = GuardedStream(start=lambda: layer.around(call), record=call.record)
+            if call.owns_record:
+                stream.on_finish(_end_record_hook(call.record))
+            return stream
+
+    else:
+
+        def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+            call = Call(layer, info, wrapped, instance, args, kwargs)
+            stream = AsyncGuardedStream(start=lambda: layer.around_async(call), record=call.record)
+            if call.owns_record:
+                stream.on_finish(_end_record_hook(call.record))
+            return stream
+
+    wrapper._llmguard_layer = layer  # type: ignore[attr-defined]
+    return cast("Callable[P, R]", wrapt.FunctionWrapper(fn, wrapper))

@@ -1,0 +1,123 @@
+"""Exceptions raised by llmguard.
+
+Every exception llmguard raises itself derives from `LLMGuardError`; errors
+raised by the function you wrap (``anthropic.RateLimitError`` and friends)
+pass through unchanged, so the ``except`` clauses you already have keep
+working.
+
+::
+
+    LLMGuardError
+    ├── BudgetExceeded
+    ├── GuardTimeout (also a TimeoutError)
+    ├── RateLimited
+    ├── CircuitOpen
+    ├── AllFailed (also an ExceptionGroup)
+    ├── ValidationFailed
+    ├── InputRejected
+    └── StreamInterrupted
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._record import Usage
+
+
+class LLMGuardError(Exception):
+    """Base class of every exception llmguard raises itself."""
+
+
+class BudgetExceeded(LLMGuardError):
+    """A call would not fit in a budget; it was refused before it was sent."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        scope: str = "",
+        limit: float = 0.0,
+        spent: float = 0.0,
+        reserved: float = 0.0,
+        requested: float = 0.0,
+        unit: str = "usd",
+    ) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.limit = limit
+        self.spent = spent
+        self.reserved = reserved
+        self.requested = requested
+        self.unit = unit
+
+
+class GuardTimeout(LLMGuardError, TimeoutError):
+    """A deadline passed: ``total``, ``first_token`` or ``idle`` (see `limit`)."""
+
+    def __init__(self, message: str, *, limit: str = "total", seconds: float = 0.0) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.seconds = seconds
+
+
+class RateLimited(LLMGuardError):
+    """A local rate limit could not admit the call within ``max_wait``."""
+
+
+class CircuitOpen(LLMGuardError):
+    """The circuit breaker for a target is open; the call was not made."""
+
+    def __init__(self, message: str, *, target: str = "", retry_in: float | None = None) -> None:
+        super().__init__(message)
+        self.target = target
+        self.retry_in = retry_in
+
+
+class AllFailed(LLMGuardError, ExceptionGroup[Exception]):  # type: ignore[misc]
+    """Every fallback target failed; holds each target's error in order."""
+
+    def __new__(cls, message: str, exceptions: Sequence[Exception]) -> AllFailed:
+        return super().__new__(cls, message, exceptions)
+
+    def derive(self, excs: Sequence[Exception]) -> AllFailed:
+        return AllFailed(self.message, excs)
+
+
+class ValidationFailed(LLMGuardError):
+    """The output never validated, even after the re-asks."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        raw: Any = None,
+        errors: Any = None,
+        attempts: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.raw = raw
+        self.errors = errors
+        self.attempts = attempts
+
+
+class InputRejected(LLMGuardError):
+    """The input was rejected before any call (too long, prompt injection)."""
+
+
+class StreamInterrupted(LLMGuardError):
+    """A stream failed after chunks had reached the caller.
+
+    Nothing is replayed: `text` is what the caller already received and
+    `usage` what the provider reported (or llmguard estimated) so far. The
+    underlying error is ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, text: str = "", usage: Usage | None = None) -> None:
+        super().__init__(message)
+        self.text = text
+        self.usage = usage

@@ -1,0 +1,447 @@
+"""Read provider objects without depending on the providers' SDKs.
+
+Guards need a handful of facts from whatever the wrapped function returned
+or raised: the model, the token usage, the response id, why generation
+stopped, the text (for estimates), and for errors what *kind* of failure it
+was and how long the server asked us to wait. This package extracts them
+from the anthropic, openai and google-genai SDK objects, from dicts of the
+same shapes (a ``json.loads`` of a raw HTTP body) and, as far as sensible,
+from duck-typed look-alikes.
+
+Design constraints, because this runs on every guarded call and chunk:
+
+* **No SDK import.** Importing ``llmguard.providers`` imports no SDK, and
+  recognising an object never imports one either: classes are recognised
+  by name, module and MRO. An SDK that is not installed costs nothing.
+* **Type-dispatch caches.** `observe_result`, `StreamAccumulator.feed`,
+  `classify` and `provider_of` look ``type(obj)`` up in a dict of
+  type -> handler, filled on first sight (unrecognised types are cached as
+  None), so the common case is one dict lookup plus the attribute reads.
+* **Never raise.** These functions observe; a malformed or unexpected object
+  yields None / UNKNOWN instead of breaking the user's call.
+
+Usage convention (see `llmguard._record.Usage`): ``input_tokens`` is the
+*total* input, cache reads and writes included, as genai-prices counts it.
+"""
+
+from __future__ import annotations
+
+import types
+
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+from .._record import ErrorKind, Usage
+from ..errors import LLMGuardError
+from . import _anthropic, _google, _openai
+from ._generic import (
+    DictView,
+    ErrorInfo,
+    ResultFacts,
+    classify_generic_status,
+    declares,
+    duck_usage,
+    httpx_classifier,
+    message_of,
+    observe_dict,
+    resolve_duck_result,
+    simple,
+)
+from ._headers import retry_after, should_retry_header
+
+
+__all__ = [
+    "ErrorInfo",
+    "ResultFacts",
+    "StreamAccumulator",
+    "classify",
+    "estimate_tokens",
+    "observe_result",
+    "provider_of",
+    "retry_after",
+    "should_retry_header",
+    "usage_from",
+]
+
+_MISS: Any = object()
+# Caches are keyed by type; a process sees a bounded set of types, but
+# dynamically created classes could grow them, so they are reset past this.
+_CACHE_LIMIT = 4096
+
+# Types that are never provider objects: answered without any MRO walk.
+_PLAIN: frozenset[type] = frozenset(
+    {str, bytes, bytearray, int, float, bool, complex, type(None), list, tuple, set, frozenset}
+)
+
+
+def _sdk_of(cls: type) -> str | None:
+    """Which SDK package (or http client) defines *cls* or its nearest SDK base."""
+    for klass in cls.__mro__:
+        module = getattr(klass, "__module__", None) or ""
+        root = module.split(".", 1)[0]
+        if root in ("anthropic", "openai", "httpx", "httpx2"):
+            return root
+        if module.startswith(("google.genai", "google.generativeai")):
+            return "google"
+    return None
+
+
+# ------------------------------------------------------------------ provider_of
+
+_PROVIDER_CACHE: dict[type, str | None] = {}
+
+
+def provider_of(obj: object) -> str | None:
+    """``"anthropic"``, ``"openai"``, ``"google"`` or None, from *obj*'s module.
+
+    Works for SDK results, exceptions, clients, classes and bound methods
+    (``client.messages.create``) and partials of them.
+    """
+    for _ in range(4):  # unwrap bound methods / partials (bounded)
+        if isinstance(obj, types.MethodType):
+            obj = obj.__self__
+        elif isinstance(obj, partial):
+            obj = obj.func
+        else:
+            break
+    cls = obj if isinstance(obj, type) else type(obj)
+    found = _PROVIDER_CACHE.get(cls, _MISS)
+    if found is _MISS:
+        sdk = _sdk_of(cls)
+        found = sdk if sdk in ("anthropic", "openai", "google") else None
+        if len(_PROVIDER_CACHE) > _CACHE_LIMIT:
+            _PROVIDER_CACHE.clear()
+        _PROVIDER_CACHE[cls] = found
+    return found  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- observe_result
+
+_Extractor = Callable[[Any], "ResultFacts | None"]
+_RESULT_CACHE: dict[type, _Extractor | None] = {}
+
+
+def _observe_mapping(d: Any) -> ResultFacts | None:
+    return observe_dict(d)
+
+
+def _resolve_result(cls: type) -> _Extractor | None:
+    if cls in _PLAIN or issubclass(cls, BaseException):
+        return None
+    if issubclass(cls, Mapping):
+        return _observe_mapping
+    sdk = _sdk_of(cls)
+    if sdk == "anthropic":
+        return _anthropic.resolve_result(cls)
+    if sdk == "openai":
+        return _openai.resolve_result(cls)
+    if sdk == "google":
+        return _google.resolve_result(cls)
+    return resolve_duck_result(cls)
+
+
+def observe_result(result: object) -> ResultFacts | None:
+    """The facts in a provider result, or None when *result* is not one.
+
+    Recognises anthropic ``Message``/``BetaMessage``/``ParsedMessage``,
+    openai ``ChatCompletion`` (+ parsed), Responses ``Response`` (+ parsed),
+    ``CreateEmbeddingResponse``, google ``GenerateContentResponse``, sync
+    ``with_raw_response`` wrappers whose body is already read, dicts of those
+    shapes, and foreign objects declaring a ``usage`` field. Never raises.
+    """
+    cls = type(result)
+    extractor = _RESULT_CACHE.get(cls, _MISS)
+    if extractor is _MISS:
+        try:
+            extractor = _resolve_result(cls)
+        except Exception:
+            extractor = None
+        if len(_RESULT_CACHE) > _CACHE_LIMIT:
+            _RESULT_CACHE.clear()
+        _RESULT_CACHE[cls] = extractor
+    if extractor is None:
+        return None
+    try:
+        return extractor(result)  # type: ignore[no-any-return]
+    except Exception:
+        return None
+
+
+def usage_from(obj: object) -> Usage | None:
+    """The normalised `Usage` of a provider result (or of a bare usage object/dict)."""
+    facts = observe_result(obj)
+    if facts is not None:
+        return facts.usage
+    try:
+        if isinstance(obj, Mapping):
+            return duck_usage(DictView(obj))
+        if type(obj) not in _PLAIN and declares(type(obj), "input_tokens", "prompt_tokens", "prompt_token_count"):
+            return duck_usage(obj)
+    except Exception:
+        return None
+    return None
+
+
+# -------------------------------------------------------------- StreamAccumulator
+
+_Feeder = Callable[["StreamAccumulator", Any], None]
+_FEED_CACHE: dict[type, _Feeder | None] = {}
+
+
+def _feed_str(acc: StreamAccumulator, chunk: Any) -> None:
+    if chunk:
+        acc._parts.append(chunk)
+
+
+def _feed_typed_event(acc: StreamAccumulator, ev: Any) -> None:
+    """An event object of unknown origin with a ``type``: route by the type string."""
+    kind = ev.type
+    if kind in _anthropic.EVENT_TYPES:
+        _anthropic.feed_event(acc, ev)
+    elif kind in _openai.EVENT_TYPES:
+        _openai.feed_event(acc, ev)
+
+
+def _feed_dict(acc: StreamAccumulator, d: Any) -> None:
+    kind = d.get("type")
+    if isinstance(kind, str):
+        if kind in _anthropic.EVENT_TYPES:
+            _anthropic.feed_event(acc, DictView(d))
+        elif kind in _openai.EVENT_TYPES:
+            _openai.feed_event(acc, DictView(d))
+        return
+    if d.get("object") == "chat.completion.chunk" or "choices" in d:
+        _openai.feed_chat_chunk(acc, DictView(d))
+    elif "candidates" in d or "usageMetadata" in d or "usage_metadata" in d:
+        _google.feed_chunk(acc, DictView(d))
+
+
+def _resolve_feeder(cls: type) -> _Feeder | None:
+    if cls is str:
+        return _feed_str
+    if cls in _PLAIN:
+        return None
+    if issubclass(cls, Mapping):
+        return _feed_dict
+    if issubclass(cls, str):
+        return _feed_str
+    sdk = _sdk_of(cls)
+    if sdk == "anthropic":
+        return _anthropic.resolve_chunk(cls)
+    if sdk == "openai":
+        return _openai.resolve_chunk(cls)
+    if sdk == "google":
+        return _google.resolve_chunk(cls)
+    if declares(cls, "choices"):
+        return _openai.feed_chat_chunk
+    if declares(cls, "candidates", "usage_metadata"):
+        return _google.feed_chunk
+    if declares(cls, "type"):
+        return _feed_typed_event
+    return None
+
+
+class StreamAccumulator:
+    """Collects the facts of a stream, one chunk at a time.
+
+    Feed it every item the stream yields: anthropic raw events or
+    ``MessageStream`` events, openai ``ChatCompletionChunk``s (usage arrives
+    on the last one with ``include_usage``), ``ChatCompletionStream`` events,
+    Responses stream events, google ``GenerateContentResponse`` chunks, plain
+    ``str`` chunks, or dicts of those shapes. Unknown chunks are ignored and
+    a malformed one never raises. Then call `finish_from` with the stream
+    object for SDK stream helpers that accumulate themselves.
+    """
+
+    __slots__ = (
+        "_anthropic_usage",
+        "_parts",
+        "_pending",
+        "chunks",
+        "finish_reasons",
+        "model",
+        "provider",
+        "response_id",
+        "usage",
+    )
+
+    def __init__(self) -> None:
+        self.provider: str | None = None
+        self.model: str | None = None
+        self.usage: Usage | None = None
+        self.response_id: str | None = None
+        self.finish_reasons: tuple[str, ...] = ()
+        self.chunks = 0
+        self._parts: list[str] = []
+        # Text of the last anthropic text_delta: MessageStream echoes it as a
+        # `text` event, which must not be counted twice.
+        self._pending: str | None = None
+        # Anthropic raw counts [input, output, cache_read, cache_write, thinking],
+        # so a message_delta can override just the fields it carries.
+        self._anthropic_usage: list[int] | None = None
+
+    @property
+    def text(self) -> str:
+        """All text seen so far, concatenated."""
+        parts = self._parts
+        if not parts:
+            return ""
+        if len(parts) > 1:
+            parts[:] = ["".join(parts)]  # compact, so repeated reads stay cheap
+        return parts[0]
+
+    def feed(self, chunk: object) -> None:
+        """Fold one stream item into the facts."""
+        self.chunks += 1
+        cls = type(chunk)
+        feeder = _FEED_CACHE.get(cls, _MISS)
+        if feeder is _MISS:
+            try:
+                feeder = _resolve_feeder(cls)
+            except Exception:
+                feeder = None
+            if len(_FEED_CACHE) > _CACHE_LIMIT:
+                _FEED_CACHE.clear()
+            _FEED_CACHE[cls] = feeder
+        if feeder is not None:
+            try:
+                feeder(self, chunk)
+            except Exception:  # observing must never break the caller's stream
+                pass
+
+    def finish_from(self, source: object) -> None:
+        """Fill what `feed` did not see from a stream helper's own snapshot.
+
+        *source* may be an anthropic ``MessageStream`` (its
+        ``current_message_snapshot``), an openai ``ChatCompletionStream``
+        (``current_completion_snapshot``) or ``ResponseStream`` (its completed
+        response), a stream manager wrapping one, or a final result object.
+        Only missing facts are filled; never consumes the stream; never raises.
+        """
+        try:
+            facts = _facts_of_source(source, 0)
+        except Exception:
+            return
+        if facts is not None:
+            self._fill(facts)
+
+    def _fill(self, facts: ResultFacts) -> None:
+        if self.provider is None:
+            self.provider = facts.provider
+        if self.model is None:
+            self.model = facts.model
+        if self.usage is None:
+            self.usage = facts.usage
+        if self.response_id is None:
+            self.response_id = facts.response_id
+        if not self.finish_reasons:
+            self.finish_reasons = facts.finish_reasons
+        if not self._parts and facts.text:
+            self._parts.append(facts.text)
+
+    def __repr__(self) -> str:
+        return (
+            f"StreamAccumulator(provider={self.provider!r}, model={self.model!r}, usage={self.usage!r}, "
+            f"response_id={self.response_id!r}, finish_reasons={self.finish_reasons!r}, chunks={self.chunks})"
+        )
+
+
+def _snapshot_candidates(source: Any) -> list[Callable[[], Any]]:
+    state: Any = getattr(source, "_state", None)
+    return [
+        lambda: source._current_snapshot_or_none(),  # anthropic MessageStream
+        lambda: source.current_message_snapshot,  # anthropic (asserts when empty)
+        lambda: source.current_completion_snapshot,  # openai ChatCompletionStream
+        lambda: state._completed_response,  # openai ResponseStream (private)
+        lambda: state._ResponseStreamState__current_snapshot,  # openai ResponseStream, unfinished
+    ]
+
+
+def _facts_of_source(source: Any, depth: int) -> ResultFacts | None:
+    facts = observe_result(source)
+    if facts is not None:
+        return facts
+    for get in _snapshot_candidates(source):
+        try:
+            snapshot = get()
+        except Exception:  # missing attribute, or the SDK's "no snapshot yet" assert
+            continue
+        if snapshot is not None:
+            facts = observe_result(snapshot)
+            if facts is not None:
+                return facts
+    if depth == 0:
+        # A stream manager (MessageStreamManager...) keeps the stream it
+        # opened in a private, name-mangled attribute.
+        for key, value in list(getattr(source, "__dict__", {}).items()):
+            if key.endswith("__stream") and value is not None:
+                return _facts_of_source(value, 1)
+    return None
+
+
+# ---------------------------------------------------------------------- classify
+
+_Classifier = Callable[[BaseException, "float | None"], ErrorInfo]
+_CLASSIFY_CACHE: dict[type, _Classifier] = {}
+
+
+def _resolve_classifier(cls: type) -> _Classifier:
+    if issubclass(cls, LLMGuardError):
+        return simple(ErrorKind.GUARD)
+    sdk = _sdk_of(cls)
+    if sdk == "anthropic":
+        return _anthropic.classifier_for(cls)
+    if sdk == "openai":
+        return _openai.classifier_for(cls)
+    if sdk == "google":
+        return _google.classifier_for(cls)
+    if sdk in ("httpx", "httpx2"):
+        return httpx_classifier(cls)
+    if issubclass(cls, TimeoutError):  # also asyncio.TimeoutError, socket.timeout
+        return simple(ErrorKind.TIMEOUT)
+    if issubclass(cls, ConnectionError):
+        return simple(ErrorKind.CONNECTION)
+    return classify_generic_status  # anything carrying an HTTP status, else UNKNOWN
+
+
+def classify(exc: BaseException, now: float | None = None) -> ErrorInfo:
+    """What kind of failure *exc* is, with the server's retry advice.
+
+    *now* (wall-clock epoch seconds, default `time.time()`) is the reference
+    for HTTP-date / RFC 3339 retry headers. Never raises.
+    """
+    cls = type(exc)
+    classifier = _CLASSIFY_CACHE.get(cls)
+    if classifier is None:
+        try:
+            classifier = _resolve_classifier(cls)
+        except Exception:
+            classifier = simple(ErrorKind.UNKNOWN)
+        if len(_CLASSIFY_CACHE) > _CACHE_LIMIT:
+            _CLASSIFY_CACHE.clear()
+        _CLASSIFY_CACHE[cls] = classifier
+    try:
+        return classifier(exc, now)
+    except Exception:
+        try:
+            message = message_of(exc)
+        except Exception:  # pragma: no cover - message_of already guards str()
+            message = cls.__name__
+        return ErrorInfo(ErrorKind.UNKNOWN, None, None, None, None, message)
+
+
+# ------------------------------------------------------------------ estimates
+
+
+def estimate_tokens(text: str) -> int:
+    """A conservative offline token count: ``ceil(len(text) / 3.5)``.
+
+    Real tokenizers average about 4 characters per token on English prose
+    (o200k/cl100k; Claude's is similar), so dividing by 3.5 overestimates by
+    ~14% there, which is the safe side for budgets and context checks. Code,
+    non-Latin scripts and unusual text can tokenize denser than 3.5
+    chars/token, so treat this as an estimate and reconcile with the usage
+    the provider reports after the call.
+    """
+    return (len(text) * 2 + 6) // 7

@@ -1,0 +1,43 @@
+"""`Probe`: a test layer that only watches what the wrapping core does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmguard import AsyncGuardedStream, CallRecord, GuardedStream, Outcome
+from llmguard._wrap import Call, Layer
+
+
+class Probe(Layer):
+    """A test layer that only watches: the records it saw and how streams ended."""
+
+    name = "probe"
+
+    def __init__(self, label: str = "probe") -> None:
+        self.label = label
+        self.records: list[CallRecord] = []
+        self.finishes: list[Outcome] = []
+        self.calls = 0
+
+    def settings(self) -> dict[str, Any]:
+        return {"label": self.label}
+
+    def _watch(self, result: Any) -> Any:
+        if isinstance(result, (GuardedStream, AsyncGuardedStream)):
+            result.on_finish(lambda outcome, exc: self.finishes.append(outcome))
+        return result
+
+    def around(self, call: Call) -> Any:
+        self.calls += 1
+        self.records.append(call.record)
+        return self._watch(call.proceed())
+
+    async def around_async(self, call: Call) -> Any:
+        self.calls += 1
+        self.records.append(call.record)
+        return self._watch(await call.proceed_async())
+
+    @property
+    def record(self) -> CallRecord:
+        assert self.records, "the probe saw no call"
+        return self.records[-1]

@@ -1,0 +1,60 @@
+"""Checked by ``mypy --strict``: guarded functions keep their static types.
+
+Not run by pytest; every ``assert_type`` here fails the type check if a
+guard erased a parameter or return type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import Any, assert_type
+
+from llmguard._wrap import Layer, wrap
+
+
+layer = Layer()
+
+
+@layer
+def ask(q: str, *, n: int = 1) -> str:
+    return q * n
+
+
+@layer
+async def ask_async(q: str) -> int:
+    return len(q)
+
+
+@layer
+def chunks(q: str) -> Iterator[str]:
+    yield q
+
+
+@layer
+async def achunks(q: str) -> AsyncIterator[bytes]:
+    yield q.encode()
+
+
+class Service:
+    @layer
+    def method(self, q: str) -> float:
+        return float(len(q))
+
+
+def plain(x: int) -> list[int]:
+    return [x]
+
+
+assert_type(ask("hi", n=2), str)
+coro = ask_async("hi")
+same = assert_type(coro, Coroutine[Any, Any, int])
+same.close()
+assert_type(chunks("x"), Iterator[str])
+assert_type(achunks("x"), AsyncIterator[bytes])
+assert_type(Service().method("x"), float)
+guarded_plain = wrap(layer, plain)
+assert_type(guarded_plain(3), list[int])
+guarded_plain("x")  # type: ignore[arg-type]
+
+ask(1)  # type: ignore[arg-type]
+ask("x", m=3)  # type: ignore[call-arg]
