@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -97,42 +97,50 @@ class Usage:
         )
 
 
-@dataclass(slots=True)
 class Attempt:
     """One real call of the wrapped function."""
 
-    number: int
-    model: str | None = None  # the model asked for
+    # Not a dataclass, and no __slots__: one is built on every call, and
+    # class-level defaults with a three-line __init__ build fastest (the
+    # instance stores only what a call actually sets).
+    model: str | None  # the model asked for
     response_model: str | None = None
     provider: str | None = None
     usage: Usage | None = None
-    cost_usd: float | None = None  # None: not priced (unknown model/price)
+    cost_usd: float | None = None  # None: not priced (unknown model or price)
     response_id: str | None = None
     finish_reasons: tuple[str, ...] = ()
     outcome: Outcome = Outcome.PENDING
     error_kind: ErrorKind | None = None
     error: BaseException | None = None
-    started_at: float = 0.0
     ended_at: float | None = None
     first_chunk_at: float | None = None  # streams only
     chunks: int = 0
     text: str = ""  # streams: the text seen so far (for estimates, partials)
 
+    def __init__(self, number: int, model: str | None = None, started_at: float = 0.0) -> None:
+        self.number = number
+        self.model = model
+        self.started_at = started_at
 
-@dataclass(slots=True, eq=False)
+    def __repr__(self) -> str:
+        return (
+            f"Attempt(number={self.number}, model={self.model!r}, usage={self.usage!r}, "
+            f"cost_usd={self.cost_usd!r}, outcome={self.outcome.value!r}, "
+            f"error_kind={self.error_kind.value if self.error_kind else None!r})"
+        )
+
+
 class CallRecord:
     """The facts of one guarded call, shared by every guard on it."""
 
-    function: str  # qualified name of the wrapped function
-    parent: CallRecord | None = None
+    # Built on every call: class-level defaults, as for `Attempt`.
     provider: str | None = None
     operation: str = "chat"
     request_model: str | None = None
-    request: dict[str, Any] = field(default_factory=dict)  # max_tokens, temperature...
     stream: bool = False
-    attempts: list[Attempt] = field(default_factory=list)
     deadline: float | None = None  # monotonic seconds
-    cache: str | None = None  # "hit" | "miss" | "bypass" | None (no cache guard)
+    cache: str | None = None  # "hit" | "miss" | "bypass"; None: no cache guard
     cache_similarity: float | None = None
     saved_usd: float | None = None  # what a cache hit did not spend
     fallback_target: str | None = None
@@ -140,10 +148,39 @@ class CallRecord:
     budget_decision: str | None = None
     outcome: Outcome = Outcome.PENDING
     error_kind: ErrorKind | None = None
-    started_at: float = 0.0
     ended_at: float | None = None
     span: Any = None  # the OTel span `trace` opened for this call, if any
-    extra: dict[str, Any] = field(default_factory=dict)  # guards' own facts
+
+    def __init__(
+        self, function: str, parent: CallRecord | None = None, started_at: float = 0.0
+    ) -> None:
+        self.function = function  # qualified name of the wrapped function
+        self.parent = parent
+        self.started_at = started_at
+        self.attempts: list[Attempt] = []
+        self._request: dict[str, Any] | None = None
+        self._extra: dict[str, Any] | None = None
+
+    @property
+    def request(self) -> dict[str, Any]:
+        """Request parameters worth reporting (max_tokens, temperature...)."""
+        if self._request is None:
+            self._request = {}
+        return self._request
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Guards' own facts, by guard-chosen keys."""
+        if self._extra is None:
+            self._extra = {}
+        return self._extra
+
+    def __repr__(self) -> str:
+        return (
+            f"CallRecord(function={self.function!r}, model={self.model!r}, "
+            f"attempts={self.attempt_count}, usage={self.usage!r}, cost_usd={self.cost_usd!r}, "
+            f"outcome={self.outcome.value!r})"
+        )
 
     @property
     def attempt(self) -> Attempt | None:
@@ -179,15 +216,22 @@ class CallRecord:
 
     @property
     def cost_usd(self) -> float | None:
-        """Cost summed over attempts; None if any attempt with usage is unpriced."""
+        """Cost summed over attempts.
+
+        None when no attempt reported usage (nothing is known to have been
+        spent) or when an attempt with usage could not be priced: never a
+        silent zero.
+        """
         total = 0.0
+        priced = False
         for att in self.attempts:
             if att.usage is None:
                 continue
             if att.cost_usd is None:
                 return None
             total += att.cost_usd
-        return total
+            priced = True
+        return total if priced else None
 
     @property
     def usage_estimated(self) -> bool:

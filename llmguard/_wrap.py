@@ -47,8 +47,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar, cast
 
 import wrapt
 
-from . import providers, prices
-from ._clock import get_clock
+from . import prices, providers
+from . import _clock
 from ._context import _CURRENT, _HANDOFF
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 
@@ -64,6 +64,7 @@ SYNC = "sync"
 ASYNC = "async"
 GEN = "generator"
 ASYNCGEN = "async generator"
+_STREAM_SHAPES = frozenset({GEN, ASYNCGEN})
 
 FinishHook = Callable[[Outcome, "BaseException | None"], None]
 
@@ -108,6 +109,8 @@ class _FunctionInfo:
 
     __slots__ = (
         "defaults",
+        "has_model",
+        "has_stream",
         "inner_is_guard",
         "name",
         "positions",
@@ -133,6 +136,9 @@ class _FunctionInfo:
         self.defaults = {p.name: p.default for p in params if p.default is not p.empty}
         # wrapt hands a bound method's arguments without self/cls.
         self.self_offset = 1 if params and params[0].name in ("self", "cls") else 0
+        # Read positionally / from defaults only when the function names them.
+        self.has_model = "model" in self.positions or "model" in self.defaults
+        self.has_stream = "stream" in self.positions or "stream" in self.defaults
 
 
 class Call:
@@ -163,11 +169,14 @@ class Call:
         record = _HANDOFF.get()
         if record is None:
             self.owns_record = True
-            record = CallRecord(info.name, parent=_CURRENT.get())
-            record.started_at = get_clock().monotonic()
-            model = self.param("model")
-            record.request_model = model if isinstance(model, str) else None
-            record.stream = info.shape in (GEN, ASYNCGEN) or self.param("stream") is True
+            record = CallRecord(info.name, _CURRENT.get(), _clock.now())
+            model = kwargs.get("model") if "model" in kwargs or not info.has_model else self.param("model")
+            if isinstance(model, str):
+                record.request_model = model
+            if info.shape in _STREAM_SHAPES or (
+                kwargs.get("stream") if "stream" in kwargs or not info.has_stream else self.param("stream")
+            ) is True:
+                record.stream = True
         else:
             self.owns_record = False
             # Claimed: the user's function (and guarded calls inside it) must
@@ -227,7 +236,7 @@ class Call:
                 return self.wrapped(*a, **k)
             finally:
                 _HANDOFF.reset(token)
-        attempt = _begin_attempt(record, k.get("model", self.param("model")))
+        attempt = _begin_attempt(record, record.request_model if kwargs is None else kwargs.get("model"))
         if self.info.shape == GEN:
             return GuardedStream(
                 source=self.wrapped(*a, **k), record=record, attempt=attempt, call=self
@@ -240,6 +249,16 @@ class Call:
             raise
         finally:
             _CURRENT.reset(token)
+        # The common case inline: a plain (non-stream) result of a known type.
+        kind = _STREAM_TYPES.get(type(result), _UNSEEN)
+        if kind is None:
+            facts = providers.observe_result(result)
+            if facts is not None or attempt.usage is not None:
+                _settle_attempt(attempt, facts)
+            else:
+                attempt.outcome = _OK
+                attempt.ended_at = _clock.now()
+            return result
         return self._observe(attempt, result)
 
     async def proceed_async(
@@ -256,7 +275,7 @@ class Call:
             finally:
                 _HANDOFF.reset(token)
             return await pending if self.info.shape == ASYNC else pending
-        attempt = _begin_attempt(record, k.get("model", self.param("model")))
+        attempt = _begin_attempt(record, record.request_model if kwargs is None else kwargs.get("model"))
         if self.info.shape == ASYNCGEN:
             return AsyncGuardedStream(
                 source=self.wrapped(*a, **k), record=record, attempt=attempt, call=self
@@ -272,7 +291,9 @@ class Call:
         return self._observe(attempt, result)
 
     def _observe(self, attempt: Attempt, result: Any) -> Any:
-        kind = stream_kind(result)
+        kind = _STREAM_TYPES.get(type(result), _UNSEEN)
+        if kind is _UNSEEN:
+            kind = stream_kind(result)
         if kind is None:
             _settle_attempt(attempt, providers.observe_result(result))
             return result
@@ -295,12 +316,11 @@ class Call:
 
 
 def _begin_attempt(record: CallRecord, model: Any) -> Attempt:
+    attempts = record.attempts
     attempt = Attempt(
-        number=len(record.attempts) + 1,
-        model=model if isinstance(model, str) else record.request_model,
-        started_at=get_clock().monotonic(),
+        len(attempts) + 1, model if isinstance(model, str) else record.request_model, _clock.now()
     )
-    record.attempts.append(attempt)
+    attempts.append(attempt)
     return attempt
 
 
@@ -312,9 +332,10 @@ def _settle_attempt(attempt: Attempt, facts: providers.ResultFacts | None) -> No
         attempt.provider = facts.provider or attempt.provider
         attempt.response_id = facts.response_id
         attempt.finish_reasons = facts.finish_reasons
-    _price(attempt)
-    attempt.outcome = Outcome.OK
-    attempt.ended_at = get_clock().monotonic()
+    if attempt.usage is not None:
+        _price(attempt)
+    attempt.outcome = _OK
+    attempt.ended_at = _clock.now()
 
 
 def _price(attempt: Attempt) -> None:
@@ -327,8 +348,11 @@ def _price(attempt: Attempt) -> None:
 def _fail_attempt(attempt: Attempt, exc: BaseException) -> None:
     attempt.outcome = outcome_of(exc)
     attempt.error = exc
-    attempt.error_kind = error_kind_of(exc)
-    attempt.ended_at = get_clock().monotonic()
+    if not isinstance(exc, _NOT_ERRORS):
+        info = providers.classify(exc)
+        attempt.error_kind = info.kind
+        attempt.provider = attempt.provider or info.provider
+    attempt.ended_at = _clock.now()
     _price(attempt)
 
 
@@ -343,9 +367,12 @@ def outcome_of(exc: BaseException | None) -> Outcome:
     return Outcome.ERROR
 
 
+_NOT_ERRORS = (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt, SystemExit)
+
+
 def error_kind_of(exc: BaseException) -> ErrorKind | None:
     """The provider-aware kind of *exc* (None for cancellation and close)."""
-    if isinstance(exc, (asyncio.CancelledError, GeneratorExit, KeyboardInterrupt, SystemExit)):
+    if isinstance(exc, _NOT_ERRORS):
         return None
     return providers.classify(exc).kind
 
@@ -413,8 +440,9 @@ def shape_of(fn: Callable[..., Any]) -> str:
         return GEN
     if inspect.iscoroutinefunction(target):
         return ASYNC
-    call = getattr(type(target), "__call__", None)
-    if not inspect.isfunction(target) and call is not None:
+    # A callable object: its __call__ decides the shape.
+    call = type(target).__call__ if not inspect.isfunction(target) else None
+    if call is not None:
         if inspect.iscoroutinefunction(call):
             return ASYNC
         if inspect.isasyncgenfunction(call):
@@ -425,6 +453,9 @@ def shape_of(fn: Callable[..., Any]) -> str:
 
 
 _STREAM_TYPES: dict[type, str | None] = {}
+_UNSEEN = "unseen"
+_OK = Outcome.OK  # enum member lookups cost ~50 ns; the hot path uses these
+_PENDING = Outcome.PENDING
 
 # (module, class name, kind) of the SDKs' stream objects, resolved lazily so
 # that no SDK is imported unless the user's code already returned one of its
@@ -587,7 +618,7 @@ class _StreamBase:
         attempt = self._attempt
         if attempt is not None:
             if attempt.first_chunk_at is None:
-                attempt.first_chunk_at = get_clock().monotonic()
+                attempt.first_chunk_at = _clock.now()
             attempt.chunks += 1
             self._acc.feed(chunk)  # type: ignore[union-attr]
         for hook in self._chunk_hooks:
@@ -618,7 +649,8 @@ class _StreamBase:
     def _settle(self, outcome: Outcome, exc: BaseException | None) -> None:
         attempt = self._attempt
         acc = self._acc
-        assert attempt is not None and acc is not None  # noqa: S101 - innermost only
+        assert attempt is not None  # noqa: S101 - called on the innermost stream only
+        assert acc is not None  # noqa: S101
         if outcome is Outcome.OK or self._is_managed:
             # A manager's stream may have been read through its own helpers
             # (``text_stream``), which we don't see: its snapshot has the facts.
@@ -634,7 +666,7 @@ class _StreamBase:
         if exc is not None:
             attempt.error = exc
             attempt.error_kind = error_kind_of(exc)
-        attempt.ended_at = get_clock().monotonic()
+        attempt.ended_at = _clock.now()
         _price(attempt)
 
     def _usage_for(self, outcome: Outcome, acc: providers.StreamAccumulator) -> Usage | None:
@@ -915,7 +947,7 @@ def _end_record(record: CallRecord, exc: BaseException | None) -> None:
     record.outcome = outcome_of(exc)
     if exc is not None and record.error_kind is None:
         record.error_kind = error_kind_of(exc)
-    record.ended_at = get_clock().monotonic()
+    record.ended_at = _clock.now()
 
 
 def _end_record_hook(record: CallRecord) -> FinishHook:
@@ -923,7 +955,7 @@ def _end_record_hook(record: CallRecord) -> FinishHook:
         record.outcome = outcome
         if exc is not None and record.error_kind is None:
             record.error_kind = error_kind_of(exc)
-        record.ended_at = get_clock().monotonic()
+        record.ended_at = _clock.now()
 
     return hook
 
@@ -932,7 +964,8 @@ def _end_with_result(record: CallRecord, result: Any) -> Any:
     if isinstance(result, _StreamBase):
         result.on_finish(_end_record_hook(record))
     else:
-        _end_record(record, None)
+        record.outcome = _OK
+        record.ended_at = _clock.now()
     return result
 
 

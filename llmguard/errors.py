@@ -82,9 +82,11 @@ class AllFailed(LLMGuardError, ExceptionGroup[Exception]):  # type: ignore[misc]
     """Every fallback target failed; holds each target's error in order."""
 
     def __new__(cls, message: str, exceptions: Sequence[Exception]) -> AllFailed:
+        """Group *exceptions*, one per fallback target, in the order tried."""
         return super().__new__(cls, message, exceptions)
 
     def derive(self, excs: Sequence[Exception]) -> AllFailed:
+        """Keep the class when ``except*`` splits the group."""
         return AllFailed(self.message, excs)
 
 

@@ -88,18 +88,23 @@ def _norm(text: str | None) -> str | None:
 
 
 def _check(name: str, value: float | None, *, optional: bool) -> float | None:
+    """*value* as a float, or ValueError naming the `set_price` parameter."""
+    problem: str | None = None
     if value is None:
         if optional:
             return None
-        raise ValueError(f"set_price({name}=...) is required, got None")
-    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
-        raise ValueError(f"set_price({name}=...) must be a number, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"set_price({name}=...) must be finite, got {value!r}")
-    if number < 0:
-        raise ValueError(f"set_price({name}=...) must be >= 0, got {value!r}")
-    return number
+        problem = "is required, got None"
+    elif isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        problem = f"must be a number, got {value!r}"
+    elif not math.isfinite(value):
+        problem = f"must be finite, got {value!r}"
+    elif value < 0:
+        problem = f"must be >= 0, got {value!r}"
+    if problem is not None:
+        # ValueError even for a wrong type: one exception type for "bad price".
+        msg = f"set_price({name}=...) {problem}"
+        raise ValueError(msg)
+    return float(value)  # type: ignore[arg-type]
 
 
 def set_price(
@@ -120,9 +125,11 @@ def set_price(
     the bad argument.
     """
     if not isinstance(model, str) or not model.strip():
-        raise ValueError(f"set_price(model=...) must be a non-empty string, got {model!r}")
+        msg = f"set_price(model=...) must be a non-empty string, got {model!r}"
+        raise ValueError(msg)
     if provider is not None and (not isinstance(provider, str) or not provider.strip()):
-        raise ValueError(f"set_price(provider=...) must be a non-empty string or None, got {provider!r}")
+        msg = f"set_price(provider=...) must be a non-empty string or None, got {provider!r}"
+        raise ValueError(msg)
     price = Price(
         input=_check("input", input, optional=False),  # type: ignore[arg-type]
         output=_check("output", output, optional=False),  # type: ignore[arg-type]
@@ -172,7 +179,7 @@ def _base(value: Any) -> float | None:
 
 
 def _genai_usage(usage: Usage) -> Any:
-    from genai_prices import Usage as GenaiUsage
+    from genai_prices import Usage as GenaiUsage  # noqa: PLC0415 - loaded only when pricing
 
     cache_read = max(usage.cache_read_tokens, 0)
     cache_write = max(usage.cache_write_tokens, 0)
@@ -190,16 +197,14 @@ def _genai_usage(usage: Usage) -> Any:
 def _exact_cost(entry: _Entry, usage: Usage) -> float | None:
     try:
         return float(entry.model_price.calc_price(_genai_usage(usage))["total_price"])
-    except Exception:
+    except Exception:  # noqa: BLE001 - an odd usage is unpriced, never a crash
         return None
 
 
 def _fast_cost(entry: _Entry, usage: Usage) -> float:
     cache_read = usage.cache_read_tokens
     cache_write = usage.cache_write_tokens
-    plain = usage.input_tokens - cache_read - cache_write
-    if plain < 0:
-        plain = 0
+    plain = max(usage.input_tokens - cache_read - cache_write, 0)
     return (
         plain * entry.in_rate
         + cache_read * entry.read_rate
@@ -211,10 +216,13 @@ def _fast_cost(entry: _Entry, usage: Usage) -> float:
 
 def _lookup_genai(model: str, provider: str | None) -> Any:
     """The genai-prices PriceCalculation for a probe usage, or None if unknown."""
-    import genai_prices
+    import genai_prices  # noqa: PLC0415 - its data module is big: load on first lookup
 
     probe = genai_prices.Usage(
-        input_tokens=_PROBE[0], output_tokens=_PROBE[1], cache_read_tokens=_PROBE[2], cache_write_tokens=_PROBE[3]
+        input_tokens=_PROBE[0],
+        output_tokens=_PROBE[1],
+        cache_read_tokens=_PROBE[2],
+        cache_write_tokens=_PROBE[3],
     )
     if provider:
         try:
@@ -269,7 +277,7 @@ def _resolve(model: str | None, provider: str | None) -> _Entry | None:
         return _entry_from_price(override)
     try:
         return _entry_from_genai(model, provider)
-    except Exception:  # a malformed price in the data must not break the call
+    except Exception:  # noqa: BLE001 - a malformed price in the data must not break the call
         return None
 
 

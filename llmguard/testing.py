@@ -130,30 +130,30 @@ def current_clock() -> Clock:
 # -- pytest plugin -----------------------------------------------------------
 
 try:
-    import pytest as _pytest
+    import pytest
 except ImportError:  # pragma: no cover - pytest is optional for users
-    _pytest = None  # type: ignore[assignment]
+    pytest = None  # type: ignore[assignment]
 
-if _pytest is not None:
+if pytest is not None:
 
-    @_pytest.fixture(scope="session")
+    @pytest.fixture(scope="session")
     def _llmguard_fake_provider_server() -> Iterator[FakeProvider]:
         with FakeProvider() as server:
             yield server
 
-    @_pytest.fixture
+    @pytest.fixture
     def fake_provider(_llmguard_fake_provider_server: FakeProvider) -> FakeProvider:
         """A running `FakeProvider`, reset (empty script and log) for this test."""
         _llmguard_fake_provider_server.reset()
         return _llmguard_fake_provider_server
 
-    @_pytest.fixture(name="fake_clock")
+    @pytest.fixture(name="fake_clock")
     def _fake_clock_fixture() -> Iterator[FakeClock]:
         """Every guard uses a `FakeClock` during this test."""
         with fake_clock() as clock:
             yield clock
 
-    @_pytest.fixture
+    @pytest.fixture
     def llmguard_events() -> Iterator[list[CapturedEvent]]:
         """The llmguard events emitted during this test."""
         with capture_events() as events:

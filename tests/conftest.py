@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import time
+
 from collections.abc import Iterator
+
 import anthropic
 import openai
 import pytest
 
-from llmguard._fake_provider import FakeProvider
 from probe import Probe
+
+from llmguard._fake_provider import FakeProvider
 
 
 pytest_plugins = ["llmguard.testing"]
@@ -54,3 +62,49 @@ def async_openai_client(fake_provider: FakeProvider) -> openai.AsyncOpenAI:
 def probe() -> Probe:
     """A fresh probe layer."""
     return Probe()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A URL of a real, empty redis-server database (skips when none can be had).
+
+    ``LLMGUARD_REDIS_URL`` wins (CI sets it); otherwise a private
+    ``redis-server`` is started on a free port if the binary is installed.
+    """
+    url = os.environ.get("LLMGUARD_REDIS_URL")
+    proc = None
+    if not url:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("no redis-server: install it (apt-get install redis-server) or set LLMGUARD_REDIS_URL")
+        port = _free_port()
+        workdir = tmp_path_factory.mktemp("redis")
+        proc = subprocess.Popen(  # noqa: S603 - our own fixed arguments
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"redis://127.0.0.1:{port}/0"
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    else:
+        pytest.skip(f"redis-server at {url} did not answer")
+    client.flushdb()
+    client.close()
+    yield url
+    if proc is not None:
+        proc.terminate()
+        proc.wait(timeout=5)

@@ -13,14 +13,14 @@ import anthropic
 import openai
 import pytest
 
+from probe import Probe
+
 import llmguard as lg
 
 from llmguard import GuardedStream, Outcome
 from llmguard._context import _CURRENT, _HANDOFF
-from llmguard._wrap import wrap
 from llmguard._fake_provider import FakeProvider, Step
-
-from probe import Probe
+from llmguard._wrap import wrap
 
 
 MODEL = "claude-sonnet-4-6"
@@ -548,7 +548,7 @@ def test_finish_on_with_block_exit(probe: Probe) -> None:
 
 
 def test_finish_on_break_and_dropped_reference(probe: Probe) -> None:
-    """break out of a for loop over a temporary stream finishes it (as abandoned)."""
+    """Break out of a for loop over a temporary stream finishes it (as abandoned)."""
     for _ in wrap(probe, counting_gen)():
         break
     gc.collect()

@@ -155,7 +155,7 @@ def observe_result(result: object) -> ResultFacts | None:
     if extractor is _MISS:
         try:
             extractor = _resolve_result(cls)
-        except Exception:
+        except Exception:  # noqa: BLE001 - an odd class is just not a result we know
             extractor = None
         if len(_RESULT_CACHE) > _CACHE_LIMIT:
             _RESULT_CACHE.clear()
@@ -164,7 +164,7 @@ def observe_result(result: object) -> ResultFacts | None:
         return None
     try:
         return extractor(result)  # type: ignore[no-any-return]
-    except Exception:
+    except Exception:  # noqa: BLE001 - a malformed result has no facts, it is not an error
         return None
 
 
@@ -176,9 +176,11 @@ def usage_from(obj: object) -> Usage | None:
     try:
         if isinstance(obj, Mapping):
             return duck_usage(DictView(obj))
-        if type(obj) not in _PLAIN and declares(type(obj), "input_tokens", "prompt_tokens", "prompt_token_count"):
+        if type(obj) not in _PLAIN and declares(
+            type(obj), "input_tokens", "prompt_tokens", "prompt_token_count"
+        ):
             return duck_usage(obj)
-    except Exception:
+    except Exception:  # noqa: BLE001 - observational helper: never raises
         return None
     return None
 
@@ -299,15 +301,16 @@ class StreamAccumulator:
         if feeder is _MISS:
             try:
                 feeder = _resolve_feeder(cls)
-            except Exception:
+            except Exception:  # noqa: BLE001 - an odd class is just not a chunk we know
                 feeder = None
             if len(_FEED_CACHE) > _CACHE_LIMIT:
                 _FEED_CACHE.clear()
             _FEED_CACHE[cls] = feeder
         if feeder is not None:
-            try:
+            # try/except, not contextlib.suppress: free when nothing is raised.
+            try:  # noqa: SIM105
                 feeder(self, chunk)
-            except Exception:  # observing must never break the caller's stream
+            except Exception:  # noqa: BLE001, S110 - observing must never break the caller's stream
                 pass
 
     def finish_from(self, source: object) -> None:
@@ -321,7 +324,7 @@ class StreamAccumulator:
         """
         try:
             facts = _facts_of_source(source, 0)
-        except Exception:
+        except Exception:  # noqa: BLE001 - finishing must never break the caller
             return
         if facts is not None:
             self._fill(facts)
@@ -347,26 +350,33 @@ class StreamAccumulator:
         )
 
 
-def _snapshot_candidates(source: Any) -> list[Callable[[], Any]]:
-    state: Any = getattr(source, "_state", None)
-    return [
-        lambda: source._current_snapshot_or_none(),  # anthropic MessageStream
-        lambda: source.current_message_snapshot,  # anthropic (asserts when empty)
-        lambda: source.current_completion_snapshot,  # openai ChatCompletionStream
-        lambda: state._completed_response,  # openai ResponseStream (private)
-        lambda: state._ResponseStreamState__current_snapshot,  # openai ResponseStream, unfinished
-    ]
+# Where stream helpers keep what they accumulated: (attribute path, call it?).
+_SNAPSHOTS: tuple[tuple[tuple[str, ...], bool], ...] = (
+    (("_current_snapshot_or_none",), True),  # anthropic MessageStream
+    (("current_message_snapshot",), False),  # anthropic (asserts when empty)
+    (("current_completion_snapshot",), False),  # openai ChatCompletionStream
+    (("_state", "_completed_response"), False),  # openai ResponseStream (private)
+    (("_state", "_ResponseStreamState__current_snapshot"), False),  # ResponseStream, unfinished
+)
+
+
+def _snapshot(source: Any, path: tuple[str, ...], call: bool) -> Any:
+    """The object at *path* under *source*, or None (missing, or the SDK's empty-assert)."""
+    obj = source
+    try:
+        for name in path:
+            obj = getattr(obj, name)
+        return obj() if call else obj
+    except Exception:  # noqa: BLE001 - AttributeError, or AssertionError for "no snapshot yet"
+        return None
 
 
 def _facts_of_source(source: Any, depth: int) -> ResultFacts | None:
     facts = observe_result(source)
     if facts is not None:
         return facts
-    for get in _snapshot_candidates(source):
-        try:
-            snapshot = get()
-        except Exception:  # missing attribute, or the SDK's "no snapshot yet" assert
-            continue
+    for path, call in _SNAPSHOTS:
+        snapshot = _snapshot(source, path, call)
         if snapshot is not None:
             facts = observe_result(snapshot)
             if facts is not None:
@@ -416,17 +426,17 @@ def classify(exc: BaseException, now: float | None = None) -> ErrorInfo:
     if classifier is None:
         try:
             classifier = _resolve_classifier(cls)
-        except Exception:
+        except Exception:  # noqa: BLE001 - classify never raises
             classifier = simple(ErrorKind.UNKNOWN)
         if len(_CLASSIFY_CACHE) > _CACHE_LIMIT:
             _CLASSIFY_CACHE.clear()
         _CLASSIFY_CACHE[cls] = classifier
     try:
         return classifier(exc, now)
-    except Exception:
+    except Exception:  # noqa: BLE001 - classify never raises
         try:
             message = message_of(exc)
-        except Exception:  # pragma: no cover - message_of already guards str()
+        except Exception:  # noqa: BLE001 # pragma: no cover - message_of already guards str()
             message = cls.__name__
         return ErrorInfo(ErrorKind.UNKNOWN, None, None, None, None, message)
 

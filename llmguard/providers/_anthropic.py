@@ -81,9 +81,9 @@ def observe_raw_response(resp: Any) -> ResultFacts | None:
     reads it; ``with_streaming_response`` does not). The SDK caches the
     parsed object, so the caller's own ``parse()`` gets the same one.
     """
-    from . import observe_result
+    from . import observe_result  # noqa: PLC0415 - the package imports this module first
 
-    if getattr(resp, "_is_sse_stream", True) or getattr(resp, "_stream", False):
+    if getattr(resp, "_is_sse_stream", False) or getattr(resp, "_stream", False):
         return None
     http = getattr(resp, "http_response", None)
     if http is None or not http.is_closed:
@@ -115,7 +115,9 @@ def _set_usage(acc: StreamAccumulator, u: Any, *, override: bool) -> None:
     raw = acc._anthropic_usage
     if raw is None or not override:
         raw = acc._anthropic_usage = [0, 0, 0, 0, 0]
-    for i, name in enumerate(("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")):
+    for i, name in enumerate(
+        ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    ):
         value = getattr(u, name, None)
         if value is not None:
             raw[i] = n(value)
@@ -206,7 +208,9 @@ def _classify_status(exc: BaseException, now: float | None) -> ErrorInfo:
     status: int | None = getattr(e, "status_code", None)
     body = getattr(e, "body", None)
     err = body.get("error") if isinstance(body, Mapping) else None
-    etype = s(getattr(e, "type", None)) or (s(err.get("type")) if isinstance(err, Mapping) else None)
+    etype = s(getattr(e, "type", None)) or (
+        s(err.get("type")) if isinstance(err, Mapping) else None
+    )
     code = s(getattr(e, "error_code", None))
     api_message = s(getattr(e, "api_message", None)) or (
         s(err.get("message")) if isinstance(err, Mapping) else None
@@ -224,7 +228,7 @@ def _classify_status(exc: BaseException, now: float | None) -> ErrorInfo:
         kind = kind_for_status(status)
         if etype == "rate_limit_error":
             kind = ErrorKind.RATE_LIMITED
-        kind = refine_bad_request(kind, status, f"{api_message or ''} {code or ''} {message}")
+        kind = refine_bad_request(kind, f"{api_message or ''} {code or ''} {message}")
         if kind is ErrorKind.BAD_REQUEST and "refusal" in (code or ""):
             kind = ErrorKind.CONTENT_FILTERED
     if kind is ErrorKind.RATE_LIMITED and code and "spend_limit" in code:

@@ -14,6 +14,8 @@ objects and their JSON.
 
 from __future__ import annotations
 
+import inspect
+import math
 import re
 
 from collections.abc import Callable, Mapping
@@ -118,14 +120,14 @@ def n(value: Any) -> int:
     """A token count: ints as they are, None/garbage as 0."""
     if type(value) is int:
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and value >= 0:
-        return int(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return max(int(value), 0)
     return 0
 
 
 def s(value: Any) -> str | None:
     """A string field, or None when absent or not a string."""
-    return value if type(value) is str else (value if isinstance(value, str) else None)
+    return value if isinstance(value, str) else None
 
 
 def anthropic_usage(u: Any) -> Usage | None:
@@ -136,7 +138,13 @@ def anthropic_usage(u: Any) -> Usage | None:
     cache_write = n(getattr(u, "cache_creation_input_tokens", None))
     details = getattr(u, "output_tokens_details", None)
     reasoning = n(details.thinking_tokens) if details is not None else 0
-    return Usage(n(u.input_tokens) + cache_read + cache_write, n(u.output_tokens), cache_read, cache_write, reasoning)
+    return Usage(
+        n(u.input_tokens) + cache_read + cache_write,
+        n(u.output_tokens),
+        cache_read,
+        cache_write,
+        reasoning,
+    )
 
 
 def openai_chat_usage(u: Any) -> Usage | None:
@@ -210,8 +218,13 @@ def duck_usage(u: Any) -> Usage | None:
         reasoning = getattr(details, "reasoning_tokens", None) if details is not None else None
         if reasoning is None and details is not None:
             reasoning = getattr(details, "thinking_tokens", None)
-        return Usage(n(u.input_tokens), n(getattr(u, "output_tokens", 0)), reasoning_tokens=n(reasoning))
-    if getattr(u, "prompt_token_count", None) is not None or getattr(u, "candidates_token_count", None) is not None:
+        return Usage(
+            n(u.input_tokens), n(getattr(u, "output_tokens", 0)), reasoning_tokens=n(reasoning)
+        )
+    if (
+        getattr(u, "prompt_token_count", None) is not None
+        or getattr(u, "candidates_token_count", None) is not None
+    ):
         return google_usage(u)
     return None
 
@@ -241,8 +254,11 @@ def reason(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
-        # StrEnum members are str already; plain Enum falls through below.
-        return str(value.value) if hasattr(value, "value") and isinstance(value.value, str) else value
+        # str-mixin enum members (google's FinishReason) are str, but their
+        # str() is "FinishReason.STOP": use the value.
+        return (
+            str(value.value) if hasattr(value, "value") and isinstance(value.value, str) else value
+        )
     inner = getattr(value, "value", None)
     return inner if isinstance(inner, str) else str(value)
 
@@ -275,7 +291,9 @@ def observe_chat_completion(c: Any, provider: str | None = "openai") -> ResultFa
         if i == 0:
             message = getattr(choice, "message", None)
             text = s(message.content) if message is not None else s(getattr(choice, "text", None))
-    return ResultFacts(provider, s(c.model), openai_chat_usage(c.usage), s(c.id), tuple(reasons), text)
+    return ResultFacts(
+        provider, s(c.model), openai_chat_usage(c.usage), s(c.id), tuple(reasons), text
+    )
 
 
 def responses_text(r: Any) -> str | None:
@@ -283,9 +301,7 @@ def responses_text(r: Any) -> str | None:
     parts: list[str] = []
     for item in r.output or ():
         if item.type == "message":
-            for content in item.content or ():
-                if content.type == "output_text" and content.text:
-                    parts.append(content.text)
+            parts.extend(c.text for c in item.content or () if c.type == "output_text" and c.text)
     return "".join(parts)
 
 
@@ -297,7 +313,9 @@ def responses_reasons(r: Any) -> tuple[str, ...]:
     return (status,) if status else ()
 
 
-def observe_responses(r: Any, provider: str | None = "openai", text: str | None = None) -> ResultFacts:
+def observe_responses(
+    r: Any, provider: str | None = "openai", text: str | None = None
+) -> ResultFacts:
     """Facts of an OpenAI Responses ``Response`` (or its dict)."""
     return ResultFacts(
         provider,
@@ -331,7 +349,12 @@ def observe_google(g: Any, provider: str | None = "google") -> ResultFacts:
             reasons.append(blocked)
     text = google_candidate_text(candidates[0]) if candidates else None
     return ResultFacts(
-        provider, s(g.model_version), google_usage(g.usage_metadata), s(g.response_id), tuple(reasons), text
+        provider,
+        s(g.model_version),
+        google_usage(g.usage_metadata),
+        s(g.response_id),
+        tuple(reasons),
+        text,
     )
 
 
@@ -341,7 +364,10 @@ def observe_dict(d: Mapping[str, Any]) -> ResultFacts | None:
     kind = d.get("type")
     obj = d.get("object")
     if kind == "message" or (
-        "content" in d and "stop_reason" in d and isinstance(d.get("usage"), Mapping) and "input_tokens" in d["usage"]
+        "content" in d
+        and "stop_reason" in d
+        and isinstance(d.get("usage"), Mapping)
+        and "input_tokens" in d["usage"]
     ):
         return observe_anthropic_message(v, "anthropic")
     if obj in ("chat.completion", "text_completion") or "choices" in d:
@@ -361,7 +387,7 @@ def observe_dict(d: Mapping[str, Any]) -> ResultFacts | None:
 
 def observe_duck(obj: Any) -> ResultFacts | None:
     """Facts of a foreign object with a ``usage`` (or ``usage_metadata``) attribute."""
-    from . import provider_of  # the package imports this module first
+    from . import provider_of  # noqa: PLC0415 - the package imports this module first
 
     usage_obj = getattr(obj, "usage", None)
     if usage_obj is None:
@@ -404,7 +430,7 @@ def declares(cls: type, *names: str) -> bool:
     if isinstance(dc, Mapping) and any(name in dc for name in names):
         return True
     for klass in cls.__mro__:
-        ann = klass.__dict__.get("__annotations__")
+        ann = inspect.get_annotations(klass)
         if isinstance(ann, Mapping) and any(name in ann for name in names):
             return True
         if any(name in klass.__dict__ for name in names):
@@ -463,7 +489,7 @@ def kind_for_status(status: int | None) -> ErrorKind:
     return ErrorKind.UNKNOWN
 
 
-def refine_bad_request(kind: ErrorKind, status: int | None, text: str) -> ErrorKind:
+def refine_bad_request(kind: ErrorKind, text: str) -> ErrorKind:
     """Turn a BAD_REQUEST into CONTEXT_TOO_LONG / CONTENT_FILTERED when the text says so."""
     if kind is ErrorKind.BAD_REQUEST and text:
         if _CONTEXT_RE.search(text):
@@ -477,7 +503,7 @@ def message_of(exc: BaseException) -> str:
     """``str(exc)`` (or the class name when empty), bounded for logs."""
     try:
         text = str(exc)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a broken __str__ must not break classify
         text = ""
     if not text:
         text = type(exc).__name__
@@ -504,10 +530,12 @@ def info(
     )
 
 
-def simple(kind: ErrorKind, provider: str | None = None) -> Callable[[BaseException, float | None], ErrorInfo]:
+def simple(
+    kind: ErrorKind, provider: str | None = None
+) -> Callable[[BaseException, float | None], ErrorInfo]:
     """A classifier that always answers *kind* (no status, no headers)."""
 
-    def classify_fixed(exc: BaseException, now: float | None) -> ErrorInfo:
+    def classify_fixed(exc: BaseException, now: float | None) -> ErrorInfo:  # noqa: ARG001
         return ErrorInfo(kind, None, None, None, provider, message_of(exc))
 
     return classify_fixed
@@ -537,13 +565,13 @@ def status_of(exc: Any) -> int | None:
 
 def classify_generic_status(exc: BaseException, now: float | None) -> ErrorInfo:
     """Any exception carrying an HTTP status (``.status_code``, ``.status``, ``.response``)."""
-    from . import provider_of
+    from . import provider_of  # noqa: PLC0415 - the package imports this module first
 
     status = status_of(exc)
     if status is None:
         return ErrorInfo(ErrorKind.UNKNOWN, None, None, None, provider_of(exc), message_of(exc))
     message = message_of(exc)
-    kind = refine_bad_request(kind_for_status(status), status, message)
+    kind = refine_bad_request(kind_for_status(status), message)
     return info(kind, exc, status, provider_of(exc), now, message)
 
 

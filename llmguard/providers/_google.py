@@ -85,10 +85,10 @@ def feed_chunk(acc: StreamAccumulator, chunk: Any) -> None:
     meta = chunk.usage_metadata
     if meta is not None:
         acc.usage = google_usage(meta)  # cumulative: the latest wins
-    if acc.model is None:
-        acc.model = s(chunk.model_version)
-    if acc.response_id is None:
-        acc.response_id = s(chunk.response_id)
+    if not acc.model:
+        acc.model = s(chunk.model_version) or None
+    if not acc.response_id:
+        acc.response_id = s(chunk.response_id) or None
 
 
 def resolve_chunk(cls: type) -> Callable[[StreamAccumulator, Any], None] | None:
@@ -107,7 +107,7 @@ def _classify(exc: BaseException, now: float | None) -> ErrorInfo:
         kind = kind_for_status(status)
     else:
         kind = _RPC_KIND.get(rpc or "", ErrorKind.UNKNOWN)
-    kind = refine_bad_request(kind, status, f"{s(getattr(e, 'message', None)) or ''} {message}")
+    kind = refine_bad_request(kind, f"{s(getattr(e, 'message', None)) or ''} {message}")
     return info(kind, exc, status, PROVIDER, now, message)
 
 

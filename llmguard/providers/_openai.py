@@ -97,13 +97,14 @@ def _observe_embeddings(e: Any) -> ResultFacts:
 
 def resolve_result(cls: type) -> Callable[[Any], ResultFacts | None] | None:
     """The extractor for results of class *cls* from the openai package."""
-    from ._anthropic import observe_raw_response  # same Stainless APIResponse shape
+    from ._anthropic import observe_raw_response  # noqa: PLC0415 - same Stainless response shape
 
     names = mro_names(cls, ("openai",))
     if names & {"ChatCompletion", "Completion"}:
         return _observe_chat
     if "Response" in names and any(
-        k.__name__ == "Response" and k.__module__.startswith("openai.types.responses") for k in cls.__mro__
+        k.__name__ == "Response" and k.__module__.startswith("openai.types.responses")
+        for k in cls.__mro__
     ):
         return _observe_response
     if "CreateEmbeddingResponse" in names:
@@ -120,10 +121,10 @@ def resolve_result(cls: type) -> Callable[[Any], ResultFacts | None] | None:
 
 def feed_chat_chunk(acc: StreamAccumulator, chunk: Any) -> None:
     """Fold one ChatCompletionChunk (object or DictView)."""
-    if acc.model is None:
+    if not acc.model:  # Azure's first chunk (prompt filter results) may have model ""
         acc.provider = acc.provider or PROVIDER
-        acc.model = s(chunk.model)
-        acc.response_id = s(chunk.id)
+        acc.model = s(chunk.model) or None
+        acc.response_id = acc.response_id or s(chunk.id) or None
     for choice in chunk.choices or ():
         if choice.index == 0 or choice.index is None:
             delta = choice.delta
@@ -226,7 +227,7 @@ def _body_fields(exc: Any) -> tuple[str | None, str | None, str]:
 def _classify_status(exc: BaseException, now: float | None) -> ErrorInfo:
     e: Any = exc
     status = getattr(e, "status_code", None)
-    code, etype, body_msg = _body_fields(e)
+    code, _, body_msg = _body_fields(e)
     message = message_of(exc)
     kind = kind_for_status(status)
     if kind is ErrorKind.BAD_REQUEST:
@@ -234,14 +235,14 @@ def _classify_status(exc: BaseException, now: float | None) -> ErrorInfo:
         if by_code in (ErrorKind.CONTEXT_TOO_LONG, ErrorKind.CONTENT_FILTERED):
             kind = by_code
         else:
-            kind = refine_bad_request(kind, status, f"{body_msg} {message}")
+            kind = refine_bad_request(kind, f"{body_msg} {message}")
     if kind is ErrorKind.RATE_LIMITED and code == "insufficient_quota":
         # Still a 429, but the account is out of credit: waiting won't help.
         message = f"quota exhausted (insufficient_quota): {message}"
     return info(kind, exc, status, PROVIDER, now, message)
 
 
-def _classify_stream_error(exc: BaseException, now: float | None) -> ErrorInfo:
+def _classify_stream_error(exc: BaseException, now: float | None) -> ErrorInfo:  # noqa: ARG001
     """A bare ``APIError``: raised for an error *inside* a stream (no status)."""
     code, etype, body_msg = _body_fields(exc)
     kind = _BODY_KIND.get(code or "") or _BODY_KIND.get(etype or "") or ErrorKind.UNKNOWN
@@ -253,7 +254,7 @@ def _classify_stream_error(exc: BaseException, now: float | None) -> ErrorInfo:
         elif "rate limit" in text:
             kind = ErrorKind.RATE_LIMITED
         elif kind is ErrorKind.BAD_REQUEST:
-            kind = refine_bad_request(kind, None, f"{body_msg} {message}")
+            kind = refine_bad_request(kind, f"{body_msg} {message}")
     return ErrorInfo(kind, None, None, None, PROVIDER, message)
 
 
