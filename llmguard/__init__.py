@@ -7,6 +7,8 @@ have; see the README and ``DESIGN.md`` for what each promises.
 from ._context import current_call, remaining
 from ._describe import GuardInfo, describe
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
+from ._retry import RetryAttempt, retry
+from ._timeout import timeout
 from ._wrap import AsyncGuardedStream, GuardedStream, report_usage
 from .errors import (
     AllFailed,
@@ -39,6 +41,7 @@ __all__ = [
     "Outcome",
     "Price",
     "RateLimited",
+    "RetryAttempt",
     "StreamInterrupted",
     "Usage",
     "ValidationFailed",
@@ -49,7 +52,9 @@ __all__ = [
     "describe",
     "remaining",
     "report_usage",
+    "retry",
     "set_price",
+    "timeout",
     "usage_from",
 ]
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 import warnings
 
 from collections import deque
@@ -67,6 +68,11 @@ ASYNCGEN = "async generator"
 _STREAM_SHAPES = frozenset({GEN, ASYNCGEN})
 
 FinishHook = Callable[[Outcome, "BaseException | None"], None]
+ErrorMap = Callable[["BaseException", "_StreamBase"], "BaseException | None"]
+
+# Finishing flips one flag; a stream may be ended from two threads at once
+# (a timeout closing it while a worker is still reading), so the flip is locked.
+_FINISH_LOCK = threading.Lock()
 
 # Argument names whose string content is the request's input, for estimates.
 _INPUT_PARAMS = ("system", "messages", "prompt", "input", "contents", "instructions")
@@ -522,6 +528,7 @@ class _StreamBase:
         "_buffer",
         "_call",
         "_chunk_hooks",
+        "_error_maps",
         "_finish_hooks",
         "_finished",
         "_is_managed",
@@ -555,6 +562,7 @@ class _StreamBase:
         self._it: Any = None
         self._buffer: deque[Any] = deque()
         self._chunk_hooks: list[Callable[[Any], None]] = []
+        self._error_maps: list[ErrorMap] = []
         self._finish_hooks: list[FinishHook] = []
         self._finished = False
         self.delivered = 0  # chunks handed to the caller
@@ -592,6 +600,24 @@ class _StreamBase:
         """Call *hook(chunk)* for each chunk as it passes to the caller."""
         self._chunk_hooks.append(hook)
 
+    def map_errors(self, mapper: ErrorMap) -> None:
+        """Let *mapper(exc, stream)* replace an error raised while reading.
+
+        If it returns an exception, that is raised instead (``from`` the
+        original) and is what the finish hooks see; None keeps the original.
+        `retry` uses it to turn a failure after the first chunk into
+        `StreamInterrupted`.
+        """
+        self._error_maps.append(mapper)
+
+    def _mapped(self, exc: BaseException) -> BaseException:
+        for mapper in self._error_maps:
+            replacement = mapper(exc, self)
+            if replacement is not None:
+                replacement.__cause__ = exc
+                return replacement
+        return exc
+
     def on_finish(self, hook: FinishHook) -> None:
         """Call *hook(outcome, exc)* once, when the stream ends in any way.
 
@@ -626,9 +652,10 @@ class _StreamBase:
 
     def _finish(self, outcome: Outcome, exc: BaseException | None) -> None:
         """Run the finish hooks, once, innermost stream first."""
-        if self._finished:
-            return
-        self._finished = True
+        with _FINISH_LOCK:
+            if self._finished:
+                return
+            self._finished = True
         self.outcome = outcome
         source = self._source
         if isinstance(source, _StreamBase):
@@ -777,8 +804,13 @@ class GuardedStream(_StreamBase):
             self._finish(Outcome.OK, None)
             raise
         except BaseException as exc:
-            self._close_manager(exc)
-            self._finish(outcome_of(exc), exc)
+            mapped = self._mapped(exc) if self._error_maps else exc
+            try:
+                self._close_manager(mapped)
+            finally:
+                self._finish(outcome_of(mapped), mapped)
+            if mapped is not exc:
+                raise mapped from exc
             raise
         self._observe_chunk(chunk)
         return chunk
@@ -874,10 +906,13 @@ class AsyncGuardedStream(_StreamBase):
             self._finish(Outcome.OK, None)
             raise
         except BaseException as exc:
+            mapped = self._mapped(exc) if self._error_maps else exc
             try:
-                await self._close_manager(exc)
+                await self._close_manager(mapped)
             finally:
-                self._finish(outcome_of(exc), exc)
+                self._finish(outcome_of(mapped), mapped)
+            if mapped is not exc:
+                raise mapped from exc
             raise
         self._observe_chunk(chunk)
         return chunk

@@ -1,0 +1,573 @@
+"""`retry`: provider-aware retries with capped, jittered backoff.
+
+What is retried, by default, is decided by the provider adapters'
+classification of the exception (`llmguard.providers.classify`):
+
+* retried: rate limited (429), overloaded (529), server errors (5xx), 408,
+  409, connection errors, timeouts (the SDKs' and llmguard's own per-attempt
+  `GuardTimeout`), and anything the server marks ``x-should-retry: true``;
+* never: 400/401/403/404/422, context too long, content filtered,
+  ``x-should-retry: false``, and llmguard's own refusals (`BudgetExceeded`,
+  `CircuitOpen`, `InputRejected`) and `StreamInterrupted`.
+
+The wait before retry *n* (1-based) is capped exponential backoff,
+``min(max_delay, initial * multiplier ** (n - 1))``, with full jitter by
+default (a uniform draw below that cap; "equal" keeps half of it fixed,
+"decorrelated" draws between ``initial`` and three times the previous wait).
+A delay the server asks for (``retry-after-ms``, ``retry-after``, the
+rate-limit reset headers) wins when it is longer. Retrying stops at once, with
+no pointless sleep, when the wait would end past the active deadline
+(``with lg.timeout(...)``) or past ``max_elapsed``, or when the server asks
+for more than ``max_retry_after`` seconds.
+
+On giving up, the **original** last exception is re-raised (so ``except
+anthropic.RateLimitError`` keeps working) with a PEP 678 note saying how many
+attempts were made over how long.
+
+Streams: a failure before the first chunk reaches the caller is retried like
+any other; after it, chunks cannot be taken back, so the failure is raised as
+`StreamInterrupted` carrying the text and usage seen so far.
+
+Configure the SDK client underneath with ``max_retries=0``: the SDKs retry
+twice by default, and nested retries multiply (4 x 3 = 12 requests). llmguard
+warns once when it can see a client that still retries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import threading
+import warnings
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Final, Literal, ParamSpec, TypeVar, overload
+
+from . import _clock, _events
+from ._context import deadline as active_deadline
+from ._record import CallRecord, ErrorKind
+from ._wrap import AsyncGuardedStream, Call, GuardedStream, Layer, _StreamBase
+from .errors import GuardTimeout, LLMGuardError, StreamInterrupted
+from .providers import classify
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Jitter = Literal["full", "equal", "decorrelated"] | None
+Predicate = Callable[[BaseException], "bool | float | dt.timedelta"]
+On = type[BaseException] | tuple[type[BaseException], ...] | Predicate | None
+
+_JITTERS: Final = ("full", "equal", "decorrelated", None)
+
+# What a later identical request cannot fix: never retried, whatever
+# x-should-retry says.
+_NEVER_STATUSES: Final = frozenset({400, 401, 403, 404, 422})
+_NEVER_KINDS: Final = frozenset(
+    {
+        ErrorKind.BAD_REQUEST,
+        ErrorKind.AUTH,
+        ErrorKind.NOT_FOUND,
+        ErrorKind.CONTEXT_TOO_LONG,
+        ErrorKind.CONTENT_FILTERED,
+    }
+)
+# Exceptions that end a call rather than fail it.
+_NOT_FAILURES: Final = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def _seconds(name: str, value: object, *, allow_none: bool = False) -> float | None:
+    """Validate a duration parameter (float or timedelta) at decoration time."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, dt.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        msg = f"retry({name}=...) must be a number of seconds or a timedelta, got {value!r}"
+        raise TypeError(msg)
+    if value <= 0:
+        msg = f"retry({name}=...) must be > 0, got {value!r}"
+        raise ValueError(msg)
+    return float(value)
+
+
+class _RetryBudget:
+    """A token bucket shared by every caller of one function.
+
+    Each call deposits ``ratio`` tokens and each retry spends one, so over
+    time retries stay below ``ratio`` of calls; a small reserve lets the
+    first isolated failures retry before any calls have deposited.
+    """
+
+    __slots__ = ("_lock", "_tokens", "cap", "ratio")
+
+    RESERVE: Final = 10.0
+
+    def __init__(self, ratio: float) -> None:
+        self.ratio = ratio
+        self.cap = self.RESERVE
+        self._tokens = self.RESERVE
+        self._lock = threading.Lock()
+
+    def deposit(self) -> None:
+        with self._lock:
+            self._tokens = min(self.cap, self._tokens + self.ratio)
+
+    def withdraw(self) -> bool:
+        with self._lock:
+            if self._tokens < 1.0:
+                return False
+            self._tokens -= 1.0
+            return True
+
+
+class _Attempts:
+    """Where one call's retrying stands: attempts made, time, last wait."""
+
+    __slots__ = (
+        "count",
+        "last_delay",
+        "last_error",
+        "previous_wait",
+        "retryable",
+        "started",
+        "stopped_by",
+    )
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.retryable = False  # the last error was one worth retrying
+        self.count = 0
+        self.last_delay = 0.0
+        self.previous_wait = 0.0
+        self.last_error: BaseException | None = None
+        self.stopped_by = ""
+
+
+class RetryLayer(Layer):
+    """The `retry` guard. Build it with `retry`, not directly."""
+
+    name = "retry"
+
+    def __init__(
+        self,
+        attempts: int = 4,
+        *,
+        on: On = None,
+        initial: float | dt.timedelta = 0.5,
+        max_delay: float | dt.timedelta = 30.0,
+        multiplier: float = 2.0,
+        jitter: Jitter = "full",
+        max_elapsed: float | dt.timedelta | None = None,
+        max_retry_after: float | dt.timedelta = 300.0,
+        budget_ratio: float | None = None,
+    ) -> None:
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            msg = f"retry(attempts=...) must be an int >= 1, got {attempts!r}"
+            raise ValueError(msg)
+        if on is not None and not _valid_on(on):
+            msg = (
+                "retry(on=...) must be an exception class, a tuple of them, or a "
+                f"callable taking the exception, got {on!r}"
+            )
+            raise TypeError(msg)
+        if jitter not in _JITTERS:
+            msg = f'retry(jitter=...) must be "full", "equal", "decorrelated" or None, got {jitter!r}'
+            raise ValueError(msg)
+        if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or multiplier < 1:
+            msg = f"retry(multiplier=...) must be >= 1, got {multiplier!r}"
+            raise ValueError(msg)
+        if budget_ratio is not None and not 0 < budget_ratio <= 1:
+            msg = f"retry(budget_ratio=...) must be in (0, 1], got {budget_ratio!r}"
+            raise ValueError(msg)
+        self.max_attempts = attempts
+        self.on = on
+        self.initial = _seconds("initial", initial) or 0.5
+        self.max_delay = _seconds("max_delay", max_delay) or 30.0
+        if self.max_delay < self.initial:
+            msg = f"retry(max_delay=...) must be >= initial ({self.initial}), got {self.max_delay}"
+            raise ValueError(msg)
+        self.multiplier = float(multiplier)
+        self.jitter = jitter
+        self.max_elapsed = _seconds("max_elapsed", max_elapsed, allow_none=True)
+        self.max_retry_after = _seconds("max_retry_after", max_retry_after) or 300.0
+        self.budget_ratio = budget_ratio
+        self._budget: _RetryBudget | None = None
+        self._warned = False
+        self._function = ""
+
+    def settings(self) -> dict[str, Any]:
+        """The configuration, for `describe`."""
+        return {
+            "attempts": self.max_attempts,
+            "on": self.on,
+            "initial": self.initial,
+            "max_delay": self.max_delay,
+            "multiplier": self.multiplier,
+            "jitter": self.jitter,
+            "max_elapsed": self.max_elapsed,
+            "max_retry_after": self.max_retry_after,
+            "budget_ratio": self.budget_ratio,
+        }
+
+    def for_function(self, fn: Callable[..., Any], shape: str) -> RetryLayer:  # noqa: ARG002
+        """A copy for *fn*: its own retry budget and SDK-retries warning."""
+        layer = _copy(self)
+        layer._budget = _RetryBudget(self.budget_ratio) if self.budget_ratio else None
+        layer._function = getattr(fn, "__qualname__", repr(fn))
+        client = _retrying_client(fn)
+        if client is not None:
+            layer._warn_sdk_retries(client)
+        return layer
+
+    # -- the decision ------------------------------------------------------
+
+    def _delay(self, exc: BaseException, state: _Attempts) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up."""
+        state.last_error = exc
+        if isinstance(exc, _NOT_FAILURES) or not isinstance(exc, Exception):
+            return None  # cancellation, interrupts: not failures to retry
+        server_delay, reason, exact = self._judge(exc)
+        if reason:
+            state.stopped_by = reason
+            return None
+        state.retryable = True
+        if state.count >= self.max_attempts:
+            state.stopped_by = "attempts exhausted"
+            return None
+        if self._budget is not None and not self._budget.withdraw():
+            state.stopped_by = "retry budget exhausted"
+            return None
+        wait = server_delay if exact and server_delay is not None else self._backoff(state)
+        if server_delay is not None and not exact:
+            if server_delay > self.max_retry_after:
+                state.stopped_by = f"server asked to wait {server_delay:.1f}s (> max_retry_after)"
+                return None
+            wait = max(wait, server_delay)
+        now = _clock.now()
+        dl = active_deadline()
+        if dl is not None and now + wait >= dl:
+            state.stopped_by = f"the next attempt could not start before the deadline (wait {wait:.2f}s)"
+            return None
+        if self.max_elapsed is not None and now + wait - state.started >= self.max_elapsed:
+            state.stopped_by = f"max_elapsed ({self.max_elapsed}s) would be passed (wait {wait:.2f}s)"
+            return None
+        state.last_delay = wait
+        return wait
+
+    def _judge(self, exc: BaseException) -> tuple[float | None, str, bool]:
+        """(server delay, reason not to retry, whether the delay is exact) for *exc*.
+
+        An empty reason means retry; a delay from an ``on=`` predicate is used
+        as it is, a server's delay only when longer than the backoff.
+        """
+        if isinstance(exc, StreamInterrupted):
+            return None, "the stream had already reached the caller", False
+        on = self.on
+        if on is not None and not isinstance(on, (type, tuple)):
+            verdict = on(exc)
+            if verdict is False:
+                return None, "on= said no", False
+            if verdict is True:
+                return classify(exc).retry_after, "", False
+            if isinstance(verdict, dt.timedelta):
+                return verdict.total_seconds(), "", True
+            return float(verdict), "", True
+        if isinstance(exc, GuardTimeout):
+            return None, "", False  # a per-attempt timeout: worth another attempt
+        if on is not None:
+            if isinstance(exc, LLMGuardError) or not isinstance(exc, on):
+                return None, f"not retryable ({type(exc).__name__} is not in on=)", False
+            return classify(exc).retry_after, "", False
+        info = classify(exc)
+        if info.kind is ErrorKind.GUARD:
+            return None, f"not retryable ({type(exc).__name__})", False
+        if info.should_retry is False:
+            return None, "the server said x-should-retry: false", False
+        never = info.status in _NEVER_STATUSES or info.kind in (
+            ErrorKind.CONTEXT_TOO_LONG,
+            ErrorKind.CONTENT_FILTERED,
+        )
+        if not info.should_retry and info.kind in _NEVER_KINDS:
+            never = True
+        if info.kind.transient and not never:
+            return info.retry_after, "", False
+        if info.should_retry and not never:
+            return info.retry_after, "", False
+        return None, f"not retryable ({info.kind.value})", False
+
+    def _backoff(self, state: _Attempts) -> float:
+        n = state.count  # attempts made so far; the first retry has n == 1
+        cap = min(self.max_delay, self.initial * self.multiplier ** (n - 1))
+        if self.jitter == "full":
+            wait = random.uniform(0, cap)  # noqa: S311 - jitter, not cryptography
+        elif self.jitter == "equal":
+            wait = cap / 2 + random.uniform(0, cap / 2)  # noqa: S311
+        elif self.jitter == "decorrelated":
+            prev = state.previous_wait or self.initial
+            wait = min(self.max_delay, random.uniform(self.initial, prev * 3))  # noqa: S311
+        else:
+            wait = cap
+        state.previous_wait = wait
+        return wait
+
+    def _scheduled(self, record: CallRecord | None, state: _Attempts, delay: float) -> None:
+        exc = state.last_error
+        kind = classify(exc).kind.value if isinstance(exc, Exception) else None
+        _events.emit(
+            _events.RETRY_SCHEDULED,
+            record,
+            level="warning",
+            attempt=state.count,
+            delay=round(delay, 6),
+            error_kind=kind,
+            cause=type(exc).__name__,
+        )
+        if record is not None:
+            record.extra["retries"] = record.extra.get("retries", 0) + 1
+
+    def _give_up(self, record: CallRecord | None, state: _Attempts, exc: BaseException) -> None:
+        if not isinstance(exc, Exception) or (state.count == 1 and not state.retryable):
+            return  # a first failure that is not retryable: left exactly as raised
+        elapsed = _clock.now() - state.started
+        note = (
+            f"llmguard.retry: gave up after {state.count} attempt{'s' * (state.count != 1)} "
+            f"over {elapsed:.2f}s (last delay {state.last_delay:.2f}s): {state.stopped_by}"
+        )
+        exc.add_note(note)
+        _events.emit(
+            _events.RETRY_EXHAUSTED,
+            record,
+            level="warning",
+            attempts=state.count,
+            elapsed=round(elapsed, 6),
+            reason=state.stopped_by,
+            cause=type(exc).__name__,
+        )
+        self._check_sdk_retried(exc)
+
+    # -- the guard ---------------------------------------------------------
+
+    def around(self, call: Call) -> Any:
+        """Run the call, retrying transient failures."""
+        if self._budget is not None:
+            self._budget.deposit()
+        state = _Attempts(_clock.now())
+        while True:
+            state.count += 1
+            try:
+                result = call.proceed()
+                if isinstance(result, GuardedStream):
+                    result.prime()
+                    result.map_errors(_interrupted)
+            except BaseException as exc:
+                delay = self._delay(exc, state)
+                if delay is None:
+                    self._give_up(call.record, state, exc)
+                    raise
+                self._scheduled(call.record, state, delay)
+                _clock.get_clock().sleep(delay)
+                continue
+            return result
+
+    async def around_async(self, call: Call) -> Any:
+        """Run the call, retrying transient failures, without blocking the loop."""
+        if self._budget is not None:
+            self._budget.deposit()
+        state = _Attempts(_clock.now())
+        while True:
+            state.count += 1
+            try:
+                result = await call.proceed_async()
+                if isinstance(result, AsyncGuardedStream):
+                    await result.prime()
+                    result.map_errors(_interrupted)
+            except BaseException as exc:
+                delay = self._delay(exc, state)
+                if delay is None:
+                    self._give_up(call.record, state, exc)
+                    raise
+                self._scheduled(call.record, state, delay)
+                await _clock.get_clock().asleep(delay)
+                continue
+            return result
+
+    # -- the block form ----------------------------------------------------
+
+    def attempts(self) -> Iterator[RetryAttempt]:
+        """Retry a block of code: ``for attempt in r.attempts(): with attempt: ...``."""
+        state = _Attempts(_clock.now())
+        while True:
+            state.count += 1
+            attempt = RetryAttempt(self, state)
+            yield attempt
+            if attempt.delay is None:
+                return
+            self._scheduled(None, state, attempt.delay)
+            _clock.get_clock().sleep(attempt.delay)
+
+    async def attempts_async(self) -> AsyncIterator[RetryAttempt]:
+        """Retry a block of async code: ``async for attempt in r.attempts_async(): with attempt: ...``."""
+        state = _Attempts(_clock.now())
+        while True:
+            state.count += 1
+            attempt = RetryAttempt(self, state)
+            yield attempt
+            if attempt.delay is None:
+                return
+            self._scheduled(None, state, attempt.delay)
+            await _clock.get_clock().asleep(attempt.delay)
+
+    # -- SDK retries underneath ---------------------------------------------
+
+    def _warn_sdk_retries(self, client: Any) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        warnings.warn(
+            f"llmguard.retry on {self._function}: the {type(client).__module__.partition('.')[0]} "
+            f"client it calls also retries (max_retries={client.max_retries}), so attempts "
+            f"multiply ({self.max_attempts} x {client.max_retries + 1}); create the client with "
+            "max_retries=0 and let llmguard do the retrying",
+            UserWarning,
+            stacklevel=4,
+        )
+
+    def _check_sdk_retried(self, exc: BaseException) -> None:
+        request = getattr(exc, "request", None)
+        headers = getattr(request, "headers", None)
+        if headers is None:
+            return
+        try:
+            count = int(headers.get("x-stainless-retry-count", "0"))
+        except (TypeError, ValueError, AttributeError):
+            return
+        if count > 0 and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"llmguard.retry on {self._function}: the SDK client underneath retried too "
+                f"({count} retries on the last attempt), so attempts multiply; create the "
+                "client with max_retries=0 and let llmguard do the retrying",
+                UserWarning,
+                stacklevel=4,
+            )
+
+
+class RetryAttempt:
+    """One attempt of the block form; use it as a ``with`` block."""
+
+    __slots__ = ("_layer", "_state", "delay")
+
+    def __init__(self, layer: RetryLayer, state: _Attempts) -> None:
+        self._layer = layer
+        self._state = state
+        self.delay: float | None = None  # set when the block failed and will be retried
+
+    @property
+    def number(self) -> int:
+        """1 for the first attempt, 2 for the first retry..."""
+        return self._state.count
+
+    def __enter__(self) -> RetryAttempt:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+        if exc is None:
+            return False
+        delay = self._layer._delay(exc, self._state)
+        if delay is None:
+            self._layer._give_up(None, self._state, exc)
+            return False
+        self.delay = delay
+        return True  # swallowed: the loop sleeps and tries again
+
+
+def _interrupted(exc: BaseException, stream: _StreamBase) -> BaseException | None:
+    """A failure after chunks reached the caller becomes `StreamInterrupted`."""
+    if stream.delivered == 0 or not isinstance(exc, Exception) or isinstance(exc, StreamInterrupted):
+        return None
+    return StreamInterrupted(
+        f"the stream failed after {stream.delivered} chunk{'s' * (stream.delivered != 1)} "
+        f"reached the caller ({type(exc).__name__}: {exc}); nothing was replayed",
+        text=stream.text,
+        usage=stream.usage,
+    )
+
+
+def _valid_on(on: object) -> bool:
+    if isinstance(on, type):
+        return issubclass(on, BaseException)
+    if isinstance(on, tuple):
+        return bool(on) and all(isinstance(t, type) and issubclass(t, BaseException) for t in on)
+    return callable(on)
+
+
+def _copy(layer: RetryLayer) -> RetryLayer:
+    new = object.__new__(RetryLayer)
+    new.__dict__.update(layer.__dict__)
+    return new
+
+
+def _retrying_client(fn: Callable[..., Any]) -> Any:
+    """An anthropic/openai client *fn* visibly uses that still retries, if any."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+    candidates: list[Any] = []
+    fn_globals = getattr(fn, "__globals__", {})
+    candidates.extend(fn_globals[name] for name in code.co_names if name in fn_globals)
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            candidates.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            continue
+    for obj in candidates:
+        module = type(obj).__module__.partition(".")[0]
+        if module in ("anthropic", "openai"):
+            retries = getattr(obj, "max_retries", 0)
+            if isinstance(retries, int) and retries > 0:
+                return obj
+    return None
+
+
+@overload
+def retry(fn: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def retry(
+    attempts: int = 4,
+    *,
+    on: On = None,
+    initial: float | dt.timedelta = 0.5,
+    max_delay: float | dt.timedelta = 30.0,
+    multiplier: float = 2.0,
+    jitter: Jitter = "full",
+    max_elapsed: float | dt.timedelta | None = None,
+    max_retry_after: float | dt.timedelta = 300.0,
+    budget_ratio: float | None = None,
+) -> RetryLayer: ...
+def retry(fn_or_attempts: Any = None, /, **kwargs: Any) -> Any:
+    """Retry transient LLM API failures with capped, jittered backoff.
+
+    ``@lg.retry`` or ``@lg.retry(attempts=4, on=None, initial=0.5,
+    max_delay=30, multiplier=2, jitter="full", max_elapsed=None,
+    max_retry_after=300, budget_ratio=None)``. ``attempts`` counts the
+    first call too. ``on`` replaces the default classification: exception
+    classes, or a predicate returning True/False or a delay in seconds.
+    ``budget_ratio`` caps retries, across all callers of the function, at that
+    fraction of recent calls. The returned object is also the block form::
+
+        retrying = lg.retry(attempts=3)
+        for attempt in retrying.attempts():
+            with attempt:
+                ...
+
+    See the module docstring for exactly what is retried and how long it waits.
+    """
+    if fn_or_attempts is None:
+        return RetryLayer(**kwargs)
+    if callable(fn_or_attempts):
+        if kwargs:
+            msg = "retry(fn, ...) takes no other arguments; use @retry(...) to configure"
+            raise TypeError(msg)
+        return RetryLayer()(fn_or_attempts)
+    return RetryLayer(fn_or_attempts, **kwargs)

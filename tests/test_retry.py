@@ -1,0 +1,504 @@
+"""`retry`: provider-aware retries with the real SDKs against the fake provider."""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+import llmguard as lg
+
+from llmguard._fake_provider import FakeProvider, Step
+from llmguard.testing import FakeClock
+
+
+MODEL = "claude-sonnet-4-6"
+MESSAGES: Any = [{"role": "user", "content": "hello there"}]
+
+# Every call shape, each consumed to the text it produced.
+SHAPES = ["def", "async def", "def->stream", "async def->stream", "generator", "async generator", "method"]
+
+
+def build(shape: str, decorate: Callable[[Any], Any], sync: anthropic.Anthropic, aclient: anthropic.AsyncAnthropic) -> Callable[[], str]:
+    """A guarded function of *shape* and a thunk that calls it and returns its text."""
+
+    def create(**kw: Any) -> Any:
+        return sync.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, **kw)
+
+    async def acreate(**kw: Any) -> Any:
+        return await aclient.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, **kw)
+
+    def events_text(events: Any) -> str:
+        return "".join(e.delta.text for e in events if e.type == "content_block_delta")
+
+    if shape == "def":
+        f = decorate(lambda: create())
+        return lambda: f().content[0].text
+    if shape == "async def":
+
+        @decorate
+        async def af() -> Any:
+            return await acreate()
+
+        return lambda: asyncio.run(af()).content[0].text
+    if shape == "def->stream":
+        g = decorate(lambda: create(stream=True))
+        return lambda: events_text(list(g()))
+    if shape == "async def->stream":
+
+        @decorate
+        async def ag() -> Any:
+            return await acreate(stream=True)
+
+        async def consume() -> str:
+            return events_text([e async for e in await ag()])
+
+        return lambda: asyncio.run(consume())
+    if shape == "generator":
+
+        @decorate
+        def gen() -> Iterator[str]:
+            for e in create(stream=True):
+                if e.type == "content_block_delta":
+                    yield e.delta.text
+
+        return lambda: "".join(gen())
+    if shape == "async generator":
+
+        @decorate
+        async def agen() -> AsyncIterator[str]:
+            async for e in await acreate(stream=True):
+                if e.type == "content_block_delta":
+                    yield e.delta.text
+
+        async def consume_gen() -> str:
+            return "".join([t async for t in agen()])
+
+        return lambda: asyncio.run(consume_gen())
+
+    class Service:
+        @decorate
+        def ask(self) -> Any:
+            return create()
+
+    svc = Service()
+    return lambda: svc.ask().content[0].text
+
+
+@pytest.fixture
+def clients(fake_provider: FakeProvider) -> Iterator[tuple[anthropic.Anthropic, anthropic.AsyncAnthropic]]:
+    sync = anthropic.Anthropic(base_url=fake_provider.anthropic_base_url, api_key="k", max_retries=0)
+    aclient = anthropic.AsyncAnthropic(base_url=fake_provider.anthropic_base_url, api_key="k", max_retries=0)
+    yield sync, aclient
+    sync.close()
+
+
+def api_requests(fake: FakeProvider) -> int:
+    return sum(1 for r in fake.requests if r.path.startswith("/v1/"))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_429_with_retry_after_then_success_waits_and_retries_once(
+    shape: str, clients: Any, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    """429 + Retry-After: 2 then success: two requests and a wait of at least 2 s."""
+    fake_provider.script(Step(status=429, headers={"retry-after": "2"}), Step(reply="ok now"))
+    call = build(shape, lg.retry, *clients)
+
+    assert "ok now" == call()
+    assert 2 == api_requests(fake_provider)
+    assert 1 == len(fake_clock.sleeps)
+    assert fake_clock.sleeps[0] >= 2.0
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_529_then_500_then_success_makes_three_requests(
+    shape: str, clients: Any, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    """Overloaded, then a server error, then success: three requests."""
+    fake_provider.script(Step(status=529), Step(status=500), Step(reply="third time"))
+    call = build(shape, lg.retry(attempts=4), *clients)
+
+    assert "third time" == call()
+    assert 3 == api_requests(fake_provider)
+    assert 2 == len(fake_clock.sleeps)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_400_is_not_retried_and_raises_the_original(
+    shape: str, clients: Any, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    """A bad request makes one request and raises the SDK's BadRequestError, untouched."""
+    fake_provider.script(Step(status=400), Step(reply="never"))
+    call = build(shape, lg.retry, *clients)
+
+    with pytest.raises(anthropic.BadRequestError) as info:
+        call()
+
+    assert 1 == api_requests(fake_provider)
+    assert [] == fake_clock.sleeps
+    assert not getattr(info.value, "__notes__", [])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_exhaustion_reraises_the_original_class_with_a_note(
+    shape: str, clients: Any, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    """Three 429s with attempts=3: the last RateLimitError, noted with attempts and time."""
+    fake_provider.script(*[Step(status=429, headers={"retry-after": "1"})] * 3, Step(reply="too late"))
+    call = build(shape, lg.retry(attempts=3), *clients)
+
+    with pytest.raises(anthropic.RateLimitError) as info:
+        call()
+
+    assert 3 == api_requests(fake_provider)
+    notes = info.value.__notes__
+    assert 1 == len(notes)
+    assert "gave up after 3 attempts over" in notes[0]
+    assert "attempts exhausted" in notes[0]
+
+
+@pytest.mark.parametrize("shape", ["def->stream", "async def->stream", "generator", "async generator"])
+def test_stream_failing_before_the_first_chunk_is_retried(
+    shape: str, clients: Any, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    """A dropped connection before any chunk: retried, and the caller sees one clean stream."""
+    fake_provider.script(Step(drop=True), Step(reply="fresh stream"))
+    call = build(shape, lg.retry, *clients)
+
+    assert "fresh stream" == call()
+    assert 2 == api_requests(fake_provider)
+
+
+@pytest.mark.parametrize("shape", ["def->stream", "async def->stream", "generator", "async generator"])
+def test_stream_failing_after_the_first_chunk_raises_stream_interrupted(
+    shape: str, clients: Any, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    """An error mid-stream is never replayed: StreamInterrupted with the partial text."""
+    fake_provider.script(Step(reply="one two three four", error_after=2), Step(reply="never"))
+    call = build(shape, lg.retry, *clients)
+
+    with pytest.raises(lg.StreamInterrupted) as info:
+        call()
+
+    assert 1 == api_requests(fake_provider)
+    assert info.value.text.startswith("one two")
+    assert info.value.__cause__ is not None
+
+
+def test_stream_interrupted_carries_the_usage_seen_so_far(
+    clients: Any, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    """The partial usage (input confirmed by message_start) travels on the error."""
+    fake_provider.script(Step(reply="a b c d e", error_after=2, usage={"input_tokens": 40, "output_tokens": 5}))
+    sync, _ = clients
+
+    @lg.retry
+    def ask() -> Any:
+        return sync.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, stream=True)
+
+    with pytest.raises(lg.StreamInterrupted) as info:
+        list(ask())
+
+    assert info.value.usage is not None
+    assert 40 == info.value.usage.input_tokens
+
+
+def test_openai_sync_and_async_retry_rate_limits(fake_provider: FakeProvider, fake_clock: FakeClock) -> None:
+    """The openai SDK's 429 (retry-after-ms) and 500 are retried, sync and async."""
+    client = openai.OpenAI(base_url=fake_provider.openai_base_url, api_key="k", max_retries=0)
+    aclient = openai.AsyncOpenAI(base_url=fake_provider.openai_base_url, api_key="k", max_retries=0)
+
+    @lg.retry
+    def ask() -> Any:
+        return client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+
+    @lg.retry
+    async def aask() -> Any:
+        return await aclient.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+
+    fake_provider.script(Step(status=429, headers={"retry-after-ms": "1500"}), Step(reply="sync ok"))
+    assert "sync ok" == ask().choices[0].message.content
+    fake_provider.script(Step(status=500), Step(reply="async ok"))
+    assert "async ok" == asyncio.run(aask()).choices[0].message.content
+    assert fake_clock.sleeps[0] >= 1.5
+    assert 4 == api_requests(fake_provider)
+
+
+@pytest.mark.parametrize(
+    ("step", "error"),
+    [
+        (Step(status=401), anthropic.AuthenticationError),
+        (Step(status=403), anthropic.PermissionDeniedError),
+        (Step(status=404), anthropic.NotFoundError),
+        (Step(status=422), anthropic.UnprocessableEntityError),
+        (Step(status=400, error_message="prompt is too long: 210000 tokens > 200000 maximum"), anthropic.BadRequestError),
+        (Step(status=500, headers={"x-should-retry": "false"}), anthropic.InternalServerError),
+    ],
+)
+def test_never_retried_errors_make_one_request(
+    step: Step, error: type[Exception], clients: Any, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    """Client errors, context-too-long and x-should-retry: false are never retried."""
+    fake_provider.script(step, Step(reply="never"))
+    ask = build("def", lg.retry, *clients)
+
+    with pytest.raises(error):
+        ask()
+
+    assert 1 == api_requests(fake_provider)
+
+
+def test_x_should_retry_true_retries_an_otherwise_unknown_status(
+    clients: Any, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    """A 418 the server marks x-should-retry: true is retried."""
+    fake_provider.script(Step(status=418, headers={"x-should-retry": "true"}), Step(reply="brewed"))
+    ask = build("def", lg.retry, *clients)
+
+    assert "brewed" == ask()
+    assert 2 == api_requests(fake_provider)
+
+
+def test_llmguard_refusals_are_never_retried(fake_clock: FakeClock) -> None:
+    """BudgetExceeded, CircuitOpen and InputRejected pass straight through, once."""
+    calls = []
+
+    for error in (lg.BudgetExceeded("no"), lg.CircuitOpen("open"), lg.InputRejected("bad")):
+
+        @lg.retry(on=Exception)
+        def refuse(error: Exception = error) -> None:
+            calls.append(1)
+            raise error
+
+        with pytest.raises(type(error)):
+            refuse()
+
+    assert 3 == len(calls)
+    assert [] == fake_clock.sleeps
+
+
+def test_deadline_shorter_than_retry_after_fails_fast(
+    clients: Any, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    """Inside `with lg.timeout(1)`, a Retry-After of 5 s ends retrying without sleeping."""
+    fake_provider.script(Step(status=429, headers={"retry-after": "5"}), Step(reply="never"))
+    ask = build("def", lg.retry, *clients)
+
+    with lg.timeout(1), pytest.raises(anthropic.RateLimitError) as info:
+        ask()
+
+    assert [] == fake_clock.sleeps
+    assert 1 == api_requests(fake_provider)
+    assert "deadline" in info.value.__notes__[0]
+
+
+async def test_deadline_shorter_than_retry_after_fails_fast_async(
+    clients: Any, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    """The same with `async with lg.timeout(1)` around an async generator."""
+    fake_provider.script(Step(status=429, headers={"retry-after": "5"}), Step(reply="never"))
+    _, aclient = clients
+
+    @lg.retry
+    async def events() -> AsyncIterator[Any]:
+        async for e in await aclient.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, stream=True):
+            yield e
+
+    with pytest.raises(anthropic.RateLimitError):
+        async with lg.timeout(1):
+            _ = [e async for e in events()]
+
+    assert [] == fake_clock.sleeps
+    assert 1 == api_requests(fake_provider)
+
+
+def test_max_elapsed_stops_before_a_wait_that_would_pass_it(
+    clients: Any, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    """max_elapsed bounds the whole retrying: a 10 s Retry-After past it is not slept."""
+    fake_provider.script(Step(status=429, headers={"retry-after": "10"}), Step(reply="never"))
+    ask = build("def", lg.retry(max_elapsed=5), *clients)
+
+    with pytest.raises(anthropic.RateLimitError) as info:
+        ask()
+
+    assert [] == fake_clock.sleeps
+    assert "max_elapsed" in info.value.__notes__[0]
+
+
+def test_backoff_is_capped_exponential_with_full_jitter(fake_clock: FakeClock) -> None:
+    """Without jitter the waits double from initial up to max_delay; full jitter stays below."""
+    exact = lg.retry(attempts=6, initial=1, max_delay=4, jitter=None, on=ConnectionError)
+    jittered = lg.retry(attempts=6, initial=1, max_delay=4, on=ConnectionError)
+
+    for layer in (exact, jittered):
+
+        @layer
+        def flaky() -> None:
+            raise ConnectionError("down")
+
+        with pytest.raises(ConnectionError):
+            flaky()
+
+    assert [1.0, 2.0, 4.0, 4.0, 4.0] == fake_clock.sleeps[:5]
+    assert all(0 <= s <= cap for s, cap in zip(fake_clock.sleeps[5:], [1, 2, 4, 4, 4], strict=True))
+
+
+def test_on_predicate_may_return_a_delay(fake_clock: FakeClock) -> None:
+    """A predicate returning a number both retries and sets the wait."""
+    attempts = []
+
+    @lg.retry(attempts=3, on=lambda exc: 0.25 if isinstance(exc, KeyError) else False)
+    def lookup() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise KeyError("later")
+        return "found"
+
+    assert "found" == lookup()
+    assert [0.25, 0.25] == fake_clock.sleeps
+
+
+def test_retry_events_are_emitted_and_counted_on_the_record(
+    clients: Any, fake_provider: FakeProvider, fake_clock: FakeClock, llmguard_events: list[Any]
+) -> None:
+    """Each scheduled retry emits llmguard.retry.scheduled with attempt, delay and kind."""
+    fake_provider.script(Step(status=529), Step(reply="fine"))
+    ask = build("def", lg.retry, *clients)
+
+    ask()
+    scheduled = [e for e in llmguard_events if e.name == "llmguard.retry.scheduled"]
+
+    assert 1 == len(scheduled)
+    assert 1 == scheduled[0]["attempt"]
+    assert "overloaded" == scheduled[0]["error_kind"]
+    assert "OverloadedError" == scheduled[0]["cause"]
+
+
+def test_attempts_are_counted_on_the_call_record(
+    clients: Any, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    """The call record keeps one attempt per real request, with each attempt's error kind."""
+    from probe import Probe
+
+    probe = Probe()
+    sync, _ = clients
+
+    @probe
+    @lg.retry
+    def ask() -> Any:
+        return sync.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
+
+    fake_provider.script(Step(status=429, headers={"retry-after": "1"}), Step(status=503), Step(reply="ok"))
+    ask()
+
+    assert 3 == probe.record.attempt_count
+    assert [lg.ErrorKind.RATE_LIMITED, lg.ErrorKind.SERVER, None] == [a.error_kind for a in probe.record.attempts]
+
+
+def test_block_form_retries_a_block(fake_clock: FakeClock) -> None:
+    """for attempt in r.attempts(): with attempt: retries the block until it passes."""
+    tries = []
+    for attempt in lg.retry(attempts=3, on=ConnectionError, jitter=None).attempts():
+        with attempt:
+            tries.append(attempt.number)
+            if len(tries) < 3:
+                raise ConnectionError("down")
+
+    assert [1, 2, 3] == tries
+    assert [0.5, 1.0] == fake_clock.sleeps
+
+
+async def test_async_block_form_gives_up_with_the_original(fake_clock: FakeClock) -> None:
+    """The async block form re-raises the last error with the note when attempts run out."""
+    with pytest.raises(ConnectionError) as info:
+        async for attempt in lg.retry(attempts=2, on=ConnectionError).attempts_async():
+            with attempt:
+                raise ConnectionError("still down")
+
+    assert "gave up after 2 attempts" in info.value.__notes__[0]
+
+
+def test_retry_budget_caps_retries_under_a_storm(fake_clock: FakeClock) -> None:
+    """budget_ratio=0.2: across many failing calls, retries stay near 20% of calls plus the reserve."""
+    calls = 0
+
+    @lg.retry(attempts=4, on=ConnectionError, budget_ratio=0.2)
+    def always_down() -> None:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("down")
+
+    for _ in range(100):
+        with pytest.raises(ConnectionError):
+            always_down()
+    retries = calls - 100
+
+    assert retries <= 10 + 0.2 * 100
+    assert retries >= 10
+
+
+def test_warns_once_when_the_sdk_client_also_retries(fake_provider: FakeProvider) -> None:
+    """Decorating a function that uses a client with max_retries > 0 warns, naming the fix."""
+    retrying_client = anthropic.Anthropic(base_url=fake_provider.anthropic_base_url, api_key="k")
+
+    with pytest.warns(UserWarning, match="max_retries=0"):
+
+        @lg.retry
+        def ask() -> Any:
+            return retrying_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+
+        @lg.retry
+        def quiet() -> int:
+            return 1
+
+    retrying_client.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"attempts": 0}, r"retry\(attempts=...\) must be an int >= 1, got 0"),
+        ({"initial": -1}, r"retry\(initial=...\) must be > 0, got -1"),
+        ({"max_delay": 0}, r"retry\(max_delay=...\) must be > 0"),
+        ({"jitter": "sometimes"}, r"retry\(jitter=...\)"),
+        ({"multiplier": 0.5}, r"retry\(multiplier=...\) must be >= 1"),
+        ({"budget_ratio": 2}, r"retry\(budget_ratio=...\) must be in \(0, 1\]"),
+        ({"initial": 10, "max_delay": 1}, r"retry\(max_delay=...\) must be >= initial"),
+        ({"on": 42}, r"retry\(on=...\) must be an exception class"),
+    ],
+)
+def test_bad_configuration_fails_at_decoration_naming_the_parameter(kwargs: dict[str, Any], message: str) -> None:
+    """Each bad setting is refused when the decorator is built, naming the parameter."""
+    with pytest.raises((ValueError, TypeError), match=message):
+        lg.retry(**kwargs)
+
+
+def test_bare_and_called_forms_keep_identity() -> None:
+    """@lg.retry and @lg.retry() both keep name, doc and signature, and describe() shows them."""
+
+    @lg.retry
+    def bare(q: str) -> str:
+        """Doc."""
+        return q
+
+    @lg.retry()
+    async def called(q: str) -> str:
+        return q
+
+    assert "bare" == bare.__name__
+    assert "Doc." == bare.__doc__
+    assert "x" == bare("x")
+    assert asyncio.iscoroutinefunction(called)
+    assert "retry" == lg.describe(bare)[0].name
+    assert 4 == lg.describe(called)[0].settings["attempts"]
