@@ -17,8 +17,11 @@ slack, well under 100 ms):
   too, pass ``timeout=lg.remaining()`` to the SDK call inside the function:
   the SDK then stops at the same deadline.
 * Streams (generators, async generators, functions returning SDK streams):
-  ``first_token`` bounds the wait for the first chunk and ``idle`` the
-  silence between chunks; ``total`` bounds the whole stream. A stall raises
+  ``first_token`` bounds the wait for the first chunk, counted from the
+  start of the call (so a slow first byte counts), and ``idle`` the silence
+  between chunks; ``total`` bounds the whole stream. For a call that returns
+  a whole response, ``first_token`` bounds that response (it is the first
+  and only chunk). A stall raises
   `GuardTimeout` whose ``limit`` says which fired ("first_token", "idle" or
   "total"), and the underlying stream is closed.
 
@@ -169,16 +172,21 @@ class TimeoutLayer(Layer):
 
     # -- decorator ---------------------------------------------------------
 
-    def _first_chunk_by(self, call: Call) -> float | None:
-        """When the first chunk must have arrived, for a call that streams."""
-        if self.first_token is None or not call.record.stream:
+    def _first_chunk_by(self) -> float | None:
+        """When the first chunk must have arrived.
+
+        For a call that returns a stream, the request itself counts (a slow
+        first byte is a slow first token); for one that returns a whole
+        response, that response is its first and only chunk.
+        """
+        if self.first_token is None:
             return None
         return _clock.now() + self.first_token
 
     def around(self, call: Call) -> Any:
         """Run a sync call in a worker, waiting at most until the deadline."""
         deadline = self._deadline()
-        first_by = self._first_chunk_by(call)
+        first_by = self._first_chunk_by()
         if call.shape == GEN:
             return _TimedStream.wrap(call.proceed(), self, deadline, first_by, call)
         if deadline is not None:
@@ -205,7 +213,7 @@ class TimeoutLayer(Layer):
     async def around_async(self, call: Call) -> Any:
         """Await the call, cancelling it at the deadline."""
         deadline = self._deadline()
-        first_by = self._first_chunk_by(call)
+        first_by = self._first_chunk_by()
         if call.shape == ASYNCGEN:
             return _TimedStream.wrap_async(await call.proceed_async(), self, deadline, first_by, call)
         token = _DEADLINE.set(deadline)

@@ -404,7 +404,7 @@ def test_attempts_are_counted_on_the_call_record(
 
 
 def test_block_form_retries_a_block(fake_clock: FakeClock) -> None:
-    """for attempt in r.attempts(): with attempt: retries the block until it passes."""
+    """For attempt in r.attempts(): with attempt: retries the block until it passes."""
     tries = []
     for attempt in lg.retry(attempts=3, on=ConnectionError, jitter=None).attempts():
         with attempt:

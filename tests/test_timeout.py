@@ -1,0 +1,363 @@
+"""`timeout`: total deadlines, stream stalls, and deadlines that propagate.
+
+These are real-time tests (a guard that must interrupt waiting cannot be shown
+on a fake clock), kept to a few hundred milliseconds each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+import llmguard as lg
+
+from llmguard._fake_provider import FakeProvider, Step
+
+
+MODEL = "claude-sonnet-4-6"
+MESSAGES: Any = [{"role": "user", "content": "hello there"}]
+SLACK = 0.1  # the contract: control back within the deadline + 100 ms
+
+
+def test_sync_call_returns_control_within_the_deadline(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """A slow sync call gives GuardTimeout (a TimeoutError) at the deadline, not when it ends."""
+    fake_provider.script(Step(delay=2.0))
+
+    @lg.timeout(0.3)
+    def ask() -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
+
+    start = time.monotonic()
+    with pytest.raises(lg.GuardTimeout) as info:
+        ask()
+    elapsed = time.monotonic() - start
+
+    assert isinstance(info.value, TimeoutError)
+    assert "total" == info.value.limit
+    assert elapsed < 0.3 + SLACK
+
+
+async def test_async_call_is_cancelled_at_the_deadline(
+    async_anthropic_client: anthropic.AsyncAnthropic, fake_provider: FakeProvider
+) -> None:
+    """A slow async call is cancelled and raises GuardTimeout within the deadline."""
+    fake_provider.script(Step(delay=2.0))
+    cancelled = []
+
+    @lg.timeout(0.3)
+    async def ask() -> Any:
+        try:
+            return await async_anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    start = time.monotonic()
+    with pytest.raises(lg.GuardTimeout):
+        await ask()
+
+    assert time.monotonic() - start < 0.3 + SLACK
+    assert [True] == cancelled
+
+
+def test_remaining_inside_the_call_ends_the_abandoned_request_too(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """Passing lg.remaining() to the SDK makes the abandoned sync request time out as well."""
+    fake_provider.script(Step(delay=2.0))
+    seen: list[float | None] = []
+    errors: list[BaseException] = []
+
+    @lg.timeout(0.3)
+    def ask() -> Any:
+        seen.append(lg.remaining())
+        try:
+            return anthropic_client.messages.create(
+                model=MODEL, max_tokens=8, messages=MESSAGES, timeout=lg.remaining()
+            )
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+
+    with pytest.raises(lg.GuardTimeout):
+        ask()
+    time.sleep(0.2)  # the worker's own SDK timeout fires right at the deadline
+
+    assert seen[0] is not None
+    assert 0 < seen[0] <= 0.3
+    assert 1 == len(errors)
+    assert isinstance(errors[0], anthropic.APITimeoutError)
+
+
+def test_fast_calls_pass_through_untouched(anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider) -> None:
+    """Within the deadline the result comes back as it was."""
+    fake_provider.script(Step(reply="quick"))
+
+    @lg.timeout(5)
+    def ask() -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
+
+    assert "quick" == ask().content[0].text
+
+
+# -- streams -----------------------------------------------------------------
+
+
+def sync_stream(client: anthropic.Anthropic, guard: Any) -> Any:
+    @guard
+    def ask() -> Any:
+        return client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, stream=True)
+
+    return ask
+
+
+def sync_generator(client: anthropic.Anthropic, guard: Any) -> Any:
+    @guard
+    def texts() -> Iterator[str]:
+        for e in client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, stream=True):
+            if e.type == "content_block_delta":
+                yield e.delta.text
+
+    return texts
+
+
+@pytest.mark.parametrize("make", [sync_stream, sync_generator])
+def test_stalled_sync_stream_is_stopped_by_idle(
+    make: Any, anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """A stream that goes silent mid-way raises GuardTimeout(limit="idle") after `idle` seconds."""
+    fake_provider.script(Step(reply="a b c d e f", stall_after=2, stall=5.0))
+    ask = make(anthropic_client, lg.timeout(idle=0.3))
+
+    got = []
+    start = time.monotonic()
+    with pytest.raises(lg.GuardTimeout) as info:
+        got.extend(ask())
+    elapsed = time.monotonic() - start
+
+    assert "idle" == info.value.limit
+    assert elapsed < 0.3 + 0.5
+    assert elapsed >= 0.3
+
+
+@pytest.mark.parametrize("make", [sync_stream, sync_generator])
+def test_slow_first_byte_is_stopped_by_first_token(
+    make: Any, anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """A server slow to send anything raises GuardTimeout(limit="first_token")."""
+    fake_provider.script(Step(delay=2.0))
+    ask = make(anthropic_client, lg.timeout(first_token=0.3))
+
+    start = time.monotonic()
+    with pytest.raises(lg.GuardTimeout) as info:
+        list(ask())
+
+    assert "first_token" == info.value.limit
+    assert time.monotonic() - start < 0.3 + SLACK
+
+
+async def test_stalled_async_stream_is_stopped_by_idle(
+    async_openai_client: openai.AsyncOpenAI, fake_provider: FakeProvider
+) -> None:
+    """An async SDK stream that stalls is stopped by idle=, and its stream is closed."""
+    fake_provider.script(Step(reply="a b c d e f", stall_after=2, stall=5.0))
+    probe_outcomes: list[lg.Outcome] = []
+
+    @lg.timeout(idle=0.3)
+    async def ask() -> Any:
+        return await async_openai_client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)
+
+    stream = await ask()
+    stream.on_finish(lambda outcome, exc: probe_outcomes.append(outcome))
+    start = time.monotonic()
+    with pytest.raises(lg.GuardTimeout) as info:
+        async for _ in stream:
+            pass
+
+    assert "idle" == info.value.limit
+    assert time.monotonic() - start < 0.3 + 0.5
+    assert [lg.Outcome.ERROR] == probe_outcomes
+
+
+async def test_slow_first_token_of_an_async_generator(
+    async_anthropic_client: anthropic.AsyncAnthropic, fake_provider: FakeProvider
+) -> None:
+    """An async generator whose first chunk is late raises GuardTimeout(first_token)."""
+    fake_provider.script(Step(delay=2.0))
+
+    @lg.timeout(first_token=0.3)
+    async def texts() -> AsyncIterator[str]:
+        async for e in await async_anthropic_client.messages.create(
+            model=MODEL, max_tokens=64, messages=MESSAGES, stream=True
+        ):
+            yield e.type
+
+    start = time.monotonic()
+    with pytest.raises(lg.GuardTimeout) as info:
+        _ = [t async for t in texts()]
+
+    assert "first_token" == info.value.limit
+    assert time.monotonic() - start < 0.3 + SLACK
+
+
+async def test_async_generator_total_bounds_the_whole_stream() -> None:
+    """total= bounds a slow async generator end to end."""
+
+    @lg.timeout(0.3)
+    async def ticks() -> AsyncIterator[int]:
+        for i in range(100):
+            await asyncio.sleep(0.05)
+            yield i
+
+    with pytest.raises(lg.GuardTimeout) as info:
+        _ = [t async for t in ticks()]
+
+    assert "total" == info.value.limit
+
+
+def test_retry_over_timeout_retries_a_stalled_first_token(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider, fake_clock: Any
+) -> None:
+    """A first-token timeout is a failure before any chunk: retry makes a second request."""
+    fake_provider.script(Step(delay=2.0), Step(reply="second try"))
+
+    @lg.retry
+    @lg.timeout(first_token=0.3)
+    def ask() -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, stream=True)
+
+    text = "".join(e.delta.text for e in ask() if e.type == "content_block_delta")
+
+    assert "second try" == text
+    assert 2 == sum(1 for r in fake_provider.requests if r.path == "/v1/messages")
+
+
+def test_idle_stall_after_chunks_is_stream_interrupted_under_retry(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider, fake_clock: Any
+) -> None:
+    """A stall after chunks reached the caller is not retried: StreamInterrupted from the timeout."""
+    fake_provider.script(Step(reply="a b c d", stall_after=2, stall=5.0), Step(reply="never"))
+
+    @lg.retry
+    @lg.timeout(idle=0.3)
+    def ask() -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, stream=True)
+
+    with pytest.raises(lg.StreamInterrupted) as info:
+        list(ask())
+
+    assert isinstance(info.value.__cause__, lg.GuardTimeout)
+    assert 1 == sum(1 for r in fake_provider.requests if r.path == "/v1/messages")
+
+
+# -- the context manager -------------------------------------------------------
+
+
+def test_context_manager_sets_a_deadline_nested_take_the_smaller() -> None:
+    """With lg.timeout(...) sets remaining(); nested blocks take the smaller deadline."""
+    assert lg.remaining() is None
+    with lg.timeout(10):
+        outer = lg.remaining()
+        with lg.timeout(2):
+            inner = lg.remaining()
+        with lg.timeout(60):
+            wider = lg.remaining()
+    assert lg.remaining() is None
+
+    assert outer is not None
+    assert inner is not None
+    assert wider is not None
+    assert 9 < outer <= 10
+    assert 1 < inner <= 2
+    assert 9 < wider <= 10
+
+
+def test_inner_timeout_guard_shortens_to_the_active_deadline(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """A guard with a long total inside a short block times out at the block's deadline."""
+    fake_provider.script(Step(delay=2.0))
+
+    @lg.timeout(30)
+    def ask() -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
+
+    start = time.monotonic()
+    with lg.timeout(0.3), pytest.raises(lg.GuardTimeout):
+        ask()
+
+    assert time.monotonic() - start < 0.3 + SLACK
+
+
+async def test_async_context_manager_cancels_the_block() -> None:
+    """Async with lg.timeout(...) cancels the block at the deadline with GuardTimeout."""
+    start = time.monotonic()
+    with pytest.raises(lg.GuardTimeout):
+        async with lg.timeout(0.2):
+            await asyncio.sleep(5)
+
+    assert time.monotonic() - start < 0.2 + SLACK
+
+
+async def test_one_timeout_object_entered_by_many_tasks() -> None:
+    """A shared timeout object used as a context manager by concurrent tasks keeps each deadline apart."""
+    shared = lg.timeout(5)
+
+    async def worker() -> float | None:
+        async with shared:
+            await asyncio.sleep(0.01)
+            return lg.remaining()
+
+    results = await asyncio.gather(*(worker() for _ in range(20)))
+
+    assert all(r is not None and 4 < r <= 5 for r in results)
+    assert lg.remaining() is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"total": 0}, r"timeout\(total=...\) must be > 0, got 0"),
+        ({"total": -1}, r"timeout\(total=...\) must be > 0, got -1"),
+        ({"first_token": 0}, r"timeout\(first_token=...\) must be > 0"),
+        ({"idle": -0.5}, r"timeout\(idle=...\) must be > 0"),
+        ({}, r"needs at least one of total=, first_token= or idle="),
+        ({"total": "soon"}, r"timeout\(total=...\) must be a number of seconds"),
+    ],
+)
+def test_bad_limits_are_rejected_at_decoration(kwargs: dict[str, Any], message: str) -> None:
+    """Zero, negative or missing limits fail when the decorator is built, naming the parameter."""
+    with pytest.raises((ValueError, TypeError), match=message):
+        lg.timeout(**kwargs)
+
+
+def test_bare_timeout_is_a_clear_error() -> None:
+    """@lg.timeout without limits says how to use it."""
+    with pytest.raises(TypeError, match=r"use @timeout\(seconds\)"):
+
+        @lg.timeout  # type: ignore[arg-type]
+        def f() -> None:
+            pass
+
+
+def test_timeout_keeps_identity_and_shape() -> None:
+    """A timed function keeps its name, signature and coroutine-ness."""
+
+    @lg.timeout(1)
+    async def ask(q: str) -> str:
+        """Doc."""
+        return q
+
+    assert "ask" == ask.__name__
+    assert asyncio.iscoroutinefunction(ask)
+    assert "x" == asyncio.run(ask("x"))
+    assert {"total": 1.0, "first_token": None, "idle": None} == lg.describe(ask)[0].settings
