@@ -1,28 +1,38 @@
 """Run every benchmark in one process and print ours beside the anchors'.
 
-    .venv/bin/python benchmarks/run.py
+    .venv/bin/python benchmarks/run.py            # all of them
+    .venv/bin/python benchmarks/run.py retry      # only bench_retry.py
 
-Figures are medians (see _harness.py); ratios compare like with like,
-measured in this same process.
+Each ``bench_*.py`` module here has a ``run()``; figures are medians (see
+_harness.py) and ratios compare like with like, measured in this process.
 """
 
 from __future__ import annotations
 
+import importlib
 import platform
 import sys
 
 from pathlib import Path
 
 
-sys.path.insert(0, str(Path(__file__).parent))
+HERE = Path(__file__).parent
+ORDER = ["core", "retry", "budget", "cache", "trace"]
 
-import bench_core
 
-
-def main() -> None:
-    print(f"python {platform.python_version()} on {platform.machine()}; medians of batches\n")
-    bench_core.run()
+def main(selected: list[str]) -> None:
+    sys.path.insert(0, str(HERE))
+    names = sorted(
+        (p.stem.removeprefix("bench_") for p in HERE.glob("bench_*.py")),
+        key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n),
+    )
+    print(f"python {platform.python_version()} on {platform.machine()}; medians of batches")
+    for name in names:
+        if selected and name not in selected:
+            continue
+        print()
+        importlib.import_module(f"bench_{name}").run()
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

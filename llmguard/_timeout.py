@@ -216,25 +216,43 @@ class TimeoutLayer(Layer):
         first_by = self._first_chunk_by()
         if call.shape == ASYNCGEN:
             return _TimedStream.wrap_async(await call.proceed_async(), self, deadline, first_by, call)
+        wait_until, limit = _earliest(deadline, first_by)
         token = _DEADLINE.set(deadline)
         try:
-            wait_until, limit = _earliest(deadline, first_by)
             if wait_until is None:
                 result = await call.proceed_async()
             else:
                 call.record.deadline = deadline
-                try:
-                    async with asyncio.timeout(max(wait_until - _clock.now(), 0.0)) as cm:
-                        result = await call.proceed_async()
-                except TimeoutError:
-                    if cm.expired():
-                        raise self._expired(call, limit, self._seconds(limit)) from None
-                    raise
+                result = await self._within(call, wait_until, limit)
         finally:
             _DEADLINE.reset(token)
         if isinstance(result, AsyncGuardedStream):
             return _TimedStream.wrap_async(result, self, deadline, first_by, call)
         return result
+
+    async def _within(self, call: Call, until: float, limit: str) -> Any:
+        # What asyncio.timeout does, without its context-manager machinery
+        # (a third of the cost): one timer that cancels this task, and
+        # telling our own cancellation apart from anyone else's.
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 - awaited, so inside a task
+        fired = False
+
+        def expire() -> None:
+            nonlocal fired
+            fired = True
+            task.cancel()
+
+        handle = loop.call_at(loop.time() + max(until - _clock.now(), 0.0), expire)
+        try:
+            return await call.proceed_async()
+        except asyncio.CancelledError:
+            if fired and task.uncancel() == 0:
+                raise self._expired(call, limit, self._seconds(limit)) from None
+            raise
+        finally:
+            handle.cancel()
 
     def _expired(self, call: Call | None, limit: str, seconds: float) -> GuardTimeout:
         where = f" in {call.function_name}" if call is not None else ""

@@ -38,7 +38,7 @@ def build(shape: str, decorate: Callable[[Any], Any], sync: anthropic.Anthropic,
         return "".join(e.delta.text for e in events if e.type == "content_block_delta")
 
     if shape == "def":
-        f = decorate(lambda: create())
+        f = decorate(create)
         return lambda: f().content[0].text
     if shape == "async def":
 
@@ -418,10 +418,14 @@ def test_block_form_retries_a_block(fake_clock: FakeClock) -> None:
 
 async def test_async_block_form_gives_up_with_the_original(fake_clock: FakeClock) -> None:
     """The async block form re-raises the last error with the note when attempts run out."""
-    with pytest.raises(ConnectionError) as info:
+
+    async def block() -> None:
         async for attempt in lg.retry(attempts=2, on=ConnectionError).attempts_async():
             with attempt:
                 raise ConnectionError("still down")
+
+    with pytest.raises(ConnectionError) as info:
+        await block()
 
     assert "gave up after 2 attempts" in info.value.__notes__[0]
 
