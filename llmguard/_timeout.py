@@ -378,6 +378,11 @@ class _SyncPulls:
     def __init__(self, timed: _TimedStream) -> None:
         self._t = timed
 
+    @property
+    def inner_stream(self) -> Any:
+        """The guarded stream this adapter reads (followed by the core)."""
+        return self._t._stream
+
     def __iter__(self) -> _SyncPulls:
         return self
 
@@ -412,6 +417,11 @@ class _AsyncPulls:
 
     def __init__(self, timed: _TimedStream) -> None:
         self._t = timed
+
+    @property
+    def inner_stream(self) -> Any:
+        """The guarded stream this adapter reads (followed by the core)."""
+        return self._t._stream
 
     def __aiter__(self) -> _AsyncPulls:
         return self
@@ -455,7 +465,7 @@ def timeout(
     *,
     first_token: float | dt.timedelta | None = None,
     idle: float | dt.timedelta | None = None,
-) -> Any:
+) -> TimeoutLayer:
     """Bound a call (and its stream) in time; also a deadline for a block.
 
     ``@lg.timeout(30, first_token=5, idle=10)`` or ``with lg.timeout(30):``.

@@ -518,8 +518,24 @@ def stream_kind(result: object) -> str | None:
 # -- streams -----------------------------------------------------------------
 
 
+def _inner_of(source: object) -> _StreamBase | None:
+    """The guarded stream *source* is, or reads from (an adapter's ``inner_stream``)."""
+    if isinstance(source, _StreamBase):
+        return source
+    inner = getattr(type(source), "inner_stream", None)
+    if inner is not None:
+        found = getattr(source, "inner_stream", None)
+        return found if isinstance(found, _StreamBase) else None
+    return None
+
+
 class _StreamBase:
-    """What sync and async guarded streams share: state and the finish hook."""
+    """What sync and async guarded streams share: state and the finish hook.
+
+    A layer that reads a guarded stream through an adapter of its own (as
+    `timeout` does, to bound each pull) gives the adapter an ``inner_stream``
+    property, so text, usage and finishing still reach the innermost stream.
+    """
 
     __slots__ = (
         "__weakref__",
@@ -592,8 +608,8 @@ class _StreamBase:
 
     def _innermost(self) -> _StreamBase:
         node: _StreamBase = self
-        while isinstance(node._source, _StreamBase):
-            node = node._source
+        while (inner := _inner_of(node._source)) is not None:
+            node = inner
         return node
 
     def on_chunk(self, hook: Callable[[Any], None]) -> None:
@@ -657,9 +673,9 @@ class _StreamBase:
                 return
             self._finished = True
         self.outcome = outcome
-        source = self._source
-        if isinstance(source, _StreamBase):
-            source._finish(outcome, exc)
+        inner = _inner_of(self._source)
+        if inner is not None:
+            inner._finish(outcome, exc)
         if self._attempt is not None:
             self._settle(outcome, exc)
         hooks, self._finish_hooks = self._finish_hooks, []

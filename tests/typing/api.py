@@ -58,3 +58,25 @@ guarded_plain("x")  # type: ignore[arg-type]
 
 ask(1)  # type: ignore[arg-type]
 ask("x", m=3)  # type: ignore[call-arg]
+
+
+# The guards keep the types too.
+import llmguard as lg  # noqa: E402
+
+
+@lg.retry
+def retried(q: str) -> int:
+    return len(q)
+
+
+@lg.retry(attempts=3)
+@lg.timeout(5)
+async def timed(q: str) -> bytes:
+    return q.encode()
+
+
+assert_type(retried("x"), int)
+timed_coro = timed("x")
+same_timed = assert_type(timed_coro, Coroutine[Any, Any, bytes])
+same_timed.close()
+retried(3)  # type: ignore[arg-type]
