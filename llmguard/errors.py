@@ -78,14 +78,14 @@ class CircuitOpen(LLMGuardError):
         self.retry_in = retry_in
 
 
-class AllFailed(LLMGuardError, ExceptionGroup[Exception]):  # type: ignore[misc]
+class AllFailed(LLMGuardError, ExceptionGroup[Exception]):
     """Every fallback target failed; holds each target's error in order."""
 
     def __new__(cls, message: str, exceptions: Sequence[Exception]) -> AllFailed:
         """Group *exceptions*, one per fallback target, in the order tried."""
         return super().__new__(cls, message, exceptions)
 
-    def derive(self, excs: Sequence[Exception]) -> AllFailed:
+    def derive(self, excs: Sequence[Exception]) -> AllFailed:  # type: ignore[override] # narrower on purpose
         """Keep the class when ``except*`` splits the group."""
         return AllFailed(self.message, excs)
 
