@@ -2,12 +2,12 @@
 
 Three context variables:
 
-* ``_HANDOFF`` carries the `CallRecord` from one guard layer to the next
+* ``_HANDOFF`` carries the call (its `CallRecord`) from one guard layer to the next
   layer of the *same* call, set only for the synchronous moment in which the
   outer layer invokes the inner one. The innermost layer clears it while the
   user's function runs, so a guarded call made *inside* that function starts
   a record of its own (with this one as its parent).
-* ``_CURRENT`` is the record of the call whose user code is running now; it
+* ``_CURRENT`` is the call whose user code is running now; it
   is how `report_usage()` and nested calls find their parent.
 * ``_DEADLINE`` is the active deadline (monotonic seconds) set by
   ``with lg.timeout(...)`` and by `timeout` layers; `remaining()` reads it.
@@ -26,16 +26,19 @@ from ._clock import get_clock
 
 if TYPE_CHECKING:
     from ._record import CallRecord
+    from ._wrap import Call
 
 
-_HANDOFF: ContextVar[CallRecord | None] = ContextVar("llmguard_handoff", default=None)
-_CURRENT: ContextVar[CallRecord | None] = ContextVar("llmguard_current", default=None)
+# Both hold the outermost layer's `Call` of a call, which owns its record.
+_HANDOFF: ContextVar[Call | None] = ContextVar("llmguard_handoff", default=None)
+_CURRENT: ContextVar[Call | None] = ContextVar("llmguard_current", default=None)
 _DEADLINE: ContextVar[float | None] = ContextVar("llmguard_deadline", default=None)
 
 
 def current_call() -> CallRecord | None:
     """The record of the guarded call whose code is running now, if any."""
-    return _CURRENT.get()
+    call = _CURRENT.get()
+    return None if call is None else call.record
 
 
 def deadline() -> float | None:

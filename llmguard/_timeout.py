@@ -190,7 +190,7 @@ class TimeoutLayer(Layer):
         if call.shape == GEN:
             return _TimedStream.wrap(call.proceed(), self, deadline, first_by, call)
         if deadline is not None:
-            call.record.deadline = deadline
+            call.set_deadline(deadline)
         ctx = contextvars.copy_context()
         ctx.run(_DEADLINE.set, deadline)
         wait_until, limit = _earliest(deadline, first_by)
@@ -222,7 +222,7 @@ class TimeoutLayer(Layer):
             if wait_until is None:
                 result = await call.proceed_async()
             else:
-                call.record.deadline = deadline
+                call.set_deadline(deadline)
                 result = await self._within(call, wait_until, limit)
         finally:
             _DEADLINE.reset(token)
