@@ -51,7 +51,7 @@ def get_clock() -> Clock:
 
 def set_clock(clock: Clock) -> Clock:
     """Make *clock* the one guards use; returns the previous one."""
-    global _active, now  # one process-wide clock is the point
+    global _active, now  # noqa: PLW0603 - one process-wide clock is the point
     previous, _active = _active, clock
     now = time.monotonic if clock is SYSTEM_CLOCK else clock.monotonic
     return previous

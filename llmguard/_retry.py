@@ -255,7 +255,7 @@ class RetryLayer(Layer):
         state.last_delay = wait
         return wait
 
-    def _judge(self, exc: BaseException) -> tuple[float | None, str, bool]:
+    def _judge(self, exc: BaseException) -> tuple[float | None, str, bool]:  # noqa: PLR0912 - one rule per branch, in priority order
         """(server delay, reason not to retry, whether the delay is exact) for *exc*.
 
         An empty reason means retry; a delay from an ``on=`` predicate is used

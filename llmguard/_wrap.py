@@ -50,8 +50,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar, cast
 
 import wrapt
 
-from . import prices, providers
-from . import _clock
+from . import _clock, prices, providers
 from ._context import _CURRENT, _HANDOFF
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 
@@ -117,11 +116,11 @@ class _FunctionInfo:
 
     __slots__ = (
         "defaults",
-        "plain",
         "has_model",
         "has_stream",
         "inner_is_guard",
         "name",
+        "plain",
         "positions",
         "self_offset",
         "shape",

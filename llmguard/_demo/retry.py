@@ -49,9 +49,7 @@ def run(fake: FakeProvider) -> None:
     got = []
     stream = tell("Tell me a story.")
     try:
-        for event in stream:
-            if event.type == "content_block_delta":
-                got.append(event.delta.text)
+        got.extend(e.delta.text for e in stream if e.type == "content_block_delta")
     except lg.StreamInterrupted as exc:
         print(f"  -> after {''.join(got)!r} the stream went silent: {type(exc.__cause__).__name__}: {exc.__cause__}")
         print(f"     StreamInterrupted keeps the partial text {exc.text!r}; nothing was replayed")

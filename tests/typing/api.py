@@ -36,6 +36,8 @@ async def achunks(q: str) -> AsyncIterator[bytes]:
 
 
 class Service:
+    """A class whose method is guarded."""
+
     @layer
     def method(self, q: str) -> float:
         return float(len(q))
