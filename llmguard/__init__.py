@@ -9,6 +9,7 @@ from ._describe import GuardInfo, describe
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 from ._retry import RetryAttempt, retry
 from ._timeout import timeout
+from ._trace import trace
 from ._wrap import AsyncGuardedStream, GuardedStream, report_usage
 from .errors import (
     AllFailed,
@@ -55,6 +56,7 @@ __all__ = [
     "retry",
     "set_price",
     "timeout",
+    "trace",
     "usage_from",
 ]
 

@@ -46,7 +46,7 @@ def run(fake: FakeProvider) -> None:
         )
 
     fake.script(Step(reply="Once upon a time there was a stall", stall_after=3, stall=10.0))
-    got = []
+    got: list[str] = []
     stream = tell("Tell me a story.")
     try:
         got.extend(e.delta.text for e in stream if e.type == "content_block_delta")
