@@ -1,0 +1,1581 @@
+"""`trace`: an OpenTelemetry span, GenAI metrics and one log event per call.
+
+``@lg.trace`` is the outermost guard. For each call it opens one span of
+kind CLIENT named ``"{gen_ai.operation.name} {gen_ai.request.model}"`` with
+the GenAI semantic-convention attributes (`_semconv` holds every name),
+puts it on the call record *before* the call goes on, so that every inner
+guard's events (retries, fallbacks, cache hits, budget alerts, breaker
+changes, rate-limit waits) land on it as span events, and ends it with the
+facts the record gathered: models, usage, cost, attempts, cache status,
+error. It records the spec's metrics and llmguard's counters, and emits one
+``llmguard.call`` event through `_events` (structlog and in-process
+listeners) with the same facts. ``with lg.trace("pipeline"):`` opens a
+parent span around many calls instead.
+
+Three rules come from other libraries' bugs (``research/llm_anchors.md``
+§(b) 7, 8, 18):
+
+* **A span ends exactly once, however a stream ends.** Streams end through
+  the core's one finish hook (exhaustion, error, ``close()``, ``with`` exit,
+  task cancellation, garbage collection), and the span ends there, with the
+  usage seen so far and ``error.type`` (``"cancelled"``, ``"abandoned"``, or
+  the exception's class).
+* **No OpenTelemetry context stays attached across a ``yield``.** The span
+  is made current around the call and around each pull of the stream, and
+  detached in the same frame; between chunks the caller's context is the
+  caller's. So there is never a "Failed to detach context", and HTTP spans
+  made inside the call (an instrumented httpx) nest under the GenAI span.
+* **Content is off by default**, and secrets are never recorded: prompts
+  and outputs are captured only with ``capture_content=True`` or
+  ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``, through the
+  ``redact=`` hook and a size cap; anything that looks like an API key or
+  an ``Authorization`` value is replaced by ``[REDACTED]`` in every string
+  llmguard records (user attributes, content, error messages, other guards'
+  span events), content or not. Headers are never read.
+
+With no OpenTelemetry SDK configured (the API's proxy or no-op providers)
+and nobody listening for events, a call costs two attribute reads and a
+comparison on top of the core: the decision is cached per provider object.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import inspect
+import json
+import os
+import re
+import threading
+import traceback
+import types
+import warnings
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Final, ParamSpec, TypeVar, overload
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics as otel_metrics
+from opentelemetry import trace as otel_trace
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.metrics import _internal as _otel_metrics_state
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    NoOpTracerProvider,
+    ProxyTracerProvider,
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+)
+
+from . import _clock, _events, _semconv, providers
+from ._record import ErrorKind, Outcome
+from ._wrap import AsyncGuardedStream, Call, GuardedStream, Layer, _StreamBase, outcome_of
+from .errors import BudgetExceeded, CircuitOpen, InputRejected, RateLimited
+
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from opentelemetry.context import Context
+    from opentelemetry.metrics import Counter, Histogram, Meter, MeterProvider
+    from opentelemetry.trace import SpanContext, Tracer, TracerProvider
+    from opentelemetry.util import types as otel_types
+
+    from ._record import Attempt, CallRecord, Usage
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_UNSET: Any = object()
+REDACTED: Final = "[REDACTED]"
+DEFAULT_MAX_CONTENT_CHARS: Final = 16_384
+
+# -- secrets -------------------------------------------------------------------
+
+# What an API key or credential looks like, across the providers llmguard
+# knows and the usual suspects. Deliberately broad: a false positive costs a
+# redacted word in a log, a false negative leaks a key.
+_SECRET: Final = re.compile(
+    r"sk-[A-Za-z0-9_\-]{8,}"  # anthropic sk-ant-..., openai sk-/sk-proj-..., test keys
+    r"|AIza[0-9A-Za-z_\-]{20,}"  # google api keys
+    r"|(?i:bearer|basic)\s+[A-Za-z0-9._~+/\-]{8,}=*"  # Authorization values
+    r"|\b(?:gh[pousr]|github_pat|xox[abprs]|glpat|hf)_[A-Za-z0-9_\-]{16,}"  # github, slack, gitlab, hf
+    r"|\bAKIA[0-9A-Z]{16}\b"  # aws access key ids
+    r"|\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"  # JWTs
+)
+# key=value / "key": "value" pairs whose key names a credential.
+_SECRET_PAIR: Final = re.compile(
+    r"(?i)((?:x-)?api[-_]?key|x-goog-api-key|authorization|access[-_]?token|secret|password)"
+    r"(['\"]?\s*[:=]\s*['\"]?)([^\s'\",}&]+)"
+)
+# Attribute keys whose values are credentials, whatever they look like.
+_SECRET_KEYS: Final = re.compile(
+    r"(?i)(^|[._-])(api[-_]?key|authorization|password|passwd|secret|token|credential)s?($|[._-])"
+)
+
+
+def scrub(text: str) -> str:
+    """*text* with anything that looks like a credential replaced by ``[REDACTED]``."""
+    if len(text) < 8:
+        return text
+    text = _SECRET.sub(REDACTED, text)
+    return _SECRET_PAIR.sub(rf"\1\2{REDACTED}", text)
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(scrub(v) if isinstance(v, str) else v for v in value)
+    return value
+
+
+def _scrub_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not attributes:
+        return None
+    return {
+        key: REDACTED if _SECRET_KEYS.search(key) else _scrub_value(value)
+        for key, value in attributes.items()
+    }
+
+
+# -- OpenTelemetry providers: the fast-path decision ---------------------------
+
+
+class _Instruments:
+    """The spec's histograms and llmguard's counters on one meter."""
+
+    __slots__ = (
+        "cache_hits",
+        "cache_misses",
+        "cost",
+        "duration",
+        "fallbacks",
+        "op_input",
+        "op_output",
+        "refusals",
+        "retries",
+        "saved",
+        "token_usage",
+        "tpoc",
+        "ttfc",
+        "usage_counters",
+    )
+
+    def __init__(self, meter: Meter, n: _semconv.Semconv) -> None:
+        time_b = [float(b) for b in _semconv.TIME_BUCKETS]
+        token_b = [float(b) for b in _semconv.TOKEN_BUCKETS]
+
+        def histogram(name: str, unit: str, description: str, buckets: list[float]) -> Histogram | None:
+            if not name:
+                return None
+            return meter.create_histogram(
+                name, unit, description, explicit_bucket_boundaries_advisory=buckets
+            )
+
+        def counter(name: str, unit: str, description: str) -> Counter | None:
+            return meter.create_counter(name, unit, description) if name else None
+
+        self.duration = histogram(n.metric_duration, "s", "GenAI operation duration.", time_b)
+        self.ttfc = histogram(n.metric_ttfc, "s", "Time to receive the first chunk of a stream.", time_b)
+        self.tpoc = histogram(
+            n.metric_tpoc, "s", "Time between consecutive chunks of a stream, after the first.", time_b
+        )
+        self.token_usage = histogram(
+            n.metric_token_usage, "{token}", "Number of input and output tokens used.", token_b
+        )
+        self.op_input = histogram(n.metric_op_input_tokens, "{token}", "Input tokens per operation.", token_b)
+        self.op_output = histogram(n.metric_op_output_tokens, "{token}", "Output tokens per operation.", token_b)
+        # latest-experimental token counters: (Usage field, counter)
+        counters: list[tuple[str, Counter]] = []
+        for field, name in (
+            ("input_tokens", n.metric_usage_input),
+            ("output_tokens", n.metric_usage_output),
+            ("cache_read_tokens", n.metric_usage_cache_read),
+            ("cache_write_tokens", n.metric_usage_cache_write),
+            ("reasoning_tokens", n.metric_usage_reasoning),
+        ):
+            made = counter(name, "{token}", "Tokens used by GenAI inference.")
+            if made is not None:
+                counters.append((field, made))
+        self.usage_counters = tuple(counters)
+        self.cost = counter(n.metric_cost, "USD", "What GenAI calls cost, in US dollars.")
+        self.saved = counter(n.metric_saved, "USD", "What cache hits did not spend, in US dollars.")
+        self.retries = counter(n.metric_retries, "{retry}", "Retries made by llmguard.retry.")
+        self.cache_hits = counter(n.metric_cache_hits, "{call}", "Calls answered by llmguard.cache.")
+        self.cache_misses = counter(n.metric_cache_misses, "{call}", "Calls llmguard.cache passed on.")
+        self.fallbacks = counter(n.metric_fallbacks, "{call}", "Calls answered by a fallback target.")
+        self.refusals = counter(
+            n.metric_refusals,
+            "{call}",
+            "Calls a guard refused before any request (budget, rate limit, breaker, input).",
+        )
+
+
+class _Telemetry:
+    """The tracer and instruments for one (tracer provider, meter provider, names)."""
+
+    __slots__ = ("instruments", "names", "tracer")
+
+    def __init__(self, tracer: Tracer | None, meter: Meter | None, names: _semconv.Semconv) -> None:
+        self.tracer = tracer
+        self.names = names
+        self.instruments = _Instruments(meter, names) if meter is not None else None
+
+
+_TELEMETRY: dict[tuple[Any, Any, bool], _Telemetry | None] = {}
+_TELEMETRY_LOCK = threading.Lock()
+_VERSION: list[str | None] = []
+# `get_tracer_provider()` costs 0.6 µs (an os.environ lookup) on every call
+# while nothing is configured, so guards read the API's globals directly and
+# cache their decision per provider object; only a provider named by the
+# environment needs the API's own loader, once.
+_ENV_TRACER: Final = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+_ENV_METER: Final = "OTEL_PYTHON_METER_PROVIDER" in os.environ
+
+
+def _version() -> str | None:
+    if not _VERSION:
+        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+        try:
+            _VERSION.append(version("llmguard"))
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            _VERSION.append(None)
+    return _VERSION[0]
+
+
+def _records_spans(provider: object) -> bool:
+    return provider is not None and not isinstance(
+        provider, (ProxyTracerProvider, NoOpTracerProvider)
+    )
+
+
+def _records_metrics(provider: object) -> bool:
+    return provider is not None and not isinstance(
+        provider, (NoOpMeterProvider, _otel_metrics_state._ProxyMeterProvider)
+    )
+
+
+def _telemetry_for(tp: Any, mp: Any, names: _semconv.Semconv) -> _Telemetry | None:
+    """The shared telemetry of these providers (None: nothing would be recorded)."""
+    key = (tp, mp, names.latest)
+    found = _TELEMETRY.get(key, _UNSET)
+    if found is not _UNSET:
+        return found  # type: ignore[no-any-return]
+    with _TELEMETRY_LOCK:
+        if key in _TELEMETRY:
+            return _TELEMETRY[key]
+        version = _version()
+        tracer = (
+            tp.get_tracer("llmguard", version, schema_url=names.schema_url)
+            if _records_spans(tp)
+            else None
+        )
+        meter = (
+            mp.get_meter("llmguard", version, schema_url=names.schema_url)
+            if _records_metrics(mp)
+            else None
+        )
+        telemetry = _Telemetry(tracer, meter, names) if tracer or meter else None
+        _TELEMETRY[key] = telemetry
+        return telemetry
+
+
+# -- the span other guards see ---------------------------------------------------
+
+
+class _RecordSpan(Span):
+    """The call's span as guards see it on ``record.span``: strings scrubbed.
+
+    `_events.emit` puts other guards' events on ``record.span``; this makes
+    sure nothing they say (an error message quoting a key) leaks.
+    """
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def end(self, end_time: int | None = None) -> None:
+        self.span.end(end_time)
+
+    def get_span_context(self) -> SpanContext:
+        return self.span.get_span_context()
+
+    def set_attributes(self, attributes: Mapping[str, otel_types.AnyValue]) -> None:
+        self.span.set_attributes(_scrub_attributes(attributes) or {})
+
+    def set_attribute(self, key: str, value: otel_types.AnyValue) -> None:
+        self.span.set_attribute(key, REDACTED if _SECRET_KEYS.search(key) else _scrub_value(value))
+
+    def add_event(
+        self, name: str, attributes: otel_types.Attributes = None, timestamp: int | None = None
+    ) -> None:
+        self.span.add_event(name, _scrub_attributes(attributes), timestamp)
+
+    def add_link(self, context: SpanContext, attributes: otel_types.Attributes = None) -> None:
+        self.span.add_link(context, _scrub_attributes(attributes))
+
+    def update_name(self, name: str) -> None:
+        self.span.update_name(name)
+
+    def is_recording(self) -> bool:
+        return self.span.is_recording()
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        self.span.set_status(status, scrub(description) if description else description)
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: otel_types.Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,  # noqa: ARG002 - deprecated in the API
+    ) -> None:
+        _add_exception_event(self.span, exception, _scrub_attributes(attributes), timestamp)
+
+
+def _add_exception_event(
+    span: Span,
+    exc: BaseException,
+    attributes: Mapping[str, Any] | None = None,
+    timestamp: int | None = None,
+) -> None:
+    # `Span.record_exception` would record str(exc) and the traceback as
+    # they are; an SDK error message can quote a key, so both are scrubbed.
+    cls = type(exc)
+    event: dict[str, Any] = {
+        "exception.type": f"{cls.__module__}.{cls.__qualname__}",
+        "exception.message": scrub(str(exc))[:2000],
+        "exception.stacktrace": scrub("".join(traceback.format_exception(exc)))[:8000],
+    }
+    if attributes:
+        event.update(attributes)
+    span.add_event("exception", event, timestamp)
+
+
+# -- where the request goes: server.address / server.port ------------------------
+
+_CLIENT_TYPES: dict[type, bool] = {}
+_CLIENT_ROOTS: Final = ("anthropic", "openai", "google")
+
+
+def _is_client(obj: object) -> bool:
+    cls = type(obj)
+    known = _CLIENT_TYPES.get(cls)
+    if known is None:
+        root = (getattr(cls, "__module__", "") or "").partition(".")[0]
+        known = root in _CLIENT_ROOTS and hasattr(cls, "base_url") and not isinstance(obj, type)
+        if len(_CLIENT_TYPES) > 1024:
+            _CLIENT_TYPES.clear()
+        _CLIENT_TYPES[cls] = known
+    return known
+
+
+def _may_hold_client(value: Any) -> bool:
+    """Whether a variable holding *value* now may hold an SDK client (now or later)."""
+    if value is _UNSET or value is None:
+        return True  # not bound yet
+    if isinstance(value, (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)):
+        return False
+    return _is_client(value) or not isinstance(value, (str, bytes, int, float, bool, tuple, list, dict))
+
+
+def _unwrap(fn: Any) -> Any:
+    """The user's function under llmguard's (and functools') wrappers."""
+    for _ in range(16):
+        if isinstance(fn, (staticmethod, classmethod)):
+            fn = fn.__func__
+        inner = getattr(fn, "__wrapped__", None)
+        if inner is None or inner is fn:
+            break
+        fn = inner
+    return fn
+
+
+def _address_of_url(url: Any) -> tuple[str, int] | None:
+    """(host, port) of an httpx/httpx2 URL or a URL string; None if it has none."""
+    if url is None:
+        return None
+    try:
+        if isinstance(url, str):
+            from urllib.parse import urlsplit  # noqa: PLC0415
+
+            parts = urlsplit(url)
+            host, port, scheme = parts.hostname, parts.port, parts.scheme
+        else:
+            host, port, scheme = url.host, url.port, url.scheme
+    except Exception:  # noqa: BLE001 - an odd URL object just has no address
+        return None
+    if not host:
+        return None
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    return str(host), int(port)
+
+
+_Endpoint = tuple["tuple[str, int] | None", "str | None"]
+_NOWHERE: _Endpoint = (None, None)
+
+
+class _ClientFinder:
+    """Finds the SDK client a function calls, to say which server it talks to.
+
+    Looked for, cheaply, on each call (a client may be rebound): in the
+    function's closure, in the module globals its code names, in its
+    arguments, and on ``self``.
+    """
+
+    __slots__ = ("_cells", "_globals", "_instance_attr", "_last", "_names")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        cells: list[Any] = []
+        names: list[str] = []
+        self._globals: dict[str, Any] = {}
+        self._collect(_unwrap(fn), cells, names, depth=0, seen=set())
+        self._cells = tuple(cells)
+        self._names = tuple(names)
+        self._instance_attr: dict[type, str | None] = {}
+        self._last: tuple[Any, _Endpoint] = (None, _NOWHERE)
+
+    def _collect(self, target: Any, cells: list[Any], names: list[str], depth: int, seen: set[int]) -> None:
+        """Where a client may be found: *target*'s cells and globals, and its helpers' (two levels)."""
+        if id(target) in seen or len(cells) + len(names) >= 16:
+            return
+        seen.add(id(target))
+        code = getattr(target, "__code__", None)
+        g: dict[str, Any] = getattr(target, "__globals__", None) or {}
+        if not self._globals:
+            self._globals = g
+        helpers: list[Any] = []
+        for cell in getattr(target, "__closure__", None) or ():
+            try:
+                value = cell.cell_contents
+            except ValueError:  # empty now, may be filled later
+                cells.append(cell)
+                continue
+            if isinstance(value, types.FunctionType):
+                helpers.append(value)
+            elif _may_hold_client(value):
+                cells.append(cell)
+        for name in code.co_names if code is not None else ():
+            value = g.get(name, _UNSET)
+            if isinstance(value, types.FunctionType):
+                helpers.append(value)
+            elif g is self._globals and _may_hold_client(value) and name not in names:
+                names.append(name)
+        # A function that calls a helper holding the client (``ask`` calling
+        # ``create`` which uses ``client``): look one or two levels down.
+        # Only the user's own helpers (same module): a library function's
+        # globals are never where the user's client lives.
+        if depth < 2:
+            module = getattr(target, "__module__", None)
+            for helper in map(_unwrap, helpers):
+                if getattr(helper, "__module__", None) == module:
+                    self._collect(helper, cells, names, depth + 1, seen)
+
+    def _address(self, client: Any) -> _Endpoint:
+        last = self._last
+        if last[0] is client:
+            return last[1]
+        address = _address_of_url(getattr(client, "base_url", None))
+        sdk = providers.provider_of(client)
+        found = (address, sdk)
+        self._last = (client, found)
+        return found
+
+    def find(self, call: Call) -> _Endpoint:
+        """(server address, llmguard provider name) of the client the call will use."""
+        for cell in self._cells:
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if _is_client(value):
+                return self._address(value)
+        g = self._globals
+        for name in self._names:
+            value = g.get(name)
+            if value is not None and _is_client(value):
+                return self._address(value)
+        for value in call.args[:4]:
+            if _is_client(value):
+                return self._address(value)
+        for value in call.kwargs.values():
+            if _is_client(value):
+                return self._address(value)
+        instance = call.instance
+        return self._on_instance(instance) if instance is not None else _NOWHERE
+
+    def _on_instance(self, instance: Any) -> _Endpoint:
+        cls = type(instance)
+        try:
+            attr = self._instance_attr[cls]
+        except KeyError:
+            attr = None
+            for key, value in list(getattr(instance, "__dict__", {}).items()):
+                if _is_client(value):
+                    attr = key
+                    break
+            self._instance_attr[cls] = attr
+        if attr is None:
+            return _NOWHERE
+        value = getattr(instance, attr, None)
+        return self._address(value) if value is not None and _is_client(value) else _NOWHERE
+
+
+# -- content (opt-in) ----------------------------------------------------------
+
+_INPUT_PARAMS: Final = ("messages", "input", "prompt", "contents")
+_SYSTEM_PARAMS: Final = ("system", "instructions")
+# String arguments that are request settings, not prompt text.
+_NOT_PROMPT: Final = frozenset({"model", "provider", "user", "service_tier", "stop", "reasoning_effort"})
+
+
+class _ContentBudget:
+    """Redaction, scrubbing and the size cap, shared by one span's content."""
+
+    __slots__ = ("left", "redact")
+
+    def __init__(self, redact: Callable[[str], str] | None, limit: int) -> None:
+        self.redact = redact
+        self.left = limit
+
+    def clean(self, text: str) -> str:
+        if self.redact is not None:
+            redacted: object = self.redact(text)
+            if not isinstance(redacted, str):
+                msg = f"trace(redact=...) must return a str, got {type(redacted).__name__}"
+                raise TypeError(msg)
+            text = redacted
+        text = scrub(text)
+        if len(text) > self.left:
+            cut = len(text) - self.left
+            text = f"{text[: self.left]}…[truncated {cut} chars]"
+            self.left = 0
+        else:
+            self.left -= len(text)
+        return text
+
+
+def _get(obj: Any, key: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def _parts(content: Any, budget: _ContentBudget) -> list[dict[str, Any]]:
+    """GenAI message parts from a message's content (a str, or provider blocks)."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "content": budget.clean(content)}]
+    if not isinstance(content, Sequence):
+        return [{"type": "text", "content": budget.clean(str(content))}]
+    out: list[dict[str, Any]] = []
+    for block in content:
+        if isinstance(block, str):
+            out.append({"type": "text", "content": budget.clean(block)})
+            continue
+        kind = _get(block, "type")
+        if kind in ("text", "input_text", "output_text"):
+            out.append({"type": "text", "content": budget.clean(str(_get(block, "text") or ""))})
+        elif kind == "tool_use":
+            arguments = budget.clean(json.dumps(_get(block, "input"), default=str))
+            out.append({"type": "tool_call", "id": _get(block, "id"), "name": _get(block, "name"), "arguments": arguments})
+        elif kind == "tool_result":
+            result = _parts(_get(block, "content"), budget)
+            out.append({"type": "tool_call_response", "id": _get(block, "tool_use_id"), "result": result})
+        else:
+            out.append({"type": str(kind or "unknown")})  # images, files...: their kind only
+    return out
+
+
+def _message(m: Any, budget: _ContentBudget) -> dict[str, Any]:
+    if isinstance(m, Mapping) or hasattr(m, "role"):
+        return {"role": str(_get(m, "role") or "user"), "parts": _parts(_get(m, "content"), budget)}
+    return {"role": "user", "parts": _parts(m, budget)}
+
+
+def _input_content(call: Call, budget: _ContentBudget) -> tuple[list[Any] | None, list[Any] | None]:
+    """(system instructions, input messages) in the spec's JSON shapes."""
+    system: list[Any] | None = None
+    for name in _SYSTEM_PARAMS:
+        value = call.param(name)
+        if value:
+            system = _parts(value, budget)
+            break
+    for name in _INPUT_PARAMS:
+        value = call.param(name)
+        if value is None:
+            continue
+        if isinstance(value, str):
+            return system, [{"role": "user", "parts": _parts(value, budget)}]
+        if isinstance(value, Sequence):
+            return system, [_message(m, budget) for m in value]
+        return system, None
+    # A function like ``ask(q)`` builds the request itself: its text
+    # arguments are the closest thing to the prompt that llmguard sees.
+    texts = [
+        v
+        for k, v in call.bound_arguments().items()
+        if isinstance(v, str) and k not in _NOT_PROMPT and not _SECRET_KEYS.search(k)
+    ]
+    if not texts:
+        return system, None
+    return system, [{"role": "user", "parts": [{"type": "text", "content": budget.clean(t)} for t in texts]}]
+
+
+# -- the parent span of `with lg.trace(...)` ------------------------------------
+
+
+class _Scope:
+    """An open ``with lg.trace(...)`` block: its span and the totals of the calls inside."""
+
+    __slots__ = (
+        "calls",
+        "cost",
+        "ctx_token",
+        "input_tokens",
+        "lock",
+        "output_tokens",
+        "owner",
+        "scope_token",
+        "span",
+    )
+
+    def __init__(self, span: Span, owner: TraceLayer) -> None:
+        self.span = span
+        self.owner = owner
+        self.calls = 0
+        self.cost = 0.0
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.lock = threading.Lock()
+        self.ctx_token: contextvars.Token[Context] | None = None
+        self.scope_token: contextvars.Token[tuple[_Scope, ...]] | None = None
+
+    def add(self, usage: Usage | None, cost: float | None) -> None:
+        with self.lock:
+            self.calls += 1
+            self.cost += cost or 0.0
+            if usage is not None:
+                self.input_tokens += usage.input_tokens
+                self.output_tokens += usage.output_tokens
+
+
+# The open scopes of this thread or task, innermost last. A ContextVar, not
+# state on the layer: one `trace(...)` object may be entered by many tasks.
+_SCOPES: contextvars.ContextVar[tuple[_Scope, ...]] = contextvars.ContextVar(
+    "llmguard_trace_scopes", default=()
+)
+
+
+def _restore(scope: _Scope) -> None:
+    """Undo what entering *scope* set, if this is the context it was set in."""
+    try:
+        if scope.scope_token is not None:
+            _SCOPES.reset(scope.scope_token)
+    except ValueError:
+        # A copy of the entering context (a task started inside the block):
+        # its tokens cannot be reset here, and OTel's would log "Failed to
+        # detach context". Drop the scope from this copy only.
+        _SCOPES.set(tuple(s for s in _SCOPES.get() if s is not scope))
+        before = getattr(scope.ctx_token, "old_value", None)
+        if isinstance(before, otel_context.Context):  # make it current again in this copy
+            otel_context.attach(before)
+        return
+    if scope.ctx_token is not None:
+        otel_context.detach(scope.ctx_token)
+
+
+# -- one traced call -----------------------------------------------------------
+
+_OK = Outcome.OK
+_LEVELS: Final = {
+    Outcome.OK: "info",
+    Outcome.CLOSED: "info",
+    Outcome.CANCELLED: "warning",
+    Outcome.ABANDONED: "warning",
+}
+# Guards' refusals: the call was stopped before any request was made.
+_REFUSALS: Final = (BudgetExceeded, RateLimited, CircuitOpen, InputRejected)
+_REQUEST_PARAMS: Final = (
+    ("max_tokens", "request_max_tokens"),
+    ("temperature", "request_temperature"),
+    ("top_p", "request_top_p"),
+)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class _CallTrace:
+    """One traced call: its span, its start, and how to end it (once)."""
+
+    __slots__ = (
+        "address",
+        "call",
+        "chunk_gaps",
+        "client_provider",
+        "ctx",
+        "ended",
+        "last_chunk",
+        "layer",
+        "prev_span",
+        "scope",
+        "span",
+        "start_address",
+        "start_provider",
+        "start_stream",
+        "stream",
+        "t0",
+        "tel",
+    )
+
+    def __init__(self, layer: TraceLayer, call: Call, tel: _Telemetry | None) -> None:
+        self.layer = layer
+        self.call = call
+        self.tel = tel
+        self.t0 = _clock.now()
+        self.ended = False
+        self.span: Span | None = None
+        self.ctx: Context | None = None
+        self.stream: _StreamBase | None = None
+        self.chunk_gaps: list[float] | None = None
+        self.last_chunk = 0.0
+        self.address: tuple[str, int] | None = None
+        self.start_provider: str | None = None
+        self.client_provider: str | None = None
+        self.start_address = False
+        self.start_stream = False
+        scopes = _SCOPES.get()
+        self.scope = scopes[-1] if scopes else None
+        record = call.record
+        self.prev_span = record.span
+        if tel is None:
+            return
+        finder = layer._finder
+        if finder is not None:
+            self.address, self.client_provider = finder.find(call)
+        tracer = tel.tracer
+        if tracer is not None:
+            self._start(tracer, tel.names)
+
+    def _start(self, tracer: Tracer, n: _semconv.Semconv) -> None:
+        # The spec asks for the sampling-relevant attributes at the start.
+        layer = self.layer
+        call = self.call
+        record = call.record
+        model = record.request_model
+        op = layer.operation or record.operation
+        self.start_stream = record.stream
+        attrs: dict[str, Any] = {
+            n.operation: op,
+            n.request_stream: record.stream,
+            n.lg_function: record.function,
+        }
+        provider = (
+            layer.provider
+            or _semconv.provider_name(self.client_provider, self.address[0] if self.address else None)
+            or _semconv.provider_from_model(model)
+        )
+        if provider:
+            attrs[n.provider] = provider
+            self.start_provider = provider
+        if model:
+            attrs[n.request_model] = model
+        address = self.address
+        if address is not None:
+            attrs[n.server_address] = address[0]
+            attrs[n.server_port] = address[1]
+            self.start_address = True
+        for param, key in layer._params:
+            value = call.param(param)
+            if _number(value):
+                attrs[key] = value
+        if layer._attributes:
+            attrs.update(layer._attributes)
+        name = layer.span_name or (f"{op} {model}" if model else op)
+        span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
+        self.span = span
+        if span.is_recording():  # sampled out: inner guards' events need go nowhere
+            record.span = _RecordSpan(span)
+        self.ctx = otel_trace.set_span_in_context(span)
+
+    # -- streams -------------------------------------------------------------
+
+    def wrap(self, result: _StreamBase) -> _StreamBase:
+        """The stream to hand back: pulls made current under the span; ended once."""
+        self.stream = result
+        out: _StreamBase = result
+        if self.ctx is not None:
+            if isinstance(result, AsyncGuardedStream):
+                traced_async = _TracedAsyncStream(source=result, record=self.call.record)
+                traced_async._otel_ctx = self.ctx
+                out = traced_async
+            else:
+                traced = _TracedStream(source=result, record=self.call.record)
+                traced._otel_ctx = self.ctx
+                out = traced
+        if self.tel is not None and self.tel.instruments is not None:
+            self.chunk_gaps = []
+            out.on_chunk(self._on_chunk)
+        # Only bound methods of this object go on the stream: nothing here
+        # refers back to the stream, so dropping it frees it at once.
+        out.on_finish(self.finish)
+        return out
+
+    def _on_chunk(self, _chunk: Any) -> None:
+        now = _clock.now()
+        if self.last_chunk and self.chunk_gaps is not None:
+            self.chunk_gaps.append(now - self.last_chunk)
+        self.last_chunk = now
+
+    def finish(self, outcome: Outcome, exc: BaseException | None) -> None:
+        """The stream's finish hook."""
+        self.end(outcome, exc, None)
+
+    # -- the end -------------------------------------------------------------
+
+    def end(self, outcome: Outcome, exc: BaseException | None, result: Any) -> None:
+        """End the span, record the metrics and emit the call event, once."""
+        if self.ended:
+            return
+        self.ended = True
+        try:
+            self._end(outcome, exc, result)
+        except Exception as bug:  # noqa: BLE001 - telemetry must never break the call
+            warnings.warn(f"llmguard.trace: could not record a call: {bug!r}", RuntimeWarning, stacklevel=3)
+            span = self.span
+            if span is not None and span.is_recording():
+                span.end()
+        finally:
+            self.call.record.span = self.prev_span
+
+    def _end(self, outcome: Outcome, exc: BaseException | None, result: Any) -> None:
+        t1 = _clock.now()
+        if self.address is None and self.tel is not None:
+            if exc is not None:
+                self.address = _address_of_url(getattr(getattr(exc, "request", None), "url", None))
+            elif self.stream is not None:
+                self.address = _stream_address(self.stream)
+        facts = _Facts(self.call.record, self)
+        error_type = _error_type(outcome, exc)
+        span = self.span
+        if span is not None:
+            if span.is_recording():
+                self._finish_span(span, facts, outcome, exc, error_type, result)
+            span.end()
+        tel = self.tel
+        if tel is not None and tel.instruments is not None:
+            self._record_metrics(tel.instruments, tel.names, facts, t1, error_type, exc)
+        if self.scope is not None:
+            self.scope.add(facts.usage, facts.cost)
+        if _events.listening():
+            self._emit(facts, outcome, exc, error_type, t1)
+
+    def _finish_span(
+        self,
+        span: Span,
+        facts: _Facts,
+        outcome: Outcome,
+        exc: BaseException | None,
+        error_type: str | None,
+        result: Any,
+    ) -> None:
+        n = facts.names
+        record = self.call.record
+        # Attributes set when the span started are not set again; defaults
+        # (one attempt, outcome ok, usage measured) are left implicit.
+        attrs: dict[str, Any] = {n.lg_attempts: len(record.attempts)}
+        if outcome is not _OK:
+            attrs[n.lg_outcome] = outcome.value
+        if record.stream is not self.start_stream:  # a function that returned a stream
+            attrs[n.request_stream] = record.stream
+        self._response_facts(attrs, n, facts, span)
+        address = self.address
+        if address is not None and not self.start_address:
+            attrs[n.server_address] = address[0]
+            attrs[n.server_port] = address[1]
+        request = record._request  # what other guards or the user put on the record
+        if request:
+            for param, key in _REQUEST_PARAMS:
+                value = request.get(param)
+                if _number(value):
+                    attrs[getattr(n, key)] = value
+        self._guard_facts(attrs, n, record, exc)
+        if self.layer.capture_content:
+            self._content(attrs, n, facts, result)
+        if error_type is not None:
+            attrs[n.error_type] = error_type
+        span.set_attributes(attrs)
+        if error_type is not None:
+            if exc is not None and outcome is Outcome.ERROR:
+                _add_exception_event(span, exc)
+                span.set_status(Status(StatusCode.ERROR, f"{error_type}: {scrub(str(exc))[:300]}"))
+            else:
+                span.set_status(Status(StatusCode.ERROR, error_type))
+
+    def _response_facts(self, attrs: dict[str, Any], n: _semconv.Semconv, facts: _Facts, span: Span) -> None:
+        if facts.provider and facts.provider != self.start_provider:
+            attrs[n.provider] = facts.provider
+        if facts.response_model:
+            attrs[n.response_model] = facts.response_model
+            record = self.call.record
+            if not record.request_model and not self.layer.span_name:
+                # The spec's name wants the requested model; when the
+                # function chose it inside, the answering model is the best known.
+                span.update_name(f"{self.layer.operation or record.operation} {facts.response_model}")
+        if facts.response_id:
+            attrs[n.response_id] = facts.response_id
+        if facts.finish_reasons:
+            attrs[n.response_finish_reasons] = facts.finish_reasons
+        usage = facts.usage
+        if usage is not None:
+            attrs[n.usage_input] = usage.input_tokens
+            attrs[n.usage_output] = usage.output_tokens
+            attrs[n.usage_cache_read] = usage.cache_read_tokens
+            attrs[n.usage_cache_write] = usage.cache_write_tokens
+            if usage.reasoning_tokens:
+                attrs[n.usage_reasoning] = usage.reasoning_tokens
+            if usage.estimated:
+                attrs[n.lg_usage_estimated] = True
+        if facts.cost is not None:
+            attrs[n.lg_cost] = facts.cost
+        if facts.ttfc is not None:
+            attrs[n.response_ttfc] = facts.ttfc
+
+    @staticmethod
+    def _guard_facts(
+        attrs: dict[str, Any], n: _semconv.Semconv, record: CallRecord, exc: BaseException | None
+    ) -> None:
+        if record.cache is not None:
+            attrs[n.lg_cache] = record.cache
+        if record.cache_similarity is not None:
+            attrs[n.lg_cache_similarity] = record.cache_similarity
+        if record.saved_usd is not None:
+            attrs[n.lg_saved] = record.saved_usd
+        if record.fallback_target is not None:
+            attrs[n.lg_fallback_target] = scrub(str(record.fallback_target))
+        if record.budget_decision is not None:
+            attrs[n.lg_budget_decision] = str(record.budget_decision)
+        if record.route is not None:
+            attrs[n.lg_route] = scrub(str(record.route))
+        kind = _error_kind(exc)
+        if kind is not None:
+            attrs[n.lg_error_kind] = kind.value
+        if isinstance(exc, _REFUSALS):
+            attrs[n.lg_refusal] = type(exc).__name__
+
+    def _content(self, attrs: dict[str, Any], n: _semconv.Semconv, facts: _Facts, result: Any) -> None:
+        layer = self.layer
+        budget = _ContentBudget(layer.redact, layer.max_content_chars)
+        try:
+            system, messages = _input_content(self.call, budget)
+            if system:
+                attrs[n.system_instructions] = json.dumps(system, ensure_ascii=False, default=str)
+            if messages:
+                attrs[n.input_messages] = json.dumps(messages, ensure_ascii=False, default=str)
+            text = None
+            if self.stream is not None:
+                text = self.stream.text
+            elif result is not None:
+                observed = providers.observe_result(result)
+                text = observed.text if observed is not None else (result if isinstance(result, str) else None)
+            if text:
+                reason = facts.finish_reasons[0] if facts.finish_reasons else "unknown"
+                part = {"type": "text", "content": budget.clean(text)}
+                out = [{"role": "assistant", "parts": [part], "finish_reason": reason}]
+                attrs[n.output_messages] = json.dumps(out, ensure_ascii=False)
+        except Exception as exc:  # noqa: BLE001 - a redactor's bug drops the content, never leaks it
+            for key in (n.system_instructions, n.input_messages, n.output_messages):
+                attrs.pop(key, None)
+            warnings.warn(
+                f"llmguard.trace: content not recorded ({type(exc).__name__} in the redactor or content)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def _metric_attributes(self, n: _semconv.Semconv, facts: _Facts) -> dict[str, Any]:
+        record = self.call.record
+        attrs: dict[str, Any] = {n.operation: self.layer.operation or record.operation}
+        provider = facts.provider or _semconv.provider_from_model(record.request_model)
+        if provider:
+            attrs[n.provider] = provider
+        if record.request_model:
+            attrs[n.request_model] = record.request_model
+        if facts.response_model:
+            attrs[n.response_model] = facts.response_model
+        if self.address is not None:
+            attrs[n.server_address] = self.address[0]
+            attrs[n.server_port] = self.address[1]
+        return attrs
+
+    def _record_metrics(  # noqa: PLR0912 - one optional instrument per branch
+        self,
+        ins: _Instruments,
+        n: _semconv.Semconv,
+        facts: _Facts,
+        t1: float,
+        error_type: str | None,
+        exc: BaseException | None,
+    ) -> None:
+        record = self.call.record
+        attrs = self._metric_attributes(n, facts)
+        if ins.duration is not None:
+            ins.duration.record(t1 - self.t0, {**attrs, n.error_type: error_type} if error_type else attrs)
+        usage = facts.usage
+        if usage is not None:
+            if ins.token_usage is not None:
+                ins.token_usage.record(usage.input_tokens, {**attrs, n.token_type: "input"})
+                ins.token_usage.record(usage.output_tokens, {**attrs, n.token_type: "output"})
+            if ins.op_input is not None:
+                ins.op_input.record(usage.input_tokens, attrs)
+            if ins.op_output is not None:
+                ins.op_output.record(usage.output_tokens, attrs)
+            if ins.usage_counters:
+                modal = {**attrs, n.token_modality: "unknown"} if n.token_modality else attrs
+                for field, counter in ins.usage_counters:
+                    counter.add(getattr(usage, field), modal)
+        if facts.ttfc is not None and ins.ttfc is not None:
+            ins.ttfc.record(facts.ttfc, attrs)
+        if self.chunk_gaps and ins.tpoc is not None:
+            for gap in self.chunk_gaps:
+                ins.tpoc.record(gap, attrs)
+        if facts.cost and ins.cost is not None:
+            ins.cost.add(facts.cost, attrs)
+        if record.saved_usd and ins.saved is not None:
+            ins.saved.add(record.saved_usd, attrs)
+        extra = record._extra
+        retries = extra.get("retries", 0) if extra else 0  # counted by llmguard.retry
+        if retries and ins.retries is not None:
+            ins.retries.add(retries, attrs)
+        if record.cache == "hit" and ins.cache_hits is not None:
+            ins.cache_hits.add(1, attrs)
+        elif record.cache == "miss" and ins.cache_misses is not None:
+            ins.cache_misses.add(1, attrs)
+        if record.fallback_target is not None and ins.fallbacks is not None:
+            ins.fallbacks.add(1, attrs)
+        if isinstance(exc, _REFUSALS) and ins.refusals is not None:
+            ins.refusals.add(1, {**attrs, n.lg_refusal: type(exc).__name__})
+
+    def _emit(
+        self,
+        facts: _Facts,
+        outcome: Outcome,
+        exc: BaseException | None,
+        error_type: str | None,
+        t1: float,
+    ) -> None:
+        record = self.call.record
+        usage = facts.usage
+        kind = _error_kind(exc)
+        fields: dict[str, Any] = {
+            "function": record.function,
+            "operation": self.layer.operation or record.operation,
+            "provider": facts.provider,
+            "model": record.request_model,
+            "response_model": facts.response_model,
+            "stream": record.stream,
+            "outcome": outcome.value,
+            "duration_s": round(t1 - self.t0, 6),
+            "ttft_s": round(facts.ttfc, 6) if facts.ttfc is not None else None,
+            "attempts": len(record.attempts),
+            "input_tokens": usage.input_tokens if usage else None,
+            "output_tokens": usage.output_tokens if usage else None,
+            "cache_read_tokens": usage.cache_read_tokens if usage and usage.cache_read_tokens else None,
+            "cache_write_tokens": usage.cache_write_tokens if usage and usage.cache_write_tokens else None,
+            "reasoning_tokens": usage.reasoning_tokens if usage and usage.reasoning_tokens else None,
+            "usage_estimated": usage.estimated if usage else None,
+            "cost_usd": facts.cost,
+            "cache": record.cache,
+            "cache_similarity": record.cache_similarity,
+            "saved_usd": record.saved_usd,
+            "fallback_target": scrub(str(record.fallback_target)) if record.fallback_target else None,
+            "budget_decision": record.budget_decision,
+            "route": scrub(str(record.route)) if record.route else None,
+            "error_kind": kind.value if kind is not None else None,
+            "error_type": error_type,
+            "error": scrub(str(exc))[:300] if exc is not None and outcome is Outcome.ERROR else None,
+        }
+        span = self.span
+        if span is not None:
+            ctx = span.get_span_context()
+            if ctx.is_valid:
+                fields["trace_id"] = f"{ctx.trace_id:032x}"
+                fields["span_id"] = f"{ctx.span_id:016x}"
+        level = _LEVELS.get(outcome)
+        if level is None:  # an error: transient ones and refusals are warnings
+            level = "warning" if kind is not None and (kind.transient or kind is ErrorKind.GUARD) else "error"
+        _events.emit(_events.CALL, None, level=level, **{k: v for k, v in fields.items() if v is not None})
+
+
+class _Facts:
+    """What the record says at the end of a call, gathered once."""
+
+    __slots__ = ("cost", "finish_reasons", "names", "provider", "response_id", "response_model", "ttfc", "usage")
+
+    def __init__(self, record: CallRecord, ct: _CallTrace) -> None:
+        attempts = record.attempts
+        last: Attempt | None = None
+        if len(attempts) == 1:  # the common case, without the record's sums
+            last = attempts[0]
+            provider = last.provider
+            self.response_model = last.response_model
+            self.response_id = last.response_id
+            self.finish_reasons = last.finish_reasons
+            self.usage = last.usage
+            self.cost = last.cost_usd if last.usage is not None else None
+        else:
+            provider = response_model = response_id = None
+            finish: tuple[str, ...] = ()
+            for att in reversed(attempts):
+                provider = provider or att.provider
+                response_model = response_model or att.response_model
+                response_id = response_id or att.response_id
+                finish = finish or att.finish_reasons
+            self.response_model = response_model
+            self.response_id = response_id
+            self.finish_reasons = finish
+            self.usage = record.usage
+            self.cost = record.cost_usd
+            last = attempts[-1] if attempts else None
+        address = ct.address
+        self.names = ct.tel.names if ct.tel is not None else ct.layer._names
+        self.provider = (
+            _semconv.provider_name(provider or ct.client_provider, address[0] if address else None)
+            or ct.layer.provider
+        )
+        first_chunk = last.first_chunk_at if last is not None else None
+        self.ttfc = max(first_chunk - ct.t0, 0.0) if first_chunk is not None else None
+
+
+def _error_kind(exc: BaseException | None) -> ErrorKind | None:
+    if exc is None or not isinstance(exc, Exception):
+        return None  # success, or cancellation / close / KeyboardInterrupt
+    return providers.classify(exc).kind
+
+
+def _error_type(outcome: Outcome, exc: BaseException | None) -> str | None:
+    """``error.type``: the exception's class, or how an unfinished stream ended."""
+    if outcome is _OK or outcome is Outcome.CLOSED:
+        return None
+    if outcome is Outcome.CANCELLED:
+        return "cancelled"
+    if outcome is Outcome.ABANDONED:
+        return "abandoned"
+    if exc is not None:
+        return type(exc).__qualname__
+    return "_OTHER"
+
+
+def _stream_address(stream: _StreamBase) -> tuple[str, int] | None:
+    """(host, port) of the HTTP response an SDK stream reads, if it has one."""
+    source = stream._innermost()._source
+    if source is None or isinstance(source, _StreamBase):
+        return None
+    try:
+        response = getattr(source, "response", None)
+        return _address_of_url(getattr(response, "url", None)) if response is not None else None
+    except Exception:  # noqa: BLE001 - a stream helper without a response is fine
+        return None
+
+
+class _TracedStream(GuardedStream):
+    """A sync stream whose every pull runs with the call's span current."""
+
+    __slots__ = ("_otel_ctx",)
+
+    _otel_ctx: Context
+
+    def _pull(self) -> Any:
+        token = otel_context.attach(self._otel_ctx)
+        try:
+            return GuardedStream._pull(self)
+        finally:
+            otel_context.detach(token)
+
+    def __enter__(self) -> GuardedStream:
+        token = otel_context.attach(self._otel_ctx)
+        try:
+            # Enter the stream underneath too: a stream manager must be open
+            # for ``with ask() as s: s.get_final_text()`` without iterating.
+            source = self._source
+            if isinstance(source, GuardedStream) and source._it is None:
+                source.__enter__()
+            return GuardedStream.__enter__(self)
+        finally:
+            otel_context.detach(token)
+
+
+class _TracedAsyncStream(AsyncGuardedStream):
+    """An async stream whose every pull runs with the call's span current."""
+
+    __slots__ = ("_otel_ctx",)
+
+    _otel_ctx: Context
+
+    async def _pull(self) -> Any:
+        token = otel_context.attach(self._otel_ctx)
+        try:
+            return await AsyncGuardedStream._pull(self)
+        finally:
+            otel_context.detach(token)
+
+    async def __aenter__(self) -> AsyncGuardedStream:
+        token = otel_context.attach(self._otel_ctx)
+        try:
+            source = self._source
+            if isinstance(source, AsyncGuardedStream) and source._it is None:
+                await source.__aenter__()
+            return await AsyncGuardedStream.__aenter__(self)
+        finally:
+            otel_context.detach(token)
+
+
+# -- the guard -------------------------------------------------------------------
+
+
+def _valid_attribute(value: object) -> bool:
+    if isinstance(value, (str, bool, int, float)):
+        return True
+    return isinstance(value, (list, tuple)) and all(isinstance(v, (str, bool, int, float)) for v in value)
+
+
+class TraceLayer(Layer):
+    """The `trace` guard: a decorator and a context manager. Build it with `trace`."""
+
+    name: ClassVar[str] = "trace"
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        attributes: Mapping[str, Any] | None = None,
+        capture_content: bool | None = None,
+        redact: Callable[[str], str] | None = None,
+        max_content_chars: int = DEFAULT_MAX_CONTENT_CHARS,
+        operation: str = "chat",
+        provider: str | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        _check(name, attributes, capture_content, redact, max_content_chars, operation, provider)
+        for param, value, method in (
+            ("tracer_provider", tracer_provider, "get_tracer"),
+            ("meter_provider", meter_provider, "get_meter"),
+        ):
+            if value is not None and not callable(getattr(value, method, None)):
+                msg = f"trace({param}=...) must be an OpenTelemetry {param.replace('_', ' ')}, got {value!r}"
+                raise TypeError(msg)
+        self.span_name = name
+        self._attributes = _scrub_attributes(attributes)
+        self.capture_content = (
+            _semconv.capture_content_from_env() if capture_content is None else capture_content
+        )
+        self.redact = redact
+        self.max_content_chars = max_content_chars
+        self.operation = operation
+        self.provider = provider
+        self._tracer_provider = tracer_provider
+        self._meter_provider = meter_provider
+        self._names = _semconv.active()
+        self._cache: tuple[Any, Any, _Telemetry | None] = (_UNSET, _UNSET, None)
+        self._finder: _ClientFinder | None = None
+        self._open: list[_Scope] = []  # entered as a context manager, not yet exited
+        # (parameter, span attribute) for the request parameters to read
+        self._params: tuple[tuple[str, str], ...] = tuple(
+            (param, getattr(self._names, key)) for param, key in _REQUEST_PARAMS
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """The configuration, for `describe`."""
+        return {
+            "name": self.span_name,
+            "operation": self.operation,
+            "capture_content": self.capture_content,
+            "semconv": _semconv.LATEST_EXPERIMENTAL if self._names.latest else "v1.41",
+        }
+
+    def for_function(self, fn: Callable[..., Any], shape: str) -> TraceLayer:  # noqa: ARG002
+        """A copy that knows *fn*: its client, and which request parameters it takes."""
+        layer = copy.copy(self)
+        layer._finder = _ClientFinder(fn)
+        layer._open = []
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            return layer
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            layer._params = tuple(pair for pair in layer._params if pair[0] in params)
+        return layer
+
+    # -- the fast path: is anything recorded? ----------------------------------
+
+    def _telemetry(self) -> _Telemetry | None:
+        tp = self._tracer_provider
+        if tp is None:
+            tp = otel_trace._TRACER_PROVIDER
+        mp = self._meter_provider
+        if mp is None:
+            mp = _otel_metrics_state._METER_PROVIDER
+        cache = self._cache
+        if cache[0] is tp and cache[1] is mp:
+            return cache[2]
+        return self._resolve(tp, mp)
+
+    def _resolve(self, tp: Any, mp: Any) -> _Telemetry | None:
+        seen = (tp, mp)
+        # A provider named by OTEL_PYTHON_*_PROVIDER is loaded on first use.
+        if tp is None and _ENV_TRACER:
+            tp = otel_trace.get_tracer_provider()
+        if mp is None and _ENV_METER:
+            mp = otel_metrics.get_meter_provider()
+        tel = _telemetry_for(tp, mp, self._names)
+        self._cache = (*seen, tel)
+        return tel
+
+    # -- the decorator ---------------------------------------------------------
+
+    def around(self, call: Call) -> Any:
+        """Trace one call of a ``def`` or generator function."""
+        tel = self._telemetry()
+        if tel is None and not _events.listening():
+            return call.proceed()
+        ct = _CallTrace(self, call, tel)
+        token = otel_context.attach(ct.ctx) if ct.ctx is not None else None
+        try:
+            result = call.proceed()
+        except BaseException as exc:
+            ct.end(outcome_of(exc), exc, None)
+            raise
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+        if isinstance(result, _StreamBase):
+            return ct.wrap(result)
+        ct.end(_OK, None, result)
+        return result
+
+    async def around_async(self, call: Call) -> Any:
+        """Trace one call of an ``async def`` or async generator function."""
+        tel = self._telemetry()
+        if tel is None and not _events.listening():
+            return await call.proceed_async()
+        ct = _CallTrace(self, call, tel)
+        token = otel_context.attach(ct.ctx) if ct.ctx is not None else None
+        try:
+            result = await call.proceed_async()
+        except BaseException as exc:
+            ct.end(outcome_of(exc), exc, None)
+            raise
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+        if isinstance(result, _StreamBase):
+            return ct.wrap(result)
+        ct.end(_OK, None, result)
+        return result
+
+    # -- the context manager: a parent span around many calls ------------------
+
+    def __enter__(self) -> Span:
+        """Open a parent span (kind INTERNAL) and make it current; returns it."""
+        tel = self._telemetry()
+        tracer = tel.tracer if tel is not None else None
+        span: Span
+        if tracer is None:
+            span = NonRecordingSpan(otel_trace.get_current_span().get_span_context())
+        else:
+            span = tracer.start_span(
+                self.span_name or "llmguard", kind=SpanKind.INTERNAL, attributes=self._attributes
+            )
+        scope = _Scope(span, self)
+        scope.ctx_token = otel_context.attach(otel_trace.set_span_in_context(span))
+        scope.scope_token = _SCOPES.set((*_SCOPES.get(), scope))
+        self._open.append(scope)
+        return span
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """End the parent span opened by `__enter__`."""
+        scopes = _SCOPES.get()
+        here = bool(scopes) and scopes[-1].owner is self
+        if here:
+            scope = scopes[-1]
+        elif self._open:
+            # Exited in another context than it was entered in: a `with`
+            # held across a `yield` of a generator finished elsewhere. The
+            # span still ends; the other context's variables are not ours to
+            # reset (that is what logs "Failed to detach context").
+            scope = self._open[-1]
+        else:
+            msg = "lg.trace(...).__exit__ without a matching __enter__"
+            raise RuntimeError(msg)
+        self._open.remove(scope)
+        try:
+            self._end_scope(scope, exc)
+        finally:
+            if here:
+                _restore(scope)
+
+
+
+    def _end_scope(self, scope: _Scope, exc: BaseException | None) -> None:
+        span = scope.span
+        if span.is_recording():
+            n = self._names
+            with scope.lock:
+                totals: dict[str, Any] = {
+                    n.lg_calls: scope.calls,
+                    n.lg_total_input: scope.input_tokens,
+                    n.lg_total_output: scope.output_tokens,
+                }
+                if scope.cost:
+                    totals[n.lg_cost] = scope.cost
+            span.set_attributes(totals)
+            if exc is not None:
+                outcome = outcome_of(exc)
+                error_type = _error_type(outcome, exc) or "_OTHER"
+                span.set_attribute(n.error_type, error_type)
+                if outcome is Outcome.ERROR:
+                    _add_exception_event(span, exc)
+                span.set_status(Status(StatusCode.ERROR, error_type))
+        span.end()
+
+    async def __aenter__(self) -> Span:
+        """``async with lg.trace("pipeline"):``, as `__enter__`."""
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """As `__exit__`."""
+        self.__exit__(exc_type, exc, tb)
+
+
+def _check(
+    name: object,
+    attributes: object,
+    capture_content: object,
+    redact: object,
+    max_content_chars: object,
+    operation: object,
+    provider: object,
+) -> None:
+    """Reject bad configuration at decoration time, naming the parameter."""
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        msg = f"trace(name=...) must be a non-empty str, got {name!r}"
+        raise ValueError(msg)
+    if attributes is not None:
+        if not isinstance(attributes, Mapping):
+            msg = f"trace(attributes=...) must be a mapping, got {type(attributes).__name__}"
+            raise TypeError(msg)
+        for key, value in attributes.items():
+            if not isinstance(key, str) or not _valid_attribute(value):
+                msg = (
+                    "trace(attributes=...) must map str to str, bool, int, float or a list of "
+                    f"those, got {key!r}: {value!r}"
+                )
+                raise ValueError(msg)
+    if capture_content is not None and not isinstance(capture_content, bool):
+        msg = f"trace(capture_content=...) must be True, False or None, got {capture_content!r}"
+        raise TypeError(msg)
+    if redact is not None and not callable(redact):
+        msg = f"trace(redact=...) must be a callable taking and returning a str, got {redact!r}"
+        raise TypeError(msg)
+    if isinstance(max_content_chars, bool) or not isinstance(max_content_chars, int) or max_content_chars < 0:
+        msg = f"trace(max_content_chars=...) must be an int >= 0, got {max_content_chars!r}"
+        raise ValueError(msg)
+    if not isinstance(operation, str) or not operation:
+        msg = f"trace(operation=...) must be a non-empty str such as 'chat' or 'embeddings', got {operation!r}"
+        raise ValueError(msg)
+    if provider is not None and (not isinstance(provider, str) or not provider):
+        msg = f"trace(provider=...) must be a gen_ai.provider.name such as 'anthropic', got {provider!r}"
+        raise ValueError(msg)
+
+
+# -- the public name -------------------------------------------------------------
+
+
+@overload
+def trace(fn: Callable[P, R], /) -> Callable[P, R]: ...
+
+
+@overload
+def trace(
+    name: str | None = None,
+    /,
+    *,
+    attributes: Mapping[str, Any] | None = None,
+    capture_content: bool | None = None,
+    redact: Callable[[str], str] | None = None,
+    max_content_chars: int = DEFAULT_MAX_CONTENT_CHARS,
+    operation: str = "chat",
+    provider: str | None = None,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+) -> TraceLayer: ...
+
+
+def trace(
+    fn_or_name: Any = None,
+    /,
+    *,
+    attributes: Mapping[str, Any] | None = None,
+    capture_content: bool | None = None,
+    redact: Callable[[str], str] | None = None,
+    max_content_chars: int = DEFAULT_MAX_CONTENT_CHARS,
+    operation: str = "chat",
+    provider: str | None = None,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+) -> Any:
+    """One OpenTelemetry GenAI span, the GenAI metrics and a log event per call.
+
+    ``@lg.trace`` or ``@lg.trace(...)`` on a function; ``with
+    lg.trace("pipeline"):`` (or ``async with``) for a parent span around
+    many calls. Put it outermost.
+
+    *name* replaces the span name (the spec's ``"{operation} {model}"`` by
+    default); *attributes* go on every span. Content (prompts and outputs)
+    is recorded only when *capture_content* is True, or when it is None and
+    ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` says so; each text
+    passes through *redact* (``str -> str``) and the span's content is cut
+    at *max_content_chars*. Credentials are scrubbed from everything, always.
+    *operation* is ``gen_ai.operation.name``; *provider* is the
+    ``gen_ai.provider.name`` when the response does not say.
+    *tracer_provider* and *meter_provider* default to the global ones.
+    """
+    kwargs: dict[str, Any] = {
+        "attributes": attributes,
+        "capture_content": capture_content,
+        "redact": redact,
+        "max_content_chars": max_content_chars,
+        "operation": operation,
+        "provider": provider,
+        "tracer_provider": tracer_provider,
+        "meter_provider": meter_provider,
+    }
+    if fn_or_name is None or isinstance(fn_or_name, str):
+        return TraceLayer(fn_or_name, **kwargs)
+    if callable(fn_or_name):
+        return TraceLayer(**kwargs)(fn_or_name)
+    msg = (
+        "trace() takes a function to decorate or a span name (str), "
+        f"got {type(fn_or_name).__name__}: {fn_or_name!r}"
+    )
+    raise TypeError(msg)
