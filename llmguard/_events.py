@@ -3,11 +3,15 @@
 Every event has a stable name (``llmguard.<guard>.<what happened>``) and a
 flat dict of fields. It goes to three sinks, each only when someone listens:
 
-* the call's OTel span (``record.span``, set by `trace`) as a span event;
+* the call's OTel span (``record.span``, set by `trace`, which scrubs
+  credentials from what it records) as a span event;
 * structlog, as one event on the ``llmguard`` logger, when the application
   has configured structlog (an unconfigured structlog would print to stdout,
   which a library must not do on its own);
 * in-process listeners, such as `llmguard.testing.capture_events`.
+
+String and exception fields are scrubbed of anything that looks like a
+credential (`llmguard._secrets`) before structlog or a listener sees them.
 
 With none of them, `emit` returns after three cheap checks.
 """
@@ -19,6 +23,8 @@ import threading
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
+
+from ._secrets import scrub_fields
 
 
 if TYPE_CHECKING:
@@ -35,6 +41,8 @@ BUDGET_ALERT: Final = "llmguard.budget.alert"
 BUDGET_EXCEEDED: Final = "llmguard.budget.exceeded"
 CACHE_HIT: Final = "llmguard.cache.hit"
 CACHE_MISS: Final = "llmguard.cache.miss"
+CACHE_SKIPPED: Final = "llmguard.cache.skipped"  # a result not stored (cache_if, a fallback, a cut stream...)
+CACHE_FAILED: Final = "llmguard.cache.failed"  # the store or the embedder failed; the call went on
 FALLBACK_USED: Final = "llmguard.fallback.used"
 BREAKER_OPENED: Final = "llmguard.breaker.opened"
 BREAKER_HALF_OPENED: Final = "llmguard.breaker.half_opened"
@@ -87,12 +95,16 @@ def emit(
         return
     if record is not None:
         fields.setdefault("function", record.function)
-    if span is not None:
+    if span is not None:  # trace's span scrubs what it is given
         span.add_event(name, attributes=_span_attributes(fields))
+    if not _listeners and not structlog.is_configured():
+        return
+    # A field may quote an exception or a header: no credential leaves here.
+    clean = scrub_fields(fields)
     if structlog.is_configured():
-        getattr(_logger, level if level in _LEVELS else "info")(name, **fields)
+        getattr(_logger, level if level in _LEVELS else "info")(name, **clean)
     for listener in tuple(_listeners):
-        listener(name, fields)
+        listener(name, clean)
 
 
 def _span_attributes(fields: dict[str, Any]) -> dict[str, Any]:

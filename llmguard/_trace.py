@@ -45,7 +45,6 @@ import copy
 import inspect
 import json
 import os
-import re
 import threading
 import traceback
 import types
@@ -71,6 +70,7 @@ from opentelemetry.trace import (
 
 from . import _clock, _events, _semconv, providers
 from ._record import ErrorKind, Outcome
+from ._secrets import REDACTED, SECRET_KEY_NAMES, scrub
 from ._wrap import AsyncGuardedStream, Call, GuardedStream, Layer, _StreamBase, outcome_of
 from .errors import BudgetExceeded, CircuitOpen, InputRejected, RateLimited
 
@@ -90,40 +90,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _UNSET: Any = object()
-REDACTED: Final = "[REDACTED]"
 DEFAULT_MAX_CONTENT_CHARS: Final = 16_384
 
-# -- secrets -------------------------------------------------------------------
-
-# What an API key or credential looks like, across the providers llmguard
-# knows and the usual suspects. Deliberately broad: a false positive costs a
-# redacted word in a log, a false negative leaks a key.
-_SECRET: Final = re.compile(
-    r"sk-[A-Za-z0-9_\-]{8,}"  # anthropic sk-ant-..., openai sk-/sk-proj-..., test keys
-    r"|AIza[0-9A-Za-z_\-]{20,}"  # google api keys
-    r"|(?i:bearer|basic)\s+[A-Za-z0-9._~+/\-]{8,}=*"  # Authorization values
-    r"|\b(?:gh[pousr]|github_pat|xox[abprs]|glpat|hf)_[A-Za-z0-9_\-]{16,}"  # github, slack, gitlab, hf
-    r"|\bAKIA[0-9A-Z]{16}\b"  # aws access key ids
-    r"|\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"  # JWTs
-)
-# key=value / "key": "value" pairs whose key names a credential.
-_SECRET_PAIR: Final = re.compile(
-    r"(?i)((?:x-)?api[-_]?key|x-goog-api-key|authorization|access[-_]?token|secret|password)"
-    r"(['\"]?\s*[:=]\s*['\"]?)([^\s'\",}&]+)"
-)
-# Attribute keys whose values are credentials, whatever they look like.
-_SECRET_KEYS: Final = re.compile(
-    r"(?i)(^|[._-])(api[-_]?key|authorization|password|passwd|secret|token|credential)s?($|[._-])"
-)
-
-
-def scrub(text: str) -> str:
-    """*text* with anything that looks like a credential replaced by ``[REDACTED]``."""
-    if len(text) < 8:
-        return text
-    text = _SECRET.sub(REDACTED, text)
-    return _SECRET_PAIR.sub(rf"\1\2{REDACTED}", text)
-
+# -- secrets (the patterns live in _secrets, shared with the events module) ------
 
 def _scrub_value(value: Any) -> Any:
     if isinstance(value, str):
@@ -137,7 +106,7 @@ def _scrub_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any] | 
     if not attributes:
         return None
     return {
-        key: REDACTED if _SECRET_KEYS.search(key) else _scrub_value(value)
+        key: REDACTED if SECRET_KEY_NAMES.search(key) else _scrub_value(value)
         for key, value in attributes.items()
     }
 
@@ -310,7 +279,7 @@ class _RecordSpan(Span):
         self.span.set_attributes(_scrub_attributes(attributes) or {})
 
     def set_attribute(self, key: str, value: otel_types.AnyValue) -> None:
-        self.span.set_attribute(key, REDACTED if _SECRET_KEYS.search(key) else _scrub_value(value))
+        self.span.set_attribute(key, REDACTED if SECRET_KEY_NAMES.search(key) else _scrub_value(value))
 
     def add_event(
         self, name: str, attributes: otel_types.Attributes = None, timestamp: int | None = None
@@ -623,7 +592,7 @@ def _input_content(call: Call, budget: _ContentBudget) -> tuple[list[Any] | None
     texts = [
         v
         for k, v in call.bound_arguments().items()
-        if isinstance(v, str) and k not in _NOT_PROMPT and not _SECRET_KEYS.search(k)
+        if isinstance(v, str) and k not in _NOT_PROMPT and not SECRET_KEY_NAMES.search(k)
     ]
     if not texts:
         return system, None

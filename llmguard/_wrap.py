@@ -452,8 +452,15 @@ class Call:
         return GuardedStream(source=result, record=record, attempt=attempt, call=self)
 
     def estimated_input_tokens(self) -> int:
-        """A conservative token estimate of the request's input arguments."""
+        """A conservative token estimate of the request's input.
+
+        From the SDK-shaped arguments when the function has them (``system``,
+        ``messages``, ``prompt``, ``input``...), else from the string content
+        of all its arguments (``ask(question)``).
+        """
         parts = [str(v) for name in _INPUT_PARAMS if (v := self.param(name)) is not None]
+        if not parts:
+            parts = [v for v in (*self.args, *self.kwargs.values()) if isinstance(v, str)]
         return providers.estimate_tokens("".join(parts)) if parts else 0
 
 
@@ -992,8 +999,13 @@ class GuardedStream(_StreamBase):
             self._finish(self._ended_outcome(exc), exc)
 
     def __enter__(self) -> GuardedStream:
-        if self._it is None:
-            self._open()
+        # Entering opens the whole chain, down to the SDK's stream manager,
+        # so its attributes (get_final_text()...) work before any pull.
+        node: _StreamBase | None = self
+        while isinstance(node, GuardedStream):
+            if node._it is None:
+                node._open()
+            node = _inner_of(node._source)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -1101,8 +1113,11 @@ class AsyncGuardedStream(_StreamBase):
             self._finish(self._ended_outcome(exc), exc)
 
     async def __aenter__(self) -> AsyncGuardedStream:
-        if self._it is None:
-            await self._open()
+        node: _StreamBase | None = self
+        while isinstance(node, AsyncGuardedStream):
+            if node._it is None:
+                await node._open()
+            node = _inner_of(node._source)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

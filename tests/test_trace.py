@@ -1129,7 +1129,6 @@ def test_api_keys_appear_in_no_span_event_metric_or_log(
         assert any("[REDACTED]" in r and "gen_ai.input.messages" in r for r in recorded)
 
 
-@pytest.mark.xfail(reason="_events.emit sends other guards' fields to structlog unscrubbed (fix belongs in _events)")
 def test_other_guards_log_lines_do_not_leak_keys(anthropic_client: anthropic.Anthropic) -> None:
     """An inner guard's event whose fields quote a key reaches structlog scrubbed too."""
     out = io.StringIO()

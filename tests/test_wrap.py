@@ -772,3 +772,37 @@ def test_stream_attributes_pass_through(
     assert isinstance(stream, GuardedStream)
     assert 200 == stream.response.status_code
     stream.close()
+
+
+def test_entering_an_outer_stream_enters_the_manager_underneath(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """with over two stacked guards opens the SDK stream manager, so its helpers work at once."""
+    fake_provider.script(Step(reply="stacked manager"))
+
+    @Probe()
+    @Probe()
+    def ask() -> Any:
+        return anthropic_client.messages.stream(model=MODEL, max_tokens=64, messages=MESSAGES)  # type: ignore[arg-type]
+
+    with ask() as stream:
+        text = stream.get_final_text()
+
+    assert "stacked manager" == text
+
+
+def test_input_estimate_falls_back_to_string_arguments(probe: Probe) -> None:
+    """A stream cut short with no SDK-shaped arguments estimates input from its string arguments."""
+
+    @probe
+    def ask(question: str) -> Iterator[str]:
+        yield from question.split()
+
+    for _ in ask("a question with quite a few words in it to estimate"):
+        break
+    gc.collect()
+
+    usage = probe.record.usage
+    assert usage is not None
+    assert usage.estimated
+    assert usage.input_tokens > 0

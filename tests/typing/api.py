@@ -82,3 +82,21 @@ timed_coro = timed("x")
 same_timed = assert_type(timed_coro, Coroutine[Any, Any, bytes])
 same_timed.close()
 retried(3)  # type: ignore[arg-type]
+
+
+@lg.trace
+@lg.retry
+def traced(q: str, *, n: int = 1) -> list[str]:
+    return [q] * n
+
+
+@lg.trace(name="ask")
+async def traced_async(q: str) -> str:
+    return q
+
+
+assert_type(traced("x", n=2), list[str])
+traced_coro = traced_async("x")
+same_traced = assert_type(traced_coro, Coroutine[Any, Any, str])
+same_traced.close()
+traced("x", m=1)  # type: ignore[call-arg]
