@@ -1486,9 +1486,10 @@ def trace(fn: Callable[P, R], /) -> Callable[P, R]: ...
 
 @overload
 def trace(
-    name: str | None = None,
+    span_name: str | None = None,
     /,
     *,
+    name: str | None = None,
     attributes: Mapping[str, Any] | None = None,
     capture_content: bool | None = None,
     redact: Callable[[str], str] | None = None,
@@ -1504,6 +1505,7 @@ def trace(
     fn_or_name: Any = None,
     /,
     *,
+    name: str | None = None,
     attributes: Mapping[str, Any] | None = None,
     capture_content: bool | None = None,
     redact: Callable[[str], str] | None = None,
@@ -1519,7 +1521,7 @@ def trace(
     lg.trace("pipeline"):`` (or ``async with``) for a parent span around
     many calls. Put it outermost.
 
-    *name* replaces the span name (the spec's ``"{operation} {model}"`` by
+    *name* (also the first positional argument) replaces the span name (the spec's ``"{operation} {model}"`` by
     default); *attributes* go on every span. Content (prompts and outputs)
     is recorded only when *capture_content* is True, or when it is None and
     ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` says so; each text
@@ -1539,8 +1541,11 @@ def trace(
         "tracer_provider": tracer_provider,
         "meter_provider": meter_provider,
     }
+    if fn_or_name is not None and name is not None:
+        msg = "trace() takes the span name once: trace('x') or trace(name='x'), not both"
+        raise TypeError(msg)
     if fn_or_name is None or isinstance(fn_or_name, str):
-        return TraceLayer(fn_or_name, **kwargs)
+        return TraceLayer(fn_or_name if name is None else name, **kwargs)
     if callable(fn_or_name):
         return TraceLayer(**kwargs)(fn_or_name)
     msg = (

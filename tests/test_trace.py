@@ -1273,3 +1273,15 @@ def test_decorated_function_keeps_its_identity() -> None:
 
     traced_ask = lg.trace(ask)
     assert ("ask", "Ask.", True) == (traced_ask.__name__, traced_ask.__doc__, asyncio.iscoroutinefunction(traced_ask))
+
+
+def test_span_name_can_be_given_by_keyword(traced: Any, exporter: InMemorySpanExporter) -> None:
+    """lg.trace(name="x") names the span, as lg.trace("x") does."""
+
+    @traced(name="custom")
+    def ask() -> str:
+        return "ok"
+
+    ask()
+
+    assert 1 == len(spans_named(exporter, "custom"))

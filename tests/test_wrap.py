@@ -777,7 +777,7 @@ def test_stream_attributes_pass_through(
 def test_entering_an_outer_stream_enters_the_manager_underneath(
     anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
 ) -> None:
-    """with over two stacked guards opens the SDK stream manager, so its helpers work at once."""
+    """With over two stacked guards opens the SDK stream manager, so its helpers work at once."""
     fake_provider.script(Step(reply="stacked manager"))
 
     @Probe()
