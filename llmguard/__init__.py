@@ -4,10 +4,12 @@ Composable decorators and context managers that wrap any function you already
 have; see the README and ``DESIGN.md`` for what each promises.
 """
 
+from ._cache import CacheInfo, cache, cache_clear, cache_info
 from ._context import current_call, remaining
 from ._describe import GuardInfo, describe
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 from ._retry import RetryAttempt, retry
+from ._semantic import Semantic
 from ._timeout import timeout
 from ._trace import trace
 from ._wrap import AsyncGuardedStream, GuardedStream, report_usage
@@ -31,6 +33,7 @@ __all__ = [
     "AsyncGuardedStream",
     "Attempt",
     "BudgetExceeded",
+    "CacheInfo",
     "CallRecord",
     "CircuitOpen",
     "ErrorKind",
@@ -43,10 +46,14 @@ __all__ = [
     "Price",
     "RateLimited",
     "RetryAttempt",
+    "Semantic",
     "StreamInterrupted",
     "Usage",
     "ValidationFailed",
     "__version__",
+    "cache",
+    "cache_clear",
+    "cache_info",
     "classify",
     "cost_of",
     "current_call",
