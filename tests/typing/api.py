@@ -100,3 +100,20 @@ traced_coro = traced_async("x")
 same_traced = assert_type(traced_coro, Coroutine[Any, Any, str])
 same_traced.close()
 traced("x", m=1)  # type: ignore[call-arg]
+
+
+@lg.cache
+def cached(q: str) -> str:
+    return q
+
+
+@lg.cache(ttl=60)
+async def cached_async(q: str, *, model: str = "gpt-4o") -> dict[str, str]:
+    return {model: q}
+
+
+assert_type(cached("x"), str)
+cached_coro = cached_async("x", model="m")
+same_cached = assert_type(cached_coro, Coroutine[Any, Any, dict[str, str]])
+same_cached.close()
+assert_type(lg.cache_info(cached), lg.CacheInfo)
