@@ -4,6 +4,7 @@ Composable decorators and context managers that wrap any function you already
 have; see the README and ``DESIGN.md`` for what each promises.
 """
 
+from ._budget import BudgetAlert, BudgetSpend, budget, budget_spend
 from ._cache import CacheInfo, cache, cache_clear, cache_info
 from ._context import current_call, remaining
 from ._describe import GuardInfo, describe
@@ -32,7 +33,9 @@ __all__ = [
     "AllFailed",
     "AsyncGuardedStream",
     "Attempt",
+    "BudgetAlert",
     "BudgetExceeded",
+    "BudgetSpend",
     "CacheInfo",
     "CallRecord",
     "CircuitOpen",
@@ -51,6 +54,8 @@ __all__ = [
     "Usage",
     "ValidationFailed",
     "__version__",
+    "budget",
+    "budget_spend",
     "cache",
     "cache_clear",
     "cache_info",

@@ -1,0 +1,750 @@
+"""Where `budget` keeps its ledgers: in memory (default) or in Redis (shared).
+
+A *bucket* is the ledger of one window of one key of one budget (the
+`budget` guard names it: ``"<budget>:<key>:<window start>"``). It holds five
+integers: money spent, tokens spent, money reserved, tokens reserved, and how
+many calls settled (and how many of those on estimated usage). Money is
+counted in integer **pico-dollars** (10⁻¹² USD, `PICO` per dollar): every
+per-token price providers publish is a whole number of pico-dollars, so a
+ledger is the exact sum of the charges, with no float drift however many
+threads or processes add to it; 64-bit counters hold up to $9.2M per
+bucket.
+
+A store does three things, each atomically over every bucket one call
+touches:
+
+* `BudgetStore.reserve` — check that the request fits in every bucket
+  (``spent + reserved + requested <= limit``, and nothing fits once
+  ``spent >= limit``), then hold it in all of them, or in none;
+* `BudgetStore.settle` — replace a reservation with what the call really
+  cost, and say which alert thresholds the spend has just crossed (each
+  crossing is reported once per bucket, to exactly one caller);
+* `BudgetStore.ledger` — read a bucket (for reports and ``b.spent``).
+
+A reservation is a *lease*: it expires ``lease`` seconds after it was made,
+so a process that dies holding one does not pin the budget forever. A call
+that settles after its lease ran out still has its real cost charged; only
+the (already released) hold is not released twice.
+
+`MemoryBudgetStore` serves one process (threads and asyncio alike: its lock
+is held for a few dictionary operations, never while user code runs).
+`RedisBudgetStore` serves many processes and machines: every operation is one
+Lua script, so one round trip, atomic on the server.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import itertools
+import os
+import threading
+import weakref
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+from urllib.parse import parse_qsl, urlsplit
+
+from . import key as _key
+from . import redis_client
+
+
+__all__ = [
+    "PICO",
+    "BudgetStore",
+    "BudgetStoreError",
+    "Crossing",
+    "Ledger",
+    "Line",
+    "MemoryBudgetStore",
+    "RedisBudgetStore",
+    "Refusal",
+]
+
+PICO: Final = 10**12
+"""Pico-dollars per dollar: the store's unit of money."""
+
+
+class BudgetStoreError(Exception):
+    """The store could not be reached or answered nonsense (``__cause__`` says why)."""
+
+
+class Line:
+    """One bucket a call must fit in, with what it asks of it.
+
+    Built by the `budget` guard for each call: ``usd``/``tokens`` are what
+    it reserves; ``charge_usd``/``charge_tokens`` what it settles with. Limits
+    are None when the budget has none in that unit. ``ttl`` is how long the
+    bucket must be kept from now (None: forever). ``usd_alerts`` and
+    ``tokens_alerts`` are the ascending spend levels whose crossing is
+    reported by `BudgetStore.settle`.
+    """
+
+    __slots__ = (
+        "bucket",
+        "charge_tokens",
+        "charge_usd",
+        "tokens",
+        "tokens_alerts",
+        "tokens_limit",
+        "ttl",
+        "usd",
+        "usd_alerts",
+        "usd_limit",
+    )
+
+    def __init__(
+        self,
+        bucket: str,
+        usd: int,
+        tokens: int,
+        usd_limit: int | None,
+        tokens_limit: int | None,
+        ttl: float | None,
+        usd_alerts: tuple[int, ...] = (),
+        tokens_alerts: tuple[int, ...] = (),
+    ) -> None:
+        self.bucket = bucket
+        self.usd = usd
+        self.tokens = tokens
+        self.usd_limit = usd_limit
+        self.tokens_limit = tokens_limit
+        self.ttl = ttl
+        self.usd_alerts = usd_alerts
+        self.tokens_alerts = tokens_alerts
+        self.charge_usd = 0
+        self.charge_tokens = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"Line(bucket={self.bucket!r}, usd={self.usd}, tokens={self.tokens}, "
+            f"usd_limit={self.usd_limit}, tokens_limit={self.tokens_limit})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a reservation did not fit: the first line and unit that refused."""
+
+    index: int  # into the lines passed to reserve
+    unit: str  # "usd" (pico-dollars) or "tokens"
+    limit: int
+    spent: int
+    reserved: int
+    requested: int
+
+
+@dataclass(frozen=True, slots=True)
+class Crossing:
+    """Alert thresholds a settlement just crossed in one line and unit."""
+
+    index: int  # into the lines passed to settle
+    unit: str  # "usd" or "tokens"
+    crossed: tuple[int, ...]  # indexes into that line's alerts, ascending
+    spent: int  # the spend after the settlement
+
+
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """One bucket as it stands (money in pico-dollars)."""
+
+    usd: int = 0
+    tokens: int = 0
+    reserved_usd: int = 0
+    reserved_tokens: int = 0
+    calls: int = 0
+    estimated_calls: int = 0
+
+
+class BudgetStore(abc.ABC):
+    """The interface every budget store implements (see the module docs).
+
+    ``now`` is wall-clock seconds from the guard's clock (so tests on a fake
+    clock see leases expire on it); ``lease`` is seconds.
+    """
+
+    sync_ok: ClassVar[bool] = False
+    """True when the sync methods never block (async callers may use them)."""
+
+    @abc.abstractmethod
+    def new_id(self) -> str:
+        """A reservation id unique among every user of this store."""
+
+    @abc.abstractmethod
+    def reserve(self, rid: str, lines: list[Line], now: float, lease: float) -> Refusal | None:
+        """Hold each line's ``usd``/``tokens`` in its bucket, all or none."""
+
+    @abc.abstractmethod
+    def settle(
+        self, rid: str, lines: list[Line], now: float, *, count: bool, estimated: bool
+    ) -> list[Crossing]:
+        """Release reservation *rid* and add each line's charge to its bucket."""
+
+    @abc.abstractmethod
+    def ledger(self, bucket: str, now: float) -> Ledger:
+        """Read *bucket* (expired reservations dropped first)."""
+
+    async def areserve(
+        self, rid: str, lines: list[Line], now: float, lease: float
+    ) -> Refusal | None:
+        """`reserve` for async callers."""
+        return self.reserve(rid, lines, now, lease)
+
+    async def asettle(
+        self, rid: str, lines: list[Line], now: float, *, count: bool, estimated: bool
+    ) -> list[Crossing]:
+        """`settle` for async callers."""
+        return self.settle(rid, lines, now, count=count, estimated=estimated)
+
+    async def aledger(self, bucket: str, now: float) -> Ledger:
+        """`ledger` for async callers."""
+        return self.ledger(bucket, now)
+
+
+def _crossed(alerts: tuple[int, ...], old: int, spent: int) -> int:
+    """How many of *alerts* (ascending) *spent* has reached, never below *old*."""
+    level = old
+    while level < len(alerts) and spent >= alerts[level]:
+        level += 1
+    return level
+
+
+# -- memory --------------------------------------------------------------------
+
+# A bucket's slots, in a plain list (cheaper than an object on the hot path).
+_SU, _ST, _RU, _RT, _N, _E, _AU, _AT, _EXP = range(9)
+
+
+class MemoryBudgetStore(BudgetStore):
+    """Ledgers in this process's memory (the default store).
+
+    Thread- and asyncio-safe: one lock, held for a few dictionary operations
+    and never while user code runs. Expired leases are dropped only when a
+    request would not fit otherwise (a live process settles its own calls;
+    leases matter for calls that never finish), and buckets of past windows
+    are swept once their ``ttl`` has passed, at most once a minute.
+    """
+
+    sync_ok = True
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buckets: dict[str, list[Any]] = {}
+        self._held: dict[str, tuple[float, list[Line]]] = {}
+        self._ids = itertools.count(1)
+        self._next_sweep = 0.0
+
+    def __repr__(self) -> str:
+        return f"MemoryBudgetStore(buckets={len(self._buckets)}, held={len(self._held)})"
+
+    def new_id(self) -> str:
+        """A reservation id unique in this store."""
+        return str(next(self._ids))
+
+    def _bucket(self, name: str, ttl: float | None, now: float) -> list[Any]:
+        b = self._buckets.get(name)
+        if b is None:
+            if now >= self._next_sweep:
+                self._sweep(now)
+            b = [0, 0, 0, 0, 0, 0, 0, 0, None]
+            self._buckets[name] = b
+        if ttl is not None:
+            expires = now + ttl
+            if b[_EXP] is None or expires > b[_EXP]:
+                b[_EXP] = expires
+        return b
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + 60.0
+        dead = [n for n, b in self._buckets.items() if b[_EXP] is not None and b[_EXP] <= now]
+        for n in dead:
+            del self._buckets[n]
+
+    def _drop_expired(self, now: float) -> bool:
+        expired = [rid for rid, (until, _) in self._held.items() if until <= now]
+        for rid in expired:
+            _, lines = self._held.pop(rid)
+            for line in lines:
+                b = self._buckets.get(line.bucket)
+                if b is not None:
+                    b[_RU] -= line.usd
+                    b[_RT] -= line.tokens
+        return bool(expired)
+
+    def _refusal(self, lines: list[Line], now: float) -> Refusal | None:
+        for i, line in enumerate(lines):
+            b = self._bucket(line.bucket, line.ttl, now)
+            limit = line.usd_limit
+            if limit is not None and (b[_SU] + b[_RU] + line.usd > limit or b[_SU] >= limit):
+                return Refusal(i, "usd", limit, b[_SU], b[_RU], line.usd)
+            limit = line.tokens_limit
+            if limit is not None and (b[_ST] + b[_RT] + line.tokens > limit or b[_ST] >= limit):
+                return Refusal(i, "tokens", limit, b[_ST], b[_RT], line.tokens)
+        return None
+
+    def reserve(self, rid: str, lines: list[Line], now: float, lease: float) -> Refusal | None:
+        """Hold each line's request in its bucket, all or none."""
+        if len(lines) == 1:
+            return self._reserve_one(rid, lines, now, lease)
+        with self._lock:
+            refusal = self._refusal(lines, now)
+            if refusal is not None and self._drop_expired(now):
+                refusal = self._refusal(lines, now)
+            if refusal is not None:
+                return refusal
+            buckets = self._buckets
+            for line in lines:
+                b = buckets[line.bucket]
+                b[_RU] += line.usd
+                b[_RT] += line.tokens
+            self._held[rid] = (now + lease, lines)
+        return None
+
+    def _reserve_one(self, rid: str, lines: list[Line], now: float, lease: float) -> Refusal | None:
+        # `reserve` for one line (the common case), without the loops.
+        line = lines[0]
+        usd, tokens = line.usd, line.tokens
+        usd_limit, tokens_limit = line.usd_limit, line.tokens_limit
+        with self._lock:
+            b = self._buckets.get(line.bucket)
+            if b is None or (line.ttl is not None and (b[_EXP] is None or now + line.ttl > b[_EXP])):
+                b = self._bucket(line.bucket, line.ttl, now)
+            if (
+                usd_limit is not None and (b[_SU] + b[_RU] + usd > usd_limit or b[_SU] >= usd_limit)
+            ) or (
+                tokens_limit is not None
+                and (b[_ST] + b[_RT] + tokens > tokens_limit or b[_ST] >= tokens_limit)
+            ):
+                refusal = self._refusal(lines, now)
+                if refusal is not None and self._drop_expired(now):
+                    refusal = self._refusal(lines, now)
+                if refusal is not None:
+                    return refusal
+            b[_RU] += usd
+            b[_RT] += tokens
+            self._held[rid] = (now + lease, lines)
+        return None
+
+    def settle(
+        self, rid: str, lines: list[Line], now: float, *, count: bool, estimated: bool
+    ) -> list[Crossing]:
+        """Release *rid* (if its lease still holds) and add each line's charge."""
+        crossings: list[Crossing] = []
+        with self._lock:
+            held = self._held.pop(rid, None) is not None
+            for i, line in enumerate(lines):
+                b = self._buckets.get(line.bucket)
+                if b is None:  # swept, or its lease long gone
+                    b = self._bucket(line.bucket, line.ttl, now)
+                if held:
+                    b[_RU] -= line.usd
+                    b[_RT] -= line.tokens
+                su = b[_SU] = b[_SU] + line.charge_usd
+                st = b[_ST] = b[_ST] + line.charge_tokens
+                if count:
+                    b[_N] += 1
+                    if estimated:
+                        b[_E] += 1
+                alerts, old = line.usd_alerts, b[_AU]
+                if old < len(alerts) and su >= alerts[old]:
+                    b[_AU] = _crossed(alerts, old, su)
+                    crossings.append(Crossing(i, "usd", tuple(range(old, b[_AU])), su))
+                alerts, old = line.tokens_alerts, b[_AT]
+                if old < len(alerts) and st >= alerts[old]:
+                    b[_AT] = _crossed(alerts, old, st)
+                    crossings.append(Crossing(i, "tokens", tuple(range(old, b[_AT])), st))
+        return crossings
+
+    def ledger(self, bucket: str, now: float) -> Ledger:
+        """Read *bucket*; an unknown bucket reads as empty."""
+        with self._lock:
+            self._drop_expired(now)
+            b = self._buckets.get(bucket)
+            if b is None:
+                return Ledger()
+            return Ledger(b[_SU], b[_ST], b[_RU], b[_RT], b[_N], b[_E])
+
+
+# -- redis ---------------------------------------------------------------------
+
+# KEYS: per line, the bucket hash and its lease set.
+# ARGV: now (ms), lease end (ms), reservation id, then per line five values:
+#       usd, tokens, usd limit (-1: none), tokens limit (-1: none), ttl (ms, -1: none).
+# Amounts travel as decimal strings and reach the counters through HINCRBY
+# untouched: Lua numbers are doubles, exact only to 2^53, so they are used for
+# comparisons, never for what is stored.
+_RESERVE: Final = """
+local now = tonumber(ARGV[1])
+local n = #KEYS / 2
+for i = 1, n do
+  local h, z = KEYS[2*i-1], KEYS[2*i]
+  local old = redis.call('ZRANGEBYSCORE', z, '-inf', now)
+  if #old > 0 then
+    for _, m in ipairs(old) do
+      local u, t = string.match(m, '|(%d+)|(%d+)$')
+      if u and u ~= '0' then redis.call('HINCRBY', h, 'ru', '-' .. u) end
+      if t and t ~= '0' then redis.call('HINCRBY', h, 'rt', '-' .. t) end
+    end
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
+  end
+end
+for i = 1, n do
+  local a = 3 + (i-1)*5
+  local v = redis.call('HMGET', KEYS[2*i-1], 'su', 'st', 'ru', 'rt')
+  local su, st = tonumber(v[1] or '0'), tonumber(v[2] or '0')
+  local ru, rt = tonumber(v[3] or '0'), tonumber(v[4] or '0')
+  local ul, tl = tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
+  if ul >= 0 and (su + ru + tonumber(ARGV[a+1]) > ul or su >= ul) then
+    return {i, 'usd', v[1] or '0', v[3] or '0'}
+  end
+  if tl >= 0 and (st + rt + tonumber(ARGV[a+2]) > tl or st >= tl) then
+    return {i, 'tokens', v[2] or '0', v[4] or '0'}
+  end
+end
+for i = 1, n do
+  local h, z = KEYS[2*i-1], KEYS[2*i]
+  local a = 3 + (i-1)*5
+  if ARGV[a+1] ~= '0' then redis.call('HINCRBY', h, 'ru', ARGV[a+1]) end
+  if ARGV[a+2] ~= '0' then redis.call('HINCRBY', h, 'rt', ARGV[a+2]) end
+  if redis.call('EXISTS', h) == 0 then redis.call('HSET', h, 'su', '0') end
+  redis.call('ZADD', z, ARGV[2], ARGV[3] .. '|' .. ARGV[a+1] .. '|' .. ARGV[a+2])
+  local ttl = tonumber(ARGV[a+5])
+  if ttl > 0 then
+    redis.call('PEXPIRE', h, ttl)
+    redis.call('PEXPIRE', z, ttl)
+  end
+end
+return 0
+"""
+
+# KEYS: as for reserve.
+# ARGV: reservation id, count (0/1), estimated (0/1), then per line seven values:
+#       reserved usd, reserved tokens, charged usd, charged tokens, ttl (ms, -1: none),
+#       usd alert levels and tokens alert levels (comma-separated, ascending).
+# Returns, per crossing: line, unit, first level crossed, new level, spend (string).
+_SETTLE: Final = """
+local function level(csv, spent, old)
+  local lv, i = 0, 0
+  for th in string.gmatch(csv, '[^,]+') do
+    i = i + 1
+    if spent >= tonumber(th) then lv = i end
+  end
+  if lv < old then return old end
+  return lv
+end
+local out = {}
+local n = #KEYS / 2
+for i = 1, n do
+  local h, z = KEYS[2*i-1], KEYS[2*i]
+  local a = 3 + (i-1)*7
+  local ru, rt = ARGV[a+1], ARGV[a+2]
+  if redis.call('ZREM', z, ARGV[1] .. '|' .. ru .. '|' .. rt) == 1 then
+    if ru ~= '0' then redis.call('HINCRBY', h, 'ru', '-' .. ru) end
+    if rt ~= '0' then redis.call('HINCRBY', h, 'rt', '-' .. rt) end
+  end
+  if ARGV[a+3] ~= '0' then redis.call('HINCRBY', h, 'su', ARGV[a+3]) end
+  if ARGV[a+4] ~= '0' then redis.call('HINCRBY', h, 'st', ARGV[a+4]) end
+  if ARGV[2] == '1' then
+    redis.call('HINCRBY', h, 'n', 1)
+    if ARGV[3] == '1' then redis.call('HINCRBY', h, 'e', 1) end
+  end
+  local ttl = tonumber(ARGV[a+5])
+  if ttl > 0 then redis.call('PEXPIRE', h, ttl) end
+  local v = redis.call('HMGET', h, 'su', 'st', 'au', 'at')
+  local su, st = v[1] or '0', v[2] or '0'
+  if ARGV[a+6] ~= '' then
+    local old = tonumber(v[3] or '0')
+    local new = level(ARGV[a+6], tonumber(su), old)
+    if new > old then
+      redis.call('HSET', h, 'au', new)
+      table.insert(out, i); table.insert(out, 'usd'); table.insert(out, old)
+      table.insert(out, new); table.insert(out, su)
+    end
+  end
+  if ARGV[a+7] ~= '' then
+    local old = tonumber(v[4] or '0')
+    local new = level(ARGV[a+7], tonumber(st), old)
+    if new > old then
+      redis.call('HSET', h, 'at', new)
+      table.insert(out, i); table.insert(out, 'tokens'); table.insert(out, old)
+      table.insert(out, new); table.insert(out, st)
+    end
+  end
+end
+return out
+"""
+
+# KEYS: bucket hash, lease set. ARGV: now (ms).
+_LEDGER: Final = """
+local h, z = KEYS[1], KEYS[2]
+local old = redis.call('ZRANGEBYSCORE', z, '-inf', tonumber(ARGV[1]))
+if #old > 0 then
+  for _, m in ipairs(old) do
+    local u, t = string.match(m, '|(%d+)|(%d+)$')
+    if u and u ~= '0' then redis.call('HINCRBY', h, 'ru', '-' .. u) end
+    if t and t ~= '0' then redis.call('HINCRBY', h, 'rt', '-' .. t) end
+  end
+  redis.call('ZREMRANGEBYSCORE', z, '-inf', tonumber(ARGV[1]))
+end
+return redis.call('HMGET', h, 'su', 'st', 'ru', 'rt', 'n', 'e')
+"""
+
+_TIMEOUTS: Final = (("socket_timeout", "2"), ("socket_connect_timeout", "2"))
+_POOL_WAIT: Final = 5.0  # seconds a caller waits for a free connection
+
+
+def _with_timeouts(url: str) -> str:
+    """*url* with socket timeouts added unless it sets its own.
+
+    redis-py waits forever by default; a budget check must fail (and follow
+    ``on_store_error``) within seconds when Redis is gone.
+    """
+    query = dict(parse_qsl(urlsplit(url).query))
+    extra = "&".join(f"{k}={v}" for k, v in _TIMEOUTS if k not in query)
+    if not extra:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{extra}"
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def _ttl_ms(ttl: float | None) -> str:
+    return "-1" if ttl is None else str(max(_ms(ttl), 1000))
+
+
+def _int(value: Any) -> int:
+    return 0 if value is None or value is False else int(value)
+
+
+class RedisBudgetStore(BudgetStore):
+    """Ledgers in Redis, shared by every process and machine using it.
+
+    Every operation is one Lua script (EVALSHA: one round trip), atomic on
+    the server. Keys are ``llmguard:budget:<namespace>:<bucket>`` (a hash)
+    and ``...:r`` (the sorted set of leases, by expiry); both expire with
+    their window (kept one more window, or one lease, whichever is longer,
+    for reports). A lifetime budget (``per=None``) does not expire.
+
+    *target* is a ``redis://`` / ``rediss://`` / ``unix://`` URL or a
+    redis-py client. From a URL, async calls use a ``redis.asyncio`` client
+    per event loop; with a client you built, async calls use it directly
+    (one blocking round trip). Clients built from a URL use a blocking
+    connection pool of *max_connections* per process (and per event loop),
+    so a burst of callers waits for a connection instead of failing. Stream settlements run in the stream's finish
+    hook, which is synchronous, and so always use the sync client. Redis
+    Cluster is not supported (a call's buckets may hash to different slots).
+    """
+
+    def __init__(self, target: Any, *, namespace: str = "default", max_connections: int = 64) -> None:
+        if not isinstance(namespace, str) or not namespace or ":" in namespace:
+            msg = f"RedisBudgetStore(namespace=...) must be a non-empty string without ':', got {namespace!r}"
+            raise ValueError(msg)
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+            msg = f"RedisBudgetStore(max_connections=...) must be an int >= 1, got {max_connections!r}"
+            raise ValueError(msg)
+        self._url = target if isinstance(target, str) else None
+        self._max_connections = max_connections
+        if isinstance(target, str):
+            target = self._pooled(target)
+        self._client = redis_client(target)
+        self._prefix = _key("budget", namespace) + ":"
+        self._reserve = self._client.register_script(_RESERVE)
+        self._settle = self._client.register_script(_SETTLE)
+        self._ledger = self._client.register_script(_LEDGER)
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, ...]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._ids = itertools.count(1)
+        self._origin = f"{os.getpid():x}.{os.urandom(4).hex()}"
+
+    def __repr__(self) -> str:
+        return f"RedisBudgetStore({self._client!r}, prefix={self._prefix!r})"
+
+    def _pooled(self, url: str, *, asynchronous: bool = False) -> Any:
+        """A client whose callers wait for a free connection rather than fail.
+
+        redis-py's default pool raises "Too many connections" past its size;
+        hundreds of threads checking a budget at once should queue instead
+        (up to the socket timeout), holding at most *max_connections*.
+        """
+        try:
+            import redis  # noqa: PLC0415 - optional dependency
+            import redis.asyncio  # noqa: PLC0415
+        except ImportError:  # pragma: no cover - depends on the install
+            return url  # redis_client() explains what to install
+        module: Any = redis.asyncio if asynchronous else redis
+        pool = module.BlockingConnectionPool.from_url(
+            _with_timeouts(url), max_connections=self._max_connections, timeout=_POOL_WAIT
+        )
+        return module.Redis(connection_pool=pool)
+
+    @property
+    def client(self) -> Any:
+        """The sync redis-py client."""
+        return self._client
+
+    def close(self) -> None:
+        """Close the connections this store opened (a client you passed stays yours).
+
+        Async connections are closed on their event loop when it is not
+        running (e.g. after ``asyncio.run`` returned but before the loop is
+        closed); from inside a running loop, use `aclose`.
+        """
+        if self._url is not None:
+            self._client.connection_pool.disconnect()
+        for loop, scripts in list(self._async.items()):
+            if not loop.is_closed() and not loop.is_running():
+                with contextlib.suppress(RuntimeError):  # another loop runs in this thread
+                    loop.run_until_complete(scripts[0].connection_pool.disconnect())
+        self._async.clear()
+
+    async def aclose(self) -> None:
+        """Close this event loop's async connections, then the sync ones."""
+        scripts = self._async.pop(asyncio.get_running_loop(), None)
+        if scripts is not None:
+            await scripts[0].connection_pool.disconnect()
+        self.close()
+
+    def new_id(self) -> str:
+        """A reservation id unique across processes (pid, random, counter)."""
+        return f"{self._origin}.{next(self._ids)}"
+
+    def _keys(self, lines: list[Line]) -> list[str]:
+        keys: list[str] = []
+        for line in lines:
+            h = self._prefix + line.bucket
+            keys.append(h)
+            keys.append(h + ":r")
+        return keys
+
+    @staticmethod
+    def _reserve_args(rid: str, lines: list[Line], now: float, lease: float) -> list[Any]:
+        args: list[Any] = [_ms(now), _ms(now + lease), rid]
+        for line in lines:
+            args += (
+                line.usd,
+                line.tokens,
+                -1 if line.usd_limit is None else line.usd_limit,
+                -1 if line.tokens_limit is None else line.tokens_limit,
+                _ttl_ms(line.ttl),
+            )
+        return args
+
+    @staticmethod
+    def _settle_args(rid: str, lines: list[Line], *, count: bool, estimated: bool) -> list[Any]:
+        args: list[Any] = [rid, int(count), int(estimated)]
+        for line in lines:
+            args += (
+                line.usd,
+                line.tokens,
+                line.charge_usd,
+                line.charge_tokens,
+                _ttl_ms(line.ttl),
+                ",".join(map(str, line.usd_alerts)),
+                ",".join(map(str, line.tokens_alerts)),
+            )
+        return args
+
+    @staticmethod
+    def _refusal(reply: Any, lines: list[Line]) -> Refusal | None:
+        if not isinstance(reply, list):
+            return None
+        index = int(reply[0]) - 1
+        unit = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        line = lines[index]
+        if unit == "usd":
+            return Refusal(index, unit, line.usd_limit or 0, int(reply[2]), int(reply[3]), line.usd)
+        return Refusal(index, unit, line.tokens_limit or 0, int(reply[2]), int(reply[3]), line.tokens)
+
+    @staticmethod
+    def _crossings(reply: Any) -> list[Crossing]:
+        out: list[Crossing] = []
+        for j in range(0, len(reply), 5):
+            unit = reply[j + 1].decode() if isinstance(reply[j + 1], bytes) else str(reply[j + 1])
+            old, new = int(reply[j + 2]), int(reply[j + 3])
+            out.append(Crossing(int(reply[j]) - 1, unit, tuple(range(old, new)), int(reply[j + 4])))
+        return out
+
+    @staticmethod
+    def _ledger_of(reply: Any) -> Ledger:
+        return Ledger(*(max(_int(v), 0) for v in reply))
+
+    def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return script(keys=keys, args=args)
+        except Exception as exc:
+            msg = f"redis budget store: {exc}"
+            raise BudgetStoreError(msg) from exc
+
+    def reserve(self, rid: str, lines: list[Line], now: float, lease: float) -> Refusal | None:
+        """One EVALSHA: purge expired leases, check every line, hold all or none."""
+        reply = self._run(self._reserve, self._keys(lines), self._reserve_args(rid, lines, now, lease))
+        return self._refusal(reply, lines)
+
+    def settle(
+        self, rid: str, lines: list[Line], now: float, *, count: bool, estimated: bool
+    ) -> list[Crossing]:
+        """One EVALSHA: release the lease, add the charges, report alert crossings."""
+        del now  # the server needs no clock to settle
+        reply = self._run(
+            self._settle, self._keys(lines), self._settle_args(rid, lines, count=count, estimated=estimated)
+        )
+        return self._crossings(reply)
+
+    def ledger(self, bucket: str, now: float) -> Ledger:
+        """One EVALSHA: drop expired leases of *bucket* and read it."""
+        h = self._prefix + bucket
+        return self._ledger_of(self._run(self._ledger, [h, h + ":r"], [_ms(now)]))
+
+    # -- async ---------------------------------------------------------------
+
+    def _async_scripts(self) -> tuple[Any, ...] | None:
+        if self._url is None:
+            return None
+        loop = asyncio.get_running_loop()
+        scripts = self._async.get(loop)
+        if scripts is None:
+            client = self._pooled(self._url, asynchronous=True)
+            scripts = (
+                client,
+                client.register_script(_RESERVE),
+                client.register_script(_SETTLE),
+                client.register_script(_LEDGER),
+            )
+            self._async[loop] = scripts
+        return scripts
+
+    async def _arun(self, index: int, keys: list[str], args: list[Any]) -> Any:
+        try:
+            scripts = self._async_scripts()
+            if scripts is None:
+                return (self._reserve, self._settle, self._ledger)[index - 1](keys=keys, args=args)
+            return await scripts[index](keys=keys, args=args)
+        except Exception as exc:
+            msg = f"redis budget store: {exc}"
+            raise BudgetStoreError(msg) from exc
+
+    async def areserve(
+        self, rid: str, lines: list[Line], now: float, lease: float
+    ) -> Refusal | None:
+        """`reserve` on the loop's async client."""
+        reply = await self._arun(1, self._keys(lines), self._reserve_args(rid, lines, now, lease))
+        return self._refusal(reply, lines)
+
+    async def asettle(
+        self, rid: str, lines: list[Line], now: float, *, count: bool, estimated: bool
+    ) -> list[Crossing]:
+        """`settle` on the loop's async client."""
+        del now
+        reply = await self._arun(
+            2, self._keys(lines), self._settle_args(rid, lines, count=count, estimated=estimated)
+        )
+        return self._crossings(reply)
+
+    async def aledger(self, bucket: str, now: float) -> Ledger:
+        """`ledger` on the loop's async client."""
+        h = self._prefix + bucket
+        return self._ledger_of(await self._arun(3, [h, h + ":r"], [_ms(now)]))

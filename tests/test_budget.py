@@ -1,0 +1,1008 @@
+"""`budget`: reserve before, settle after; every test runs on the memory and the Redis store."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import threading
+import uuid
+
+from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
+from typing import Any
+
+import anthropic
+import httpx2
+import openai
+import pytest
+
+import llmguard as lg
+
+from llmguard import providers
+from llmguard._budget import Budget, budget, budget_spend
+from llmguard._fake_provider import FakeProvider, Step
+from llmguard.stores.budget import PICO, BudgetStore, Line, MemoryBudgetStore, RedisBudgetStore
+from llmguard.testing import CapturedEvent, FakeClock
+
+
+CLAUDE = "claude-sonnet-4-6"  # $3 in, $15 out, $0.30 cache read, $3.75 cache write per Mtok
+GPT = "gpt-4o"  # $2.50 in, $10 out: no separate cache-write rate, so the worst case is exact
+MESSAGES: Any = [{"role": "user", "content": "say hello to the test"}]
+HEADER = "x-fake-script"
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[BudgetStore]:
+    """A fresh budget store: in memory, or in a real redis-server (own namespace)."""
+    if request.param == "memory":
+        yield MemoryBudgetStore()
+        return
+    url = request.getfixturevalue("redis_url")
+    redis_store = RedisBudgetStore(url, namespace=uuid.uuid4().hex)
+    yield redis_store
+    await redis_store.aclose()  # on the test's loop, which async tests' calls used
+
+
+def pico(usage: lg.Usage, model: str) -> int:
+    """What the ledger must hold for *usage* on *model*: its exact cost in pico-dollars."""
+    cost = lg.cost_of(usage, model)
+    assert cost is not None
+    return round(cost * PICO)
+
+
+def ledger_pico(target: Any, key: str | None = None) -> int:
+    return int(budget_spend(target, key).exact_usd * PICO)
+
+
+def script(**step: Any) -> dict[str, str]:
+    """Per-request fake-provider script, as a header (so concurrent calls each get theirs)."""
+    return {HEADER: json.dumps(step)}
+
+
+def worst(input_tokens: int, output_tokens: int, model: str = GPT) -> float:
+    """The worst case the guard reserves for a gpt-4o call, in dollars."""
+    cost = lg.cost_of(lg.Usage(input_tokens, output_tokens), model)
+    assert cost is not None
+    return cost
+
+
+# -- configuration ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"usd": -1}, r"budget\(usd=\.\.\.\) must be > 0, got -1"),
+        ({"usd": 0}, r"budget\(usd=\.\.\.\) must be > 0"),
+        ({"usd": "5"}, r"budget\(usd=\.\.\.\) must be a number"),
+        ({"usd": 1e9}, r"budget\(usd=\.\.\.\) must be <= 9,000,000"),
+        ({"tokens": 1.5}, r"budget\(tokens=\.\.\.\) must be an int"),
+        ({"usd": 1, "per": "week"}, r"budget\(per=\.\.\.\) must be None, 'call', 'minute', 'hour' or 'day'"),
+        ({"usd": 1, "key": 42}, r"budget\(key=\.\.\.\) must be a string or a callable"),
+        ({"usd": 1, "unknown_cost": "maybe"}, r"budget\(unknown_cost=\.\.\.\)"),
+        ({"usd": 1, "unknown_cost": -0.5}, r"budget\(unknown_cost=\.\.\.\)"),
+        ({"usd": 1, "alert_at": (0.5, -1)}, r"budget\(alert_at=\.\.\.\) fractions must be > 0"),
+        ({"usd": 1, "alert_at": "high"}, r"budget\(alert_at=\.\.\.\)"),
+        ({"usd": 1, "on_store_error": "ignore"}, r"budget\(on_store_error=\.\.\.\)"),
+        ({"usd": 1, "store": "postgres://x"}, r"budget\(store=\.\.\.\)"),
+        ({"usd": 1, "max_output": 0}, r"budget\(max_output=\.\.\.\) must be"),
+        ({"usd": 1, "reservation_ttl": 0}, r"budget\(reservation_ttl=\.\.\.\) must be > 0"),
+        ({"usd": 1, "model": ""}, r"budget\(model=\.\.\.\) must be a non-empty string"),
+        ({"per": "day"}, r"budget\(per=\.\.\.\) needs a limit: pass usd=\.\.\. or tokens=\.\.\."),
+        ({"usd": 1, "per": "call", "key": "k"}, r"budget\(key=\.\.\.\) has no effect with per='call'"),
+    ],
+)
+def test_bad_configuration_fails_at_decoration_naming_the_parameter(kwargs: dict[str, Any], match: str) -> None:
+    """Each bad argument is a ValueError naming it, raised when the budget is built."""
+    with pytest.raises(ValueError, match=match):
+        budget(**kwargs)
+
+
+def test_a_scope_needs_a_limit_and_a_shared_scope_needs_a_name(redis_url: str) -> None:
+    """`with lg.budget()` has nothing to enforce; a Redis scope must be findable by name."""
+    with pytest.raises(ValueError, match=r"scope needs usd=\.\.\. or tokens=\.\.\."), budget():
+        pass
+    with pytest.raises(ValueError, match=r"budget\(name=\.\.\.\) is required"), budget(usd=1, store=redis_url):
+        pass
+
+
+def test_decorated_function_keeps_identity_and_describes_its_budget() -> None:
+    """Name, docstring, signature survive; describe() shows the budget's settings."""
+
+    @budget(usd=2.5, per="day", max_output=100)
+    def ask(q: str, user: str = "anon") -> str:
+        """Ask."""
+        return q
+
+    (info,) = lg.describe(ask)
+
+    assert ("ask", "Ask.") == (ask.__name__, ask.__doc__)
+    assert "budget" == info.name
+    assert (2.5, "day", "MemoryBudgetStore") == (info.settings["usd"], info.settings["per"], info.settings["store"])
+
+
+# -- the ledger equals what the server reported ----------------------------------------
+
+
+def test_ledger_equals_reported_usage_exactly_across_call_kinds(
+    store: BudgetStore,
+    anthropic_client: anthropic.Anthropic,
+    openai_client: openai.OpenAI,
+    fake_provider: FakeProvider,
+) -> None:
+    """Messages, chat completions, streams, an aborted stream and a 429: the ledger is their exact sum."""
+    shared = budget(usd=10.0, per="day", store=store, name="ledger")
+    usages = {
+        "message": lg.Usage(1200, 80, cache_read_tokens=1000),
+        "cached_write": lg.Usage(900, 40, cache_write_tokens=800),
+        "stream": lg.Usage(300, 25),
+        "chat": lg.Usage(500, 60, cache_read_tokens=128, reasoning_tokens=20),
+    }
+
+    def wire(u: lg.Usage) -> dict[str, int]:
+        return {
+            "input_tokens": u.input_tokens,
+            "output_tokens": u.output_tokens,
+            "cache_read_tokens": u.cache_read_tokens,
+            "cache_write_tokens": u.cache_write_tokens,
+            "reasoning_tokens": u.reasoning_tokens,
+        }
+
+    @shared
+    def claude(stream: bool = False, max_tokens: int = 200, model: str = CLAUDE) -> Any:
+        return anthropic_client.messages.create(model=model, max_tokens=max_tokens, messages=MESSAGES, stream=stream)
+
+    @shared
+    def gpt(max_tokens: int = 200, model: str = GPT) -> Any:
+        return openai_client.chat.completions.create(model=model, max_tokens=max_tokens, messages=MESSAGES)
+
+    fake_provider.script(
+        Step(usage=wire(usages["message"])),
+        Step(usage=wire(usages["cached_write"])),
+        Step(reply="one two three four", usage=wire(usages["stream"])),
+        Step(usage=wire(usages["chat"])),
+        Step(reply="alpha beta gamma delta epsilon", usage={"input_tokens": 70, "output_tokens": 5}),
+        Step(status=429, headers={"retry-after": "1"}),
+    )
+    claude()
+    claude()
+    for _ in claude(stream=True):
+        pass
+    gpt()
+    aborted = claude(stream=True)
+    next(aborted)
+    next(aborted)
+    aborted.close()
+    with pytest.raises(anthropic.RateLimitError):
+        claude()
+    partial = aborted.record.usage
+    assert partial is not None
+    expected = (
+        pico(usages["message"], CLAUDE)
+        + pico(usages["cached_write"], CLAUDE)
+        + pico(usages["stream"], CLAUDE)
+        + pico(usages["chat"], GPT)
+        + pico(partial, CLAUDE)
+    )
+    spend = shared.spend()
+
+    assert partial.estimated
+    assert partial.input_tokens == 70  # what message_start reported stands
+    assert expected == int(spend.exact_usd * PICO)
+    assert sum(u.total_tokens for u in (*usages.values(), partial)) == spend.tokens
+    assert (0, 0) == (spend.reserved_usd, spend.reserved_tokens)
+    assert (6, 1) == (spend.calls, spend.estimated_calls)
+
+
+async def test_async_stream_ledger_is_exact(
+    store: BudgetStore, async_openai_client: openai.AsyncOpenAI, fake_provider: FakeProvider
+) -> None:
+    """An async openai stream with include_usage settles with the final usage chunk, exactly."""
+    fake_provider.script(Step(reply="streamed words here", usage={"input_tokens": 44, "output_tokens": 3}))
+
+    @budget(usd=1.0, store=store, model=GPT)
+    async def ask(messages: Any, max_tokens: int = 50) -> Any:
+        return await async_openai_client.chat.completions.create(
+            model=GPT, messages=messages, max_tokens=max_tokens, stream=True, stream_options={"include_usage": True}
+        )
+
+    stream = await ask(MESSAGES)
+    assert 0 < budget_spend(ask).reserved_usd
+    async for _ in stream:
+        pass
+    spend = budget_spend(ask)
+
+    assert pico(lg.Usage(44, 3), GPT) == int(spend.exact_usd * PICO)
+    assert (47, 0.0, 0) == (spend.tokens, spend.reserved_usd, spend.estimated_calls)
+
+
+async def test_stream_without_usage_is_charged_an_estimate_never_zero(
+    store: BudgetStore, async_openai_client: openai.AsyncOpenAI, fake_provider: FakeProvider
+) -> None:
+    """A stream that ends without a usage chunk is charged what the record estimated, flagged."""
+    fake_provider.script(Step(reply="a reply of several words here"))
+
+    @budget(usd=1.0, store=store, model=GPT)
+    async def ask(messages: Any, max_tokens: int = 50) -> Any:
+        return await async_openai_client.chat.completions.create(
+            model=GPT, messages=messages, max_tokens=max_tokens, stream=True
+        )
+
+    stream = await ask(MESSAGES)
+    async for _ in stream:
+        pass
+    usage = stream.record.usage
+    spend = budget_spend(ask)
+
+    assert usage is not None
+    assert usage.estimated
+    assert usage.total_tokens == spend.tokens > 0
+    assert pico(usage, GPT) == int(spend.exact_usd * PICO) > 0
+    assert 1 == spend.estimated_calls
+
+
+def test_unread_stream_that_is_dropped_is_charged_its_reservation(
+    store: BudgetStore, anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """A stream nobody reads was still generated and billed: it keeps its worst case as its charge."""
+
+    @budget(usd=1.0, store=store, model=CLAUDE)
+    def ask(messages: Any, max_tokens: int = 100) -> Any:
+        return anthropic_client.messages.create(model=CLAUDE, max_tokens=max_tokens, messages=messages, stream=True)
+
+    stream = ask(MESSAGES)
+    reserved = budget_spend(ask).reserved_usd
+    stream.response.close()
+    del stream
+    gc.collect()
+    spend = budget_spend(ask)
+
+    assert reserved > 0
+    assert (reserved, 0.0, 1) == (spend.usd, spend.reserved_usd, spend.estimated_calls)
+
+
+async def test_cancelled_call_releases_its_reservation(
+    store: BudgetStore, async_openai_client: openai.AsyncOpenAI, fake_provider: FakeProvider
+) -> None:
+    """A task cancelled while waiting for the response gives its reservation back and is charged nothing."""
+
+    @budget(usd=1.0, store=store)
+    async def ask(messages: Any, max_tokens: int = 100, model: str = GPT) -> Any:
+        return await async_openai_client.chat.completions.create(
+            model=model, max_tokens=max_tokens, messages=messages, extra_headers=script(delay=5)
+        )
+
+    task = asyncio.create_task(ask(MESSAGES))
+    while not fake_provider.requests:  # noqa: ASYNC110 - the server is another thread, with no event to await
+        await asyncio.sleep(0.01)
+    held = budget_spend(ask).reserved_usd
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    spend = budget_spend(ask)
+
+    assert held > 0
+    assert (0.0, 0.0, 0, 1) == (spend.usd, spend.reserved_usd, spend.tokens, spend.calls)
+
+
+def test_stream_that_fails_midway_is_charged_what_it_consumed(
+    store: BudgetStore, anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """An in-stream error after some chunks: the confirmed input plus the output seen, flagged estimated."""
+    fake_provider.script(Step(reply="one two three four five six", error_after=3, usage={"input_tokens": 40, "output_tokens": 6}))
+
+    @budget(usd=1.0, store=store)
+    def ask(messages: Any, max_tokens: int = 100, model: str = CLAUDE) -> Any:
+        return anthropic_client.messages.create(model=model, max_tokens=max_tokens, messages=messages, stream=True)
+
+    stream = ask(MESSAGES)
+    with pytest.raises(anthropic.APIStatusError):
+        for _ in stream:
+            pass
+    usage = stream.record.usage
+    spend = budget_spend(ask)
+
+    assert usage is not None
+    assert usage.estimated
+    assert 40 == usage.input_tokens
+    assert usage.total_tokens == spend.tokens
+    assert pico(usage, CLAUDE) == int(spend.exact_usd * PICO)
+    assert (0.0, 1) == (spend.reserved_usd, spend.estimated_calls)
+
+
+def test_redis_store_is_one_round_trip_to_reserve_and_one_to_settle(redis_url: str, openai_client: openai.OpenAI) -> None:
+    """The server sees exactly two scripts per guarded call, and nothing else."""
+    store = RedisBudgetStore(redis_url, namespace=uuid.uuid4().hex)
+
+    @budget(usd=1.0, store=store)
+    def ask(messages: Any, max_tokens: int = 10, model: str = GPT) -> Any:
+        return openai_client.chat.completions.create(model=model, max_tokens=max_tokens, messages=messages)
+
+    ask(MESSAGES)  # loads the scripts
+    client = store.client
+    sent: list[str] = []
+    execute = client.execute_command
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        sent.append(str(args[0]))
+        return execute(*args, **kwargs)
+
+    client.execute_command = counting
+    for _ in range(10):
+        ask(MESSAGES)
+    store.close()
+
+    assert ["EVALSHA"] * 20 == sent
+
+
+def test_key_callable_of_a_method_gets_its_arguments_without_self(store: BudgetStore, openai_client: openai.OpenAI) -> None:
+    """key= sees the method's arguments by name, defaults applied, and not self."""
+    seen: list[dict[str, Any]] = []
+
+    def key(**arguments: Any) -> str:
+        seen.append(arguments)
+        return str(arguments["tenant"])
+
+    class Service:
+        @budget(usd=1.0, store=store, key=key, model=GPT)
+        def ask(self, tenant: str, max_tokens: int = 10) -> Any:
+            return openai_client.chat.completions.create(model=GPT, max_tokens=max_tokens, messages=MESSAGES)
+
+    Service().ask("acme")
+
+    assert [{"tenant": "acme", "max_tokens": 10}] == seen
+    assert 1 == budget_spend(Service.ask, key="acme").calls
+
+
+# -- refusing before the request leaves ---------------------------------------------
+
+
+def test_a_call_that_cannot_fit_is_refused_before_any_request(
+    store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider, llmguard_events: list[CapturedEvent]
+) -> None:
+    """The refusal says scope, limit, spent, reserved and requested; the server sees nothing."""
+    limit = 0.01
+
+    @budget(usd=limit, per="hour", store=store, model=GPT)
+    def ask(messages: Any, max_tokens: int = 100) -> Any:
+        return openai_client.chat.completions.create(
+            model=GPT, max_tokens=max_tokens, messages=messages, extra_headers=script(usage={"input_tokens": 3800, "output_tokens": 10})
+        )
+
+    ask(MESSAGES)
+    spent = 3800 * 2.5e-6 + 10 * 10e-6
+    with pytest.raises(lg.BudgetExceeded) as info:
+        ask(MESSAGES)
+    exc = info.value
+
+    assert 1 == len(fake_provider.requests)
+    assert exc.scope.endswith("ask/hour")
+    assert ("usd", limit, 0.0) == (exc.unit, exc.limit, exc.reserved)
+    assert spent == pytest.approx(exc.spent, abs=1e-12)
+    assert exc.spent + exc.requested > exc.limit
+    assert "refused before sending" in str(exc)
+    assert lg.ErrorKind.GUARD == providers.classify(exc).kind  # so retry never retries it
+    assert ["llmguard.budget.exceeded"] == [e.name for e in llmguard_events if e.name.endswith("exceeded")]
+
+
+def test_token_limits_count_input_plus_output(store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider) -> None:
+    """A token budget reserves input estimate + output cap and charges input + output."""
+
+    @budget(tokens=1000, store=store)
+    def ask(messages: Any, max_tokens: int) -> Any:
+        return openai_client.chat.completions.create(
+            model=GPT, max_tokens=max_tokens, messages=messages, extra_headers=script(usage={"input_tokens": 10, "output_tokens": 20})
+        )
+
+    ask(MESSAGES, 200)
+    with pytest.raises(lg.BudgetExceeded) as info:
+        ask(MESSAGES, 990)
+
+    assert 30 == budget_spend(ask).tokens
+    assert ("tokens", 1000, 30) == (info.value.unit, info.value.limit, info.value.spent)
+    assert 1 == len(fake_provider.requests)
+
+
+def test_under_retry_each_attempt_is_reserved_and_a_refusal_is_not_retried(
+    store: BudgetStore, fake_clock: FakeClock, openai_client: openai.OpenAI, fake_provider: FakeProvider
+) -> None:
+    """With retry above budget, a 429 attempt costs nothing, the retry is charged; BudgetExceeded is final."""
+
+    @lg.retry(attempts=3)
+    @budget(usd=0.01, store=store)
+    def ask(messages: Any, max_tokens: int = 100, model: str = GPT) -> Any:
+        return openai_client.chat.completions.create(model=model, max_tokens=max_tokens, messages=messages)
+
+    fake_provider.script(Step(status=429, headers={"retry-after": "1"}), Step(usage={"input_tokens": 3800, "output_tokens": 10}))
+    ask(MESSAGES)
+    spend = budget_spend(ask)
+    with pytest.raises(lg.BudgetExceeded):
+        ask(MESSAGES)
+
+    assert (2, 2) == (spend.calls, len(fake_provider.requests))
+    assert pico(lg.Usage(3800, 10), GPT) == int(spend.exact_usd * PICO)
+    assert [1.0] == fake_clock.sleeps  # the 429's Retry-After; the refusal slept nothing
+
+
+# -- every shape ---------------------------------------------------------------------
+
+SHAPES = ["def", "async def", "generator", "async generator", "sdk stream", "async sdk stream", "method"]
+
+
+def _shaped(
+    shape: str, b: Budget, client: anthropic.Anthropic, aclient: anthropic.AsyncAnthropic
+) -> Any:
+    """A function of *shape* guarded by *b*, and how to run it to the end (async)."""
+    kw: dict[str, Any] = {"model": CLAUDE, "max_tokens": 50, "messages": MESSAGES}
+
+    if shape == "def":
+
+        @b
+        def fn(max_tokens: int = 50) -> Any:
+            return client.messages.create(**kw)
+
+        async def run() -> None:
+            fn()
+
+    elif shape == "async def":
+
+        @b
+        async def afn(max_tokens: int = 50) -> Any:
+            return await aclient.messages.create(**kw)
+
+        async def run() -> None:
+            await afn()
+
+    elif shape == "generator":
+
+        @b
+        def gen(max_tokens: int = 50) -> Iterator[str]:
+            with client.messages.stream(**kw) as s:
+                yield from s.text_stream
+                u = s.get_final_message().usage
+                lg.report_usage(input_tokens=u.input_tokens, output_tokens=u.output_tokens)
+
+        async def run() -> None:
+            list(gen())
+
+    elif shape == "async generator":
+
+        @b
+        async def agen(max_tokens: int = 50) -> AsyncIterator[str]:
+            async with aclient.messages.stream(**kw) as s:
+                async for text in s.text_stream:
+                    yield text
+                u = (await s.get_final_message()).usage
+                lg.report_usage(input_tokens=u.input_tokens, output_tokens=u.output_tokens)
+
+        async def run() -> None:
+            _ = [t async for t in agen()]
+
+    elif shape == "sdk stream":
+
+        @b
+        def sfn(max_tokens: int = 50) -> Any:
+            return client.messages.create(**kw, stream=True)
+
+        async def run() -> None:
+            for _ in sfn():
+                pass
+
+    elif shape == "async sdk stream":
+
+        @b
+        async def asfn(max_tokens: int = 50) -> Any:
+            return await aclient.messages.create(**kw, stream=True)
+
+        async def run() -> None:
+            async for _ in await asfn():
+                pass
+
+    else:
+
+        class Service:
+            @b
+            def ask(self, max_tokens: int = 50) -> Any:
+                return client.messages.create(**kw)
+
+        svc = Service()
+
+        async def run() -> None:
+            svc.ask()
+
+    return run
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+async def test_every_shape_settles_exactly_and_refuses_before_sending(
+    shape: str,
+    store: BudgetStore,
+    anthropic_client: anthropic.Anthropic,
+    async_anthropic_client: anthropic.AsyncAnthropic,
+    fake_provider: FakeProvider,
+) -> None:
+    """def, async def, generators, returned SDK streams and methods: exact charge, then a refusal."""
+    b = budget(usd=0.01, store=store, name=f"shape-{shape}", model=CLAUDE)
+    run = _shaped(shape, b, anthropic_client, async_anthropic_client)
+    first = lg.Usage(3000, 20)  # $0.0093 of $0.01: the next worst case cannot fit
+    fake_provider.script(Step(usage={"input_tokens": 3000, "output_tokens": 20}))
+
+    await run()
+    with pytest.raises(lg.BudgetExceeded):
+        await run()
+    spend = b.spend()
+
+    assert 1 == len(fake_provider.requests)
+    assert pico(first, CLAUDE) == int(spend.exact_usd * PICO)
+    assert (1, 0.0) == (spend.calls, spend.reserved_usd)
+
+
+# -- estimation ---------------------------------------------------------------------
+
+
+def test_reservation_uses_sdk_shaped_arguments_as_documented(
+    store: BudgetStore, anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """Input: UTF-8 bytes / 3 of messages+system; output: max_tokens; priced at the worst input rate."""
+    messages = [{"role": "user", "content": "x" * 300}]
+    system = "be brief"
+
+    @budget(usd=1.0, store=store)
+    def ask(messages: Any, system: str, max_tokens: int, model: str = CLAUDE) -> Any:
+        return anthropic_client.messages.create(model=model, max_tokens=max_tokens, messages=messages, system=system, stream=True)
+
+    stream = ask(messages, system, 400)
+    held = budget_spend(ask)
+    stream.close()
+    input_tokens = (len((str(messages) + system).encode()) + 2) // 3
+
+    assert input_tokens + 400 == held.reserved_tokens
+    # Input at the cache-write rate ($3.75), the worst Claude can bill it at.
+    assert (input_tokens * 3.75 + 400 * 15) / 1e6 == pytest.approx(held.reserved_usd, rel=1e-9)
+
+
+def test_estimate_callable_overrides_the_arguments(store: BudgetStore, openai_client: openai.OpenAI) -> None:
+    """estimate= gets the call's arguments by name and its (input, output) is what is reserved."""
+    seen: list[dict[str, Any]] = []
+
+    def estimate(**arguments: Any) -> tuple[int, int]:
+        seen.append(arguments)
+        return 1000, 500
+
+    @budget(usd=worst(1000, 500) * 1.5, store=store, estimate=estimate, model=GPT)
+    def ask(q: str, user: str = "anon") -> Any:
+        return openai_client.chat.completions.create(
+            model=GPT, messages=[{"role": "user", "content": q}], extra_headers=script(usage={"input_tokens": 1000, "output_tokens": 500})
+        )
+
+    ask("hi")
+    with pytest.raises(lg.BudgetExceeded) as info:
+        ask("hi")
+
+    assert [{"q": "hi", "user": "anon"}] * 2 == seen
+    assert worst(1000, 500) == pytest.approx(info.value.requested, rel=1e-9)
+
+
+def test_unknown_output_cap_follows_unknown_cost(store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider) -> None:
+    """No output cap: reject sends nothing; allow reserves the input only; a fixed amount reserves it."""
+
+    def make(usd: float, **kw: Any) -> Any:
+        @budget(usd=usd, store=store, model=GPT, **kw)
+        def ask(q: str) -> Any:
+            return openai_client.chat.completions.create(
+                model=GPT, messages=[{"role": "user", "content": q}], extra_headers=script(usage={"input_tokens": 5, "output_tokens": 77})
+            )
+
+        return ask
+
+    input_tokens = (len(str(("hello",)) + str({})) + 2) // 3
+    with pytest.raises(lg.BudgetExceeded, match=r"no output cap.*unknown_cost='reject'") as rejected:
+        make(1.0)("hello")
+    with pytest.raises(lg.BudgetExceeded) as allowed:
+        make(1e-9, unknown_cost="allow")("hello")
+    with pytest.raises(lg.BudgetExceeded) as fixed:
+        make(0.1, unknown_cost=0.25)("hello")
+    ok = make(1.0, unknown_cost="allow")
+    ok("hello")
+
+    assert float("inf") == rejected.value.requested
+    assert input_tokens * 2.5e-6 == pytest.approx(allowed.value.requested, rel=1e-9)
+    assert 0.25 == fixed.value.requested
+    assert 1 == len(fake_provider.requests)
+    assert pico(lg.Usage(5, 77), GPT) == ledger_pico(ok)
+
+
+def test_observed_output_bounds_later_reservations(openai_client: openai.OpenAI) -> None:
+    """After a call, the largest output seen (of the last 100) is the output cap of uncapped calls."""
+
+    @budget(usd=1.0, model=GPT, unknown_cost="allow")
+    def ask(q: str) -> Any:
+        return openai_client.chat.completions.create(
+            model=GPT, messages=[{"role": "user", "content": q}], extra_headers=script(usage={"input_tokens": 5, "output_tokens": 77})
+        )
+
+    ask("hello")
+    with pytest.raises(lg.BudgetExceeded) as info, budget(tokens=10):
+        ask("hello")
+
+    input_tokens = (len(str(("hello",)) + str({})) + 2) // 3
+    assert ("tokens", input_tokens + 77) == (info.value.unit, info.value.requested)
+
+
+def test_unknown_price_follows_unknown_cost(store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider) -> None:
+    """A model without a price is refused under reject; a fixed amount is reserved and charged."""
+
+    @budget(usd=1.0, store=store)
+    def reject(messages: Any, model: str, max_tokens: int = 10) -> Any:
+        return openai_client.chat.completions.create(model=model, max_tokens=max_tokens, messages=messages)
+
+    @budget(usd=1.0, store=store, unknown_cost=0.05)
+    def fixed(messages: Any, model: str, max_tokens: int = 10) -> Any:
+        return openai_client.chat.completions.create(model=model, max_tokens=max_tokens, messages=messages)
+
+    with pytest.raises(lg.BudgetExceeded, match=r"no price known for model 'my-finetune-7'"):
+        reject(MESSAGES, "my-finetune-7")
+    fixed(MESSAGES, "my-finetune-7")
+
+    assert 1 == len(fake_provider.requests)
+    assert Decimal("0.05") == budget_spend(fixed).exact_usd  # unpriced: the reservation stands
+
+
+def test_max_call_usd_and_per_call_cap_one_call_up_front(openai_client: openai.OpenAI, fake_provider: FakeProvider) -> None:
+    """A single call whose worst case is too big is refused, whatever the window holds."""
+
+    @budget(usd=100.0, per="day", max_call_usd=0.01, model=GPT)
+    def capped(messages: Any, max_tokens: int) -> Any:
+        return openai_client.chat.completions.create(model=GPT, max_tokens=max_tokens, messages=messages)
+
+    @budget(usd=0.01, per="call", model=GPT)
+    def per_call(messages: Any, max_tokens: int) -> Any:
+        return openai_client.chat.completions.create(model=GPT, max_tokens=max_tokens, messages=messages)
+
+    capped(MESSAGES, 100)
+    per_call(MESSAGES, 100)
+    per_call(MESSAGES, 100)
+    with pytest.raises(lg.BudgetExceeded, match="max_call_usd"):
+        capped(MESSAGES, 5000)
+    with pytest.raises(lg.BudgetExceeded, match="per-call limit"):
+        per_call(MESSAGES, 5000)
+
+    assert 3 == len(fake_provider.requests)
+
+
+# -- windows, keys, scopes ------------------------------------------------------------------
+
+
+def test_windows_are_calendar_aligned_and_roll_over_on_the_clock(
+    store: BudgetStore, fake_clock: FakeClock, openai_client: openai.OpenAI
+) -> None:
+    """A full minute refuses; the next minute starts empty; the old window stays readable."""
+    cost = worst(1000, 10)
+
+    @budget(usd=cost * 2, per="minute", store=store, estimate=lambda **_: (1000, 10), model=GPT)
+    def ask() -> Any:
+        return openai_client.chat.completions.create(
+            model=GPT, messages=MESSAGES, extra_headers=script(usage={"input_tokens": 1000, "output_tokens": 10})
+        )
+
+    fake_clock.advance(60 - fake_clock.time() % 60 + 1)  # 1 s into a minute
+    first_minute = fake_clock.time()
+    ask()
+    ask()
+    with pytest.raises(lg.BudgetExceeded):
+        ask()
+    fake_clock.advance(58)
+    with pytest.raises(lg.BudgetExceeded):
+        ask()
+    fake_clock.advance(1)  # 00:00 of the next minute
+    ask()
+    now = budget_spend(ask)
+    before = budget_spend(ask, at=first_minute)
+
+    assert now.window_start == before.window_start + 60 == (fake_clock.time() // 60) * 60
+    assert (1, 2) == (now.calls, before.calls)
+    assert pico(lg.Usage(1000, 10), GPT) * 2 == int(before.exact_usd * PICO)
+
+
+def test_per_key_ledgers_are_independent(store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider) -> None:
+    """Alice exhausting her budget does not touch Bob's."""
+
+    @budget(usd=worst(1000, 10) * 1.5, per="day", store=store, key=lambda user, **_: user, estimate=lambda **_: (1000, 10), model=GPT)
+    def ask(q: str, user: str) -> Any:
+        return openai_client.chat.completions.create(
+            model=GPT, messages=MESSAGES, extra_headers=script(usage={"input_tokens": 1000, "output_tokens": 10})
+        )
+
+    ask("hi", user="alice")
+    with pytest.raises(lg.BudgetExceeded) as info:
+        ask("hi", user="alice")
+    ask("hi", "bob")
+
+    assert "[alice]/day" in info.value.scope
+    assert (1, 1) == (budget_spend(ask, key="alice").calls, budget_spend(ask, key="bob").calls)
+    assert 0 == budget_spend(ask, key="carol").calls
+    assert 2 == len(fake_provider.requests)
+
+
+def test_nested_scopes_all_apply(store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider) -> None:
+    """A call inside two `with` scopes is charged to both, and refused by whichever is full."""
+    each = worst(1000, 10)
+
+    @budget
+    def ask() -> Any:
+        return openai_client.chat.completions.create(
+            model=GPT, max_tokens=10, messages=MESSAGES, extra_headers=script(usage={"input_tokens": 1000, "output_tokens": 10})
+        )
+
+    with budget(usd=each * 3.5, store=store, name="outer", estimate=lambda **_: (1000, 10), model=GPT) as outer:
+        with budget(usd=each * 1.5, store=store, name="inner") as inner:
+            ask()
+            assert each == pytest.approx(inner.spent, rel=1e-9)
+            with pytest.raises(lg.BudgetExceeded, match="'inner'"):
+                ask()
+        ask()
+        ask()
+        with pytest.raises(lg.BudgetExceeded, match="'outer'"):
+            ask()
+        assert each * 3 == pytest.approx(outer.spent, rel=1e-9)
+        assert each * 0.5 == pytest.approx(outer.remaining, rel=1e-6)
+        assert 0.0 == outer.reserved
+    ask()  # outside every scope, the bare decorator enforces nothing
+
+    assert 4 == len(fake_provider.requests)
+    assert 1 == inner.spend().calls
+
+
+async def test_scopes_follow_tasks(async_openai_client: openai.AsyncOpenAI) -> None:
+    """An `async with` scope applies to awaited calls and to the tasks started inside it."""
+
+    @budget
+    async def ask(max_tokens: int = 10) -> Any:
+        return await async_openai_client.chat.completions.create(model=GPT, max_tokens=max_tokens, messages=MESSAGES)
+
+    async with budget(usd=1.0, model=GPT) as scope:
+        await ask()
+        await asyncio.gather(ask(), asyncio.create_task(ask()))
+
+    assert 3 == scope.spend().calls
+
+
+# -- alerts ---------------------------------------------------------------------------
+
+
+def test_alerts_fire_once_per_threshold_per_window(
+    store: BudgetStore, fake_clock: FakeClock, openai_client: openai.OpenAI, llmguard_events: list[CapturedEvent]
+) -> None:
+    """Each of 0.5/0.8/1.0 fires once (callback and event) as spend crosses it, again next window."""
+    alerts: list[lg.BudgetAlert] = []
+    each = worst(1000, 10)
+
+    @budget(usd=each * 4, per="hour", store=store, key="team", on_alert=alerts.append, estimate=lambda **_: (1000, 10), model=GPT)
+    def ask() -> Any:
+        return openai_client.chat.completions.create(
+            model=GPT, messages=MESSAGES, extra_headers=script(usage={"input_tokens": 1000, "output_tokens": 10})
+        )
+
+    fake_clock.advance(3600 - fake_clock.time() % 3600)
+    ask()  # 25%
+    ask()  # 50%
+    ask()  # 75%
+    ask()  # 100%
+    fired = [(a.threshold, a.key, a.unit) for a in alerts]
+    fake_clock.advance(3600)
+    ask()
+    ask()
+
+    assert [(0.5, "team", "usd"), (0.8, "team", "usd"), (1.0, "team", "usd")] == fired
+    assert [0.5, 0.8, 1.0, 0.5] == [a.threshold for a in alerts]
+    assert alerts[3].window_start == alerts[0].window_start + 3600
+    events = [e for e in llmguard_events if e.name == "llmguard.budget.alert"]
+    assert [0.5, 0.8, 1.0, 0.5] == [e["threshold"] for e in events]
+    assert "ask" in events[0]["function"]
+
+
+def test_a_failing_alert_callback_does_not_lose_the_result(openai_client: openai.OpenAI) -> None:
+    """on_alert raising warns; the call's result still comes back."""
+
+    def broken(alert: lg.BudgetAlert) -> None:
+        raise RuntimeError("pager down")
+
+    @budget(usd=worst(1000, 10) * 1.2, alert_at=(0.5,), on_alert=broken, estimate=lambda **_: (1000, 10), model=GPT)
+    def ask() -> Any:
+        return openai_client.chat.completions.create(
+            model=GPT, messages=MESSAGES, extra_headers=script(usage={"input_tokens": 1000, "output_tokens": 10})
+        )
+
+    with pytest.warns(RuntimeWarning, match="pager down"):
+        result = ask()
+
+    assert result.choices
+
+
+# -- concurrency ------------------------------------------------------------------------
+
+CALLERS = 200
+FITS = 50
+
+
+@pytest.fixture
+def pooled_openai(fake_provider: FakeProvider) -> Iterator[openai.OpenAI]:
+    """An openai client with a small connection pool, so 200 callers queue in the client.
+
+    The fake provider's listen backlog is small; bursts of new connections
+    would be dropped by the kernel, which is not what these tests are about.
+    """
+    http = httpx2.Client(limits=httpx2.Limits(max_connections=8, max_keepalive_connections=8), timeout=30)
+    with openai.OpenAI(base_url=fake_provider.openai_base_url, api_key="sk-test", max_retries=0, http_client=http) as client:
+        yield client
+
+
+@pytest.fixture
+async def pooled_async_openai(fake_provider: FakeProvider) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The async twin of `pooled_openai`."""
+    http = httpx2.AsyncClient(limits=httpx2.Limits(max_connections=8, max_keepalive_connections=8), timeout=30)
+    client = openai.AsyncOpenAI(base_url=fake_provider.openai_base_url, api_key="sk-test", max_retries=0, http_client=http)
+    yield client
+    await client.close()
+
+
+def _justified(exc: lg.BudgetExceeded) -> bool:
+    return exc.spent + exc.reserved + exc.requested > exc.limit * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("output", [50, 7], ids=["exact-fit", "uses-less"])
+def test_200_threads_never_overspend_and_every_refusal_is_justified(
+    output: int, store: BudgetStore, pooled_openai: openai.OpenAI, fake_provider: FakeProvider
+) -> None:
+    """200 threads on a budget that fits 50 worst cases: spend <= limit, refusals only when full."""
+    each = worst(100, 50)
+    limit = each * FITS
+    headers = script(usage={"input_tokens": 100, "output_tokens": output}, delay=0.02)
+
+    @budget(usd=limit, per="day", store=store, estimate=lambda **_: (100, 50), model=GPT)
+    def ask() -> Any:
+        return pooled_openai.chat.completions.create(model=GPT, messages=MESSAGES, extra_headers=headers)
+
+    refusals: list[lg.BudgetExceeded] = []
+    done: list[int] = []
+    barrier = threading.Barrier(CALLERS)
+
+    def caller() -> None:
+        barrier.wait()
+        try:
+            ask()
+            done.append(1)
+        except lg.BudgetExceeded as exc:
+            refusals.append(exc)
+
+    threads = [threading.Thread(target=caller) for _ in range(CALLERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    spend = budget_spend(ask)
+
+    assert CALLERS == len(done) + len(refusals)
+    assert len(done) == len(fake_provider.requests)
+    assert pico(lg.Usage(100, output), GPT) * len(done) == int(spend.exact_usd * PICO)
+    assert spend.usd <= limit
+    assert [] == [str(e) for e in refusals if not _justified(e)][:2]
+    if output == 50:
+        assert FITS == len(done)
+    else:
+        assert FITS <= len(done)
+    assert 0 == spend.reserved_tokens
+
+
+async def test_200_tasks_never_overspend(
+    store: BudgetStore, pooled_async_openai: openai.AsyncOpenAI, fake_provider: FakeProvider
+) -> None:
+    """200 asyncio tasks on a budget that fits 50: exactly 50 go out, each refusal justified."""
+    limit = worst(100, 50) * FITS
+    headers = script(usage={"input_tokens": 100, "output_tokens": 50}, delay=0.02)
+
+    @budget(usd=limit, per="day", store=store, estimate=lambda **_: (100, 50), model=GPT)
+    async def ask() -> Any:
+        return await pooled_async_openai.chat.completions.create(model=GPT, messages=MESSAGES, extra_headers=headers)
+
+    results = await asyncio.gather(*(ask() for _ in range(CALLERS)), return_exceptions=True)
+    refusals = [r for r in results if isinstance(r, lg.BudgetExceeded)]
+    spend = budget_spend(ask)
+
+    assert FITS == CALLERS - len(refusals) == len(fake_provider.requests)
+    assert [] == [str(e) for e in refusals if not _justified(e)][:2]
+    assert pico(lg.Usage(100, 50), GPT) * FITS == int(spend.exact_usd * PICO)
+    assert spend.usd <= limit
+
+
+# -- leases and store failures ---------------------------------------------------------------
+
+
+def test_a_reservation_nobody_settles_expires(store: BudgetStore, fake_clock: FakeClock) -> None:
+    """A holder that died leaves its reservation only until its lease runs out."""
+    line = Line("leases:alice:all", 900, 10, 1000, None, None)
+    assert store.reserve(store.new_id(), [line], fake_clock.time(), 30.0) is None  # then "dies"
+
+    refused = store.reserve(store.new_id(), [Line("leases:alice:all", 200, 1, 1000, None, None)], fake_clock.time(), 30.0)
+    fake_clock.advance(31)
+    after = store.reserve(store.new_id(), [Line("leases:alice:all", 200, 1, 1000, None, None)], fake_clock.time(), 30.0)
+
+    assert refused is not None
+    assert (900, 200) == (refused.reserved, refused.requested)
+    assert after is None
+    assert (200, 1) == (store.ledger("leases:alice:all", fake_clock.time()).reserved_usd, store.ledger("leases:alice:all", fake_clock.time()).reserved_tokens)
+
+
+def test_a_late_settlement_is_still_charged_once(store: BudgetStore, fake_clock: FakeClock) -> None:
+    """Settling after the lease expired charges the real cost and does not release twice."""
+    rid = store.new_id()
+    line = Line("late:k:all", 500, 5, 1000, None, None)
+    store.reserve(rid, [line], fake_clock.time(), 10.0)
+    fake_clock.advance(11)
+    assert store.ledger("late:k:all", fake_clock.time()).reserved_usd == 0
+    line.charge_usd, line.charge_tokens = 321, 4
+    store.settle(rid, [line], fake_clock.time(), count=True, estimated=False)
+    ledger = store.ledger("late:k:all", fake_clock.time())
+
+    assert (321, 4, 0, 0, 1) == (ledger.usd, ledger.tokens, ledger.reserved_usd, ledger.reserved_tokens, ledger.calls)
+
+
+@pytest.fixture
+def dead_redis_url() -> str:
+    """A redis URL nothing listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0?socket_connect_timeout=0.2"
+
+
+def test_store_down_fail_closed_refuses_with_a_clear_error(
+    dead_redis_url: str, openai_client: openai.OpenAI, fake_provider: FakeProvider, llmguard_events: list[CapturedEvent]
+) -> None:
+    """Redis unreachable + fail_closed: BudgetExceeded saying so (cause chained), nothing sent."""
+
+    @budget(usd=1.0, store=dead_redis_url, model=GPT)
+    def ask(messages: Any, max_tokens: int = 10) -> Any:
+        return openai_client.chat.completions.create(model=GPT, max_tokens=max_tokens, messages=messages)
+
+    with pytest.raises(lg.BudgetExceeded, match="budget store is unavailable") as info:
+        ask(MESSAGES)
+
+    assert info.value.__cause__ is not None
+    assert 0 == len(fake_provider.requests)
+    assert ["store_error"] == [e["reason"] for e in llmguard_events if e.name == "llmguard.budget.exceeded"]
+
+
+async def test_store_down_fail_open_lets_calls_through_and_says_so(
+    dead_redis_url: str, async_openai_client: openai.AsyncOpenAI, fake_provider: FakeProvider, llmguard_events: list[CapturedEvent]
+) -> None:
+    """Redis unreachable + fail_open: the call goes out, store errors are events, never exceptions."""
+
+    @budget(usd=1.0, store=dead_redis_url, on_store_error="fail_open", model=GPT)
+    async def ask(messages: Any, max_tokens: int = 10) -> Any:
+        return await async_openai_client.chat.completions.create(model=GPT, max_tokens=max_tokens, messages=messages)
+
+    result = await ask(MESSAGES)
+
+    assert result.choices
+    assert 1 == len(fake_provider.requests)
+    stages = [e["stage"] for e in llmguard_events if e.name == "llmguard.budget.store_error"]
+    assert ["reserve", "settle"] == stages
+
+
+def test_budget_spend_reads_decorated_functions_and_rejects_others() -> None:
+    """budget_spend accepts a budget or a guarded function; anything else is a TypeError."""
+    b = budget(usd=1.0, model=GPT, max_output=1)
+
+    @b
+    def fn() -> None:
+        return None
+
+    fn()
+
+    assert budget_spend(fn) == budget_spend(b) == b.spend()
+    with pytest.raises(TypeError, match=r"budget_spend\(target=\.\.\.\)"):
+        budget_spend(print)
