@@ -836,6 +836,9 @@ class _Server(ThreadingHTTPServer):
     """The threading HTTP server, plus what stop() needs to end every in-flight response."""
 
     daemon_threads = True
+    # socketserver's default backlog of 5 refuses bursts of new connections
+    # (50 concurrent clients in a test); a real API endpoint takes them all.
+    request_queue_size = 1024
     # Never join handler threads on close: stop() ends them by closing their sockets.
     block_on_close = False
 

@@ -171,7 +171,6 @@ class Call:
         "_deadline",
         "_end",
         "_inflight",
-        "_inflight_attempt",
         "_owner",
         "_parent",
         "_pending",
@@ -206,9 +205,10 @@ class Call:
             self._owner = self
             self._record: CallRecord | None = None
             self._parent = _CURRENT.get()
-            self._pending: list[tuple[Any, ...]] | None = None
-            self._inflight: tuple[Any, float] | None = None
-            self._inflight_attempt: Attempt | None = None
+            # Attempts made before anyone asked for the record: finished ones
+            # with their result or error, and those still running.
+            self._pending: list[tuple[Attempt, float, Any, BaseException | None]] | None = None
+            self._inflight: list[Attempt] | None = None
             self._end: tuple[float, BaseException | None] | None = None
             self._deadline: float | None = None
             self.started_at = _clock.now()
@@ -244,15 +244,20 @@ class Call:
             record.stream = True
         record.deadline = self._deadline
         self._record = record
-        for model_override, started, ended, result, exc in self._pending or ():
-            attempt = _begin_attempt(record, model_override, started)
+        done = self._pending or []
+        running = self._inflight or []
+        self._pending = None
+        attempts = [(a.started_at, a) for a, *_ in done] + [(a.started_at, a) for a in running]
+        for _, attempt in sorted(attempts, key=lambda pair: pair[0]):
+            attempt.number = len(record.attempts) + 1
+            if not isinstance(attempt.model, str):
+                attempt.model = record.request_model
+            record.attempts.append(attempt)
+        for attempt, ended, result, exc in done:
             if exc is not None:
                 _fail_attempt(attempt, exc, ended)
             else:
                 _settle_attempt(attempt, providers.observe_result(result), ended)
-        self._pending = None
-        if self._inflight is not None:
-            self._inflight_attempt = _begin_attempt(record, *self._inflight)
         if self._end is not None:
             ended_at, exc = self._end
             _end_record(record, exc, ended_at)
@@ -334,18 +339,18 @@ class Call:
             return GuardedStream(source=self.wrapped(*a, **k), record=record, attempt=attempt, call=self)
         if owner._record is not None:
             return self._proceed_recorded(a, k, model)
-        # No one has asked for the record: remember the attempt cheaply.
-        started = _clock.now()
-        owner._inflight = (model, started)
+        # No one has asked for the record: the attempt waits, unnumbered and
+        # unsettled, until someone does (or forever, for free).
+        attempt = owner._begin_unrecorded(model)
         token = _CURRENT.set(owner)
         try:
             result = self.wrapped(*a, **k)
         except BaseException as exc:
-            self._attempt_failed(exc)
+            owner._attempt_done(attempt, None, exc)
             raise
         finally:
             _CURRENT.reset(token)
-        return self._attempt_returned(result)
+        return self._attempt_returned(attempt, result)
 
     def _proceed_recorded(self, a: tuple[Any, ...], k: dict[str, Any], model: Any) -> Any:
         owner = self._owner
@@ -360,33 +365,40 @@ class Call:
             _CURRENT.reset(token)
         return self._observe(attempt, result)
 
-    def _attempt_failed(self, exc: BaseException) -> None:
-        owner = self._owner
-        inflight, owner._inflight = owner._inflight, None
-        attempt, owner._inflight_attempt = owner._inflight_attempt, None
-        if attempt is not None:  # the record was built while the call ran
-            _fail_attempt(attempt, exc, _clock.now())
-        elif inflight is not None:
-            owner._remember(inflight, _clock.now(), None, exc)
+    def _begin_unrecorded(self, model: Any) -> Attempt:
+        """An attempt not yet on a record (owner only); it is kept as running."""
+        attempt = Attempt(0, model, _clock.now())
+        if self._inflight is None:
+            self._inflight = [attempt]
+        else:
+            self._inflight.append(attempt)
+        return attempt
 
-    def _attempt_returned(self, result: Any) -> Any:
-        owner = self._owner
-        inflight, owner._inflight = owner._inflight, None
-        attempt, owner._inflight_attempt = owner._inflight_attempt, None
-        if attempt is None and _STREAM_TYPES.get(type(result), _UNSEEN) is None:
-            owner._remember(inflight, _clock.now(), result, None)  # type: ignore[arg-type]
-            return result
-        if attempt is None:  # a stream, or a type not seen before: record it fully
-            assert inflight is not None  # noqa: S101 - set before the call
-            attempt = _begin_attempt(self.record, *inflight)
-        return self._observe(attempt, result)
-
-    def _remember(self, inflight: tuple[Any, float], ended: float, result: Any, exc: BaseException | None) -> None:
-        entry = (inflight[0], inflight[1], ended, result, exc)
+    def _attempt_done(self, attempt: Attempt, result: Any, exc: BaseException | None) -> bool:
+        """Settle *attempt* (owner only); False if it must still be observed in full."""
+        running = self._inflight
+        if running is not None:
+            running.remove(attempt)
+        if attempt.number:  # the record was built while it ran: it is on it
+            if exc is not None:
+                _fail_attempt(attempt, exc, _clock.now())
+                return True
+            return False
+        if exc is None and _STREAM_TYPES.get(type(result), _UNSEEN) is not None:
+            # A stream, or a type not seen before: it needs the record.
+            self.record  # noqa: B018 - builds the record, numbering this attempt
+            return False
+        entry = (attempt, _clock.now(), result, exc)
         if self._pending is None:
             self._pending = [entry]
         else:
             self._pending.append(entry)
+        return True
+
+    def _attempt_returned(self, attempt: Attempt, result: Any) -> Any:
+        if self._owner._attempt_done(attempt, result, None):
+            return result
+        return self._observe(attempt, result)
 
     async def proceed_async(
         self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None
@@ -423,16 +435,16 @@ class Call:
             finally:
                 _CURRENT.reset(token)
             return self._observe(attempt, result)
-        owner._inflight = (model, _clock.now())
+        attempt = owner._begin_unrecorded(model)
         token = _CURRENT.set(owner)
         try:
             result = await self.wrapped(*a, **k)
         except BaseException as exc:
-            self._attempt_failed(exc)
+            owner._attempt_done(attempt, None, exc)
             raise
         finally:
             _CURRENT.reset(token)
-        return self._attempt_returned(result)
+        return self._attempt_returned(attempt, result)
 
     def _observe(self, attempt: Attempt, result: Any) -> Any:
         kind = _STREAM_TYPES.get(type(result), _UNSEEN)

@@ -17,6 +17,7 @@ import openai
 import pytest
 
 import llmguard as lg
+import llmguard._wrap
 
 from llmguard._fake_provider import FakeProvider, Step
 
@@ -361,3 +362,34 @@ def test_timeout_keeps_identity_and_shape() -> None:
     assert asyncio.iscoroutinefunction(ask)
     assert "x" == asyncio.run(ask("x"))
     assert {"total": 1.0, "first_token": None, "idle": None} == lg.describe(ask)[0].settings
+
+
+def test_abandoned_attempt_and_its_retry_stay_separate_attempts(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """A timed-out sync attempt that finishes later in its worker keeps its own usage; the retry keeps its own."""
+    fake_provider.script(
+        Step(delay=0.6, usage={"input_tokens": 10, "output_tokens": 1}),
+        Step(reply="fast", usage={"input_tokens": 20, "output_tokens": 2}),
+    )
+    calls: list[Any] = []
+
+    class ReadsTheRecordLate(lg._wrap.Layer):  # the record is built only after the call
+        def around(self, call: Any) -> Any:
+            result = call.proceed()
+            calls.append(call)
+            return result
+
+    @ReadsTheRecordLate()
+    @lg.retry(initial=0.01, max_delay=0.01)
+    @lg.timeout(0.3)
+    def ask() -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
+
+    assert "fast" == ask().content[0].text
+    time.sleep(0.6)  # the abandoned first attempt completes in its worker
+    record = calls[0].record
+
+    assert [1, 2] == [a.number for a in record.attempts]
+    assert [10, 20] == sorted(a.usage.input_tokens for a in record.attempts if a.usage)
+    assert lg.Usage(30, 3) == record.usage
