@@ -117,3 +117,21 @@ cached_coro = cached_async("x", model="m")
 same_cached = assert_type(cached_coro, Coroutine[Any, Any, dict[str, str]])
 same_cached.close()
 assert_type(lg.cache_info(cached), lg.CacheInfo)
+
+
+@lg.budget(usd=5.0, per="day", max_output=256)
+def budgeted(q: str, model: str = "claude-haiku-4-5") -> str:
+    return q
+
+
+@lg.budget
+async def budgeted_async(q: str) -> float:
+    return 1.0
+
+
+assert_type(budgeted("x"), str)
+budgeted_coro = budgeted_async("x")
+same_budgeted = assert_type(budgeted_coro, Coroutine[Any, Any, float])
+same_budgeted.close()
+with lg.budget(usd=0.5) as scope:
+    assert_type(scope.spent, float)
