@@ -147,6 +147,7 @@ from ._record import CallRecord, Outcome, Usage
 from ._wrap import Call, Layer, _StreamBase, layers_of
 from .errors import BudgetExceeded
 from .stores import budget as _stores
+from .stores import is_redis_target
 from .stores.budget import (
     PICO,
     BudgetStore,
@@ -314,14 +315,10 @@ def _validate(**config: Any) -> tuple[float, ...]:
 def _resolve_store(store: Any) -> BudgetStore | None:
     if store is None or isinstance(store, BudgetStore):
         return store
-    if isinstance(store, str):
-        if not store.startswith(("redis://", "rediss://", "unix://")):
-            msg = f"budget(store=...) must be a BudgetStore, a redis:// URL or a redis-py client, got {store!r}"
-            raise ValueError(msg)
+    if is_redis_target(store):
         return RedisBudgetStore(store)
-    if hasattr(store, "evalsha"):
-        return RedisBudgetStore(store)
-    msg = f"budget(store=...) must be a BudgetStore, a redis:// URL or a redis-py client, got {type(store).__name__}"
+    shown = repr(store) if isinstance(store, str) else type(store).__name__
+    msg = f"budget(store=...) must be a BudgetStore, a redis:// URL or a redis-py client, got {shown}"
     raise ValueError(msg)
 
 

@@ -88,7 +88,7 @@ from ._wrap import (
     layers_of,
 )
 from .errors import GuardTimeout
-from .stores import redis_client
+from .stores import is_redis_target, redis_client
 from .stores.cache import (
     CacheEntry,
     CacheStore,
@@ -1450,20 +1450,14 @@ def _names(option: str, names: Iterable[str]) -> frozenset[str]:
 
 
 def _store_from(store: Any) -> CacheStore | None:
-    if store is None:
-        return None
-    if isinstance(store, CacheStore):
+    if store is None or isinstance(store, CacheStore):
         return store
+    if is_redis_target(store):
+        return RedisCacheStore(store if isinstance(store, str) else redis_client(store))
+    msg = "cache(store=...) takes a redis:// URL, a redis-py client or a CacheStore, got "
     if isinstance(store, str):
-        if not store.startswith(("redis://", "rediss://", "unix://")):
-            msg = f"cache(store=...) takes a redis:// URL, a redis-py client or a CacheStore, got {store!r}"
-            raise ValueError(msg)
-        return RedisCacheStore(store)
-    try:
-        return RedisCacheStore(redis_client(store))
-    except TypeError:
-        msg = f"cache(store=...) takes a redis:// URL, a redis-py client or a CacheStore, got {type(store).__name__}"
-        raise TypeError(msg) from None
+        raise ValueError(msg + repr(store))  # noqa: TRY004 - a string of the wrong kind is a bad value, as in budget
+    raise TypeError(msg + type(store).__name__)
 
 
 # -- public API --------------------------------------------------------------

@@ -7,6 +7,7 @@ instant and every duration exact.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 
 
@@ -55,3 +56,22 @@ def set_clock(clock: Clock) -> Clock:
     previous, _active = _active, clock
     now = time.monotonic if clock is SYSTEM_CLOCK else clock.monotonic
     return previous
+
+
+def seconds(guard: str, name: str, value: object) -> float | None:
+    """A duration parameter (seconds or a timedelta), validated at decoration time.
+
+    None stays None; anything else must be a positive number, or the error
+    names the guard and the parameter: ``retry(initial=...) must be > 0``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, dt.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        msg = f"{guard}({name}=...) must be a number of seconds or a timedelta, got {value!r}"
+        raise TypeError(msg)
+    if value <= 0:
+        msg = f"{guard}({name}=...) must be > 0, got {value!r}"
+        raise ValueError(msg)
+    return float(value)

@@ -77,18 +77,10 @@ _NOT_FAILURES: Final = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
 def _seconds(name: str, value: object, *, allow_none: bool = False) -> float | None:
-    """Validate a duration parameter (float or timedelta) at decoration time."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, dt.timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        msg = f"retry({name}=...) must be a number of seconds or a timedelta, got {value!r}"
+    if value is None and not allow_none:
+        msg = f"retry({name}=...) must be a number of seconds or a timedelta, got None"
         raise TypeError(msg)
-    if value <= 0:
-        msg = f"retry({name}=...) must be > 0, got {value!r}"
-        raise ValueError(msg)
-    return float(value)
+    return _clock.seconds("retry", name, value)
 
 
 class _RetryBudget:

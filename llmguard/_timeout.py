@@ -51,20 +51,6 @@ from ._wrap import ASYNCGEN, GEN, AsyncGuardedStream, Call, GuardedStream, Layer
 from .errors import GuardTimeout
 
 
-def _positive(name: str, value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        msg = f"timeout({name}=...) must be a number of seconds or a timedelta, got {value!r}"
-        raise TypeError(msg)
-    if value <= 0:
-        msg = f"timeout({name}=...) must be > 0, got {value!r}"
-        raise ValueError(msg)
-    return float(value)
-
-
 class _Workers:
     """Threads that run blocking calls the caller may stop waiting for.
 
@@ -148,9 +134,9 @@ class TimeoutLayer(Layer):
         first_token: float | dt.timedelta | None = None,
         idle: float | dt.timedelta | None = None,
     ) -> None:
-        self.total = _positive("total", total)
-        self.first_token = _positive("first_token", first_token)
-        self.idle = _positive("idle", idle)
+        self.total = _clock.seconds("timeout", "total", total)
+        self.first_token = _clock.seconds("timeout", "first_token", first_token)
+        self.idle = _clock.seconds("timeout", "idle", idle)
         if self.total is None and self.first_token is None and self.idle is None:
             msg = "timeout() needs at least one of total=, first_token= or idle="
             raise ValueError(msg)

@@ -34,6 +34,17 @@ def redis_client(target: Any) -> Any:
     return target
 
 
+def is_redis_target(store: object) -> bool:
+    """Whether *store* names a Redis server: a redis URL or a redis-py client.
+
+    How a guard's ``store=`` argument is read: anything else must be that
+    guard's own store class, or the guard says what it takes.
+    """
+    if isinstance(store, str):
+        return store.startswith(("redis://", "rediss://", "unix://"))
+    return hasattr(store, "evalsha")
+
+
 def key(*parts: str) -> str:
     """A namespaced Redis key: ``llmguard:<part>:<part>...``."""
     return ":".join((KEY_PREFIX, *parts))
