@@ -732,10 +732,24 @@ class CacheLayer(Layer):
     # -- hits ----------------------------------------------------------------
 
     def _hit(self, call: Call, entry: CacheEntry, similarity: float | None = None) -> Any:
-        record = call.record
-        record.cache = "hit"
         usage = entry.usage
         saved = None if usage is None else prices.cost_of(usage, entry.model, entry.provider)
+        with self._lock:
+            self.hits += 1
+            if saved is None:
+                self.unpriced_hits += 1
+            else:
+                self.saved_usd += saved
+        if not call.recorded and not _events.listening() and entry.chunks is None:
+            # Nobody reads the record yet: note the facts for when someone does.
+            call.note(cache="hit", saved_usd=saved, extra={"cached_usage": usage})
+            if entry.provider:
+                call.note(provider=entry.provider)
+            if similarity is not None:
+                call.note(cache_similarity=similarity)
+            return entry.value
+        record = call.record
+        record.cache = "hit"
         record.saved_usd = saved
         record.extra["cached_usage"] = usage
         if entry.provider and record.provider is None:
@@ -744,12 +758,6 @@ class CacheLayer(Layer):
             record.cache_similarity = similarity
             if record.span is not None:
                 record.span.set_attribute("llmguard.cache.similarity", similarity)
-        with self._lock:
-            self.hits += 1
-            if saved is None:
-                self.unpriced_hits += 1
-            else:
-                self.saved_usd += saved
         if _events.listening(record):
             _events.emit(
                 _events.CACHE_HIT,

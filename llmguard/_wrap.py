@@ -171,6 +171,7 @@ class Call:
         "_deadline",
         "_end",
         "_inflight",
+        "_notes",
         "_owner",
         "_parent",
         "_pending",
@@ -211,6 +212,7 @@ class Call:
             self._inflight: list[Attempt] | None = None
             self._end: tuple[float, BaseException | None] | None = None
             self._deadline: float | None = None
+            self._notes: dict[str, Any] | None = None
             self.started_at = _clock.now()
         else:
             self._owner = owner
@@ -258,10 +260,35 @@ class Call:
                 _fail_attempt(attempt, exc, ended)
             else:
                 _settle_attempt(attempt, providers.observe_result(result), ended)
+        if self._notes is not None:
+            _apply_notes(record, self._notes)
         if self._end is not None:
             ended_at, exc = self._end
             _end_record(record, exc, ended_at)
         return record
+
+    @property
+    def recorded(self) -> bool:
+        """Whether the call's record has been built (someone reads it)."""
+        return self._owner._record is not None
+
+    def note(self, **facts: Any) -> None:
+        """Write *facts* on the call's record, without building it just for that.
+
+        Each keyword is a `CallRecord` attribute (``cache="hit"``,
+        ``saved_usd=...``); ``extra={...}`` merges into ``record.extra``. If
+        the record exists they are written now, else when it is built.
+        """
+        owner = self._owner
+        if owner._record is not None:
+            _apply_notes(owner._record, facts)
+        elif owner._notes is None:
+            owner._notes = facts
+        else:
+            extra = facts.pop("extra", None)
+            owner._notes.update(facts)
+            if extra:
+                owner._notes.setdefault("extra", {}).update(extra)
 
     def set_deadline(self, deadline: float | None) -> None:
         """Note the call's deadline on its record (without building the record)."""
@@ -474,6 +501,14 @@ class Call:
         if not parts:
             parts = [v for v in (*self.args, *self.kwargs.values()) if isinstance(v, str)]
         return providers.estimate_tokens("".join(parts)) if parts else 0
+
+
+def _apply_notes(record: CallRecord, notes: dict[str, Any]) -> None:
+    for name, value in notes.items():
+        if name == "extra":
+            record.extra.update(value)
+        else:
+            setattr(record, name, value)
 
 
 # -- attempts ----------------------------------------------------------------

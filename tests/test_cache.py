@@ -1193,3 +1193,36 @@ def test_a_shared_memory_store_keeps_functions_apart() -> None:
     assert (1, 1) == (lg.cache_info(a).currsize, lg.cache_info(b).currsize)
     lg.cache_clear(a)
     assert (0, 1) == (lg.cache_info(a).currsize, lg.cache_info(b).currsize)
+
+
+def test_a_hit_read_late_still_says_hit_and_what_it_saved(
+    fake_provider: FakeProvider, anthropic_client: anthropic.Anthropic
+) -> None:
+    """A layer that reads the record only after the call sees cache=hit, the saving and the cached usage."""
+    from llmguard._wrap import Layer
+
+    fake_provider.script(Step(usage={"input_tokens": 100, "output_tokens": 10}))
+    calls: list[Any] = []
+
+    class ReadsLate(Layer):
+        def around(self, call: Any) -> Any:
+            result = call.proceed()
+            calls.append(call)
+            return result
+
+    @ReadsLate()
+    @lg.cache(ttl=60)
+    def ask(model: str = "claude-sonnet-4-6") -> Any:
+        return anthropic_client.messages.create(model=model, max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+
+    ask()
+    ask()
+    first, second = (c.record for c in calls)
+
+    assert "miss" == first.cache
+    assert "hit" == second.cache
+    assert second.saved_usd is not None
+    assert second.saved_usd > 0
+    assert lg.Usage(100, 10) == second.extra["cached_usage"]
+    assert [] == second.attempts
+    assert 1 == len([r for r in fake_provider.requests if r.path == "/v1/messages"])
