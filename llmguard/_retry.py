@@ -344,15 +344,18 @@ class RetryLayer(Layer):
         """Run the call, retrying transient failures."""
         if self._budget is not None:
             self._budget.deposit()
-        state = _Attempts(_clock.now())
+        started = _clock.now()
+        state: _Attempts | None = None  # built on the first failure only
         while True:
-            state.count += 1
             try:
                 result = call.proceed()
                 if isinstance(result, GuardedStream):
                     result.prime()
                     result.map_errors(_interrupted)
             except BaseException as exc:
+                if state is None:
+                    state = _Attempts(started)
+                state.count += 1
                 delay = self._delay(exc, state)
                 if delay is None:
                     self._give_up(call.record, state, exc)
@@ -366,15 +369,18 @@ class RetryLayer(Layer):
         """Run the call, retrying transient failures, without blocking the loop."""
         if self._budget is not None:
             self._budget.deposit()
-        state = _Attempts(_clock.now())
+        started = _clock.now()
+        state: _Attempts | None = None  # built on the first failure only
         while True:
-            state.count += 1
             try:
                 result = await call.proceed_async()
                 if isinstance(result, AsyncGuardedStream):
                     await result.prime()
                     result.map_errors(_interrupted)
             except BaseException as exc:
+                if state is None:
+                    state = _Attempts(started)
+                state.count += 1
                 delay = self._delay(exc, state)
                 if delay is None:
                     self._give_up(call.record, state, exc)
