@@ -403,17 +403,17 @@ class Call:
 
     def _attempt_done(self, attempt: Attempt, result: Any, exc: BaseException | None) -> bool:
         """Settle *attempt* (owner only); False if it must still be observed in full."""
+        if not attempt.number and exc is None and _STREAM_TYPES.get(type(result), _UNSEEN) is not None:
+            # A stream, or a type not seen before: it needs the record. Built
+            # while the attempt is still running, it takes the attempt on.
+            self.record  # noqa: B018 - builds the record, numbering this attempt
         running = self._inflight
         if running is not None:
             running.remove(attempt)
-        if attempt.number:  # the record was built while it ran: it is on it
+        if attempt.number:  # on the record (built while it ran, or just now)
             if exc is not None:
                 _fail_attempt(attempt, exc, _clock.now())
                 return True
-            return False
-        if exc is None and _STREAM_TYPES.get(type(result), _UNSEEN) is not None:
-            # A stream, or a type not seen before: it needs the record.
-            self.record  # noqa: B018 - builds the record, numbering this attempt
             return False
         entry = (attempt, _clock.now(), result, exc)
         if self._pending is None:

@@ -20,7 +20,7 @@ import llmguard as lg
 from llmguard import GuardedStream, Outcome
 from llmguard._context import _CURRENT, _HANDOFF
 from llmguard._fake_provider import FakeProvider, Step
-from llmguard._wrap import wrap
+from llmguard._wrap import Layer, wrap
 
 
 MODEL = "claude-sonnet-4-6"
@@ -806,3 +806,62 @@ def test_input_estimate_falls_back_to_string_arguments(probe: Probe) -> None:
     assert usage is not None
     assert usage.estimated
     assert usage.input_tokens > 0
+
+
+class ReadsLate(Layer):
+    """Reads the call's record only after the call returned (the record is built then)."""
+
+    name = "reads-late"
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+
+    def around(self, call: Any) -> Any:
+        result = call.proceed()
+        self.calls.append(call)
+        return result
+
+    async def around_async(self, call: Any) -> Any:
+        result = await call.proceed_async()
+        self.calls.append(call)
+        return result
+
+
+def test_a_record_read_late_has_the_attempt_of_a_new_result_type() -> None:
+    """A result of a type never seen before still lands as the call's attempt when read late."""
+
+    class NeverSeen:
+        usage = {"input_tokens": 7, "output_tokens": 3}
+
+    late = ReadsLate()
+
+    @late
+    def ask() -> NeverSeen:
+        return NeverSeen()
+
+    ask()
+    record = late.calls[0].record
+
+    assert 1 == record.attempt_count
+    assert lg.Outcome.OK == record.attempts[0].outcome
+
+
+def test_a_record_read_late_has_the_usage_of_a_message_and_a_stream(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """Read after the call, the record has the Message's usage, and the stream's once it ends."""
+    fake_provider.script(Step(usage={"input_tokens": 9, "output_tokens": 2}), Step(reply="a b", usage={"input_tokens": 4, "output_tokens": 2}))
+    late = ReadsLate()
+
+    @late
+    def ask(stream: bool = False) -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES, stream=stream)  # type: ignore[call-overload]
+
+    ask()
+    for _ in ask(stream=True):
+        pass
+    message_record, stream_record = (c.record for c in late.calls)
+
+    assert lg.Usage(9, 2) == message_record.usage
+    assert lg.Usage(4, 2) == stream_record.usage
+    assert [1, 1] == [message_record.attempt_count, stream_record.attempt_count]
