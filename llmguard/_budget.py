@@ -173,6 +173,7 @@ _PERIODS: Final[dict[str | None, float | None]] = {
     "day": 86400.0,
 }
 _PENDING: Final = Outcome.PENDING
+_UNREAD_ENDS: Final = frozenset({Outcome.CLOSED, Outcome.ABANDONED, Outcome.CANCELLED})
 _MISS: Any = object()
 _MAX_USD: Final = 9_000_000  # pico-dollars in a signed 64-bit counter: $9.2M
 _INPUT_NAMES: Final = ("messages", "system", "prompt", "input", "instructions", "contents", "tools")
@@ -375,8 +376,8 @@ class Budget(Layer):
             if given:
                 msg = f"budget({given[0]}=...) needs a limit: pass usd=... or tokens=... (or max_call_usd=...)"
                 raise ValueError(msg)
-        if per == "call" and (key is not None or store is not None):
-            which = "key" if key is not None else "store"
+        if per == "call" and (key is not None or store is not None or on_alert is not None):
+            which = "key" if key is not None else "store" if store is not None else "on_alert"
             msg = f"budget({which}=...) has no effect with per='call', which keeps no ledger"
             raise ValueError(msg)
         self.usd = usd
@@ -895,6 +896,36 @@ class _FunctionBudget(Layer):
         self._outs: deque[int] = deque(maxlen=_OBSERVED)
         self._out_max: int | None = None
         self._last_model: str | None = None
+        self._check_boundable(fn)
+
+    def _check_boundable(self, fn: Callable[..., Any]) -> None:
+        """Refuse, at decoration, a budget that would refuse every call forever.
+
+        With ``unknown_cost="reject"``, a call whose worst case cannot be
+        bounded is refused; if the function offers no output cap (and no
+        model to price it, for a USD limit), no call ever runs, so nothing is
+        ever observed to learn from.
+        """
+        b = self.budget
+        # A bare @lg.budget has no limit of its own: its scopes may bring estimate= and model=.
+        if not b.has_limits or b.unknown_cost != "reject" or b.estimate is not None or self._var_kw:
+            return
+        where = getattr(fn, "__qualname__", repr(fn))
+        if not self._caps and b.max_output is None:
+            msg = (
+                f"budget(max_output=...) is needed for {where}: it has no max_tokens-like argument, "
+                "so with unknown_cost='reject' every call would be refused; pass max_output= "
+                "(the output cap the function uses), estimate=, or unknown_cost="
+            )
+            raise ValueError(msg)
+        needs_price = b.usd is not None or b.max_call_usd is not None
+        if needs_price and self._model_getter is None and b.model is None:
+            msg = (
+                f"budget(model=...) is needed for {where}: it has no model argument to price the "
+                "call by, so with unknown_cost='reject' every call would be refused; pass model=, "
+                "estimate=, or unknown_cost="
+            )
+            raise ValueError(msg)
 
     def settings(self) -> dict[str, Any]:
         """The budget's configuration, for `describe`."""
@@ -1168,8 +1199,10 @@ class _FunctionBudget(Layer):
         for att in record.attempts[n0:]:
             usage = att.usage
             if usage is None:
-                if att.outcome is _PENDING:
-                    unread = True  # a stream dropped before it was read
+                if att.outcome is _PENDING or (att.sent and att.chunks == 0 and att.outcome in _UNREAD_ENDS):
+                    # A stream dropped, closed or cancelled before it was read:
+                    # the request was sent and may be billed in full.
+                    unread = True
                 continue
             tokens += usage.input_tokens + usage.output_tokens
             if usage.estimated:

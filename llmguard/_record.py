@@ -117,6 +117,9 @@ class Attempt:
     first_chunk_at: float | None = None  # streams only
     chunks: int = 0
     text: str = ""  # streams: the text seen so far (for estimates, partials)
+    # The request reached the provider even if no chunk was read (an SDK
+    # stream object exists, or its manager was entered): it may be billed.
+    sent: bool = False
 
     def __init__(self, number: int, model: str | None = None, started_at: float = 0.0) -> None:
         self.number = number

@@ -482,6 +482,8 @@ class Call:
             return result
         record = self.record
         record.stream = True
+        if not inspect.isgenerator(result) and not inspect.isasyncgen(result) and "manager" not in kind:
+            attempt.sent = True  # an SDK stream: the request was made when it was created
         if kind == "manager":
             return GuardedStream(manager=result, record=record, attempt=attempt, call=self)
         if kind == "async manager":
@@ -807,7 +809,13 @@ class _StreamBase:
         return node
 
     def on_chunk(self, hook: Callable[[Any], None]) -> None:
-        """Call *hook(chunk)* for each chunk as it passes to the caller."""
+        """Call *hook(chunk)* for each chunk as it passes to the caller.
+
+        Chunks already fetched but not yet handed over (a layer below called
+        `prime`) are given to *hook* now, so it sees every chunk once.
+        """
+        for chunk in self._buffer:
+            hook(chunk)
         self._chunk_hooks.append(hook)
 
     def map_errors(self, mapper: ErrorMap) -> None:
@@ -989,6 +997,8 @@ class GuardedStream(_StreamBase):
                 self._source = start()
             if self._manager is not None:
                 self._source = self._manager.__enter__()
+                if self._attempt is not None:
+                    self._attempt.sent = True
             source = self._source
             self._it = source if isinstance(source, _StreamBase) else iter(source)
         except BaseException as exc:
@@ -1096,6 +1106,8 @@ class AsyncGuardedStream(_StreamBase):
                 self._source = await cast("Awaitable[Any]", start())
             if self._manager is not None:
                 self._source = await self._manager.__aenter__()
+                if self._attempt is not None:
+                    self._attempt.sent = True
             source = self._source
             self._it = source if isinstance(source, _StreamBase) else source.__aiter__()
         except BaseException as exc:

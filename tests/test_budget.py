@@ -110,7 +110,7 @@ def test_a_scope_needs_a_limit_and_a_shared_scope_needs_a_name(redis_url: str) -
 def test_decorated_function_keeps_identity_and_describes_its_budget() -> None:
     """Name, docstring, signature survive; describe() shows the budget's settings."""
 
-    @budget(usd=2.5, per="day", max_output=100)
+    @budget(usd=2.5, per="day", max_output=100, model="claude-haiku-4-5")
     def ask(q: str, user: str = "anon") -> str:
         """Ask."""
         return q
@@ -585,7 +585,7 @@ def test_estimate_callable_overrides_the_arguments(store: BudgetStore, openai_cl
 
 
 def test_unknown_output_cap_follows_unknown_cost(store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider) -> None:
-    """No output cap: reject sends nothing; allow reserves the input only; a fixed amount reserves it."""
+    """No output cap: reject fails at decoration; allow reserves the input only; a fixed amount reserves it."""
 
     def make(usd: float, **kw: Any) -> Any:
         @budget(usd=usd, store=store, model=GPT, **kw)
@@ -597,8 +597,9 @@ def test_unknown_output_cap_follows_unknown_cost(store: BudgetStore, openai_clie
         return ask
 
     input_tokens = (len(str(("hello",)) + str({})) + 2) // 3
-    with pytest.raises(lg.BudgetExceeded, match=r"no output cap.*unknown_cost='reject'") as rejected:
-        make(1.0)("hello")
+    # With reject, no call could ever run: refused when decorated, naming the fix.
+    with pytest.raises(ValueError, match=r"budget\(max_output=...\) is needed .*unknown_cost='reject'"):
+        make(1.0)
     with pytest.raises(lg.BudgetExceeded) as allowed:
         make(1e-9, unknown_cost="allow")("hello")
     with pytest.raises(lg.BudgetExceeded) as fixed:
@@ -606,7 +607,6 @@ def test_unknown_output_cap_follows_unknown_cost(store: BudgetStore, openai_clie
     ok = make(1.0, unknown_cost="allow")
     ok("hello")
 
-    assert float("inf") == rejected.value.requested
     assert input_tokens * 2.5e-6 == pytest.approx(allowed.value.requested, rel=1e-9)
     assert 0.25 == fixed.value.requested
     assert 1 == len(fake_provider.requests)
@@ -1006,3 +1006,46 @@ def test_budget_spend_reads_decorated_functions_and_rejects_others() -> None:
     assert budget_spend(fn) == budget_spend(b) == b.spend()
     with pytest.raises(TypeError, match=r"budget_spend\(target=\.\.\.\)"):
         budget_spend(print)
+
+
+def test_a_stream_closed_before_reading_is_charged_its_reservation(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """The request of a stream closed unread was sent: it is charged like a dropped one, never $0."""
+
+    @budget(usd=1.0)
+    def ask(messages: Any, model: str = "claude-sonnet-4-6", max_tokens: int = 100) -> Any:
+        return anthropic_client.messages.create(model=model, max_tokens=max_tokens, messages=messages, stream=True)
+
+    stream = ask([{"role": "user", "content": "hello " * 200}])
+    stream.close()
+
+    assert 1 == len(fake_provider.requests)
+    assert lg.budget_spend(ask).usd > 0
+
+
+def test_a_budget_that_could_never_run_fails_at_decoration() -> None:
+    """No output cap (or no model for a USD limit) with unknown_cost='reject': a ValueError naming the fix."""
+    with pytest.raises(ValueError, match=r"budget\(max_output=...\) is needed"):
+
+        @budget(usd=1.0)
+        def no_cap(q: str, model: str = "claude-haiku-4-5") -> str:
+            return q
+
+    with pytest.raises(ValueError, match=r"budget\(model=...\) is needed"):
+
+        @budget(usd=1.0, max_output=100)
+        def no_model(q: str) -> str:
+            return q
+
+    @budget(tokens=10_000, max_output=100)
+    def tokens_need_no_price(q: str) -> str:
+        return q
+
+    assert "x" == tokens_need_no_price("x")
+
+
+def test_on_alert_with_per_call_is_refused() -> None:
+    """per='call' keeps no ledger, so on_alert= can never fire: refused, naming it."""
+    with pytest.raises(ValueError, match=r"budget\(on_alert=...\) has no effect with per='call'"):
+        budget(usd=0.01, per="call", on_alert=print)

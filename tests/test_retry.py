@@ -506,3 +506,23 @@ def test_bare_and_called_forms_keep_identity() -> None:
     assert asyncio.iscoroutinefunction(called)
     assert "retry" == lg.describe(bare)[0].name
     assert 4 == lg.describe(called)[0].settings["attempts"]
+
+
+def test_a_cached_stream_under_retry_replays_every_chunk(
+    clients: Any, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    """Cache over retry: the hit replays the same events the miss delivered, the first one included."""
+    sync, _ = clients
+    fake_provider.script(Step(reply="one two"))
+
+    @lg.cache
+    @lg.retry(attempts=2)
+    def ask(q: str) -> Any:
+        return sync.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": q}], stream=True)
+
+    first = [e.type for e in ask("hi")]
+    second = [e.type for e in ask("hi")]
+
+    assert "message_start" == first[0]
+    assert first == second
+    assert 1 == api_requests(fake_provider)

@@ -865,3 +865,28 @@ def test_a_record_read_late_has_the_usage_of_a_message_and_a_stream(
     assert lg.Usage(9, 2) == message_record.usage
     assert lg.Usage(4, 2) == stream_record.usage
     assert [1, 1] == [message_record.attempt_count, stream_record.attempt_count]
+
+
+def test_a_chunk_hook_added_after_prime_still_sees_the_first_chunk(probe: Probe) -> None:
+    """A layer that primes a stream must not hide its first chunk from hooks added above it."""
+    seen: list[int] = []
+
+    class Primes(Layer):
+        def around(self, call: Any) -> Any:
+            stream = call.proceed()
+            stream.prime()
+            return stream
+
+    class Records(Layer):
+        def around(self, call: Any) -> Any:
+            stream = call.proceed()
+            stream.on_chunk(seen.append)
+            return stream
+
+    @Records()
+    @Primes()
+    def numbers() -> Iterator[int]:
+        yield from range(3)
+
+    assert [0, 1, 2] == list(numbers())
+    assert [0, 1, 2] == seen
