@@ -25,20 +25,21 @@ from ._clock import get_clock
 
 
 if TYPE_CHECKING:
-    from ._record import CallRecord
+    from ._record import Attempt, CallRecord
     from ._wrap import Call
 
 
-# Both hold the outermost layer's `Call` of a call, which owns its record.
+# The outermost layer's `Call` of a call, which owns its record.
 _HANDOFF: ContextVar[Call | None] = ContextVar("llmguard_handoff", default=None)
-_CURRENT: ContextVar[Call | None] = ContextVar("llmguard_current", default=None)
+# That call, and the attempt whose code is running (report_usage writes there).
+_CURRENT: ContextVar[tuple[Call, Attempt] | None] = ContextVar("llmguard_current", default=None)
 _DEADLINE: ContextVar[float | None] = ContextVar("llmguard_deadline", default=None)
 
 
 def current_call() -> CallRecord | None:
     """The record of the guarded call whose code is running now, if any."""
-    call = _CURRENT.get()
-    return None if call is None else call.record
+    running = _CURRENT.get()
+    return None if running is None else running[0].record
 
 
 def deadline() -> float | None:

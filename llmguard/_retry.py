@@ -258,19 +258,22 @@ class RetryLayer(Layer):
         on = self.on
         if on is not None and not isinstance(on, (type, tuple)):
             verdict = on(exc)
-            if verdict is False:
+            if verdict is False or verdict is None:
                 return None, "on= said no", False
             if verdict is True:
                 return classify(exc).retry_after, "", False
             if isinstance(verdict, dt.timedelta):
                 return verdict.total_seconds(), "", True
             return float(verdict), "", True
-        if isinstance(exc, GuardTimeout):
-            return None, "", False  # a per-attempt timeout: worth another attempt
         if on is not None:
-            if isinstance(exc, LLMGuardError) or not isinstance(exc, on):
+            # Explicit exception classes replace the default classification,
+            # the never-retried statuses included: the caller asked for them.
+            refusal = isinstance(exc, LLMGuardError) and not isinstance(exc, GuardTimeout)
+            if not isinstance(exc, on) or (refusal and not _named(exc, on)):
                 return None, f"not retryable ({type(exc).__name__} is not in on=)", False
             return classify(exc).retry_after, "", False
+        if isinstance(exc, GuardTimeout):
+            return None, "", False  # a per-attempt timeout: worth another attempt
         info = classify(exc)
         if info.kind is ErrorKind.GUARD:
             return None, f"not retryable ({type(exc).__name__})", False
@@ -488,8 +491,14 @@ def _interrupted(exc: BaseException, stream: _StreamBase) -> BaseException | Non
         f"the stream failed after {stream.delivered} chunk{'s' * (stream.delivered != 1)} "
         f"reached the caller ({type(exc).__name__}: {exc}); nothing was replayed",
         text=stream.text,
-        usage=stream.usage,
+        usage=stream.usage_so_far(),
     )
+
+
+def _named(exc: BaseException, on: type[BaseException] | tuple[type[BaseException], ...]) -> bool:
+    """Whether *on* names *exc*'s llmguard class itself (not just a base like Exception)."""
+    classes = on if isinstance(on, tuple) else (on,)
+    return any(issubclass(c, LLMGuardError) for c in classes if isinstance(exc, c))
 
 
 def _valid_on(on: object) -> bool:
@@ -563,7 +572,7 @@ def retry(fn_or_attempts: Any = None, /, **kwargs: Any) -> Any:
     """
     if fn_or_attempts is None:
         return RetryLayer(**kwargs)
-    if callable(fn_or_attempts):
+    if callable(fn_or_attempts) or isinstance(fn_or_attempts, (staticmethod, classmethod)):
         if kwargs:
             msg = "retry(fn, ...) takes no other arguments; use @retry(...) to configure"
             raise TypeError(msg)

@@ -174,6 +174,7 @@ class TimeoutLayer(Layer):
         deadline = self._deadline()
         first_by = self._first_chunk_by()
         if call.shape == GEN:
+            call.set_deadline(deadline)
             return _TimedStream.wrap(call.proceed(), self, deadline, first_by, call)
         if deadline is not None:
             call.set_deadline(deadline)
@@ -201,6 +202,7 @@ class TimeoutLayer(Layer):
         deadline = self._deadline()
         first_by = self._first_chunk_by()
         if call.shape == ASYNCGEN:
+            call.set_deadline(deadline)
             return _TimedStream.wrap_async(await call.proceed_async(), self, deadline, first_by, call)
         wait_until, limit = _earliest(deadline, first_by)
         token = _DEADLINE.set(deadline)
@@ -308,7 +310,7 @@ def _owner() -> object:
 class _TimedStream:
     """Pulls from a guarded stream, each pull bounded by the stream limits."""
 
-    __slots__ = ("_call", "_deadline", "_first_by", "_layer", "_stream")
+    __slots__ = ("_call", "_ctx", "_deadline", "_first_by", "_layer", "_stream")
 
     def __init__(
         self, stream: Any, layer: TimeoutLayer, deadline: float | None, first_by: float | None, call: Call
@@ -318,6 +320,10 @@ class _TimedStream:
         self._deadline = deadline
         self._first_by = first_by
         self._call = call
+        # A generator body keeps one context across its yields, as it would
+        # undecorated: every (sync) pull runs in this one, whichever thread.
+        self._ctx = contextvars.copy_context()
+        self._ctx.run(_DEADLINE.set, deadline)
 
     @classmethod
     def wrap(
@@ -376,10 +382,8 @@ class _SyncPulls:
         t = self._t
         wait, name = t.limit()
         if wait is None:
-            return next(t._stream)
-        ctx = contextvars.copy_context()
-        ctx.run(_DEADLINE.set, t._deadline)
-        future = _WORKERS.submit(lambda: ctx.run(next, t._stream))
+            return t._ctx.run(next, t._stream)
+        future = _WORKERS.submit(lambda: t._ctx.run(next, t._stream))
         try:
             return future.result(timeout=wait)
         except TimeoutError:
@@ -415,16 +419,21 @@ class _AsyncPulls:
     async def __anext__(self) -> Any:
         t = self._t
         wait, name = t.limit()
-        if wait is None:
-            return await t._stream.__anext__()
+        # The body sees the deadline (lg.remaining()) while it runs, not across yields.
+        token = _DEADLINE.set(t._deadline)
         try:
-            async with asyncio.timeout(wait) as cm:
+            if wait is None:
                 return await t._stream.__anext__()
-        except TimeoutError:
-            if cm.expired():
-                await t._stream.aclose()
-                raise t.expired(name) from None
-            raise
+            try:
+                async with asyncio.timeout(wait) as cm:
+                    return await t._stream.__anext__()
+            except TimeoutError:
+                if cm.expired():
+                    await t._stream.aclose()
+                    raise t.expired(name) from None
+                raise
+        finally:
+            _DEADLINE.reset(token)
 
     async def aclose(self) -> None:
         await self._t._stream.aclose()

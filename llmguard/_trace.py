@@ -1546,7 +1546,7 @@ def trace(
         raise TypeError(msg)
     if fn_or_name is None or isinstance(fn_or_name, str):
         return TraceLayer(fn_or_name if name is None else name, **kwargs)
-    if callable(fn_or_name):
+    if callable(fn_or_name) or isinstance(fn_or_name, (staticmethod, classmethod)):
         return TraceLayer(**kwargs)(fn_or_name)
     msg = (
         "trace() takes a function to decorate or a span name (str), "

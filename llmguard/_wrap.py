@@ -205,7 +205,8 @@ class Call:
             # The outermost layer of this call: it owns the call's state.
             self._owner = self
             self._record: CallRecord | None = None
-            self._parent = _CURRENT.get()
+            running = _CURRENT.get()
+            self._parent = running[0] if running is not None else None
             # Attempts made before anyone asked for the record: finished ones
             # with their result or error, and those still running.
             self._pending: list[tuple[Attempt, float, Any, BaseException | None]] | None = None
@@ -354,11 +355,11 @@ class Call:
         if self.info.plain and self.instance is not None:
             a = (self.instance, *a)
         if self.info.inner_is_guard:
-            token = _HANDOFF.set(owner)
+            handoff = _HANDOFF.set(owner)
             try:
                 return self.wrapped(*a, **k)
             finally:
-                _HANDOFF.reset(token)
+                _HANDOFF.reset(handoff)
         model = None if kwargs is None else kwargs.get("model")
         if self.info.shape == GEN:
             record = self.record
@@ -369,7 +370,7 @@ class Call:
         # No one has asked for the record: the attempt waits, unnumbered and
         # unsettled, until someone does (or forever, for free).
         attempt = owner._begin_unrecorded(model)
-        token = _CURRENT.set(owner)
+        token = _CURRENT.set((owner, attempt))
         try:
             result = self.wrapped(*a, **k)
         except BaseException as exc:
@@ -382,7 +383,7 @@ class Call:
     def _proceed_recorded(self, a: tuple[Any, ...], k: dict[str, Any], model: Any) -> Any:
         owner = self._owner
         attempt = _begin_attempt(self.record, model, _clock.now())
-        token = _CURRENT.set(owner)
+        token = _CURRENT.set((owner, attempt))
         try:
             result = self.wrapped(*a, **k)
         except BaseException as exc:
@@ -439,13 +440,13 @@ class Call:
         if self.info.inner_is_guard:
             # The next layer claims the call when it starts running, which for
             # an async def is when it is awaited: hold the handoff until then.
-            token = _HANDOFF.set(owner)
+            handoff = _HANDOFF.set(owner)
             try:
                 if self.info.shape == ASYNC:
                     return await self.wrapped(*a, **k)
                 return self.wrapped(*a, **k)
             finally:
-                _HANDOFF.reset(token)
+                _HANDOFF.reset(handoff)
         model = None if kwargs is None else kwargs.get("model")
         if self.info.shape == ASYNCGEN:
             record = self.record
@@ -453,7 +454,7 @@ class Call:
             return AsyncGuardedStream(source=self.wrapped(*a, **k), record=record, attempt=attempt, call=self)
         if owner._record is not None:
             attempt = _begin_attempt(self.record, model, _clock.now())
-            token = _CURRENT.set(owner)
+            token = _CURRENT.set((owner, attempt))
             try:
                 result = await self.wrapped(*a, **k)
             except BaseException as exc:
@@ -463,7 +464,7 @@ class Call:
                 _CURRENT.reset(token)
             return self._observe(attempt, result)
         attempt = owner._begin_unrecorded(model)
-        token = _CURRENT.set(owner)
+        token = _CURRENT.set((owner, attempt))
         try:
             result = await self.wrapped(*a, **k)
         except BaseException as exc:
@@ -606,13 +607,11 @@ def report_usage(
         if not isinstance(value, int) or value < 0:
             msg = f"report_usage({name}=...) must be an int >= 0, got {value!r}"
             raise ValueError(msg)
-    call = _CURRENT.get()
-    if call is None:
+    running = _CURRENT.get()
+    if running is None:
         return False
-    record = call.record  # built now if nobody asked before
-    if not record.attempts:
-        return False
-    attempt = record.attempts[-1]
+    call, attempt = running
+    call.record  # noqa: B018 - built now if nobody asked before; it takes this attempt on
     usage = Usage(
         input_tokens,
         output_tokens,
@@ -802,6 +801,18 @@ class _StreamBase:
         inner = self._innermost()
         return inner._acc.usage if inner._acc is not None else None
 
+    def usage_so_far(self) -> Usage | None:
+        """The usage as the attempt will record it if the stream ends now.
+
+        What the provider reported if the stream had completed; else the input
+        it confirmed and the larger of the output it reported and an estimate
+        from the text seen, flagged estimated (never zero for output seen).
+        """
+        inner = self._innermost()
+        if inner._acc is None:
+            return None
+        return inner._usage_for(Outcome.ERROR, inner._acc)
+
     def _innermost(self) -> _StreamBase:
         node: _StreamBase = self
         while (inner := _inner_of(node._source)) is not None:
@@ -857,6 +868,12 @@ class _StreamBase:
             if inner._acc.finish_reasons:
                 return Outcome.OK
         return Outcome.CLOSED
+
+    @property
+    def _running(self) -> tuple[Call, Attempt] | None:
+        """What `_CURRENT` holds while the innermost stream's code runs."""
+        call, attempt = self._call, self._attempt
+        return None if call is None or attempt is None else (call._owner, attempt)
 
     def _observe_chunk(self, chunk: Any) -> None:
         attempt = self._attempt
@@ -952,8 +969,12 @@ class _StreamBase:
 
     def __del__(self) -> None:
         # Last resort: the caller dropped the stream without finishing it.
+        # A stream that exists (its request sent) counts even if never read;
+        # a generator function's stream that never started made no call.
         try:
-            if not self._finished and (self._it is not None or self._manager is not None):
+            if not self._finished and (
+                self._it is not None or self._manager is not None or self._source is not None
+            ):
                 self._finish(Outcome.ABANDONED, None)
         except Exception:  # noqa: BLE001, S110 - nothing may escape __del__
             pass
@@ -1012,7 +1033,7 @@ class GuardedStream(_StreamBase):
         it = self._it if self._it is not None else self._open()
         try:
             if self._attempt is not None:
-                token = _CURRENT.set(self._call._owner if self._call is not None else None)
+                token = _CURRENT.set(self._running)
                 try:
                     chunk = next(it)
                 finally:
@@ -1121,7 +1142,7 @@ class AsyncGuardedStream(_StreamBase):
         it = self._it if self._it is not None else await self._open()
         try:
             if self._attempt is not None:
-                token = _CURRENT.set(self._call._owner if self._call is not None else None)
+                token = _CURRENT.set(self._running)
                 try:
                     chunk = await it.__anext__()
                 finally:

@@ -526,3 +526,66 @@ def test_a_cached_stream_under_retry_replays_every_chunk(
     assert "message_start" == first[0]
     assert first == second
     assert 1 == api_requests(fake_provider)
+
+
+def test_on_exception_classes_replace_the_default_guard_timeout_included(fake_clock: FakeClock) -> None:
+    """With on=SomeError, a GuardTimeout is retried only if on= names it (TimeoutError does)."""
+    calls = {"narrow": 0, "timeouts": 0}
+
+    @lg.retry(attempts=3, on=ConnectionError)
+    def narrow() -> None:
+        calls["narrow"] += 1
+        raise lg.GuardTimeout("slow", limit="total")
+
+    @lg.retry(attempts=3, on=TimeoutError)
+    def timeouts() -> None:
+        calls["timeouts"] += 1
+        raise lg.GuardTimeout("slow", limit="total")
+
+    with pytest.raises(lg.GuardTimeout):
+        narrow()
+    with pytest.raises(lg.GuardTimeout):
+        timeouts()
+
+    assert {"narrow": 1, "timeouts": 3} == calls
+
+
+def test_bare_retry_and_trace_decorate_a_classmethod(fake_clock: FakeClock) -> None:
+    """@lg.retry and @lg.trace over @classmethod work bare, as on any method."""
+
+    class Service:
+        factor = 3
+
+        @lg.retry
+        @classmethod
+        def retried(cls, n: int) -> int:
+            return cls.factor * n
+
+        @lg.trace
+        @classmethod
+        def traced(cls, n: int) -> int:
+            return cls.factor + n
+
+    assert 6 == Service.retried(2)
+    assert 5 == Service.traced(2)
+
+
+def test_stream_interrupted_usage_is_what_the_attempt_records(
+    fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    """The usage on StreamInterrupted is the estimate the attempt keeps, never the raw placeholder."""
+    client = openai.OpenAI(base_url=fake_provider.openai_base_url, api_key="k", max_retries=0)
+    fake_provider.script(Step(reply="one two three four five six seven eight", drop_after=4))
+
+    @lg.retry
+    def ask(messages: Any) -> Any:
+        return client.chat.completions.create(model="gpt-4o", messages=messages, stream=True)
+
+    with pytest.raises(lg.StreamInterrupted) as info:
+        list(ask(MESSAGES))
+
+    usage = info.value.usage
+    assert usage is not None
+    assert usage.estimated
+    assert usage.output_tokens > 0
+    assert usage.input_tokens > 0

@@ -393,3 +393,48 @@ def test_abandoned_attempt_and_its_retry_stay_separate_attempts(
     assert [1, 2] == [a.number for a in record.attempts]
     assert [10, 20] == sorted(a.usage.input_tokens for a in record.attempts if a.usage)
     assert lg.Usage(30, 3) == record.usage
+
+
+async def test_an_async_generator_body_sees_the_deadline() -> None:
+    """lg.remaining() inside a timed async generator is the deadline's, as in a sync one."""
+
+    @lg.timeout(5)
+    async def agen() -> AsyncIterator[float | None]:
+        yield lg.remaining()
+
+    @lg.timeout(5)
+    def sgen() -> Iterator[float | None]:
+        yield lg.remaining()
+
+    [async_left] = [x async for x in agen()]
+    [sync_left] = list(sgen())
+
+    assert async_left is not None
+    assert sync_left is not None
+    assert 4 < async_left <= 5
+    assert 4 < sync_left <= 5
+
+
+def test_a_timed_generator_keeps_one_context_across_its_yields() -> None:
+    """A context variable set before a yield is still there after it, and its token resets cleanly."""
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    @lg.timeout(10, idle=5)
+    def body() -> Iterator[str]:
+        token = var.set("mine")
+        yield "first"
+        yield var.get()
+        var.reset(token)
+
+    @lg.timeout(10, idle=5)
+    def nested() -> Iterator[float | None]:
+        with lg.timeout(3):
+            yield 1.0
+            yield lg.remaining()
+
+    assert ["first", "mine"] == list(body())
+    first, left = list(nested())
+    assert left is not None
+    assert 2 < left <= 3

@@ -16,6 +16,7 @@ import pytest
 from probe import Probe
 
 import llmguard as lg
+import llmguard._wrap
 
 from llmguard import GuardedStream, Outcome
 from llmguard._context import _CURRENT, _HANDOFF
@@ -890,3 +891,47 @@ def test_a_chunk_hook_added_after_prime_still_sees_the_first_chunk(probe: Probe)
 
     assert [0, 1, 2] == list(numbers())
     assert [0, 1, 2] == seen
+
+
+def test_an_sdk_stream_dropped_unread_still_finishes(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider, probe: Probe
+) -> None:
+    """A returned SDK stream that is never iterated, then dropped, finishes once as abandoned."""
+
+    @probe
+    def ask() -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES, stream=True)  # type: ignore[call-overload]
+
+    stream = ask()
+    record = stream.record
+    del stream
+    gc.collect()
+
+    assert [Outcome.ABANDONED] == probe.finishes
+    assert record.ended_at is not None
+
+
+def test_report_usage_from_an_abandoned_attempt_lands_on_that_attempt() -> None:
+    """Usage reported late by a timed-out attempt is its own, not the retry's."""
+    import itertools
+    import time
+
+    counter = itertools.count()
+
+    @ReadsLate()
+    @lg.retry(attempts=2, initial=0.01, max_delay=0.01)
+    @lg.timeout(0.3)
+    def work() -> str:
+        if next(counter) == 0:
+            time.sleep(0.5)
+            lg.report_usage(input_tokens=1000, output_tokens=1000)
+            return "slow"
+        lg.report_usage(input_tokens=10, output_tokens=10)
+        return "fast"
+
+    late = lg._wrap.layers_of(work)[0]
+    assert "fast" == work()
+    time.sleep(0.4)
+    record = late.calls[0].record  # type: ignore[attr-defined]
+
+    assert [lg.Usage(1000, 1000), lg.Usage(10, 10)] == [a.usage for a in record.attempts]
