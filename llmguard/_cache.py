@@ -7,7 +7,14 @@ everything but the last user message and the model):
 
 * a key-schema version, the function's module and qualified name, and a
   fingerprint of its code (so editing a prompt hard-coded in the body, then
-  redeploying, does not serve the old prompt's answers from Redis);
+  redeploying, does not serve the old prompt's answers from Redis) and of the
+  values its closure captured (so two closures made by one factory, say one
+  per system prompt, never serve each other's answers from a shared store).
+  Captured values are read once, when the function is decorated (a list
+  mutated afterwards is keyed as it was then), and those with no canonical
+  form (SDK clients, locks, other functions, modules) are skipped: a closure
+  that differs only by such a value needs ``key=`` or its own store. Default
+  values are keyed through the arguments they bind to;
 * every argument bound to its parameter name, defaults applied, ``**kwargs``
   flattened in (so ``timeout=`` is found wherever it is passed);
 * values normalised: dicts key-sorted, tuples as lists, pydantic models as
@@ -27,8 +34,12 @@ Single flight: concurrent identical misses make one upstream call. Threads
 wait on an `threading.Event`, asyncio tasks on a future of their own loop
 (cachetools can do neither for coroutines: #92, #137; nor did it stop a
 stampede before 6.0: #294). No lock is held while user code runs. The
-waiters get the leader's value, or its exception (which is not cached); a
-leader that was cancelled lets them try again. A caller never waits for a
+waiters get the leader's value, or the provider's exception (which is not
+cached). What belongs to the leader's own context rather than to the
+request lets them try again: its cancellation, its deadline (a
+`TimeoutError`, `GuardTimeout`), any other llmguard error (its budget, its
+rate limit...), and a result that is not stored (``cache_if=`` refused it,
+or a fallback produced it). A caller never waits for a
 call its own thread or task is making (that would deadlock). Streams are not
 single-flighted: a waiter would get its first chunk only when the whole leader
 stream had been read, at the pace of another caller. With a Redis store the
@@ -87,7 +98,7 @@ from ._wrap import (
     _StreamBase,
     layers_of,
 )
-from .errors import GuardTimeout
+from .errors import GuardTimeout, LLMGuardError
 from .stores import is_redis_target, redis_client
 from .stores.cache import (
     CacheEntry,
@@ -382,7 +393,34 @@ def _code_fingerprint(fn: Callable[..., Any]) -> str:
                 parts.append(repr(const))
 
     walk(code)
+    parts.extend(_closure_parts(inspect.unwrap(fn)))
     return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _closure_parts(fn: Any) -> list[str]:
+    """The canonical form of each value *fn*'s closure captured, by name.
+
+    Read once, at decoration time. Cells that are still empty, or whose value
+    has no canonical form (an SDK client is dropped as usual; a lock, a
+    function or a module is skipped), add nothing: a function without a
+    closure keeps the fingerprint it always had.
+    """
+    cells = getattr(fn, "__closure__", None)
+    code = getattr(fn, "__code__", None)
+    if not cells or code is None:
+        return []
+    parts: list[str] = []
+    for name, cell in zip(code.co_freevars, cells, strict=False):
+        try:
+            value = cell.cell_contents
+        except ValueError:  # not assigned yet
+            continue
+        try:
+            form = canonical(value)
+        except TypeError:
+            continue
+        parts.append(f"closure:{name}={form}")
+    return parts
 
 
 # -- binding arguments to names, fast ----------------------------------------
@@ -546,6 +584,10 @@ class CacheLayer(Layer):
         self.ttl = None if ttl is None else float(ttl)
         self.maxsize = maxsize
         self.key = key
+        self._key_sig: inspect.Signature | None = None
+        if key is not None:
+            with contextlib.suppress(TypeError, ValueError):
+                self._key_sig = inspect.signature(key)
         self.include = include_set
         self.exclude = exclude_set
         self.semantic = semantic
@@ -712,10 +754,21 @@ class CacheLayer(Layer):
         )
 
     def _custom_key(self, call: Call) -> tuple[str, None] | None:
+        key = self.key
+        assert key is not None  # noqa: S101 - checked by the caller
         try:
-            custom = self.key(*call.args, **call.kwargs)  # type: ignore[misc]
+            custom = key(*call.args, **call.kwargs)
         except TypeError:
-            return None  # the call does not fit its own signature: let it raise
+            # Only arguments that do not bind mean "no key" (the call goes
+            # through and the function raises its own TypeError); a TypeError
+            # raised by the key function's body is the caller's bug.
+            if self._key_sig is None:
+                return None  # no signature to tell the two apart
+            try:
+                self._key_sig.bind(*call.args, **call.kwargs)
+            except TypeError:
+                return None
+            raise
         try:
             doc = {"key": _norm(custom)}
         except (_Uncanonical, RecursionError) as exc:
@@ -966,13 +1019,6 @@ class CacheLayer(Layer):
         flight, got = self._follow(call, key)
         if flight is None:
             return self._call(call, key, sem) if got is _AGAIN else got
-        try:
-            entry = self.store.get(key)  # a flight may have landed between our miss and our join
-        except Exception:  # noqa: BLE001 - the first get worked; a second outage is the call's to survive
-            entry = None
-        if entry is not None:
-            self._land(key, flight, entry=entry)
-            return self._hit(call, entry)
         return self._lead(call, key, sem, flight)
 
     def _follow(self, call: Call, key: str) -> tuple[_Flight | None, Any]:
@@ -1019,6 +1065,13 @@ class CacheLayer(Layer):
         """Make the call for everyone waiting on *flight*; land it whatever happens."""
         token = None
         try:
+            try:
+                entry = self.store.get(key)  # a flight may have landed between our miss and our join
+            except Exception:  # noqa: BLE001 - the first get worked; a second outage is the call's to survive
+                entry = None
+            if entry is not None:
+                self._land(key, flight, entry=entry)
+                return self._hit(call, entry)
             if self.store.shared:
                 token, entry = self._lock_shared(key)
                 if entry is not None:
@@ -1028,7 +1081,7 @@ class CacheLayer(Layer):
             try:
                 result = call.proceed()
             except Exception as exc:
-                self._land(key, flight, error=exc)
+                self._land(key, flight, error=_shared_error(exc))
                 raise
             finally:
                 if token is not None:
@@ -1044,11 +1097,12 @@ class CacheLayer(Layer):
             self._streams_seen = True
             self._land(key, flight)  # a stream is its caller's to read: waiters call themselves
             return self._keep_stream(call, key, result, sem)
-        entry = self._entry_for(call.record, result, None)
-        if (why := self._refusal(call.record, result)) is None:
-            self._store(call.record, key, entry, sem)
-        else:
+        if (why := self._refusal(call.record, result)) is not None:
             self._skipped(call.record, why)
+            self._land(key, flight)  # not kept: not an answer to share either
+            return result
+        entry = self._entry_for(call.record, result, None)
+        self._store(call.record, key, entry, sem)
         self._land(key, flight, entry=entry)
         return result
 
@@ -1140,13 +1194,6 @@ class CacheLayer(Layer):
         flight, got = await self._afollow(call, key)
         if flight is None:
             return await self._acall(call, key, sem) if got is _AGAIN else got
-        try:
-            entry = await store.aget(key) if store.blocking else store.get(key)
-        except Exception:  # noqa: BLE001 - the first get worked; a second outage is the call's to survive
-            entry = None
-        if entry is not None:
-            self._land(key, flight, entry=entry)
-            return self._hit(call, entry)
         return await self._alead(call, key, sem, flight)
 
     async def _afollow(self, call: Call, key: str) -> tuple[_Flight | None, Any]:
@@ -1195,9 +1242,17 @@ class CacheLayer(Layer):
 
     async def _alead(self, call: Call, key: str, sem: _SemQuery | None, flight: _Flight) -> Any:
         """`_lead` for tasks."""
+        store = self.store
         token = None
         try:
-            if self.store.shared:
+            try:  # a flight may have landed between our miss and our join
+                entry = await store.aget(key) if store.blocking else store.get(key)
+            except Exception:  # noqa: BLE001 - the first get worked; a second outage is the call's to survive
+                entry = None
+            if entry is not None:
+                self._land(key, flight, entry=entry)
+                return self._hit(call, entry)
+            if store.shared:
                 token, entry = await self._alock_shared(key)
                 if entry is not None:
                     self._land(key, flight, entry=entry)
@@ -1206,18 +1261,19 @@ class CacheLayer(Layer):
             try:
                 result = await call.proceed_async()
             except Exception as exc:
-                self._land(key, flight, error=exc)
+                self._land(key, flight, error=_shared_error(exc))
                 raise
             finally:
                 if token is not None:
                     await asyncio.to_thread(self._unlock, key, token)
-            if isinstance(result, _StreamBase) or not self.store.blocking:
+            if isinstance(result, _StreamBase) or not store.blocking:
                 return self._landed(call, key, sem, flight, result)
-            entry = self._entry_for(call.record, result, None)
-            if (why := self._refusal(call.record, result)) is None:
-                await self._astore(call.record, key, entry, sem)
-            else:
+            if (why := self._refusal(call.record, result)) is not None:
                 self._skipped(call.record, why)
+                self._land(key, flight)  # not kept: not an answer to share either
+                return result
+            entry = self._entry_for(call.record, result, None)
+            await self._astore(call.record, key, entry, sem)
             self._land(key, flight, entry=entry)
             return result
         finally:
@@ -1358,6 +1414,18 @@ class CacheLayer(Layer):
 
 
 _AGAIN: Final = object()
+
+
+def _shared_error(exc: Exception) -> Exception | None:
+    """*exc* if it is the provider's answer to the request, for the waiters too.
+
+    None (the waiters make the call themselves) for what belongs to the
+    leader's own context: its deadline (`TimeoutError`, `GuardTimeout`), and
+    every llmguard error (its budget, its rate limit, its circuit...).
+    """
+    if isinstance(exc, (LLMGuardError, TimeoutError)):
+        return None
+    return exc
 
 
 class _SemQuery:

@@ -51,7 +51,8 @@ class Semantic:
     by default the first of ``messages``, ``prompt``, ``input``, ``contents``,
     ``question``, ``query``, ``q``, ``text`` the function has. *verify*,
     if given, is asked ``verify(new_text, cached_text)`` before a candidate
-    is served and can refuse it.
+    is served and can refuse it; it must be synchronous (an async one is a
+    `TypeError`, as it would never be awaited).
     """
 
     embed: Callable[[str], Any]
@@ -76,6 +77,14 @@ class Semantic:
         if verify is not None and not callable(verify):
             msg = f"Semantic(verify=...) must be a callable (new_text, cached_text) -> bool, got {self.verify!r}"
             raise TypeError(msg)
+        if verify is not None and _is_async_callable(verify):
+            # It would be called without await: its coroutine is truthy, so
+            # every candidate would pass.
+            msg = (
+                f"Semantic(verify=...) must be a plain (sync) callable (new_text, cached_text) -> bool, "
+                f"got the async {self.verify!r}; do the check synchronously"
+            )
+            raise TypeError(msg)
         object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.embed))
 
     def param_for(self, fn: Callable[..., Any], names: Sequence[str], has_var_kw: bool) -> str:
@@ -94,6 +103,14 @@ class Semantic:
             f"is the user's message; pass Semantic(param='<name>')"
         )
         raise ValueError(msg)
+
+
+def _is_async_callable(fn: object) -> bool:
+    """Whether calling *fn* returns an awaitable it means: a coroutine function or async ``__call__``."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = inspect.getattr_static(type(fn), "__call__", None)
+    return call is not None and inspect.iscoroutinefunction(call)
 
 
 def split(bound: dict[str, Any], param: str) -> tuple[str, dict[str, Any]] | None:

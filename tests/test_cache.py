@@ -1226,3 +1226,251 @@ def test_a_hit_read_late_still_says_hit_and_what_it_saved(
     assert lg.Usage(100, 10) == second.extra["cached_usage"]
     assert [] == second.attempts
     assert 1 == len([r for r in fake_provider.requests if r.path == "/v1/messages"])
+
+
+# -- single flight: what waiters may and may not inherit -------------------------
+
+
+async def test_a_leader_cancelled_during_its_store_recheck_does_not_strand_later_calls() -> None:
+    """A leader cancelled while re-reading a slow store after joining lands its flight for the next caller."""
+    reads: list[str] = []
+
+    class SlowStore(MemoryCacheStore):
+        blocking = True
+
+        async def aget(self, key: str) -> Any:
+            reads.append(key)
+            await asyncio.sleep(0.05)
+            return self.get(key)
+
+    calls = []
+
+    @lg.cache(store=SlowStore())
+    async def ask(q: str) -> str:
+        calls.append(q)
+        return f"answer {q}"
+
+    leader = asyncio.create_task(ask("q"))
+    await asyncio.sleep(0.075)  # in its second read, after taking the flight
+    leader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+
+    assert 2 == len(reads)
+    assert "answer q" == await asyncio.wait_for(ask("q"), 2)
+    assert ["q"] == calls
+
+
+def test_a_leader_interrupted_during_its_store_recheck_does_not_strand_later_calls() -> None:
+    """A sync leader interrupted while re-reading the store lands its flight for the next caller."""
+
+    class Interrupt(BaseException):
+        pass
+
+    class FlakyStore(MemoryCacheStore):
+        reads = 0
+
+        def get(self, key: str) -> Any:
+            FlakyStore.reads += 1
+            if FlakyStore.reads == 2:  # the leader's re-check
+                raise Interrupt
+            return super().get(key)
+
+    @lg.cache(store=FlakyStore())
+    def ask(q: str) -> str:
+        return f"answer {q}"
+
+    with pytest.raises(Interrupt):
+        ask("q")
+    done: list[str] = []
+    thread = threading.Thread(target=lambda: done.append(ask("q")), daemon=True)
+    thread.start()
+    thread.join(2)
+
+    assert ["answer q"] == done
+
+
+def test_waiters_do_not_inherit_the_leaders_own_deadline(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """A leader's GuardTimeout (its caller's deadline) is not handed to a waiter without one: it calls itself."""
+    fake_provider.script(Step(delay=0.6), Step(reply="waiter's own answer"))
+
+    @lg.cache
+    @lg.timeout(30)
+    def ask(q: str) -> Any:
+        return anthropic_client.messages.create(model=SONNET, max_tokens=64, messages=user(q))
+
+    out: dict[str, Any] = {}
+
+    def leader() -> None:
+        try:
+            with lg.timeout(0.2):
+                out["leader"] = ask("same")
+        except Exception as exc:  # noqa: BLE001 - recorded for the assertion
+            out["leader"] = type(exc)
+
+    def waiter() -> None:
+        time.sleep(0.1)
+        try:
+            out["waiter"] = ask("same").content[0].text
+        except Exception as exc:  # noqa: BLE001 - recorded for the assertion
+            out["waiter"] = type(exc)
+
+    threads = [threading.Thread(target=leader), threading.Thread(target=waiter)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert {"leader": GuardTimeout, "waiter": "waiter's own answer"} == out
+    assert 2 == len(fake_provider.requests)
+
+
+async def test_waiters_do_not_inherit_the_leaders_budget_refusal() -> None:
+    """A leader refused by its own budget scope lets its waiter make the call itself."""
+    release = asyncio.Event()
+    calls = []
+
+    @lg.cache
+    async def ask(q: str) -> str:
+        calls.append(q)
+        if len(calls) == 1:
+            await release.wait()
+            raise lg.BudgetExceeded("the leader's own budget is spent")
+        return "waiter's own answer"
+
+    leader = asyncio.create_task(ask("same"))
+    await asyncio.sleep(0.02)
+    waiter = asyncio.create_task(ask("same"))
+    await asyncio.sleep(0.02)
+    release.set()
+
+    with pytest.raises(lg.BudgetExceeded):
+        await leader
+    assert "waiter's own answer" == await asyncio.wait_for(waiter, 2)
+    assert 2 == len(calls)
+
+
+def test_waiters_do_not_get_a_result_cache_if_refused(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """A waiter is not handed the leader's refused result (nor counted a hit): it makes its own call."""
+    fake_provider.script(Step(reply="I cannot help", delay=0.3), Step(reply="Sure: blue"))
+
+    @lg.cache(cache_if=lambda m: not m.content[0].text.startswith("I cannot"))
+    def ask(q: str) -> Any:
+        return anthropic_client.messages.create(model=SONNET, max_tokens=64, messages=user(q))
+
+    out: dict[str, str] = {}
+
+    def run(name: str, delay: float) -> None:
+        time.sleep(delay)
+        out[name] = ask("colour?").content[0].text
+
+    threads = [threading.Thread(target=run, args=("leader", 0)), threading.Thread(target=run, args=("waiter", 0.1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert {"leader": "I cannot help", "waiter": "Sure: blue"} == out
+    assert 2 == len(fake_provider.requests)
+    assert 0 == lg.cache_info(ask).hits
+
+
+def test_waiters_do_not_get_a_fallbacks_answer() -> None:
+    """A waiter is not handed an answer a fallback produced: it makes its own call."""
+    calls = []
+
+    class PretendFallback(lg._wrap.Layer):
+        def around(self, call: Any) -> Any:
+            if not calls:
+                call.record.fallback_target = "backup"
+            return call.proceed()
+
+    @lg.cache
+    @PretendFallback()
+    def f(q: str) -> str:
+        calls.append(q)
+        time.sleep(0.3 if len(calls) == 1 else 0)
+        return "backup" if len(calls) == 1 else "primary"
+
+    out: dict[str, str] = {}
+
+    def run(name: str, delay: float) -> None:
+        time.sleep(delay)
+        out[name] = f("a")
+
+    threads = [threading.Thread(target=run, args=("leader", 0)), threading.Thread(target=run, args=("waiter", 0.1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert {"leader": "backup", "waiter": "primary"} == out
+    assert 0 == lg.cache_info(f).hits
+
+
+# -- closures ----------------------------------------------------------------------
+
+
+def test_closures_from_one_factory_sharing_a_store_keep_their_answers_apart() -> None:
+    """Two closures of one factory differ by their captured values, so a shared store keeps them apart."""
+    store = MemoryCacheStore(maxsize=8)
+
+    def make_agent(system_prompt: str) -> Any:
+        @lg.cache(store=store)
+        def ask(q: str) -> str:
+            return f"[{system_prompt}] reply to {q}"
+
+        return ask
+
+    pirate = make_agent("talk like a pirate")
+    lawyer = make_agent("answer as a lawyer")
+    pirate_again = make_agent("talk like a pirate")
+
+    assert "[talk like a pirate] reply to hi" == pirate("hi")
+    assert "[answer as a lawyer] reply to hi" == lawyer("hi")
+    assert "[talk like a pirate] reply to hi" == pirate_again("hi")
+    assert 1 == lg.cache_info(pirate_again).hits
+
+
+# -- semantic verify ---------------------------------------------------------------
+
+
+def test_an_async_verify_hook_is_rejected() -> None:
+    """Semantic(verify=<async>) is a TypeError: it would never be awaited, so it would always pass."""
+
+    async def verify(new: str, old: str) -> bool:
+        return False
+
+    class AsyncVerify:
+        async def __call__(self, new: str, old: str) -> bool:
+            return False
+
+    for hook in (verify, AsyncVerify()):
+        with pytest.raises(TypeError, match=r"Semantic\(verify=\.\.\.\)"):
+            lg.Semantic(embed=toy_embed, verify=hook)  # type: ignore[arg-type]
+
+
+# -- key= ----------------------------------------------------------------------------
+
+
+def test_an_error_inside_the_key_function_propagates() -> None:
+    """A TypeError raised by the key= function's own body is the caller's bug, not a silent cache bypass."""
+    calls = []
+
+    def my_key(q: str, user: str | None = None) -> str:
+        return q.lower() + user  # type: ignore[operator]
+
+    @lg.cache(key=my_key)
+    def ask(q: str, user: str | None = None) -> str:
+        calls.append(q)
+        return "x"
+
+    with pytest.raises(TypeError, match=r"unsupported operand|can only concatenate"):
+        ask("Hi")
+    assert [] == calls
+    with pytest.raises(TypeError):
+        ask("Hi", "u", "extra")  # does not bind: the function raises its own TypeError
