@@ -184,15 +184,20 @@ class TimeoutLayer(Layer):
         if wait_until is None:  # only idle limits: nothing to bound yet
             result = ctx.run(call.proceed)
         else:
+            allowed = max(wait_until - _clock.now(), 0.0)
             future = _WORKERS.submit(lambda: ctx.run(call.proceed))
             try:
-                result = future.result(timeout=max(wait_until - _clock.now(), 0.0))
+                result = future.result(timeout=allowed)
             except TimeoutError:
                 future.cancel()
-                raise self._expired(call, limit, self._seconds(limit)) from None
+                raise self._expired(call, limit, self._fired(limit, allowed)) from None
         if isinstance(result, GuardedStream):
             return _TimedStream.wrap(result, self, deadline, first_by, call)
         return result
+
+    def _fired(self, limit: str, allowed: float) -> float:
+        """The seconds the limit that fired allowed (an outer, shorter deadline's own)."""
+        return allowed if limit == "total" else self._seconds(limit)
 
     def _seconds(self, limit: str) -> float:
         return {"first_token": self.first_token, "idle": self.idle}.get(limit) or self.total or 0.0
@@ -232,12 +237,13 @@ class TimeoutLayer(Layer):
             fired = True
             task.cancel()
 
-        handle = loop.call_at(loop.time() + max(until - _clock.now(), 0.0), expire)
+        allowed = max(until - _clock.now(), 0.0)
+        handle = loop.call_at(loop.time() + allowed, expire)
         try:
             return await call.proceed_async()
         except asyncio.CancelledError:
             if fired and task.uncancel() == 0:
-                raise self._expired(call, limit, self._seconds(limit)) from None
+                raise self._expired(call, limit, self._fired(limit, allowed)) from None
             raise
         finally:
             handle.cancel()

@@ -438,3 +438,20 @@ def test_a_timed_generator_keeps_one_context_across_its_yields() -> None:
     first, left = list(nested())
     assert left is not None
     assert 2 < left <= 3
+
+
+def test_the_timeout_message_names_the_deadline_that_fired(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """Inside `with lg.timeout(0.3)`, a guard of 30 s reports the 0.3 s that actually fired."""
+    fake_provider.script(Step(delay=2.0))
+
+    @lg.timeout(30)
+    def ask() -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
+
+    with lg.timeout(0.3), pytest.raises(lg.GuardTimeout) as info:
+        ask()
+
+    assert info.value.seconds <= 0.3
+    assert "30s" not in str(info.value)
