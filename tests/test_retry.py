@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import warnings
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anthropic
 import openai
 import pytest
+
+from shapes import SHAPES, build
 
 import llmguard as lg
 
@@ -21,74 +23,8 @@ from llmguard.testing import FakeClock
 MODEL = "claude-sonnet-4-6"
 MESSAGES: Any = [{"role": "user", "content": "hello there"}]
 
-# Every call shape, each consumed to the text it produced.
-SHAPES = ["def", "async def", "def->stream", "async def->stream", "generator", "async generator", "method"]
 
 
-def build(shape: str, decorate: Callable[[Any], Any], sync: anthropic.Anthropic, aclient: anthropic.AsyncAnthropic) -> Callable[[], str]:
-    """A guarded function of *shape* and a thunk that calls it and returns its text."""
-
-    def create(**kw: Any) -> Any:
-        return sync.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, **kw)
-
-    async def acreate(**kw: Any) -> Any:
-        return await aclient.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, **kw)
-
-    def events_text(events: Any) -> str:
-        return "".join(e.delta.text for e in events if e.type == "content_block_delta")
-
-    if shape == "def":
-        f = decorate(create)
-        return lambda: f().content[0].text
-    if shape == "async def":
-
-        @decorate
-        async def af() -> Any:
-            return await acreate()
-
-        return lambda: asyncio.run(af()).content[0].text
-    if shape == "def->stream":
-        g = decorate(lambda: create(stream=True))
-        return lambda: events_text(list(g()))
-    if shape == "async def->stream":
-
-        @decorate
-        async def ag() -> Any:
-            return await acreate(stream=True)
-
-        async def consume() -> str:
-            return events_text([e async for e in await ag()])
-
-        return lambda: asyncio.run(consume())
-    if shape == "generator":
-
-        @decorate
-        def gen() -> Iterator[str]:
-            for e in create(stream=True):
-                if e.type == "content_block_delta":
-                    yield e.delta.text
-
-        return lambda: "".join(gen())
-    if shape == "async generator":
-
-        @decorate
-        async def agen() -> AsyncIterator[str]:
-            async for e in await acreate(stream=True):
-                if e.type == "content_block_delta":
-                    yield e.delta.text
-
-        async def consume_gen() -> str:
-            return "".join([t async for t in agen()])
-
-        return lambda: asyncio.run(consume_gen())
-
-    class Service:
-        @decorate
-        def ask(self) -> Any:
-            return create()
-
-    svc = Service()
-    return lambda: svc.ask().content[0].text
 
 
 @pytest.fixture

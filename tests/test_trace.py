@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
+from shapes import SHAPES, build, text_of_events
 
 import llmguard as lg
 
@@ -109,10 +110,6 @@ def point_with(metric: Any, **attrs: Any) -> Any:
     found = [p for p in points(metric) if all(p.attributes.get(k.replace("__", ".")) == v for k, v in attrs.items())]
     assert 1 == len(found), [dict(p.attributes) for p in points(metric)]
     return found[0]
-
-
-def text_of_events(events: Any) -> str:
-    return "".join(e.delta.text for e in events if e.type == "content_block_delta")
 
 
 # -- the span of one call: name, kind, attributes --------------------------------
@@ -250,73 +247,8 @@ async def test_async_openai_stream_span_records_usage_and_ttfc(
 
 # -- every call shape ------------------------------------------------------------
 
-SHAPES = ["def", "async def", "def->stream", "async def->stream", "generator", "async generator", "method"]
 
 
-def build(shape: str, decorate: Callable[[Any], Any], sync: anthropic.Anthropic, aclient: anthropic.AsyncAnthropic) -> Callable[[], str]:
-    """A guarded function of *shape* and a thunk that calls it and returns its text."""
-
-    def create(**kw: Any) -> Any:
-        return sync.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, **kw)
-
-    async def acreate(**kw: Any) -> Any:
-        return await aclient.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, **kw)
-
-    if shape == "def":
-        f = decorate(create)
-        return lambda: f().content[0].text
-    if shape == "async def":
-
-        @decorate
-        async def af() -> Any:
-            return await acreate()
-
-        return lambda: asyncio.run(af()).content[0].text
-    if shape == "def->stream":
-        g = decorate(lambda: create(stream=True))
-        return lambda: text_of_events(list(g()))
-    if shape == "async def->stream":
-
-        @decorate
-        async def ag() -> Any:
-            return await acreate(stream=True)
-
-        async def consume() -> str:
-            return text_of_events([e async for e in await ag()])
-
-        return lambda: asyncio.run(consume())
-    if shape == "generator":
-
-        @decorate
-        def gen() -> Iterator[str]:
-            for e in create(stream=True):
-                if e.type == "content_block_delta":
-                    yield e.delta.text
-
-        return lambda: "".join(gen())
-    if shape == "async generator":
-
-        @decorate
-        async def agen() -> AsyncIterator[str]:
-            async for e in await acreate(stream=True):
-                if e.type == "content_block_delta":
-                    yield e.delta.text
-
-        async def consume_gen() -> str:
-            return "".join([t async for t in agen()])
-
-        return lambda: asyncio.run(consume_gen())
-
-    class Service:
-        def __init__(self) -> None:
-            self.client = sync
-
-        @decorate
-        def ask(self, model: str = MODEL) -> Any:
-            return self.client.messages.create(model=model, max_tokens=64, messages=MESSAGES)
-
-    svc = Service()
-    return lambda: svc.ask().content[0].text
 
 
 @pytest.mark.parametrize("shape", SHAPES)
