@@ -27,7 +27,7 @@ def exporter() -> InMemorySpanExporter:
 
 
 def stack(exporter: InMemorySpanExporter) -> Callable[[Any], Any]:
-    """trace → cache → retry → budget → timeout, as DESIGN.md orders them."""
+    """Trace → cache → retry → budget → timeout, as DESIGN.md orders them."""
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
 
