@@ -60,18 +60,11 @@ On = type[BaseException] | tuple[type[BaseException], ...] | Predicate | None
 
 _JITTERS: Final = ("full", "equal", "decorrelated", None)
 
-# What a later identical request cannot fix: never retried, whatever
-# x-should-retry says.
+# What a later identical request cannot fix, whatever x-should-retry says.
+# (Other client errors — auth, not found, bad request — are not transient, so
+# they are retried only when the server itself says x-should-retry: true.)
 _NEVER_STATUSES: Final = frozenset({400, 401, 403, 404, 422})
-_NEVER_KINDS: Final = frozenset(
-    {
-        ErrorKind.BAD_REQUEST,
-        ErrorKind.AUTH,
-        ErrorKind.NOT_FOUND,
-        ErrorKind.CONTEXT_TOO_LONG,
-        ErrorKind.CONTENT_FILTERED,
-    }
-)
+_NEVER_KINDS: Final = frozenset({ErrorKind.CONTEXT_TOO_LONG, ErrorKind.CONTENT_FILTERED})
 # Exceptions that end a call rather than fail it.
 _NOT_FAILURES: Final = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
@@ -247,7 +240,7 @@ class RetryLayer(Layer):
         state.last_delay = wait
         return wait
 
-    def _judge(self, exc: BaseException) -> tuple[float | None, str, bool]:  # noqa: PLR0912 - one rule per branch, in priority order
+    def _judge(self, exc: BaseException) -> tuple[float | None, str, bool]:
         """(server delay, reason not to retry, whether the delay is exact) for *exc*.
 
         An empty reason means retry; a delay from an ``on=`` predicate is used
@@ -279,15 +272,8 @@ class RetryLayer(Layer):
             return None, f"not retryable ({type(exc).__name__})", False
         if info.should_retry is False:
             return None, "the server said x-should-retry: false", False
-        never = info.status in _NEVER_STATUSES or info.kind in (
-            ErrorKind.CONTEXT_TOO_LONG,
-            ErrorKind.CONTENT_FILTERED,
-        )
-        if not info.should_retry and info.kind in _NEVER_KINDS:
-            never = True
-        if info.kind.transient and not never:
-            return info.retry_after, "", False
-        if info.should_retry and not never:
+        never = info.status in _NEVER_STATUSES or info.kind in _NEVER_KINDS
+        if not never and (info.kind.transient or info.should_retry):
             return info.retry_after, "", False
         return None, f"not retryable ({info.kind.value})", False
 

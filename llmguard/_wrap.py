@@ -655,8 +655,7 @@ def shape_of(fn: Callable[..., Any]) -> str:
 
 _STREAM_TYPES: dict[type, str | None] = {}
 _UNSEEN = "unseen"
-_OK = Outcome.OK  # enum member lookups cost ~50 ns; the hot path uses these
-_PENDING = Outcome.PENDING
+_OK = Outcome.OK  # enum member lookups cost ~50 ns; the hot path uses this
 
 # (module, class name, kind) of the SDKs' stream objects, resolved lazily so
 # that no SDK is imported unless the user's code already returned one of its
@@ -1233,8 +1232,10 @@ def layers_of(fn: object) -> list[Layer]:
         node = nxt
 
 
-def _end_record(record: CallRecord, exc: BaseException | None, ended: float) -> None:
-    record.outcome = outcome_of(exc)
+def _end_record(
+    record: CallRecord, exc: BaseException | None, ended: float, outcome: Outcome | None = None
+) -> None:
+    record.outcome = outcome_of(exc) if outcome is None else outcome
     if exc is not None and record.error_kind is None:
         record.error_kind = error_kind_of(exc)
     record.ended_at = ended
@@ -1242,10 +1243,7 @@ def _end_record(record: CallRecord, exc: BaseException | None, ended: float) -> 
 
 def _end_record_hook(record: CallRecord) -> FinishHook:
     def hook(outcome: Outcome, exc: BaseException | None) -> None:
-        record.outcome = outcome
-        if exc is not None and record.error_kind is None:
-            record.error_kind = error_kind_of(exc)
-        record.ended_at = _clock.now()
+        _end_record(record, exc, _clock.now(), outcome)
 
     return hook
 

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ._clock import Clock, get_clock, set_clock
+from ._clock import Clock, set_clock
 from ._events import add_listener, remove_listener
 from ._fake_provider import FakeProvider, RecordedRequest, Step
 
@@ -120,11 +120,6 @@ def capture_events(prefix: str = "llmguard.") -> Iterator[list[CapturedEvent]]:
         yield captured
     finally:
         remove_listener(listener)
-
-
-def current_clock() -> Clock:
-    """The clock guards use now (a `FakeClock` inside `fake_clock()`)."""
-    return get_clock()
 
 
 # -- pytest plugin -----------------------------------------------------------
