@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 
 # The outermost layer's `Call` of a call, which owns its record.
 _HANDOFF: ContextVar[Call | None] = ContextVar("llmguard_handoff", default=None)
-# That call, and the attempt whose code is running (report_usage writes there).
-_CURRENT: ContextVar[tuple[Call, Attempt] | None] = ContextVar("llmguard_current", default=None)
+# That call, and the attempt whose code is running (report_usage writes there);
+# None for a fast lane's attempt, which is the call's ``_lane``.
+_CURRENT: ContextVar[tuple[Call, Attempt | None] | None] = ContextVar("llmguard_current", default=None)
 _DEADLINE: ContextVar[float | None] = ContextVar("llmguard_deadline", default=None)
 
 

@@ -46,7 +46,7 @@ from typing import Any, Final, Literal, ParamSpec, TypeVar, overload
 from . import _clock, _events
 from ._context import deadline as active_deadline
 from ._record import CallRecord, ErrorKind
-from ._wrap import AsyncGuardedStream, Call, GuardedStream, Layer, _StreamBase
+from ._wrap import SYNC, AsyncGuardedStream, Call, GuardedStream, Lane, Layer, _StreamBase
 from .errors import GuardTimeout, LLMGuardError, StreamInterrupted
 from .providers import classify
 
@@ -328,6 +328,12 @@ class RetryLayer(Layer):
         self._check_sdk_retried(exc)
 
     # -- the guard ---------------------------------------------------------
+
+    def lane(self, shape: str) -> Lane | None:
+        """The fast path: nothing to do until the function fails or returns a stream."""
+        if self._budget is not None:  # every call deposits: the general path
+            return None
+        return Lane(None, None, self.resume if shape == SYNC else self.resume_async)
 
     def around(self, call: Call) -> Any:
         """Run the call, retrying transient failures."""

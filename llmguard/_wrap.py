@@ -46,7 +46,7 @@ import warnings
 
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, ParamSpec, TypeVar, cast
 
 import wrapt
 
@@ -79,6 +79,30 @@ _FINISH_LOCK = threading.Lock()
 _INPUT_PARAMS = ("system", "messages", "prompt", "input", "contents", "instructions")
 
 
+class Lane(NamedTuple):
+    """A layer's fused fast path for a call it guards alone (see `_lane_sync`).
+
+    ``enter(call)`` runs before the function (it may raise, or return
+    `GENERAL` to take the general path for this call); its return value is
+    handed to the others. ``leave(call, state, result)`` runs after a plain
+    result (not a stream), its attempt already settled; it returns the result.
+    ``resume(call, state)`` takes over when the function raised or returned a
+    stream or a type not seen before: it continues as the layer's general
+    path would after its first ``call.proceed()``, which hands back that
+    outcome (awaitable for ``async def``).
+    """
+
+    enter: Callable[[Call], Any] | None
+    leave: Callable[[Call, Any, Any], Any] | None
+    resume: Callable[[Call, Any], Any]
+
+
+# What `Lane.enter` returns to send one call down the general path instead.
+GENERAL: Any = object()
+# `Call._lane` while the lane's attempt runs and nobody has asked for the record.
+_RUNNING: Any = object()
+
+
 class Layer:
     """One guard's behaviour around a call. Subclass it once per guard.
 
@@ -105,6 +129,18 @@ class Layer:
     async def around_async(self, call: Call) -> Any:
         """Run one call of an ``async def`` or async generator function."""
         return await call.proceed_async()
+
+    def lane(self, shape: str) -> Lane | None:  # noqa: ARG002
+        """The layer's fast path for *shape* (`SYNC` or `ASYNC`), or None for none."""
+        return None
+
+    def resume(self, call: Call, state: Any) -> Any:  # noqa: ARG002
+        """`Lane.resume` for a layer that does nothing before its first proceed: `around`."""
+        return self.around(call)
+
+    async def resume_async(self, call: Call, state: Any) -> Any:  # noqa: ARG002
+        """`Lane.resume` for ``async def``: `around_async`."""
+        return await self.around_async(call)
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         """Decorate *fn* with this layer."""
@@ -171,11 +207,13 @@ class Call:
         "_deadline",
         "_end",
         "_inflight",
+        "_lane",
         "_notes",
         "_owner",
         "_parent",
         "_pending",
         "_record",
+        "_replay",
         "args",
         "info",
         "instance",
@@ -200,6 +238,8 @@ class Call:
         self.instance = instance
         self.args = args
         self.kwargs = kwargs
+        # A lane's first outcome, for the general path's first proceed (see `_lane_sync`).
+        self._replay: tuple[Attempt, Any, BaseException | None] | None = None
         owner = _HANDOFF.get()
         if owner is None:
             # The outermost layer of this call: it owns the call's state.
@@ -214,6 +254,8 @@ class Call:
             self._end: tuple[float, BaseException | None] | None = None
             self._deadline: float | None = None
             self._notes: dict[str, Any] | None = None
+            # A fast lane's first attempt: _RUNNING while unrecorded, then its Attempt.
+            self._lane: Attempt | object | None = None
             self.started_at = _clock.now()
         else:
             self._owner = owner
@@ -251,6 +293,11 @@ class Call:
         running = self._inflight or []
         self._pending = None
         attempts = [(a.started_at, a) for a, *_ in done] + [(a.started_at, a) for a in running]
+        if self._lane is _RUNNING:
+            # A lane's attempt, still running: it goes on the record now.
+            lane = Attempt(0, None, self.started_at)
+            self._lane = lane
+            attempts.append((lane.started_at, lane))
         for _, attempt in sorted(attempts, key=lambda pair: pair[0]):
             attempt.number = len(record.attempts) + 1
             if not isinstance(attempt.model, str):
@@ -349,6 +396,8 @@ class Call:
         self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None
     ) -> Any:
         """Call what this layer wraps (sync and generator shapes)."""
+        if self._replay is not None:
+            return self._replayed()
         a = self.args if args is None else args
         k = self.kwargs if kwargs is None else kwargs
         owner = self._owner
@@ -393,6 +442,50 @@ class Call:
             _CURRENT.reset(token)
         return self._observe(attempt, result)
 
+    # -- the fast lane (see `_lane_sync`) -------------------------------------
+
+    def _lane_returned(self, result: Any) -> bool:
+        """The lane's function returned *result*; True if it is a plain result now settled.
+
+        False means the general path must take over (a stream, a type not
+        seen before): the outcome is kept for its first proceed.
+        """
+        lane = self._lane
+        if type(result) in _PLAIN_TYPES:
+            if lane is _RUNNING:
+                # Kept where `_materialize` finds finished attempts.
+                self._pending = [(Attempt(0, None, self.started_at), _clock.now(), result, None)]
+                self._lane = None
+            else:  # recorded while it ran: settle it as `_observe` would
+                _settle_attempt(cast("Attempt", lane), providers.observe_result(result), _clock.now())
+            return True
+        self._hand_over(result, None)
+        return False
+
+    def _hand_over(self, result: Any, exc: BaseException | None) -> None:
+        """Keep the lane's outcome for the general path's first proceed."""
+        lane, self._lane = self._lane, None
+        if lane is _RUNNING:
+            attempt = Attempt(0, None, self.started_at)
+            self._inflight = [attempt]
+        else:
+            attempt = cast("Attempt", lane)
+        self._replay = (attempt, result, exc)
+
+    def _replayed(self) -> Any:
+        """The first proceed after a hand-over: the lane's outcome, bookkept as a proceed's."""
+        attempt, result, exc = cast("tuple[Attempt, Any, BaseException | None]", self._replay)
+        self._replay = None
+        if exc is not None:
+            if attempt.number:
+                _fail_attempt(attempt, exc, _clock.now())
+            else:
+                self._attempt_done(attempt, None, exc)
+            raise exc
+        if attempt.number:
+            return self._observe(attempt, result)
+        return self._attempt_returned(attempt, result)
+
     def _begin_unrecorded(self, model: Any) -> Attempt:
         """An attempt not yet on a record (owner only); it is kept as running."""
         attempt = Attempt(0, model, _clock.now())
@@ -432,6 +525,8 @@ class Call:
         self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None
     ) -> Any:
         """Call what this layer wraps (async and async generator shapes)."""
+        if self._replay is not None:
+            return self._replayed()
         a = self.args if args is None else args
         k = self.kwargs if kwargs is None else kwargs
         owner = self._owner
@@ -612,6 +707,8 @@ def report_usage(
         return False
     call, attempt = running
     call.record  # noqa: B018 - built now if nobody asked before; it takes this attempt on
+    if attempt is None:  # a lane's attempt, on the record since that line
+        attempt = cast("Attempt", call._lane)
     usage = Usage(
         input_tokens,
         output_tokens,
@@ -654,6 +751,8 @@ def shape_of(fn: Callable[..., Any]) -> str:
 
 
 _STREAM_TYPES: dict[type, str | None] = {}
+# Types seen and known to be whole results (not streams, not guarded streams).
+_PLAIN_TYPES: set[type] = set()
 _UNSEEN = "unseen"
 _OK = Outcome.OK  # enum member lookups cost ~50 ns; the hot path uses this
 
@@ -706,6 +805,8 @@ def stream_kind(result: object) -> str | None:
                     kind = k
                     break
     _STREAM_TYPES[tp] = kind
+    if kind is None and not isinstance(result, _StreamBase):
+        _PLAIN_TYPES.add(tp)
     return kind
 
 
@@ -1209,7 +1310,7 @@ class AsyncGuardedStream(_StreamBase):
 def layer_of(fn: object) -> Layer | None:
     """The llmguard layer *fn* is wrapped in, or None if it is not guarded."""
     code = getattr(fn, "__code__", None)
-    if code is _SYNC_CODE or code is _ASYNC_CODE:
+    if code in _GUARDED_CODES:
         layer = getattr(fn, "__llmguard_layer__", None)
         return layer if isinstance(layer, Layer) else None
     wrapper = getattr(fn, "_self_wrapper", None)  # a wrapt-wrapped generator function
@@ -1273,10 +1374,15 @@ def wrap(layer: Layer, fn: Callable[P, R]) -> Callable[P, R]:
     layer = layer.for_function(fn, info.shape)
     shape = info.shape
 
-    if shape == SYNC:
-        return cast("Callable[P, R]", _plain_sync(layer, info, fn))
-    if shape == ASYNC:
-        return cast("Callable[P, R]", _plain_async(layer, info, fn))
+    if shape in (SYNC, ASYNC):
+        lane = None if info.inner_is_guard else layer.lane(shape)
+        if shape == SYNC:
+            made = _plain_sync(layer, info, fn) if lane is None else _lane_sync(layer, info, fn, lane)
+        else:
+            made = _plain_async(layer, info, fn) if lane is None else _lane_async(layer, info, fn, lane)
+        functools.update_wrapper(made, fn)
+        made.__llmguard_layer__ = layer  # type: ignore[attr-defined]
+        return cast("Callable[P, R]", made)
     if shape == GEN:
 
         def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -1323,8 +1429,6 @@ def _plain_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any]) -> Ca
             raise
         return _end_with_result(call, result)
 
-    functools.update_wrapper(guarded, fn)
-    guarded.__llmguard_layer__ = layer  # type: ignore[attr-defined]
     return guarded
 
 
@@ -1343,8 +1447,102 @@ def _plain_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any]) -> C
             raise
         return _end_with_result(call, result)
 
-    functools.update_wrapper(guarded, fn)
-    guarded.__llmguard_layer__ = layer  # type: ignore[attr-defined]
+    return guarded
+
+
+# A lane: one layer alone around a def or async def runs its fast path fused
+# with the core (one closure, no per-call layer dispatch, no Attempt object
+# until someone reads the record) and falls back to the general path for
+# anything unusual: an exception, a stream, an unseen result type. Stacked
+# layers, and a layer called as the inner layer of another, use the general
+# path; the facts recorded are the same either way.
+
+
+def _lane_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: Lane) -> Callable[..., Any]:
+    enter, leave, resume = lane
+    offset = info.self_offset
+    handoff_get, current_set, current_reset = _HANDOFF.get, _CURRENT.set, _CURRENT.reset
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        instance = None
+        rest = args
+        if offset and args:
+            instance, rest = args[0], args[1:]
+        if handoff_get() is not None:  # the inner layer of another guard's call
+            return layer.around(Call(layer, info, fn, instance, rest, kwargs))
+        call = Call(layer, info, fn, instance, rest, kwargs)
+        try:
+            state = None
+            if enter is not None:
+                state = enter(call)
+                if state is GENERAL:
+                    return _end_with_result(call, layer.around(call))
+            call._lane = _RUNNING
+            token = current_set((call, None))
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to resume, which re-raises
+                current_reset(token)
+                call._hand_over(None, exc)
+                result = resume(call, state)
+            else:
+                current_reset(token)
+                if call._lane is _RUNNING and leave is None and type(result) in _PLAIN_TYPES:
+                    return result  # nobody asked for the record: nothing more to keep
+                if call._lane_returned(result):
+                    if leave is not None:
+                        result = leave(call, state, result)
+                else:
+                    result = resume(call, state)
+        except BaseException as exc:
+            call._finish_call(exc)
+            raise
+        return _end_with_result(call, result)
+
+    return guarded
+
+
+def _lane_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: Lane) -> Callable[..., Any]:
+    enter, leave, resume = lane
+    offset = info.self_offset
+    handoff_get, current_set, current_reset = _HANDOFF.get, _CURRENT.set, _CURRENT.reset
+
+    async def guarded(*args: Any, **kwargs: Any) -> Any:
+        instance = None
+        rest = args
+        if offset and args:
+            instance, rest = args[0], args[1:]
+        if handoff_get() is not None:
+            return await layer.around_async(Call(layer, info, fn, instance, rest, kwargs))
+        call = Call(layer, info, fn, instance, rest, kwargs)
+        try:
+            state = None
+            if enter is not None:
+                state = enter(call)
+                if state is GENERAL:
+                    return _end_with_result(call, await layer.around_async(call))
+            call._lane = _RUNNING
+            token = current_set((call, None))
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to resume, which re-raises
+                current_reset(token)
+                call._hand_over(None, exc)
+                result = await resume(call, state)
+            else:
+                current_reset(token)
+                if call._lane is _RUNNING and leave is None and type(result) in _PLAIN_TYPES:
+                    return result
+                if call._lane_returned(result):
+                    if leave is not None:
+                        result = leave(call, state, result)
+                else:
+                    result = await resume(call, state)
+        except BaseException as exc:
+            call._finish_call(exc)
+            raise
+        return _end_with_result(call, result)
+
     return guarded
 
 
@@ -1355,3 +1553,4 @@ def _inner_code(factory: Callable[..., Any]) -> types.CodeType:
 
 _SYNC_CODE = _inner_code(_plain_sync)
 _ASYNC_CODE = _inner_code(_plain_async)
+_GUARDED_CODES = frozenset({_SYNC_CODE, _ASYNC_CODE, _inner_code(_lane_sync), _inner_code(_lane_async)})

@@ -14,7 +14,7 @@ import anthropic
 import openai
 import pytest
 
-from probe import Probe
+from probe import LaneProbe, Probe
 
 from llmguard._fake_provider import FakeProvider
 
@@ -58,10 +58,10 @@ def async_openai_client(fake_provider: FakeProvider) -> openai.AsyncOpenAI:
     )
 
 
-@pytest.fixture
-def probe() -> Probe:
-    """A fresh probe layer."""
-    return Probe()
+@pytest.fixture(params=["general", "lane"])
+def probe(request: pytest.FixtureRequest) -> Probe:
+    """A fresh probe layer: on the general path, and on the core's fast lane."""
+    return Probe() if request.param == "general" else LaneProbe()
 
 
 def _free_port() -> int:

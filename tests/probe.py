@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmguard import AsyncGuardedStream, CallRecord, GuardedStream, Outcome
-from llmguard._wrap import Call, Layer
+from llmguard._wrap import SYNC, Call, Lane, Layer
 
 
 class Probe(Layer):
@@ -41,3 +41,20 @@ class Probe(Layer):
     def record(self) -> CallRecord:
         assert self.records, "the probe saw no call"
         return self.records[-1]
+
+
+class LaneProbe(Probe):
+    """A `Probe` on the core's fast lane: it reads the record only after the call.
+
+    A call it guards alone runs fused with the core, and the record is built
+    after the fact (or when the function reads it); a stream or an exception
+    goes back to `around` through ``resume``. The facts must be the same.
+    """
+
+    def lane(self, shape: str) -> Lane | None:
+        return Lane(None, self._leave, self.resume if shape == SYNC else self.resume_async)
+
+    def _leave(self, call: Call, state: Any, result: Any) -> Any:  # noqa: ARG002
+        self.calls += 1
+        self.records.append(call.record)
+        return result

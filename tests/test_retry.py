@@ -525,3 +525,76 @@ def test_stream_interrupted_usage_is_what_the_attempt_records(
     assert usage.estimated
     assert usage.output_tokens > 0
     assert usage.input_tokens > 0
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_retry_alone_keeps_the_same_record_as_a_stack(
+    is_async: bool, clients: Any, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    """`retry` alone runs on the core's fast lane; the record read from inside is complete.
+
+    The first attempt fails (429) before anyone reads the record; the second
+    reads it (``lg.current_call()``) while running, reports extra usage, and
+    returns; the record then holds both attempts, their kinds and usage, and
+    the call's end.
+    """
+    sync, aclient = clients
+    seen: list[lg.CallRecord] = []
+
+    def note() -> None:
+        record = lg.current_call()
+        assert record is not None
+        seen.append(record)
+
+    if is_async:
+
+        @lg.retry
+        async def ask() -> Any:
+            reply = await aclient.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
+            note()
+            return reply
+
+        run = lambda: asyncio.run(ask())  # noqa: E731
+    else:
+
+        @lg.retry
+        def ask() -> Any:
+            reply = sync.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
+            note()
+            return reply
+
+        run = ask
+
+    fake_provider.script(Step(status=429, headers={"retry-after": "1"}), Step(reply="ok", usage={"input_tokens": 7, "output_tokens": 3}))
+    reply = run()
+
+    assert "ok" == reply.content[0].text
+    (record,) = seen
+    assert 2 == record.attempt_count
+    first, second = record.attempts
+    assert lg.ErrorKind.RATE_LIMITED == first.error_kind
+    assert (7, 3) == (second.usage.input_tokens, second.usage.output_tokens)
+    assert lg.Outcome.OK == record.outcome
+    assert record.ended_at is not None
+
+
+def test_a_guarded_call_inside_a_lane_is_its_child(fake_clock: FakeClock) -> None:
+    """A guarded call made inside a `retry`-only function records it as its parent."""
+    children: list[lg.CallRecord] = []
+
+    @lg.retry
+    def inner() -> str:
+        record = lg.current_call()
+        assert record is not None
+        children.append(record)
+        return "x"
+
+    class Service:
+        @lg.retry
+        def outer(self, q: str) -> str:
+            return inner() + q
+
+    assert "xq" == Service().outer("q")
+    (child,) = children
+    assert child.parent is not None
+    assert child.parent.function.endswith("Service.outer")
