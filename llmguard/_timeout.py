@@ -38,7 +38,11 @@ import asyncio
 import contextlib
 import contextvars
 import datetime as dt
+import heapq
+import itertools
+import math
 import threading
+import weakref
 
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -47,7 +51,7 @@ from typing import Any, Final, cast
 
 from . import _clock, _events
 from ._context import _DEADLINE
-from ._wrap import ASYNCGEN, GEN, AsyncGuardedStream, Call, GuardedStream, Layer
+from ._wrap import ASYNC, ASYNCGEN, GEN, AsyncGuardedStream, Call, GuardedStream, Lane, Layer
 from .errors import GuardTimeout
 
 
@@ -120,6 +124,152 @@ class _Worker:
 
 
 _WORKERS = _Workers()
+
+
+# -- async deadlines: one timer per event loop --------------------------------
+#
+# asyncio.timeout() schedules a TimerHandle per call (~1.3 µs, and the loop's
+# heap grows with every call in flight). A timeout that almost never fires
+# does not need its own: every @lg.timeout call on a loop goes into one heap
+# here, and the loop holds a single timer, for the earliest deadline. A call
+# that finishes removes its entry (popped at once when it is the earliest,
+# else marked and swept when the dead outnumber the live), and the timer
+# is rescheduled only when a new deadline is earlier than the one it waits
+# for. Firing cancels the task, exactly as asyncio.timeout does, and the
+# cancellation is told apart from anyone else's the same way (uncancel).
+
+
+# An armed deadline: [when (loop time), sequence, task or None once
+# disarmed or fired, fired]. A list, so the heap compares in C.
+_WHEN, _SEQ_NO, _TASK, _FIRED = 0, 1, 2, 3
+_Entry = list
+
+
+class _Wheel:
+    """The deadlines of every timed call on one event loop, on one timer."""
+
+    __slots__ = ("_at", "_dead", "_heap", "_loop_ref")
+
+    SWEEP_AFTER: Final = 64  # dead entries tolerated before a sweep
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Held weakly: the registry's entry must not keep a finished loop alive.
+        self._loop_ref = weakref.ref(loop)
+        self._heap: list[_Entry[Any]] = []
+        self._at = math.inf  # when the earliest timer scheduled fires (our clock)
+        self._dead = 0
+
+    def arm(self, when: float, task: asyncio.Task[Any]) -> _Entry[Any]:
+        """Cancel *task* at *when* (the llmguard clock's seconds) unless `disarm` comes first."""
+        entry = [when, next(_SEQ), task, False]
+        heapq.heappush(self._heap, entry)
+        if when < self._at:
+            self._schedule(when)
+        return entry
+
+    def _schedule(self, when: float) -> None:
+        # A timer superseded by an earlier one is left to fire and find
+        # nothing to do: holding its handle to cancel it would keep the loop
+        # alive through this wheel's registry entry.
+        self._at = when
+        loop = self._loop_ref()
+        if loop is not None:
+            # The loop keeps its own time; the wait is what is left on our clock.
+            loop.call_at(loop.time() + max(when - _clock.now(), 0.0), self._fire, when)
+
+    def disarm(self, entry: _Entry[Any]) -> None:
+        """The call finished: its deadline no longer matters."""
+        if entry[_TASK] is None:  # fired, or disarmed already
+            return
+        entry[_TASK] = None
+        heap = self._heap
+        if heap[0] is entry:
+            heapq.heappop(heap)
+            if heap and heap[0][_TASK] is None:
+                self._pop_dead()
+        else:
+            self._dead += 1
+            if self._dead > self.SWEEP_AFTER and self._dead * 2 > len(heap):
+                live = [e for e in heap if e[_TASK] is not None]
+                heapq.heapify(live)
+                self._heap = live
+                self._dead = 0
+
+    def _pop_dead(self) -> None:
+        heap = self._heap
+        while heap and heap[0][_TASK] is None:
+            heapq.heappop(heap)
+            self._dead -= 1
+
+    def _fire(self, at: float) -> None:
+        # Due: everything up to the deadline this timer was set for (so a
+        # test's fake clock, which the loop's timer does not see, still fires).
+        due = max(at, _clock.now())
+        heap = self._heap
+        while heap and heap[0][_WHEN] <= due:
+            entry = heapq.heappop(heap)
+            task = entry[_TASK]
+            if task is None:
+                self._dead -= 1
+                continue
+            entry[_TASK] = None
+            entry[_FIRED] = True
+            task.cancel()
+        self._pop_dead()
+        if at == self._at:  # the current timer (not one superseded): arm the next
+            self._at = math.inf
+            if heap:
+                self._schedule(heap[0][_WHEN])
+
+
+_SEQ = itertools.count()
+
+
+def _current_task_getter() -> Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]:
+    """The cheapest way this Python has to the running task of a loop.
+
+    ``asyncio.current_task`` is C from 3.12; on 3.11 it is a Python function
+    around the module's ``_current_tasks`` mapping, which is read directly.
+    """
+    import _asyncio  # noqa: PLC0415 - CPython's accelerator module
+
+    c_impl = getattr(_asyncio, "current_task", None)
+    if c_impl is not None:
+        return cast("Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]", c_impl)
+    tasks = getattr(asyncio.tasks, "_current_tasks", None)
+    if isinstance(tasks, dict):
+        return tasks.get
+    return asyncio.current_task
+
+
+_current_task = _current_task_getter()
+_get_running_loop = asyncio.get_running_loop
+_deadline_get, _deadline_set, _deadline_reset = _DEADLINE.get, _DEADLINE.set, _DEADLINE.reset
+# Keyed by id(loop); each wheel holds its loop weakly and leaves with it.
+_WHEELS: dict[int, tuple[weakref.ref[asyncio.AbstractEventLoop], _Wheel]] = {}
+
+
+_LAST_WHEEL: tuple[weakref.ref[asyncio.AbstractEventLoop], _Wheel] | None = None
+
+
+def _wheel_of(loop: asyncio.AbstractEventLoop) -> _Wheel:
+    """The wheel of *loop* (made on first use); the last one found is kept at hand."""
+    global _LAST_WHEEL  # noqa: PLW0603 - a one-entry cache in front of the dict
+    found = _WHEELS.get(id(loop))
+    if found is None or found[0]() is not loop:
+        key = id(loop)
+        found = (weakref.ref(loop, lambda _ref: _WHEELS.pop(key, None)), _Wheel(loop))
+        _WHEELS[key] = found
+    _LAST_WHEEL = found
+    return found[1]
+
+
+# What an async timed call holds while it runs (`TimeoutLayer._arm`):
+# (deadline token, deadline, first-chunk deadline, limit name, seconds
+# allowed, wheel, entry); the last two None when nothing is bounded yet.
+_Armed = tuple[
+    "contextvars.Token[float | None]", "float | None", "float | None", str, float, "_Wheel | None", "_Entry[Any] | None"
+]
 
 
 class TimeoutLayer(Layer):
@@ -202,51 +352,108 @@ class TimeoutLayer(Layer):
     def _seconds(self, limit: str) -> float:
         return {"first_token": self.first_token, "idle": self.idle}.get(limit) or self.total or 0.0
 
-    async def around_async(self, call: Call) -> Any:
-        """Await the call, cancelling it at the deadline."""
-        deadline = self._deadline()
-        first_by = self._first_chunk_by()
-        if call.shape == ASYNCGEN:
-            call.set_deadline(deadline)
-            return _TimedStream.wrap_async(await call.proceed_async(), self, deadline, first_by, call)
-        wait_until, limit = _earliest(deadline, first_by)
-        token = _DEADLINE.set(deadline)
-        try:
-            if wait_until is None:
-                result = await call.proceed_async()
+    def _arm(self, call: Call) -> _Armed:
+        """Set the call's deadline and arm its timer (async, before the call runs).
+
+        Runs on every timed ``async def`` call: the wheel's `_Wheel.arm` is
+        inlined here.
+        """
+        outer = _deadline_get()
+        now = _clock.now()
+        total = self.total
+        deadline = outer if total is None else (now + total if outer is None or now + total < outer else outer)
+        first_by = None if self.first_token is None else now + self.first_token
+        wait_until: float | None = deadline
+        limit = "total"
+        if first_by is not None and (deadline is None or first_by < deadline):
+            wait_until, limit = first_by, "first_token"
+        token = _deadline_set(deadline)
+        if wait_until is None:  # only idle limits: nothing to bound yet
+            return (token, deadline, first_by, limit, 0.0, None, None)
+        call._owner._deadline = deadline  # what call.set_deadline does, before any record exists
+        loop = _get_running_loop()
+        last = _LAST_WHEEL
+        wheel = last[1] if last is not None and last[0]() is loop else _wheel_of(loop)
+        entry = [wait_until, next(_SEQ), _current_task(loop), False]
+        heapq.heappush(wheel._heap, entry)
+        if wait_until < wheel._at:
+            wheel._schedule(wait_until)
+        return (token, deadline, first_by, limit, wait_until - now if wait_until > now else 0.0, wheel, entry)
+
+    @staticmethod
+    def _disarm(armed: _Armed) -> None:
+        _DEADLINE.reset(armed[0])
+        entry = armed[6]
+        if entry is not None:
+            if entry[_FIRED]:
+                TimeoutLayer._disarm_fired(entry)
             else:
-                call.set_deadline(deadline)
-                result = await self._within(call, wait_until, limit)
-        finally:
-            _DEADLINE.reset(token)
+                cast("_Wheel", armed[5]).disarm(entry)
+
+    @staticmethod
+    def _disarm_fired(entry: _Entry[Any] | None) -> None:
+        if entry is not None and entry[_FIRED]:
+            # Fired as the call finished: take back our cancel, as asyncio.timeout does.
+            entry[_FIRED] = False
+            cast("asyncio.Task[Any]", asyncio.current_task()).uncancel()
+
+    async def _finish_async(self, call: Call, armed: _Armed) -> Any:
+        """Await the call's first proceed under *armed*; streams go on timed."""
+        try:
+            result = await call.proceed_async()
+        except asyncio.CancelledError:
+            entry = armed[6]
+            if entry is not None and entry[_FIRED]:
+                entry[_FIRED] = False  # ours: becomes GuardTimeout, or stays a cancel if not only ours
+                if cast("asyncio.Task[Any]", asyncio.current_task()).uncancel() == 0:
+                    _DEADLINE.reset(armed[0])
+                    limit, allowed = armed[3], armed[4]
+                    raise self._expired(call, limit, self._fired(limit, allowed)) from None
+            self._disarm(armed)
+            raise
+        except BaseException:
+            self._disarm(armed)
+            raise
+        self._disarm(armed)
         if isinstance(result, AsyncGuardedStream):
-            return _TimedStream.wrap_async(result, self, deadline, first_by, call)
+            return _TimedStream.wrap_async(result, self, armed[1], armed[2], call)
         return result
 
-    async def _within(self, call: Call, until: float, limit: str) -> Any:
-        # What asyncio.timeout does, without its context-manager machinery
-        # (a third of the cost): one timer that cancels this task, and
-        # telling our own cancellation apart from anyone else's.
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None  # noqa: S101 - awaited, so inside a task
-        fired = False
+    async def around_async(self, call: Call) -> Any:
+        """Await the call, cancelling it at the deadline."""
+        if call.shape == ASYNCGEN:
+            deadline = self._deadline()
+            first_by = self._first_chunk_by()
+            call.set_deadline(deadline)
+            return _TimedStream.wrap_async(await call.proceed_async(), self, deadline, first_by, call)
+        return await self._finish_async(call, self._arm(call))
 
-        def expire() -> None:
-            nonlocal fired
-            fired = True
-            task.cancel()
+    @staticmethod
+    def _lane_leave(call: Call, armed: _Armed, result: Any) -> Any:  # noqa: ARG004
+        # `_disarm` with `_Wheel.disarm`'s common case inlined: the entry on
+        # top of the heap (a call that finished first) is popped at once.
+        _deadline_reset(armed[0])
+        entry = armed[6]
+        if entry is not None:
+            if entry[_TASK] is not None:
+                wheel = cast("_Wheel", armed[5])
+                heap = wheel._heap
+                if heap[0] is entry:
+                    entry[_TASK] = None
+                    heapq.heappop(heap)
+                    if heap and heap[0][_TASK] is None:
+                        wheel._pop_dead()
+                else:
+                    wheel.disarm(entry)
+            elif entry[_FIRED]:
+                TimeoutLayer._disarm_fired(entry)
+        return result
 
-        allowed = max(until - _clock.now(), 0.0)
-        handle = loop.call_at(loop.time() + allowed, expire)
-        try:
-            return await call.proceed_async()
-        except asyncio.CancelledError:
-            if fired and task.uncancel() == 0:
-                raise self._expired(call, limit, self._fired(limit, allowed)) from None
-            raise
-        finally:
-            handle.cancel()
+    def lane(self, shape: str) -> Lane | None:
+        """The fast path for ``async def``: arm, await, disarm; anything else resumes `_finish_async`."""
+        if shape != ASYNC:
+            return None
+        return Lane(self._arm, self._lane_leave, self._finish_async, leave_reads_record=False)
 
     def _expired(self, call: Call | None, limit: str, seconds: float) -> GuardTimeout:
         where = f" in {call.function_name}" if call is not None else ""

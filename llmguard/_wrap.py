@@ -95,12 +95,17 @@ class Lane(NamedTuple):
     enter: Callable[[Call], Any] | None
     leave: Callable[[Call, Any, Any], Any] | None
     resume: Callable[[Call, Any], Any]
+    # False when ``leave`` never reads ``call.record``: the returned attempt
+    # is then not even kept for it.
+    leave_reads_record: bool = True
 
 
 # What `Lane.enter` returns to send one call down the general path instead.
 GENERAL: Any = object()
-# `Call._lane` while the lane's attempt runs and nobody has asked for the record.
+# `Call._lane` while the lane's attempt runs and nobody has asked for the record,
+# and once it has returned a plain result (kept in ``_replay``) still unrecorded.
 _RUNNING: Any = object()
+_RETURNED: Any = object()
 
 
 class Layer:
@@ -239,7 +244,7 @@ class Call:
         self.args = args
         self.kwargs = kwargs
         # A lane's first outcome, for the general path's first proceed (see `_lane_sync`).
-        self._replay: tuple[Attempt, Any, BaseException | None] | None = None
+        self._replay: tuple[Attempt | None, Any, BaseException | None] | None = None
         owner = _HANDOFF.get()
         if owner is None:
             # The outermost layer of this call: it owns the call's state.
@@ -293,11 +298,16 @@ class Call:
         running = self._inflight or []
         self._pending = None
         attempts = [(a.started_at, a) for a, *_ in done] + [(a.started_at, a) for a in running]
-        if self._lane is _RUNNING:
-            # A lane's attempt, still running: it goes on the record now.
+        lane_state = self._lane
+        if lane_state is _RUNNING or lane_state is _RETURNED:
+            # A lane's attempt, still running or returned: it goes on the record now.
             lane = Attempt(0, None, self.started_at)
             self._lane = lane
             attempts.append((lane.started_at, lane))
+            if lane_state is _RETURNED:
+                _, result, _ = cast("tuple[None, Any, None]", self._replay)
+                self._replay = None
+                done.append((lane, _clock.now(), result, None))
         for _, attempt in sorted(attempts, key=lambda pair: pair[0]):
             attempt.number = len(record.attempts) + 1
             if not isinstance(attempt.model, str):
@@ -1459,18 +1469,18 @@ def _plain_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any]) -> C
 
 
 def _lane_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: Lane) -> Callable[..., Any]:
-    enter, leave, resume = lane
+    enter, leave, resume, leave_reads = lane
     offset = info.self_offset
-    handoff_get, current_set, current_reset = _HANDOFF.get, _CURRENT.set, _CURRENT.reset
+    current_set, current_reset = _CURRENT.set, _CURRENT.reset
 
-    def guarded(*args: Any, **kwargs: Any) -> Any:
+    def guarded(*args: Any, **kwargs: Any) -> Any:  # noqa: PLR0912 - one fused hot path, by design
         instance = None
         rest = args
         if offset and args:
             instance, rest = args[0], args[1:]
-        if handoff_get() is not None:  # the inner layer of another guard's call
-            return layer.around(Call(layer, info, fn, instance, rest, kwargs))
         call = Call(layer, info, fn, instance, rest, kwargs)
+        if call._owner is not call:  # the inner layer of another guard's call
+            return layer.around(call)
         try:
             state = None
             if enter is not None:
@@ -1487,8 +1497,17 @@ def _lane_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: 
                 result = resume(call, state)
             else:
                 current_reset(token)
-                if call._lane is _RUNNING and leave is None and type(result) in _PLAIN_TYPES:
-                    return result  # nobody asked for the record: nothing more to keep
+                if call._lane is _RUNNING and type(result) in _PLAIN_TYPES:
+                    # Nobody asked for the record: it is built (after the fact)
+                    # only if leave asks for it.
+                    if leave is None:
+                        return result
+                    if not leave_reads:
+                        return leave(call, state, result)
+                    call._lane = _RETURNED
+                    call._replay = (None, result, None)
+                    result = leave(call, state, result)
+                    return result if call._record is None else _end_with_result(call, result)
                 if call._lane_returned(result):
                     if leave is not None:
                         result = leave(call, state, result)
@@ -1503,18 +1522,18 @@ def _lane_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: 
 
 
 def _lane_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: Lane) -> Callable[..., Any]:
-    enter, leave, resume = lane
+    enter, leave, resume, leave_reads = lane
     offset = info.self_offset
-    handoff_get, current_set, current_reset = _HANDOFF.get, _CURRENT.set, _CURRENT.reset
+    current_set, current_reset = _CURRENT.set, _CURRENT.reset
 
-    async def guarded(*args: Any, **kwargs: Any) -> Any:
+    async def guarded(*args: Any, **kwargs: Any) -> Any:  # noqa: PLR0912 - one fused hot path, by design
         instance = None
         rest = args
         if offset and args:
             instance, rest = args[0], args[1:]
-        if handoff_get() is not None:
-            return await layer.around_async(Call(layer, info, fn, instance, rest, kwargs))
         call = Call(layer, info, fn, instance, rest, kwargs)
+        if call._owner is not call:  # the inner layer of another guard's call
+            return await layer.around_async(call)
         try:
             state = None
             if enter is not None:
@@ -1531,8 +1550,15 @@ def _lane_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane:
                 result = await resume(call, state)
             else:
                 current_reset(token)
-                if call._lane is _RUNNING and leave is None and type(result) in _PLAIN_TYPES:
-                    return result
+                if call._lane is _RUNNING and type(result) in _PLAIN_TYPES:
+                    if leave is None:
+                        return result
+                    if not leave_reads:
+                        return leave(call, state, result)
+                    call._lane = _RETURNED
+                    call._replay = (None, result, None)
+                    result = leave(call, state, result)
+                    return result if call._record is None else _end_with_result(call, result)
                 if call._lane_returned(result):
                     if leave is not None:
                         result = leave(call, state, result)

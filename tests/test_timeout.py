@@ -455,3 +455,99 @@ def test_the_timeout_message_names_the_deadline_that_fired(
 
     assert info.value.seconds <= 0.3
     assert "30s" not in str(info.value)
+
+
+# -- the per-loop timer wheel behind async timeouts ------------------------------
+
+
+async def test_many_concurrent_timed_calls_share_one_timer_and_each_gets_its_own_verdict() -> None:
+    """200 tasks on one loop, deadlines interleaved: the slow ones time out, the fast ones return.
+
+    All share the loop's one wheel; what is left armed afterwards is nothing.
+    """
+    from llmguard import _timeout
+
+    @lg.timeout(0.2)
+    async def work(delay: float) -> float:
+        await asyncio.sleep(delay)
+        return delay
+
+    delays = [0.4 if i % 3 == 0 else 0.01 * (i % 7) for i in range(200)]
+    results = await asyncio.gather(*(work(d) for d in delays), return_exceptions=True)
+
+    for delay, result in zip(delays, results, strict=True):
+        if delay > 0.2:
+            assert isinstance(result, lg.GuardTimeout)
+            assert "total" == result.limit
+        else:
+            assert delay == result
+    wheel = _timeout._wheel_of(asyncio.get_running_loop())
+    assert [] == [e for e in wheel._heap if e[_timeout._TASK] is not None]
+
+
+async def test_an_earlier_deadline_reschedules_the_timer() -> None:
+    """A long timeout armed first, a short one second: the short one still fires on time."""
+
+    @lg.timeout(30)
+    async def long_wait() -> str:
+        await asyncio.sleep(0.5)
+        return "long"
+
+    @lg.timeout(0.05)
+    async def short_wait() -> str:
+        await asyncio.sleep(5)
+        return "short"
+
+    long_task = asyncio.create_task(long_wait())
+    await asyncio.sleep(0)
+    start = time.monotonic()
+    with pytest.raises(lg.GuardTimeout):
+        await short_wait()
+    assert time.monotonic() - start < 0.5
+    assert "long" == await long_task
+
+
+async def test_finished_calls_leave_no_entries_behind() -> None:
+    """Calls that finish out of deadline order are swept; the heap does not grow with traffic."""
+    from llmguard import _timeout
+
+    @lg.timeout(60)
+    async def quick(i: int) -> int:
+        await asyncio.sleep(0.001 * (i % 5))
+        return i
+
+    for _ in range(5):
+        assert list(range(100)) == await asyncio.gather(*(quick(i) for i in range(100)))
+    wheel = _timeout._wheel_of(asyncio.get_running_loop())
+    assert len(wheel._heap) <= _timeout._Wheel.SWEEP_AFTER * 2
+
+
+def test_a_closed_loop_leaves_the_wheel_registry() -> None:
+    """Each asyncio.run gets a wheel; when its loop is collected, so is the registry entry."""
+    import gc
+
+    from llmguard import _timeout
+
+    @lg.timeout(5)
+    async def ok() -> str:
+        return "ok"
+
+    for _ in range(3):
+        assert "ok" == asyncio.run(ok())
+    _timeout._LAST_WHEEL = None
+    gc.collect()
+    assert 0 == len(_timeout._WHEELS)
+
+
+async def test_someone_elses_cancel_is_not_turned_into_a_timeout() -> None:
+    """Cancelling the task from outside stays a CancelledError, and the wheel forgets it."""
+
+    @lg.timeout(10)
+    async def slow() -> None:
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(slow())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
