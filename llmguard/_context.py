@@ -19,7 +19,7 @@ across a ``yield`` (streams set and reset them around each pull).
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._clock import get_clock
 
@@ -32,15 +32,19 @@ if TYPE_CHECKING:
 # The outermost layer's `Call` of a call, which owns its record.
 _HANDOFF: ContextVar[Call | None] = ContextVar("llmguard_handoff", default=None)
 # That call, and the attempt whose code is running (report_usage writes there);
-# None for a fast lane's attempt, which is the call's ``_lane``.
-_CURRENT: ContextVar[tuple[Call, Attempt | None] | None] = ContextVar("llmguard_current", default=None)
+# a fast lane's frame (a list, see `_wrap._realize`) while its Call is unbuilt.
+_CURRENT: ContextVar[tuple[Call, Attempt | None] | list[Any] | None] = ContextVar("llmguard_current", default=None)
 _DEADLINE: ContextVar[float | None] = ContextVar("llmguard_deadline", default=None)
 
 
 def current_call() -> CallRecord | None:
     """The record of the guarded call whose code is running now, if any."""
     running = _CURRENT.get()
-    return None if running is None else running[0].record
+    if running is None:
+        return None
+    from ._wrap import _call_of  # noqa: PLC0415 - _wrap imports this module
+
+    return _call_of(running).record
 
 
 def deadline() -> float | None:

@@ -51,7 +51,7 @@ from typing import Any, Final, cast
 
 from . import _clock, _events
 from ._context import _DEADLINE
-from ._wrap import ASYNC, ASYNCGEN, GEN, AsyncGuardedStream, Call, GuardedStream, Lane, Layer
+from ._wrap import _F_DEADLINE, ASYNC, ASYNCGEN, GEN, AsyncGuardedStream, Call, GuardedStream, Lane, Layer
 from .errors import GuardTimeout
 
 
@@ -352,11 +352,35 @@ class TimeoutLayer(Layer):
     def _seconds(self, limit: str) -> float:
         return {"first_token": self.first_token, "idle": self.idle}.get(limit) or self.total or 0.0
 
+    def _arm_total(self) -> Callable[[list[Any]], _Armed]:
+        """`_arm` for the common configuration, ``total`` alone, as one closure."""
+        total = cast("float", self.total)
+        clock = _clock
+
+        def arm(frame: list[Any]) -> _Armed:
+            outer = _deadline_get()
+            now = clock.now()
+            deadline = now + total
+            if outer is not None and outer < deadline:
+                deadline = outer
+            token = _deadline_set(deadline)
+            frame[_F_DEADLINE] = deadline
+            loop = _get_running_loop()
+            last = _LAST_WHEEL
+            wheel = last[1] if last is not None and last[0]() is loop else _wheel_of(loop)
+            entry = [deadline, next(_SEQ), _current_task(loop), False]
+            heapq.heappush(wheel._heap, entry)
+            if deadline < wheel._at:
+                wheel._schedule(deadline)
+            return (token, deadline, None, "total", deadline - now if deadline > now else 0.0, wheel, entry)
+
+        return arm
+
     def _arm(self, call: Call) -> _Armed:
         """Set the call's deadline and arm its timer (async, before the call runs).
 
         Runs on every timed ``async def`` call: the wheel's `_Wheel.arm` is
-        inlined here.
+        inlined here (and `_arm_total` is this for ``total`` alone).
         """
         outer = _deadline_get()
         now = _clock.now()
@@ -453,6 +477,8 @@ class TimeoutLayer(Layer):
         """The fast path for ``async def``: arm, await, disarm; anything else resumes `_finish_async`."""
         if shape != ASYNC:
             return None
+        if self.first_token is None and self.total is not None:
+            return Lane(self._arm_total(), self._lane_leave, self._finish_async, leave_reads_record=False, needs_call=False)
         return Lane(self._arm, self._lane_leave, self._finish_async, leave_reads_record=False)
 
     def _expired(self, call: Call | None, limit: str, seconds: float) -> GuardTimeout:

@@ -38,6 +38,7 @@ function, opens an `Attempt` per real call and fills it from the result
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import threading
@@ -92,12 +93,16 @@ class Lane(NamedTuple):
     outcome (awaitable for ``async def``).
     """
 
-    enter: Callable[[Call], Any] | None
-    leave: Callable[[Call, Any, Any], Any] | None
+    enter: Callable[[Any], Any] | None  # (Call) -> state, or (frame) when not needs_call
+    leave: Callable[[Any, Any, Any], Any] | None  # (Call or None, state, result) -> result
     resume: Callable[[Call, Any], Any]
     # False when ``leave`` never reads ``call.record``: the returned attempt
     # is then not even kept for it.
     leave_reads_record: bool = True
+    # False when ``enter`` and ``leave`` need no `Call`: enter then gets the
+    # lane's frame (it may set ``frame[_F_DEADLINE]``), leave gets None, and
+    # no Call is built unless something asks (resume always gets one).
+    needs_call: bool = True
 
 
 # What `Lane.enter` returns to send one call down the general path instead.
@@ -248,25 +253,29 @@ class Call:
         owner = _HANDOFF.get()
         if owner is None:
             # The outermost layer of this call: it owns the call's state.
-            self._owner = self
-            self._record: CallRecord | None = None
             running = _CURRENT.get()
-            self._parent = running[0] if running is not None else None
-            # Attempts made before anyone asked for the record: finished ones
-            # with their result or error, and those still running.
-            self._pending: list[tuple[Attempt, float, Any, BaseException | None]] | None = None
-            self._inflight: list[Attempt] | None = None
-            self._end: tuple[float, BaseException | None] | None = None
-            self._deadline: float | None = None
-            self._notes: dict[str, Any] | None = None
-            # A fast lane's first attempt: _RUNNING while unrecorded, then its Attempt.
-            self._lane: Attempt | object | None = None
-            self.started_at = _clock.now()
+            self._own(None if running is None else _call_of(running), _clock.now())
         else:
             self._owner = owner
             # Claimed: the user's function (and guarded calls inside it) must
             # not see it. The outer layer's reset restores the variable.
             _HANDOFF.set(None)
+
+    def _own(self, parent: Call | None, started_at: float) -> None:
+        """Make this the owner of the call's state (the outermost layer's Call)."""
+        self._owner = self
+        self._record: CallRecord | None = None
+        self._parent = parent
+        # Attempts made before anyone asked for the record: finished ones
+        # with their result or error, and those still running.
+        self._pending: list[tuple[Attempt, float, Any, BaseException | None]] | None = None
+        self._inflight: list[Attempt] | None = None
+        self._end: tuple[float, BaseException | None] | None = None
+        self._deadline: float | None = None
+        self._notes: dict[str, Any] | None = None
+        # A fast lane's first attempt: _RUNNING while unrecorded, then its Attempt.
+        self._lane: Attempt | object | None = None
+        self.started_at = started_at
 
     @property
     def owns_record(self) -> bool:
@@ -715,7 +724,10 @@ def report_usage(
     running = _CURRENT.get()
     if running is None:
         return False
-    call, attempt = running
+    if type(running) is tuple:
+        call, attempt = running
+    else:  # a lane's frame
+        call, attempt = _call_of(running), None
     call.record  # noqa: B018 - built now if nobody asked before; it takes this attempt on
     if attempt is None:  # a lane's attempt, on the record since that line
         attempt = cast("Attempt", call._lane)
@@ -1468,106 +1480,150 @@ def _plain_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any]) -> C
 # path; the facts recorded are the same either way.
 
 
-def _lane_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: Lane) -> Callable[..., Any]:
-    enter, leave, resume, leave_reads = lane
-    offset = info.self_offset
-    current_set, current_reset = _CURRENT.set, _CURRENT.reset
+# The lane keeps the call's state in a *frame*, a list, until someone needs
+# the `Call` (a nested guarded call, report_usage, current_call, an exception,
+# a stream, a layer whose hooks take the call): a Call is then built from it
+# (`_realize`), the same Call the general path would have made.
+_F_CALL, _F_LAYER, _F_INFO, _F_FN, _F_ARGS, _F_KWARGS, _F_STARTED, _F_TOKEN, _F_DEADLINE = range(9)
+Frame = list  # [Call | None, layer, info, fn, args, kwargs, started_at, _CURRENT token, deadline]
+_NEEDS_RESUME: Any = object()
 
-    def guarded(*args: Any, **kwargs: Any) -> Any:  # noqa: PLR0912 - one fused hot path, by design
-        instance = None
-        rest = args
-        if offset and args:
-            instance, rest = args[0], args[1:]
-        call = Call(layer, info, fn, instance, rest, kwargs)
-        if call._owner is not call:  # the inner layer of another guard's call
-            return layer.around(call)
+
+def _realize(frame: Frame[Any]) -> Call:
+    """The `Call` of a lane's frame, built the first time it is asked for."""
+    call: Call | None = frame[_F_CALL]
+    if call is not None:
+        return call
+    info: _FunctionInfo = frame[_F_INFO]
+    args = frame[_F_ARGS]
+    instance = None
+    if info.self_offset and args:
+        instance, args = args[0], args[1:]
+    call = Call.__new__(Call)
+    call.layer, call.info, call.wrapped = frame[_F_LAYER], info, frame[_F_FN]
+    call.instance, call.args, call.kwargs = instance, args, frame[_F_KWARGS]
+    call._replay = None
+    token: contextvars.Token[Any] | None = frame[_F_TOKEN]
+    # Its parent is the call running when this one started: before the lane
+    # set the variable (the token remembers), or now if it has not yet.
+    running = _CURRENT.get() if token is None else token.old_value
+    call._own(_call_of(running) if running is not None and running is not contextvars.Token.MISSING else None, frame[_F_STARTED])
+    call._deadline = frame[_F_DEADLINE]
+    if token is not None:  # the function has started: its attempt is the lane's
+        call._lane = _RUNNING
+    frame[_F_CALL] = call
+    return call
+
+
+def _call_of(running: tuple[Call, Attempt | None] | Frame[Any]) -> Call:
+    """The call a `_CURRENT` value names (a lane's frame is realized)."""
+    return running[0] if type(running) is tuple else _realize(cast("Frame[Any]", running))
+
+
+def _lane_returned(call: Call, state: Any, result: Any, leave: Callable[[Call, Any, Any], Any] | None) -> Any:
+    """After a lane's function returned, past the fast checks; `_NEEDS_RESUME` to resume."""
+    if call._lane is _RUNNING and type(result) in _PLAIN_TYPES:
+        # Nobody asked for the record: it is built (after the fact) only if
+        # leave asks for it.
+        call._lane = _RETURNED
+        call._replay = (None, result, None)
+        result = cast("Callable[[Call, Any, Any], Any]", leave)(call, state, result)
+        return result if call._record is None else _end_with_result(call, result)
+    if call._lane_returned(result):
+        if leave is not None:
+            result = leave(call, state, result)
+        return _end_with_result(call, result)
+    return _NEEDS_RESUME
+
+
+def _lane_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: Lane) -> Callable[..., Any]:
+    enter, leave, resume, leave_reads, needs_call = lane
+    offset = info.self_offset
+    current_set, current_reset, handoff_get = _CURRENT.set, _CURRENT.reset, _HANDOFF.get
+    clock = _clock
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if handoff_get() is not None:  # the inner layer of another guard's call
+            instance, rest = (args[0], args[1:]) if offset and args else (None, args)
+            return layer.around(Call(layer, info, fn, instance, rest, kwargs))
+        frame: Frame[Any] = [None, layer, info, fn, args, kwargs, clock.now(), None, None]
         try:
             state = None
             if enter is not None:
-                state = enter(call)
+                state = enter(_realize(frame) if needs_call else frame)
                 if state is GENERAL:
+                    call = _realize(frame)
                     return _end_with_result(call, layer.around(call))
-            call._lane = _RUNNING
-            token = current_set((call, None))
+            if frame[_F_CALL] is not None:
+                frame[_F_CALL]._lane = _RUNNING
+            frame[_F_TOKEN] = token = current_set(frame)
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:  # noqa: BLE001 - handed to resume, which re-raises
                 current_reset(token)
+                call = _realize(frame)
                 call._hand_over(None, exc)
-                result = resume(call, state)
-            else:
-                current_reset(token)
-                if call._lane is _RUNNING and type(result) in _PLAIN_TYPES:
-                    # Nobody asked for the record: it is built (after the fact)
-                    # only if leave asks for it.
-                    if leave is None:
-                        return result
-                    if not leave_reads:
-                        return leave(call, state, result)
-                    call._lane = _RETURNED
-                    call._replay = (None, result, None)
-                    result = leave(call, state, result)
-                    return result if call._record is None else _end_with_result(call, result)
-                if call._lane_returned(result):
-                    if leave is not None:
-                        result = leave(call, state, result)
-                else:
-                    result = resume(call, state)
+                return _end_with_result(call, resume(call, state))
+            current_reset(token)
+            call = frame[_F_CALL]
+            if type(result) in _PLAIN_TYPES and (call is None or call._lane is _RUNNING):
+                if leave is None:
+                    return result  # nobody asked for the record: nothing more to keep
+                if not leave_reads:
+                    return leave(call, state, result)
+            call = _realize(frame)
+            done = _lane_returned(call, state, result, leave)
+            return done if done is not _NEEDS_RESUME else _end_with_result(call, resume(call, state))
         except BaseException as exc:
-            call._finish_call(exc)
+            if frame[_F_CALL] is not None:
+                frame[_F_CALL]._finish_call(exc)
             raise
-        return _end_with_result(call, result)
 
     return guarded
 
 
 def _lane_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: Lane) -> Callable[..., Any]:
-    enter, leave, resume, leave_reads = lane
+    enter, leave, resume, leave_reads, needs_call = lane
     offset = info.self_offset
-    current_set, current_reset = _CURRENT.set, _CURRENT.reset
+    current_set, current_reset, handoff_get = _CURRENT.set, _CURRENT.reset, _HANDOFF.get
+    clock = _clock
 
-    async def guarded(*args: Any, **kwargs: Any) -> Any:  # noqa: PLR0912 - one fused hot path, by design
-        instance = None
-        rest = args
-        if offset and args:
-            instance, rest = args[0], args[1:]
-        call = Call(layer, info, fn, instance, rest, kwargs)
-        if call._owner is not call:  # the inner layer of another guard's call
-            return await layer.around_async(call)
+    async def guarded(*args: Any, **kwargs: Any) -> Any:
+        if handoff_get() is not None:
+            instance, rest = (args[0], args[1:]) if offset and args else (None, args)
+            return await layer.around_async(Call(layer, info, fn, instance, rest, kwargs))
+        frame: Frame[Any] = [None, layer, info, fn, args, kwargs, clock.now(), None, None]
         try:
             state = None
             if enter is not None:
-                state = enter(call)
+                state = enter(_realize(frame) if needs_call else frame)
                 if state is GENERAL:
+                    call = _realize(frame)
                     return _end_with_result(call, await layer.around_async(call))
-            call._lane = _RUNNING
-            token = current_set((call, None))
+            if frame[_F_CALL] is not None:
+                frame[_F_CALL]._lane = _RUNNING
+            frame[_F_TOKEN] = token = current_set(frame)
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:  # noqa: BLE001 - handed to resume, which re-raises
                 current_reset(token)
+                call = _realize(frame)
                 call._hand_over(None, exc)
-                result = await resume(call, state)
-            else:
-                current_reset(token)
-                if call._lane is _RUNNING and type(result) in _PLAIN_TYPES:
-                    if leave is None:
-                        return result
-                    if not leave_reads:
-                        return leave(call, state, result)
-                    call._lane = _RETURNED
-                    call._replay = (None, result, None)
-                    result = leave(call, state, result)
-                    return result if call._record is None else _end_with_result(call, result)
-                if call._lane_returned(result):
-                    if leave is not None:
-                        result = leave(call, state, result)
-                else:
-                    result = await resume(call, state)
+                return _end_with_result(call, await resume(call, state))
+            current_reset(token)
+            call = frame[_F_CALL]
+            if type(result) in _PLAIN_TYPES and (call is None or call._lane is _RUNNING):
+                if leave is None:
+                    return result
+                if not leave_reads:
+                    return leave(call, state, result)
+            call = _realize(frame)
+            done = _lane_returned(call, state, result, leave)
+            return done if done is not _NEEDS_RESUME else _end_with_result(call, await resume(call, state))
         except BaseException as exc:
-            call._finish_call(exc)
+            if frame[_F_CALL] is not None:
+                frame[_F_CALL]._finish_call(exc)
             raise
-        return _end_with_result(call, result)
 
     return guarded
 
