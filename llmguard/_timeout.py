@@ -51,7 +51,17 @@ from typing import Any, Final, cast
 
 from . import _clock, _events
 from ._context import _DEADLINE
-from ._wrap import _F_DEADLINE, ASYNC, ASYNCGEN, GEN, AsyncGuardedStream, Call, GuardedStream, Lane, Layer
+from ._wrap import (
+    _F_DEADLINE,
+    ASYNC,
+    ASYNCGEN,
+    GEN,
+    AsyncGuardedStream,
+    Call,
+    GuardedStream,
+    Lane,
+    Layer,
+)
 from .errors import GuardTimeout
 
 
