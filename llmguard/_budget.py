@@ -142,9 +142,22 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, ClassVar, Final, Literal, NamedTuple, ParamSpec, TypeVar, overload
 
-from . import _clock, _events, prices
+from . import _clock, _events, prices, providers
 from ._record import CallRecord, Outcome, Usage
-from ._wrap import Call, Layer, _StreamBase, layers_of
+from ._wrap import (
+    _F_ARGS,
+    _F_KWARGS,
+    _F_USAGE,
+    GENERAL,
+    SYNC,
+    Call,
+    Lane,
+    Layer,
+    _realize,
+    _StreamBase,
+    layers_of,
+    returned_call,
+)
 from .errors import BudgetExceeded
 from .stores import budget as _stores
 from .stores import is_redis_target
@@ -836,6 +849,9 @@ class _Ticket:
 # a `_Ticket` and a `_Group` on every call costs ~0.4 µs):
 # (record, n0, model, store, rid, lines, key, window start, now).
 _Fast = tuple[CallRecord, int, str, BudgetStore, str, list[Line], "str | None", "float | None", float]
+# A fast reservation made before there is a record: (model, store, rid,
+# lines, key, window start, now, the refusal or None).
+_Reserved = tuple[str, BudgetStore, str, list[Line], "str | None", "float | None", float, "_stores.Refusal | None"]
 
 
 class _FunctionBudget(Layer):
@@ -875,6 +891,15 @@ class _FunctionBudget(Layer):
             )
 
         self._inputs = tuple(getter(n) for n in _INPUT_NAMES if n in names)
+        # The same read from a lane's frame, whose arguments keep self: (name, position, default).
+        self._frame_caps = tuple((n, positional.index(n) if n in positional else None, self._defaults.get(n)) for n in _CAP_NAMES if n in names)
+        self._frame_inputs = tuple((n, positional.index(n) if n in positional else None, self._defaults.get(n)) for n in _INPUT_NAMES if n in names)
+        self._frame_simple = (
+            (*self._frame_caps[0], "model", *getter("model")[1:2], getter("model")[3], *self._frame_inputs[0])
+            if len(self._frame_caps) == 1 and len(self._frame_inputs) == 1 and "model" in names
+            and not self._var_kw and "n" not in names
+            else None
+        )
         self._caps = tuple(getter(n) for n in _CAP_NAMES if n in names)
         self._model_getter = getter("model") if "model" in names else None
         self._n_getter = getter("n") if "n" in names else None
@@ -1028,20 +1053,21 @@ class _FunctionBudget(Layer):
     def _observe(self, record: CallRecord, n0: int) -> None:
         """Remember this call's outputs and model, for later estimates."""
         for att in record.attempts[n0:]:
-            usage = att.usage
-            if usage is not None and not usage.estimated:
-                out = usage.output_tokens
-                outs = self._outs
-                evicted = outs[0] if len(outs) == _OBSERVED else None
-                outs.append(out)
-                top = self._out_max
-                if top is None or out >= top:
-                    self._out_max = out
-                elif evicted == top:
-                    self._out_max = max(outs)
-            model = att.model or att.response_model
-            if model:
-                self._last_model = model
+            self._observe_usage(att.usage, att.model or att.response_model)
+
+    def _observe_usage(self, usage: Usage | None, model: str | None) -> None:
+        if usage is not None and not usage.estimated:
+            out = usage.output_tokens
+            outs = self._outs
+            evicted = outs[0] if len(outs) == _OBSERVED else None
+            outs.append(out)
+            top = self._out_max
+            if top is None or out >= top:
+                self._out_max = out
+            elif evicted == top:
+                self._out_max = max(outs)
+        if model:
+            self._last_model = model
 
     # -- reserving -------------------------------------------------------------
 
@@ -1293,64 +1319,70 @@ class _FunctionBudget(Layer):
 
     # -- the layer ---------------------------------------------------------------
 
-    def _fast_args(self, call: Call) -> tuple[int, str, list[Any]] | None:
-        """(output cap, model, input arguments) when all are plain arguments, else None."""
-        args = call.args
-        kwargs = call.kwargs
+    def _fast_args(self, args: tuple[Any, ...], kwargs: dict[str, Any], bound: bool) -> tuple[int, str, list[Any]] | None:
+        """(output cap, model, input arguments) when all are plain arguments, else None.
+
+        *bound*: *args* lack the method's ``self`` (a `Call`'s do; a lane's
+        frame's do not).
+        """
+        if self._model_getter is None or self._n_getter is not None or self._var_kw:
+            return None
+        if bound:  # positions past self
+            caps = tuple((n, pb, d) for n, _, pb, d in self._caps)
+            inputs = tuple((n, pb, d) for n, _, pb, d in self._inputs)
+            name, _, at, default = self._model_getter
+        else:
+            caps, inputs = self._frame_caps, self._frame_inputs
+            name, at, _, default = self._model_getter
         n_args = len(args)
-        bound = call.instance is not None
         cap = None
-        for name, pos, pos_bound, default in self._caps:
-            at = pos_bound if bound else pos
-            value = args[at] if at is not None and at < n_args else kwargs.get(name, default)
+        for cap_name, pos, cap_default in caps:
+            value = args[pos] if pos is not None and pos < n_args else kwargs.get(cap_name, cap_default)
             if value.__class__ is int and value > 0:
                 cap = value
                 break
-        getter = self._model_getter
-        if cap is None or getter is None or self._n_getter is not None or self._var_kw:
+        if cap is None:
             return None
-        name, pos, pos_bound, default = getter
-        at = pos_bound if bound else pos
         model = args[at] if at is not None and at < n_args else kwargs.get(name, default)
         if model.__class__ is not str:
             return None
         parts = []
-        for name, pos, pos_bound, default in self._inputs:
-            at = pos_bound if bound else pos
-            value = args[at] if at is not None and at < n_args else kwargs.get(name, default)
+        for in_name, pos, in_default in inputs:
+            value = args[pos] if pos is not None and pos < n_args else kwargs.get(in_name, in_default)
             if value is not None:
                 parts.append(value)
         if not parts:
             return None
         return cap, model, parts
 
-    def _fast_plan(self, call: Call) -> _Fast | None:
+    def _fast_reserve(self, args: tuple[Any, ...], kwargs: dict[str, Any], bound: bool) -> _Reserved | None:
         """`_plan` and `_reserve` for the common case; None when the general path is needed.
 
         The common case: no scope, this function's own budget with a string
         key or none, no ``estimate=``, a store that answers without I/O,
         SDK-shaped arguments that give an output cap and a priced model, and
         a worst case within ``max_call_usd``. It computes what `_estimate`
-        and `_plan` compute, inline (this runs on every call).
+        and `_plan` compute, inline (this runs on every call). A refusal is
+        returned as the `_stores.Refusal` in place of the lines.
         """
-        found = self._fast_args(call)
-        if found is None:
+        found = self._fast_args(args, kwargs, bound)
+        return None if found is None else self._reserve_parts(*found)
+
+    def _reserve_parts(self, cap: int, model: str, parts: list[Any]) -> _Reserved | None:
+        """The rest of `_fast_reserve`, once the arguments are read."""
+        rates = prices._flat.get(model, _MISS)
+        if rates is _MISS:
+            rates = prices.flat_rates(model)
+        if rates is None:
             return None
-        cap, model, parts = found
-        entry = prices._cache.get((model, None), _MISS)
-        if entry is _MISS or entry is None or entry.exact or entry.tier_from is not None:
-            return None
+        in_p, out_p, call_p = rates
         text = str(parts[0]) if len(parts) == 1 else "".join(map(str, parts))
         input_tokens = ((len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))) + 2) // 3
-        in_rate, write_rate = entry.in_rate, entry.write_rate
-        usd = round(
-            (input_tokens * max(in_rate, write_rate) + entry.per_call + cap * entry.out_rate) * PICO
-        )
+        usd = round(input_tokens * in_p + cap * out_p + call_p)
         b = self.budget
         if b._max_call is not None and usd > b._max_call:
             return None
-        record = call.record
-        now = _clock.get_clock().time()
+        now = _clock.wall()
         key: str | None = b.key or None  # type: ignore[assignment]
         period = b._period
         if period is None:
@@ -1359,27 +1391,28 @@ class _FunctionBudget(Layer):
             start = (now // period) * period
             ttl = start + period - now + b._retention
         lines = [
-            Line(
-                b._bucket(key, start),
-                usd,
-                input_tokens + cap,
-                b._usd_limit,
-                b.tokens,
-                ttl,
-                b._usd_alerts,
-                b._tokens_alerts,
-            )
+            Line(b._bucket(key, start), usd, input_tokens + cap, b._usd_limit, b.tokens, ttl, b._usd_alerts, b._tokens_alerts)
         ]
         store = b._store
         rid = store.new_id()
+        return (model, store, rid, lines, key, start, now, store.reserve_one(rid, lines, now, b.reservation_ttl))
+
+    def _fast_of(self, call: Call, reserved: _Reserved) -> _Fast:
+        """The `_Fast` of a fast reservation for *call*; raises its refusal if it was refused."""
+        model, store, rid, lines, key, start, now, refusal = reserved
+        record = call.record
         fast = (record, len(record.attempts), model, store, rid, lines, key, start, now)
-        refusal = store.reserve(rid, lines, now, b.reservation_ttl)
         if refusal is not None:
             ticket = self._ticket_of(fast)
             raise self._refused(ticket, ticket.groups[0], refusal)
         if record.budget_decision is None:
             record.budget_decision = "reserved"
         return fast
+
+    def _fast_plan(self, call: Call) -> _Fast | None:
+        """`_fast_reserve` for a `Call` (the general path), the record noted."""
+        reserved = self._fast_reserve(call.args, call.kwargs, call.instance is not None)
+        return None if reserved is None else self._fast_of(call, reserved)
 
     def _ticket_of(self, fast: _Fast) -> _Ticket:
         """The general `_Ticket` for a fast-path reservation (streams, errors, alerts)."""
@@ -1390,33 +1423,132 @@ class _FunctionBudget(Layer):
 
     def _settle_fast(self, fast: _Fast) -> None:
         """`_settle` for a fast-path call that returned a plain result."""
-        record, n0, model, store, rid, lines, _key, _start, now = fast
+        record, n0, model, store, rid, lines, _, _, now = fast
         estimated = self._charges(record, n0, model, (lines,))
         try:
-            crossings = store.settle(rid, lines, now, count=True, estimated=estimated)
+            crossings: Any = store.settle_one(rid, lines, now, estimated)
         except BudgetStoreError as exc:
-            ticket = self._ticket_of(fast)
-            self._settle_failed(ticket, ticket.groups[0], exc)
-            return
+            crossings = exc
         if crossings:
-            ticket = self._ticket_of(fast)
-            self._alerts(ticket, ticket.groups[0], crossings)
+            self._settled(fast, crossings)
         if self._history:
             self._observe(record, n0)
+
+    def _settled(self, fast: _Fast, crossings: list[_stores.Crossing] | BudgetStoreError) -> None:
+        """After a fast settlement: its alerts, or what its failure means."""
+        ticket = self._ticket_of(fast)
+        if isinstance(crossings, BudgetStoreError):
+            self._settle_failed(ticket, ticket.groups[0], crossings)
+        else:
+            self._alerts(ticket, ticket.groups[0], crossings)
+
+    def _run_fast(self, call: Call, fast: _Fast) -> Any:
+        """Call, settle (streams: when they finish), for a fast reservation."""
+        try:
+            result = call.proceed()
+        except BaseException:
+            self._settle(self._ticket_of(fast))
+            raise
+        if isinstance(result, _StreamBase):
+            return self._watch(self._ticket_of(fast), result)
+        self._settle_fast(fast)
+        return result
+
+    async def _run_fast_async(self, call: Call, fast: _Fast) -> Any:
+        """`_run_fast` for ``async def``."""
+        try:
+            result = await call.proceed_async()
+        except BaseException:
+            self._settle(self._ticket_of(fast))
+            raise
+        if isinstance(result, _StreamBase):
+            return self._watch(self._ticket_of(fast), result)
+        self._settle_fast(fast)
+        return result
+
+    # -- the fast lane (this budget alone on a def / async def) -------------------
+
+    def lane(self, shape: str) -> Lane | None:
+        """The fast path: reserve from the frame's arguments, settle from the result's usage."""
+        if not self._fast:
+            return None
+        resume = self._lane_resume if shape == SYNC else self._lane_resume_async
+        return Lane(self._lane_enter, self._lane_leave, resume, leave_reads_record=False, needs_call=False)
+
+    def _lane_enter(self, frame: list[Any]) -> Any:
+        if _SCOPES.get():
+            return GENERAL
+        simple = self._frame_simple
+        if simple is not None:
+            # One cap, one model, one input argument: read without the loops.
+            cap_name, cap_at, cap_default, name, at, default, in_name, in_at, in_default = simple
+            args, kwargs = frame[_F_ARGS], frame[_F_KWARGS]
+            n = len(args)
+            cap = args[cap_at] if cap_at is not None and cap_at < n else kwargs.get(cap_name, cap_default)
+            model = args[at] if at is not None and at < n else kwargs.get(name, default)
+            value = args[in_at] if in_at is not None and in_at < n else kwargs.get(in_name, in_default)
+            reserved = (
+                self._reserve_parts(cap, model, [value])
+                if cap.__class__ is int and cap > 0 and model.__class__ is str and value is not None
+                else None
+            )
+        else:
+            reserved = self._fast_reserve(frame[_F_ARGS], frame[_F_KWARGS], False)
+        if reserved is None:
+            return GENERAL
+        if reserved[-1] is not None:  # refused: the general way builds the error
+            self._fast_of(_realize(frame), reserved)
+        return (frame, reserved)
+
+    def _lane_fast(self, frame: list[Any], reserved: _Reserved, call: Call | None = None) -> _Fast:
+        call = call if call is not None else _realize(frame)
+        call.note(budget_decision="reserved")
+        model, store, rid, lines, key, start, now, _ = reserved
+        return (call.record, 0, model, store, rid, lines, key, start, now)
+
+    def _lane_leave(self, call: Call | None, state: tuple[list[Any], _Reserved], result: Any) -> Any:
+        frame, reserved = state
+        if call is None:
+            reported = frame[_F_USAGE]
+            if reported is not None:
+                usage, model, provider = reported
+            else:
+                facts = providers.observe_result(result)
+                usage, model, provider = (None, None, None) if facts is None else (facts.usage, facts.model, facts.provider)
+            if usage is not None:
+                cost = prices.cost_of(usage, model or reserved[0], provider)
+                if cost is not None:
+                    # The common case, settled without a record.
+                    _, store, rid, lines, _, _, now, _ = reserved
+                    line = lines[0]
+                    line.charge_usd = round(cost * PICO)
+                    line.charge_tokens = usage.input_tokens + usage.output_tokens
+                    try:
+                        crossings: Any = store.settle_one(rid, lines, now, usage.estimated)
+                    except BudgetStoreError as exc:
+                        crossings = exc
+                    if crossings:
+                        self._settled(self._lane_fast(frame, reserved, returned_call(frame, result)), crossings)
+                    if self._history:
+                        self._observe_usage(usage, model or reserved[0])
+                    return result
+        # Anything else (no usage, no price, a Call already made): from the record.
+        self._settle_fast(self._lane_fast(frame, reserved, returned_call(frame, result)))
+        return result
+
+    def _lane_resume(self, call: Call, state: tuple[list[Any], _Reserved]) -> Any:
+        return self._run_fast(call, self._lane_fast(state[0], state[1], call))
+
+    async def _lane_resume_async(self, call: Call, state: tuple[list[Any], _Reserved]) -> Any:
+        return await self._run_fast_async(call, self._lane_fast(state[0], state[1], call))
+
+    # -- the layer ---------------------------------------------------------------
 
     def around(self, call: Call) -> Any:
         """Reserve, call, settle (streams: when they finish)."""
         fast = self._fast_plan(call) if self._fast and not _SCOPES.get() else None
         if fast is not None:
-            try:
-                result = call.proceed()
-            except BaseException:
-                self._settle(self._ticket_of(fast))
-                raise
-            if isinstance(result, _StreamBase):
-                return self._watch(self._ticket_of(fast), result)
-            self._settle_fast(fast)
-            return result
+            return self._run_fast(call, fast)
         ticket = self._plan(call)
         if ticket is None:
             return call.proceed()
@@ -1436,15 +1568,7 @@ class _FunctionBudget(Layer):
         """Reserve, await, settle (streams: when they finish)."""
         fast = self._fast_plan(call) if self._fast and not _SCOPES.get() else None
         if fast is not None:
-            try:
-                result = await call.proceed_async()
-            except BaseException:
-                self._settle(self._ticket_of(fast))
-                raise
-            if isinstance(result, _StreamBase):
-                return self._watch(self._ticket_of(fast), result)
-            self._settle_fast(fast)
-            return result
+            return await self._run_fast_async(call, fast)
         ticket = self._plan(call)
         if ticket is None:
             return await call.proceed_async()

@@ -43,6 +43,8 @@ _active: Clock = SYSTEM_CLOCK
 # a direct reference to the active clock's monotonic function costs a third
 # of going through `get_clock()` on every call.
 now = time.monotonic
+# The same for wall-clock time (calendar windows).
+wall = time.time
 
 
 def get_clock() -> Clock:
@@ -52,9 +54,10 @@ def get_clock() -> Clock:
 
 def set_clock(clock: Clock) -> Clock:
     """Make *clock* the one guards use; returns the previous one."""
-    global _active, now  # noqa: PLW0603 - one process-wide clock is the point
+    global _active, now, wall  # noqa: PLW0603 - one process-wide clock is the point
     previous, _active = _active, clock
     now = time.monotonic if clock is SYSTEM_CLOCK else clock.monotonic
+    wall = time.time if clock is SYSTEM_CLOCK else clock.time
     return previous
 
 

@@ -724,13 +724,6 @@ def report_usage(
     running = _CURRENT.get()
     if running is None:
         return False
-    if type(running) is tuple:
-        call, attempt = running
-    else:  # a lane's frame
-        call, attempt = _call_of(running), None
-    call.record  # noqa: B018 - built now if nobody asked before; it takes this attempt on
-    if attempt is None:  # a lane's attempt, on the record since that line
-        attempt = cast("Attempt", call._lane)
     usage = Usage(
         input_tokens,
         output_tokens,
@@ -739,13 +732,34 @@ def report_usage(
         reasoning_tokens,
         estimated,
     )
+    if isinstance(running, tuple):
+        call, attempt = running
+    else:  # a lane's frame
+        frame = running
+        if frame[_F_CALL] is None:
+            # No Call yet: kept on the frame (for leave, or for the record if built).
+            prev = frame[_F_USAGE]
+            frame[_F_USAGE] = (
+                (usage, model, provider)
+                if prev is None
+                else (prev[0] + usage, model or prev[1], provider or prev[2])
+            )
+            return True
+        call, attempt = frame[_F_CALL], None
+    call.record  # noqa: B018 - built now if nobody asked before; it takes this attempt on
+    if attempt is None:  # a lane's attempt, on the record since that line
+        attempt = cast("Attempt", call._lane)
+    _report_on(attempt, usage, model, provider)
+    return True
+
+
+def _report_on(attempt: Attempt, usage: Usage, model: str | None, provider: str | None) -> None:
     attempt.usage = usage if attempt.usage is None else attempt.usage + usage
     attempt.cost_usd = None  # re-priced when the attempt settles
     if model:
         attempt.response_model = model
     if provider:
         attempt.provider = provider
-    return True
 
 
 # -- shapes ------------------------------------------------------------------
@@ -1484,8 +1498,10 @@ def _plain_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any]) -> C
 # the `Call` (a nested guarded call, report_usage, current_call, an exception,
 # a stream, a layer whose hooks take the call): a Call is then built from it
 # (`_realize`), the same Call the general path would have made.
-_F_CALL, _F_LAYER, _F_INFO, _F_FN, _F_ARGS, _F_KWARGS, _F_STARTED, _F_TOKEN, _F_DEADLINE = range(9)
-Frame = list  # [Call | None, layer, info, fn, args, kwargs, started_at, _CURRENT token, deadline]
+_F_CALL, _F_LAYER, _F_INFO, _F_FN, _F_ARGS, _F_KWARGS, _F_STARTED, _F_TOKEN, _F_DEADLINE, _F_USAGE = range(10)
+# [Call | None, layer, info, fn, args (self included), kwargs, started_at,
+#  _CURRENT token, deadline, (usage, model, provider) reported before the Call]
+Frame = list
 _NEEDS_RESUME: Any = object()
 
 
@@ -1509,9 +1525,27 @@ def _realize(frame: Frame[Any]) -> Call:
     running = _CURRENT.get() if token is None else token.old_value
     call._own(_call_of(running) if running is not None and running is not contextvars.Token.MISSING else None, frame[_F_STARTED])
     call._deadline = frame[_F_DEADLINE]
+    frame[_F_CALL] = call
     if token is not None:  # the function has started: its attempt is the lane's
         call._lane = _RUNNING
-    frame[_F_CALL] = call
+        reported = frame[_F_USAGE]
+        if reported is not None:
+            frame[_F_USAGE] = None
+            call.record  # noqa: B018 - puts the lane's attempt on the record, to carry it
+            _report_on(cast("Attempt", call._lane), *reported)
+    return call
+
+
+def returned_call(frame: Frame[Any], result: Any) -> Call:
+    """For a lane's ``leave`` given no Call: the Call, with *result* as its attempt's.
+
+    Reading ``.record`` then shows the attempt settled from *result* (and
+    whatever `report_usage` said), as on the general path.
+    """
+    call = _realize(frame)
+    if call._lane is _RUNNING:
+        call._lane = _RETURNED
+        call._replay = (None, result, None)
     return call
 
 
@@ -1546,7 +1580,7 @@ def _lane_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: 
         if handoff_get() is not None:  # the inner layer of another guard's call
             instance, rest = (args[0], args[1:]) if offset and args else (None, args)
             return layer.around(Call(layer, info, fn, instance, rest, kwargs))
-        frame: Frame[Any] = [None, layer, info, fn, args, kwargs, clock.now(), None, None]
+        frame: Frame[Any] = [None, layer, info, fn, args, kwargs, clock.now(), None, None, None]
         try:
             state = None
             if enter is not None:
@@ -1592,7 +1626,7 @@ def _lane_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane:
         if handoff_get() is not None:
             instance, rest = (args[0], args[1:]) if offset and args else (None, args)
             return await layer.around_async(Call(layer, info, fn, instance, rest, kwargs))
-        frame: Frame[Any] = [None, layer, info, fn, args, kwargs, clock.now(), None, None]
+        frame: Frame[Any] = [None, layer, info, fn, args, kwargs, clock.now(), None, None, None]
         try:
             state = None
             if enter is not None:

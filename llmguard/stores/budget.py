@@ -181,6 +181,14 @@ class BudgetStore(abc.ABC):
     ) -> list[Crossing]:
         """Release reservation *rid* and add each line's charge to its bucket."""
 
+    def reserve_one(self, rid: str, lines: list[Line], now: float, lease: float) -> Refusal | None:
+        """`reserve` for a single line (override for a faster path)."""
+        return self.reserve(rid, lines, now, lease)
+
+    def settle_one(self, rid: str, lines: list[Line], now: float, estimated: bool) -> list[Crossing] | None:
+        """`settle` (counted) for a single line; None or empty when nothing was crossed."""
+        return self.settle(rid, lines, now, count=True, estimated=estimated)
+
     @abc.abstractmethod
     def ledger(self, bucket: str, now: float) -> Ledger:
         """Read *bucket* (expired reservations dropped first)."""
@@ -286,7 +294,7 @@ class MemoryBudgetStore(BudgetStore):
     def reserve(self, rid: str, lines: list[Line], now: float, lease: float) -> Refusal | None:
         """Hold each line's request in its bucket, all or none."""
         if len(lines) == 1:
-            return self._reserve_one(rid, lines, now, lease)
+            return self.reserve_one(rid, lines, now, lease)
         with self._lock:
             refusal = self._refusal(lines, now)
             if refusal is not None and self._drop_expired(now):
@@ -301,8 +309,8 @@ class MemoryBudgetStore(BudgetStore):
             self._held[rid] = (now + lease, lines)
         return None
 
-    def _reserve_one(self, rid: str, lines: list[Line], now: float, lease: float) -> Refusal | None:
-        # `reserve` for one line (the common case), without the loops.
+    def reserve_one(self, rid: str, lines: list[Line], now: float, lease: float) -> Refusal | None:
+        """`reserve` for one line (the common case), without the loops."""
         line = lines[0]
         usd, tokens = line.usd, line.tokens
         usd_limit, tokens_limit = line.usd_limit, line.tokens_limit
@@ -326,6 +334,11 @@ class MemoryBudgetStore(BudgetStore):
             self._held[rid] = (now + lease, lines)
         return None
 
+    def settle_one(self, rid: str, lines: list[Line], now: float, estimated: bool) -> list[Crossing] | None:
+        """`settle` (counted) for one line, without the loops; None when nothing was crossed."""
+        with self._lock:
+            return self._settle_line(0, lines[0], self._held.pop(rid, None) is not None, now, True, estimated)
+
     def settle(
         self, rid: str, lines: list[Line], now: float, *, count: bool, estimated: bool
     ) -> list[Crossing]:
@@ -334,26 +347,36 @@ class MemoryBudgetStore(BudgetStore):
         with self._lock:
             held = self._held.pop(rid, None) is not None
             for i, line in enumerate(lines):
-                b = self._buckets.get(line.bucket)
-                if b is None:  # swept, or its lease long gone
-                    b = self._bucket(line.bucket, line.ttl, now)
-                if held:
-                    b[_RU] -= line.usd
-                    b[_RT] -= line.tokens
-                su = b[_SU] = b[_SU] + line.charge_usd
-                st = b[_ST] = b[_ST] + line.charge_tokens
-                if count:
-                    b[_N] += 1
-                    if estimated:
-                        b[_E] += 1
-                alerts, old = line.usd_alerts, b[_AU]
-                if old < len(alerts) and su >= alerts[old]:
-                    b[_AU] = _crossed(alerts, old, su)
-                    crossings.append(Crossing(i, "usd", tuple(range(old, b[_AU])), su))
-                alerts, old = line.tokens_alerts, b[_AT]
-                if old < len(alerts) and st >= alerts[old]:
-                    b[_AT] = _crossed(alerts, old, st)
-                    crossings.append(Crossing(i, "tokens", tuple(range(old, b[_AT])), st))
+                crossed = self._settle_line(i, line, held, now, count, estimated)
+                if crossed:
+                    crossings.extend(crossed)
+        return crossings
+
+    def _settle_line(
+        self, i: int, line: Line, held: bool, now: float, count: bool, estimated: bool
+    ) -> list[Crossing] | None:
+        # Under the lock: one line's release and charge, and its alert crossings.
+        b = self._buckets.get(line.bucket)
+        if b is None:  # swept, or its lease long gone
+            b = self._bucket(line.bucket, line.ttl, now)
+        if held:
+            b[_RU] -= line.usd
+            b[_RT] -= line.tokens
+        su = b[_SU] = b[_SU] + line.charge_usd
+        st = b[_ST] = b[_ST] + line.charge_tokens
+        if count:
+            b[_N] += 1
+            if estimated:
+                b[_E] += 1
+        crossings: list[Crossing] | None = None
+        alerts, old = line.usd_alerts, b[_AU]
+        if old < len(alerts) and su >= alerts[old]:
+            b[_AU] = _crossed(alerts, old, su)
+            crossings = [Crossing(i, "usd", tuple(range(old, b[_AU])), su)]
+        alerts, old = line.tokens_alerts, b[_AT]
+        if old < len(alerts) and st >= alerts[old]:
+            b[_AT] = _crossed(alerts, old, st)
+            crossings = [*(crossings or ()), Crossing(i, "tokens", tuple(range(old, b[_AT])), st)]
         return crossings
 
     def ledger(self, bucket: str, now: float) -> Ledger:
