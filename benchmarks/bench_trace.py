@@ -10,6 +10,12 @@ Three figures:
   ``tracer.start_as_current_span`` around the same function setting the
   same attributes (target <= 1.3x);
 * the same with an SDK ``MeterProvider`` too (spans + the GenAI metrics).
+
+"The same attributes" is checked, not assumed: `compare_attributes` exports
+one span of each through an in-memory exporter and the run prints whether
+their attribute keys and values (and name and kind) match, naming any that
+differ. The two sides are timed in alternating batches (`paired`), so a
+noisy neighbour slows both alike and the ratio holds.
 """
 
 from __future__ import annotations
@@ -73,6 +79,42 @@ def bare_span(tracer: Any, fn: Any) -> Any:
     return inner
 
 
+def compare_attributes() -> tuple[bool, str]:
+    """Whether the bare span carries exactly the attributes ``@lg.trace`` puts on its span.
+
+    One span of each goes to an in-memory exporter on a provider of its own;
+    the line printed says whether the keys (and values) match, and which do not.
+    """
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    trace(tracer_provider=tp)(target)("q", max_tokens=256)
+    bare_span(tp.get_tracer("bench"), target)("q", max_tokens=256)
+    ours_span, hand_span = exporter.get_finished_spans()
+    ours = dict(ours_span.attributes or {})
+    hand = dict(hand_span.attributes or {})
+    only_ours = sorted(ours.keys() - hand.keys())
+    only_hand = sorted(hand.keys() - ours.keys())
+    differ = sorted(k for k in ours.keys() & hand.keys() if ours[k] != hand[k])
+    same_shape = ours_span.name == hand_span.name and ours_span.kind == hand_span.kind
+    if not (only_ours or only_hand or differ) and same_shape:
+        return True, f"same {len(ours)} attribute keys and values, same name and kind"
+    parts = []
+    if only_ours:
+        parts.append(f"only @lg.trace: {only_ours}")
+    if only_hand:
+        parts.append(f"only the bare span: {only_hand}")
+    if differ:
+        parts.append("values differ: " + ", ".join(f"{k}={ours[k]!r} vs {hand[k]!r}" for k in differ))
+    if not same_shape:
+        parts.append(f"name/kind differ: {ours_span.name!r}/{ours_span.kind} vs {hand_span.name!r}/{hand_span.kind}")
+    return False, "; ".join(parts)
+
+
 def paired(a: Any, b: Any, number: int = 5_000, repeats: int = REPEATS) -> tuple[float, float]:
     """Median seconds per call of *a* and of *b*, measured in alternating batches.
 
@@ -120,6 +162,8 @@ def run() -> dict[str, float]:
     atraced_off = per_call_async(lambda f=trace(atarget): f("q", max_tokens=256))
     print(row("no SDK, async: what @lg.trace adds", overhead(atraced_off, acore)))
 
+    same, detail = compare_attributes()
+    print(f"  bare span vs @lg.trace span: {'MATCH' if same else 'MISMATCH'}: {detail}")
     tp = TracerProvider()
     tracer = tp.get_tracer("bench")
     hand, ours = paired(
@@ -128,7 +172,10 @@ def run() -> dict[str, float]:
     )
     print(row("SDK spans: bare start_as_current_span, same attributes", hand))
     print(row("SDK spans: @lg.trace (target <= 1.3x)", ours, hand, "of the bare span"))
+    # What the wrapping core costs on its own (the function's own time taken
+    # out: the bare span calls it too).
     core_rec = per_call(lambda f=wrap(RecordReader(), target): f("q", max_tokens=256))
+    core_rec -= per_call(lambda: target("q", max_tokens=256))
     print(row("core with the call record built (what trace reads)", core_rec))
     print(row("SDK spans: @lg.trace minus that core cost", ours - core_rec, hand, "of the bare span"))
 
@@ -144,8 +191,61 @@ def run() -> dict[str, float]:
         "bare_sdk_span": hand,
         "trace_sdk_ratio": ours / hand,
         "trace_sdk_metrics": ours_m,
+        "trace_sdk_same_attributes": float(same),
     }
 
 
+# (path fragment, area) for `profile`, first match wins.
+_AREAS = (
+    ("/opentelemetry/sdk/", "opentelemetry SDK"),
+    ("/opentelemetry/", "opentelemetry API (attributes, context)"),
+    ("llmguard/_trace", "llmguard trace"),
+    ("llmguard/_wrap", "llmguard core (_wrap, _record)"),
+    ("llmguard/_record", "llmguard core (_wrap, _record)"),
+    ("llmguard/", "llmguard, other modules"),
+    ("contextlib", "contextlib"),
+    ("bench_trace", "the benchmark's function"),
+)
+
+
+def profile(calls: int = 50_000) -> None:
+    """Where a call's time goes, by area, under cProfile: ``python bench_trace.py --profile``.
+
+    cProfile inflates every Python call, so the shares matter, not the
+    absolute figures.
+    """
+    import collections
+    import cProfile
+    import pstats
+
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tp = TracerProvider()
+    for name, fn in (
+        ("@lg.trace", trace(tracer_provider=tp)(target)),
+        ("bare span", bare_span(tp.get_tracer("bench"), target)),
+    ):
+        for _ in range(2_000):
+            fn("q", max_tokens=256)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(calls):
+            fn("q", max_tokens=256)
+        profiler.disable()
+        areas: collections.Counter[str] = collections.Counter()
+        for (file, _line, _func), (_cc, _nc, own, _cum, _callers) in pstats.Stats(profiler).stats.items():  # type: ignore[attr-defined]
+            path = file.replace("\\", "/")
+            areas[next((area for part, area in _AREAS if part in path), "builtins")] += own
+        total = sum(areas.values())
+        print(f"{name}: {total / calls * 1e6:.1f} µs per call under cProfile")
+        for area, own in areas.most_common():
+            print(f"  {own / total:6.1%}  {own / calls * 1e6:7.2f} µs  {area}")
+
+
 if __name__ == "__main__":
-    run()
+    import sys
+
+    if "--profile" in sys.argv[1:]:
+        profile()
+    else:
+        run()

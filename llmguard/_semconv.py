@@ -160,6 +160,7 @@ def provider_name(provider: str | None, server_address: str | None = None) -> st
     return name
 
 
+# model -> guess. `trace` reads it inline on every call (cleared, never rebound).
 _GUESSES: dict[str, str | None] = {}
 
 

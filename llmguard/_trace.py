@@ -83,7 +83,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext, Tracer, TracerProvider
     from opentelemetry.util import types as otel_types
 
-    from ._record import Attempt, CallRecord, Usage
+    from ._record import Attempt, Usage
 
 
 P = ParamSpec("P")
@@ -471,11 +471,15 @@ class _ClientFinder:
             value = g.get(name)
             if value is not None and _is_client(value):
                 return self._address(value)
+        # Arguments: a type seen before is one dict lookup (`_is_client`, inlined).
+        known_types = _CLIENT_TYPES
         for value in call.args[:4]:
-            if _is_client(value):
+            known = known_types.get(type(value))
+            if known or (known is None and _is_client(value)):
                 return self._address(value)
         for value in call.kwargs.values():
-            if _is_client(value):
+            known = known_types.get(type(value))
+            if known or (known is None and _is_client(value)):
                 return self._address(value)
         instance = call.instance
         return self._on_instance(instance) if instance is not None else _NOWHERE
@@ -665,6 +669,15 @@ def _restore(scope: _Scope) -> None:
 # -- one traced call -----------------------------------------------------------
 
 _OK = Outcome.OK
+_CLIENT = SpanKind.CLIENT
+_INT_FLOAT: Final = (int, float)
+_PROVIDER_NAMES: Final = _semconv.PROVIDERS
+_GOOGLE: Final = _semconv.PROVIDERS["google"]  # its specific name depends on the endpoint
+_GUESSES: Final = _semconv._GUESSES  # provider_from_model's cache, read inline on the hot path
+_attach = otel_context.attach
+_detach = otel_context.detach
+_set_span_in_context = otel_trace.set_span_in_context
+_get_current = otel_context.get_current
 _LEVELS: Final = {
     Outcome.OK: "info",
     Outcome.CLOSED: "info",
@@ -685,97 +698,103 @@ def _number(value: object) -> bool:
 
 
 class _CallTrace:
-    """One traced call: its span, its start, and how to end it (once)."""
+    """One traced call: its span, its start, and how to end it (once).
 
-    __slots__ = (
-        "address",
-        "call",
-        "chunk_gaps",
-        "client_provider",
-        "ctx",
-        "ended",
-        "last_chunk",
-        "layer",
-        "prev_span",
-        "scope",
-        "span",
-        "start_address",
-        "start_provider",
-        "start_stream",
-        "stream",
-        "t0",
-        "tel",
-    )
+    Built on every traced call, so (like `Attempt`) it has no ``__slots__``
+    and keeps its defaults on the class: ``__init__`` stores only what this
+    call has. The facts the record holds at the end are read once, by
+    `_end`, which keeps on this object what metrics and events need.
+    """
 
-    def __init__(self, layer: TraceLayer, call: Call, tel: _Telemetry | None) -> None:
+    span: Span | None = None
+    ctx: Context | None = None
+    stream: _StreamBase | None = None
+    chunk_gaps: list[float] | None = None
+    last_chunk: float = 0.0
+    address: tuple[str, int] | None = None
+    client_provider: str | None = None  # llmguard's name for the client's SDK
+    start_provider: str | None = None  # gen_ai.provider.name set at the start
+    start_address: bool = False
+    start_stream: bool = False
+    scope: _Scope | None = None
+    ended: bool = False
+    # -- the facts at the end (`_end`)
+    provider: str | None = None
+    response_model: str | None = None
+    finish_reasons: tuple[str, ...] = ()
+    usage: Usage | None = None
+    cost: float | None = None
+    ttfc: float | None = None
+
+    def __init__(  # noqa: PLR0912, PLR0915 - every call's start, kept in one frame
+        self, layer: TraceLayer, call: Call, tel: _Telemetry | None
+    ) -> None:
         self.layer = layer
         self.call = call
         self.tel = tel
         self.t0 = _clock.now()
-        self.ended = False
-        self.span: Span | None = None
-        self.ctx: Context | None = None
-        self.stream: _StreamBase | None = None
-        self.chunk_gaps: list[float] | None = None
-        self.last_chunk = 0.0
-        self.address: tuple[str, int] | None = None
-        self.start_provider: str | None = None
-        self.client_provider: str | None = None
-        self.start_address = False
-        self.start_stream = False
         scopes = _SCOPES.get()
-        self.scope = scopes[-1] if scopes else None
-        record = call.record
+        if scopes:
+            self.scope = scopes[-1]
+        self.record = record = call.record
         self.prev_span = record.span
         if tel is None:
             return
+        address = client = None
         finder = layer._finder
         if finder is not None:
-            self.address, self.client_provider = finder.find(call)
+            address, client = finder.find(call)
+            self.address = address
+            self.client_provider = client
         tracer = tel.tracer
-        if tracer is not None:
-            self._start(tracer, tel.names)
-
-    def _start(self, tracer: Tracer, n: _semconv.Semconv) -> None:
-        # The spec asks for the sampling-relevant attributes at the start.
-        layer = self.layer
-        call = self.call
-        record = call.record
+        if tracer is None:
+            return
+        # The spec asks for the sampling-relevant attributes at the start, so
+        # they go to start_span, in one dict (one validation pass).
+        n = layer._names
         model = record.request_model
         op = layer.operation or record.operation
-        self.start_stream = record.stream
-        attrs: dict[str, Any] = {
-            n.operation: op,
-            n.request_stream: record.stream,
-            n.lg_function: record.function,
-        }
-        provider = (
-            layer.provider
-            or _semconv.provider_name(self.client_provider, self.address[0] if self.address else None)
-            or _semconv.provider_from_model(model)
-        )
+        stream = self.start_stream = record.stream
+        attrs: dict[str, Any] = {n.operation: op, n.request_stream: stream, n.lg_function: record.function}
+        provider = layer.provider
+        if provider is None:
+            if client is not None:
+                provider = _semconv.provider_name(client, address[0] if address is not None else None)
+            if not provider and model:
+                provider = _GUESSES.get(model, _UNSET)
+                if provider is _UNSET:
+                    provider = _semconv.provider_from_model(model)
         if provider:
             attrs[n.provider] = provider
             self.start_provider = provider
         if model:
             attrs[n.request_model] = model
-        address = self.address
         if address is not None:
             attrs[n.server_address] = address[0]
             attrs[n.server_port] = address[1]
             self.start_address = True
-        for param, key in layer._params:
-            value = call.param(param)
-            if _number(value):
-                attrs[key] = value
+        params = layer._params
+        if params:
+            kwargs = call.kwargs
+            for param, key in params:
+                value = kwargs[param] if param in kwargs else call.param(param)
+                if value is not None and (type(value) in _INT_FLOAT or _number(value)):
+                    attrs[key] = value
         if layer._attributes:
             attrs.update(layer._attributes)
-        name = layer.span_name or (f"{op} {model}" if model else op)
-        span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
+        # The current context, read once: start_span, its sampler and
+        # set_span_in_context would each read it again.
+        parent = _get_current()
+        span = tracer.start_span(
+            layer.span_name or (f"{op} {model}" if model else op),
+            parent,
+            kind=_CLIENT,
+            attributes=attrs,
+        )
         self.span = span
         if span.is_recording():  # sampled out: inner guards' events need go nowhere
             record.span = _RecordSpan(span)
-        self.ctx = otel_trace.set_span_in_context(span)
+        self.ctx = _set_span_in_context(span, parent)
 
     # -- streams -------------------------------------------------------------
 
@@ -785,11 +804,11 @@ class _CallTrace:
         out: _StreamBase = result
         if self.ctx is not None:
             if isinstance(result, AsyncGuardedStream):
-                traced_async = _TracedAsyncStream(source=result, record=self.call.record)
+                traced_async = _TracedAsyncStream(source=result, record=self.record)
                 traced_async._otel_ctx = self.ctx
                 out = traced_async
             else:
-                traced = _TracedStream(source=result, record=self.call.record)
+                traced = _TracedStream(source=result, record=self.record)
                 traced._otel_ctx = self.ctx
                 out = traced
         if self.tel is not None and self.tel.instruments is not None:
@@ -825,124 +844,138 @@ class _CallTrace:
             if span is not None and span.is_recording():
                 span.end()
         finally:
-            self.call.record.span = self.prev_span
+            self.record.span = self.prev_span
 
-    def _end(self, outcome: Outcome, exc: BaseException | None, result: Any) -> None:
+    def _end(  # noqa: C901, PLR0912, PLR0915 - every call's end, kept in one frame
+        self, outcome: Outcome, exc: BaseException | None, result: Any
+    ) -> None:
+        # One method on purpose: this runs on every call, and each Python
+        # call or attribute round-trip saved shows beside the SDK's own cost.
         t1 = _clock.now()
-        if self.address is None and self.tel is not None:
-            if exc is not None:
-                self.address = _address_of_url(getattr(getattr(exc, "request", None), "url", None))
-            elif self.stream is not None:
-                self.address = _stream_address(self.stream)
-        facts = _Facts(self.call.record, self)
-        error_type = _error_type(outcome, exc)
+        tel = self.tel
+        record = self.record
+        layer = self.layer
+        if tel is not None and self.address is None and (exc is not None or self.stream is not None):
+            self._late_address(exc)
+        # -- the facts the record holds now (one attempt: read directly, no sums)
+        attempts = record.attempts
+        last: Attempt | None
+        if len(attempts) == 1:
+            last = attempts[0]
+            provider = last.provider
+            response_model = last.response_model
+            response_id = last.response_id
+            finish_reasons = last.finish_reasons
+            usage = last.usage
+            cost = last.cost_usd if usage is not None else None
+        else:
+            provider = response_model = response_id = None
+            finish_reasons = ()
+            for att in reversed(attempts):
+                provider = provider or att.provider
+                response_model = response_model or att.response_model
+                response_id = response_id or att.response_id
+                finish_reasons = finish_reasons or att.finish_reasons
+            usage = record.usage
+            cost = record.cost_usd
+            last = attempts[-1] if attempts else None
+        address = self.address
+        provider = provider or self.client_provider
+        if provider is not None:  # `_semconv.provider_name`, without the call for the usual names
+            name: str | None = _PROVIDER_NAMES.get(provider, provider)
+            if name == _GOOGLE:
+                name = _semconv.provider_name(provider, address[0] if address is not None else None)
+            provider = name
+        provider = provider or layer.provider
+        first_chunk = last.first_chunk_at if last is not None else None
+        ttfc = max(first_chunk - self.t0, 0.0) if first_chunk is not None else None
+        self.provider = provider
+        self.response_model = response_model
+        self.finish_reasons = finish_reasons
+        self.usage = usage
+        self.cost = cost
+        self.ttfc = ttfc
+        error_type = None if outcome is _OK else _error_type(outcome, exc)
         span = self.span
         if span is not None:
             if span.is_recording():
-                self._finish_span(span, facts, outcome, exc, error_type, result)
+                # -- the span's end attributes, in one set_attributes (one
+                # validation pass). Those set at the start are not set again;
+                # defaults (outcome ok, usage measured) are left implicit.
+                n = layer._names
+                attrs: dict[str, Any] = {n.lg_attempts: len(attempts)}
+                if outcome is not _OK:
+                    attrs[n.lg_outcome] = outcome.value
+                if record.stream is not self.start_stream:  # a function that returned a stream
+                    attrs[n.request_stream] = record.stream
+                if provider and provider != self.start_provider:
+                    attrs[n.provider] = provider
+                if response_model:
+                    attrs[n.response_model] = response_model
+                    if not record.request_model and not layer.span_name:
+                        # The spec's name wants the requested model; when the function
+                        # chose it inside, the answering model is the best known.
+                        span.update_name(f"{layer.operation or record.operation} {response_model}")
+                if response_id:
+                    attrs[n.response_id] = response_id
+                if finish_reasons:
+                    attrs[n.response_finish_reasons] = finish_reasons
+                if usage is not None:
+                    attrs[n.usage_input] = usage.input_tokens
+                    attrs[n.usage_output] = usage.output_tokens
+                    attrs[n.usage_cache_read] = usage.cache_read_tokens
+                    attrs[n.usage_cache_write] = usage.cache_write_tokens
+                    if usage.reasoning_tokens:
+                        attrs[n.usage_reasoning] = usage.reasoning_tokens
+                    if usage.estimated:
+                        attrs[n.lg_usage_estimated] = True
+                if cost is not None:
+                    attrs[n.lg_cost] = cost
+                if ttfc is not None:
+                    attrs[n.response_ttfc] = ttfc
+                if address is not None and not self.start_address:
+                    attrs[n.server_address] = address[0]
+                    attrs[n.server_port] = address[1]
+                if record._request:  # request parameters other guards or the user put on the record
+                    _request_attributes(attrs, n, record._request)
+                # what other guards noted on the record
+                if record.cache is not None:
+                    attrs[n.lg_cache] = record.cache
+                if record.cache_similarity is not None:
+                    attrs[n.lg_cache_similarity] = record.cache_similarity
+                if record.saved_usd is not None:
+                    attrs[n.lg_saved] = record.saved_usd
+                if record.fallback_target is not None:
+                    attrs[n.lg_fallback_target] = scrub(str(record.fallback_target))
+                if record.budget_decision is not None:
+                    attrs[n.lg_budget_decision] = str(record.budget_decision)
+                if record.route is not None:
+                    attrs[n.lg_route] = scrub(str(record.route))
+                if exc is not None:
+                    _error_attributes(attrs, n, exc)
+                if layer.capture_content:
+                    self._content(attrs, n, result)
+                if error_type is not None:
+                    attrs[n.error_type] = error_type
+                span.set_attributes(attrs)
+                if error_type is not None:
+                    _set_error_status(span, error_type, outcome, exc)
             span.end()
-        tel = self.tel
         if tel is not None and tel.instruments is not None:
-            self._record_metrics(tel.instruments, tel.names, facts, t1, error_type, exc)
+            self._record_metrics(tel.instruments, tel.names, t1, error_type, exc)
         if self.scope is not None:
-            self.scope.add(facts.usage, facts.cost)
+            self.scope.add(usage, cost)
         if _events.listening():
-            self._emit(facts, outcome, exc, error_type, t1)
+            self._emit(outcome, exc, error_type, t1)
 
-    def _finish_span(
-        self,
-        span: Span,
-        facts: _Facts,
-        outcome: Outcome,
-        exc: BaseException | None,
-        error_type: str | None,
-        result: Any,
-    ) -> None:
-        n = facts.names
-        record = self.call.record
-        # Attributes set when the span started are not set again; defaults
-        # (one attempt, outcome ok, usage measured) are left implicit.
-        attrs: dict[str, Any] = {n.lg_attempts: len(record.attempts)}
-        if outcome is not _OK:
-            attrs[n.lg_outcome] = outcome.value
-        if record.stream is not self.start_stream:  # a function that returned a stream
-            attrs[n.request_stream] = record.stream
-        self._response_facts(attrs, n, facts, span)
-        address = self.address
-        if address is not None and not self.start_address:
-            attrs[n.server_address] = address[0]
-            attrs[n.server_port] = address[1]
-        request = record._request  # what other guards or the user put on the record
-        if request:
-            for param, key in _REQUEST_PARAMS:
-                value = request.get(param)
-                if _number(value):
-                    attrs[getattr(n, key)] = value
-        self._guard_facts(attrs, n, record, exc)
-        if self.layer.capture_content:
-            self._content(attrs, n, facts, result)
-        if error_type is not None:
-            attrs[n.error_type] = error_type
-        span.set_attributes(attrs)
-        if error_type is not None:
-            if exc is not None and outcome is Outcome.ERROR:
-                _add_exception_event(span, exc)
-                span.set_status(Status(StatusCode.ERROR, f"{error_type}: {scrub(str(exc))[:300]}"))
-            else:
-                span.set_status(Status(StatusCode.ERROR, error_type))
+    def _late_address(self, exc: BaseException | None) -> None:
+        """The server address known only at the end: from the error's request, or the stream's response."""
+        if exc is not None:
+            self.address = _address_of_url(getattr(getattr(exc, "request", None), "url", None))
+        elif self.stream is not None:
+            self.address = _stream_address(self.stream)
 
-    def _response_facts(self, attrs: dict[str, Any], n: _semconv.Semconv, facts: _Facts, span: Span) -> None:
-        if facts.provider and facts.provider != self.start_provider:
-            attrs[n.provider] = facts.provider
-        if facts.response_model:
-            attrs[n.response_model] = facts.response_model
-            record = self.call.record
-            if not record.request_model and not self.layer.span_name:
-                # The spec's name wants the requested model; when the
-                # function chose it inside, the answering model is the best known.
-                span.update_name(f"{self.layer.operation or record.operation} {facts.response_model}")
-        if facts.response_id:
-            attrs[n.response_id] = facts.response_id
-        if facts.finish_reasons:
-            attrs[n.response_finish_reasons] = facts.finish_reasons
-        usage = facts.usage
-        if usage is not None:
-            attrs[n.usage_input] = usage.input_tokens
-            attrs[n.usage_output] = usage.output_tokens
-            attrs[n.usage_cache_read] = usage.cache_read_tokens
-            attrs[n.usage_cache_write] = usage.cache_write_tokens
-            if usage.reasoning_tokens:
-                attrs[n.usage_reasoning] = usage.reasoning_tokens
-            if usage.estimated:
-                attrs[n.lg_usage_estimated] = True
-        if facts.cost is not None:
-            attrs[n.lg_cost] = facts.cost
-        if facts.ttfc is not None:
-            attrs[n.response_ttfc] = facts.ttfc
-
-    @staticmethod
-    def _guard_facts(
-        attrs: dict[str, Any], n: _semconv.Semconv, record: CallRecord, exc: BaseException | None
-    ) -> None:
-        if record.cache is not None:
-            attrs[n.lg_cache] = record.cache
-        if record.cache_similarity is not None:
-            attrs[n.lg_cache_similarity] = record.cache_similarity
-        if record.saved_usd is not None:
-            attrs[n.lg_saved] = record.saved_usd
-        if record.fallback_target is not None:
-            attrs[n.lg_fallback_target] = scrub(str(record.fallback_target))
-        if record.budget_decision is not None:
-            attrs[n.lg_budget_decision] = str(record.budget_decision)
-        if record.route is not None:
-            attrs[n.lg_route] = scrub(str(record.route))
-        kind = _error_kind(exc)
-        if kind is not None:
-            attrs[n.lg_error_kind] = kind.value
-        if isinstance(exc, _REFUSALS):
-            attrs[n.lg_refusal] = type(exc).__name__
-
-    def _content(self, attrs: dict[str, Any], n: _semconv.Semconv, facts: _Facts, result: Any) -> None:
+    def _content(self, attrs: dict[str, Any], n: _semconv.Semconv, result: Any) -> None:
         layer = self.layer
         budget = _ContentBudget(layer.redact, layer.max_content_chars)
         try:
@@ -958,7 +991,7 @@ class _CallTrace:
                 observed = providers.observe_result(result)
                 text = observed.text if observed is not None else (result if isinstance(result, str) else None)
             if text:
-                reason = facts.finish_reasons[0] if facts.finish_reasons else "unknown"
+                reason = self.finish_reasons[0] if self.finish_reasons else "unknown"
                 part = {"type": "text", "content": budget.clean(text)}
                 out = [{"role": "assistant", "parts": [part], "finish_reason": reason}]
                 attrs[n.output_messages] = json.dumps(out, ensure_ascii=False)
@@ -971,16 +1004,16 @@ class _CallTrace:
                 stacklevel=2,
             )
 
-    def _metric_attributes(self, n: _semconv.Semconv, facts: _Facts) -> dict[str, Any]:
-        record = self.call.record
+    def _metric_attributes(self, n: _semconv.Semconv) -> dict[str, Any]:
+        record = self.record
         attrs: dict[str, Any] = {n.operation: self.layer.operation or record.operation}
-        provider = facts.provider or _semconv.provider_from_model(record.request_model)
+        provider = self.provider or _semconv.provider_from_model(record.request_model)
         if provider:
             attrs[n.provider] = provider
         if record.request_model:
             attrs[n.request_model] = record.request_model
-        if facts.response_model:
-            attrs[n.response_model] = facts.response_model
+        if self.response_model:
+            attrs[n.response_model] = self.response_model
         if self.address is not None:
             attrs[n.server_address] = self.address[0]
             attrs[n.server_port] = self.address[1]
@@ -990,16 +1023,15 @@ class _CallTrace:
         self,
         ins: _Instruments,
         n: _semconv.Semconv,
-        facts: _Facts,
         t1: float,
         error_type: str | None,
         exc: BaseException | None,
     ) -> None:
-        record = self.call.record
-        attrs = self._metric_attributes(n, facts)
+        record = self.record
+        attrs = self._metric_attributes(n)
         if ins.duration is not None:
             ins.duration.record(t1 - self.t0, {**attrs, n.error_type: error_type} if error_type else attrs)
-        usage = facts.usage
+        usage = self.usage
         if usage is not None:
             if ins.token_usage is not None:
                 ins.token_usage.record(usage.input_tokens, {**attrs, n.token_type: "input"})
@@ -1012,13 +1044,13 @@ class _CallTrace:
                 modal = {**attrs, n.token_modality: "unknown"} if n.token_modality else attrs
                 for field, counter in ins.usage_counters:
                     counter.add(getattr(usage, field), modal)
-        if facts.ttfc is not None and ins.ttfc is not None:
-            ins.ttfc.record(facts.ttfc, attrs)
+        if self.ttfc is not None and ins.ttfc is not None:
+            ins.ttfc.record(self.ttfc, attrs)
         if self.chunk_gaps and ins.tpoc is not None:
             for gap in self.chunk_gaps:
                 ins.tpoc.record(gap, attrs)
-        if facts.cost and ins.cost is not None:
-            ins.cost.add(facts.cost, attrs)
+        if self.cost and ins.cost is not None:
+            ins.cost.add(self.cost, attrs)
         if record.saved_usd and ins.saved is not None:
             ins.saved.add(record.saved_usd, attrs)
         extra = record._extra
@@ -1036,25 +1068,24 @@ class _CallTrace:
 
     def _emit(
         self,
-        facts: _Facts,
         outcome: Outcome,
         exc: BaseException | None,
         error_type: str | None,
         t1: float,
     ) -> None:
-        record = self.call.record
-        usage = facts.usage
+        record = self.record
+        usage = self.usage
         kind = _error_kind(exc)
         fields: dict[str, Any] = {
             "function": record.function,
             "operation": self.layer.operation or record.operation,
-            "provider": facts.provider,
+            "provider": self.provider,
             "model": record.request_model,
-            "response_model": facts.response_model,
+            "response_model": self.response_model,
             "stream": record.stream,
             "outcome": outcome.value,
             "duration_s": round(t1 - self.t0, 6),
-            "ttft_s": round(facts.ttfc, 6) if facts.ttfc is not None else None,
+            "ttft_s": round(self.ttfc, 6) if self.ttfc is not None else None,
             "attempts": len(record.attempts),
             "input_tokens": usage.input_tokens if usage else None,
             "output_tokens": usage.output_tokens if usage else None,
@@ -1062,7 +1093,7 @@ class _CallTrace:
             "cache_write_tokens": usage.cache_write_tokens if usage and usage.cache_write_tokens else None,
             "reasoning_tokens": usage.reasoning_tokens if usage and usage.reasoning_tokens else None,
             "usage_estimated": usage.estimated if usage else None,
-            "cost_usd": facts.cost,
+            "cost_usd": self.cost,
             "cache": record.cache,
             "cache_similarity": record.cache_similarity,
             "saved_usd": record.saved_usd,
@@ -1085,44 +1116,29 @@ class _CallTrace:
         _events.emit(_events.CALL, None, level=level, **{k: v for k, v in fields.items() if v is not None})
 
 
-class _Facts:
-    """What the record says at the end of a call, gathered once."""
+def _request_attributes(attrs: dict[str, Any], n: _semconv.Semconv, request: Mapping[str, Any]) -> None:
+    """The request parameters put on the record (``record.request``), as span attributes."""
+    for param, key in _REQUEST_PARAMS:
+        value = request.get(param)
+        if _number(value):
+            attrs[getattr(n, key)] = value
 
-    __slots__ = ("cost", "finish_reasons", "names", "provider", "response_id", "response_model", "ttfc", "usage")
 
-    def __init__(self, record: CallRecord, ct: _CallTrace) -> None:
-        attempts = record.attempts
-        last: Attempt | None = None
-        if len(attempts) == 1:  # the common case, without the record's sums
-            last = attempts[0]
-            provider = last.provider
-            self.response_model = last.response_model
-            self.response_id = last.response_id
-            self.finish_reasons = last.finish_reasons
-            self.usage = last.usage
-            self.cost = last.cost_usd if last.usage is not None else None
-        else:
-            provider = response_model = response_id = None
-            finish: tuple[str, ...] = ()
-            for att in reversed(attempts):
-                provider = provider or att.provider
-                response_model = response_model or att.response_model
-                response_id = response_id or att.response_id
-                finish = finish or att.finish_reasons
-            self.response_model = response_model
-            self.response_id = response_id
-            self.finish_reasons = finish
-            self.usage = record.usage
-            self.cost = record.cost_usd
-            last = attempts[-1] if attempts else None
-        address = ct.address
-        self.names = ct.tel.names if ct.tel is not None else ct.layer._names
-        self.provider = (
-            _semconv.provider_name(provider or ct.client_provider, address[0] if address else None)
-            or ct.layer.provider
-        )
-        first_chunk = last.first_chunk_at if last is not None else None
-        self.ttfc = max(first_chunk - ct.t0, 0.0) if first_chunk is not None else None
+def _error_attributes(attrs: dict[str, Any], n: _semconv.Semconv, exc: BaseException) -> None:
+    """The error's kind, and which guard refused the call."""
+    kind = _error_kind(exc)
+    if kind is not None:
+        attrs[n.lg_error_kind] = kind.value
+    if isinstance(exc, _REFUSALS):
+        attrs[n.lg_refusal] = type(exc).__name__
+
+
+def _set_error_status(span: Span, error_type: str, outcome: Outcome, exc: BaseException | None) -> None:
+    if exc is not None and outcome is Outcome.ERROR:
+        _add_exception_event(span, exc)
+        span.set_status(Status(StatusCode.ERROR, f"{error_type}: {scrub(str(exc))[:300]}"))
+    else:
+        span.set_status(Status(StatusCode.ERROR, error_type))
 
 
 def _error_kind(exc: BaseException | None) -> ErrorKind | None:
@@ -1314,11 +1330,21 @@ class TraceLayer(Layer):
 
     def around(self, call: Call) -> Any:
         """Trace one call of a ``def`` or generator function."""
-        tel = self._telemetry()
+        # `_telemetry`, inlined: this is every call's cost with no SDK.
+        tp = self._tracer_provider
+        if tp is None:
+            tp = otel_trace._TRACER_PROVIDER
+        mp = self._meter_provider
+        if mp is None:
+            mp = _otel_metrics_state._METER_PROVIDER
+        cache = self._cache
+        tel = cache[2] if cache[0] is tp and cache[1] is mp else self._resolve(tp, mp)
         if tel is None and not _events.listening():
             return call.proceed()
         ct = _CallTrace(self, call, tel)
-        token = otel_context.attach(ct.ctx) if ct.ctx is not None else None
+        ctx = ct.ctx
+        # Attached and detached in this frame: no context outlives the call.
+        token = _attach(ctx) if ctx is not None else None
         try:
             result = call.proceed()
         except BaseException as exc:
@@ -1326,7 +1352,7 @@ class TraceLayer(Layer):
             raise
         finally:
             if token is not None:
-                otel_context.detach(token)
+                _detach(token)
         if isinstance(result, _StreamBase):
             return ct.wrap(result)
         ct.end(_OK, None, result)
@@ -1334,11 +1360,19 @@ class TraceLayer(Layer):
 
     async def around_async(self, call: Call) -> Any:
         """Trace one call of an ``async def`` or async generator function."""
-        tel = self._telemetry()
+        tp = self._tracer_provider
+        if tp is None:
+            tp = otel_trace._TRACER_PROVIDER
+        mp = self._meter_provider
+        if mp is None:
+            mp = _otel_metrics_state._METER_PROVIDER
+        cache = self._cache
+        tel = cache[2] if cache[0] is tp and cache[1] is mp else self._resolve(tp, mp)
         if tel is None and not _events.listening():
             return await call.proceed_async()
         ct = _CallTrace(self, call, tel)
-        token = otel_context.attach(ct.ctx) if ct.ctx is not None else None
+        ctx = ct.ctx
+        token = _attach(ctx) if ctx is not None else None
         try:
             result = await call.proceed_async()
         except BaseException as exc:
@@ -1346,7 +1380,7 @@ class TraceLayer(Layer):
             raise
         finally:
             if token is not None:
-                otel_context.detach(token)
+                _detach(token)
         if isinstance(result, _StreamBase):
             return ct.wrap(result)
         ct.end(_OK, None, result)

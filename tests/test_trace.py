@@ -18,6 +18,7 @@ import pytest
 import structlog
 
 from conftest import API_KEY
+from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -25,7 +26,14 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    NoOpTracerProvider,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+)
 from shapes import SHAPES, build, text_of_events
 
 import llmguard as lg
@@ -584,6 +592,49 @@ def test_guarded_call_inside_a_traced_call_nests_under_it(traced: Any, exporter:
 
     spans = {s.name: s for s in exporter.get_finished_spans()}
     assert spans["chat gpt-4o"].context.span_id == spans["chat gpt-4o-mini"].parent.span_id  # type: ignore[union-attr]
+
+
+def test_a_call_under_a_sampled_out_parent_follows_its_decision(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """The span starts from the current context: the default ParentBased sampler follows the caller's decision."""
+    parent = SpanContext(trace_id=0x1234, span_id=0x5678, is_remote=True, trace_flags=TraceFlags(TraceFlags.DEFAULT))
+    seen: list[Any] = []
+
+    @lg.trace(tracer_provider=tracer_provider)
+    def ask(model: str = MODEL) -> str:
+        seen.append(otel_trace.get_current_span().get_span_context())
+        lg.report_usage(input_tokens=1, output_tokens=1)
+        return "ok"
+
+    token = otel_context.attach(otel_trace.set_span_in_context(NonRecordingSpan(parent)))
+    try:
+        assert "ok" == ask()
+    finally:
+        otel_context.detach(token)
+    assert [] == list(exporter.get_finished_spans())
+    assert 0x1234 == seen[0].trace_id  # the same trace, not a new root
+    assert "ok" == ask()  # with no parent: a recorded root span
+    assert 1 == len(exporter.get_finished_spans())
+
+
+@pytest.mark.parametrize(
+    ("reported", "expected"),
+    [("anthropic", None), ("openai", "openai"), ("google", "gcp.gen_ai"), ("mistral", "mistral")],
+)
+def test_the_provider_that_answered_replaces_the_guess_on_the_span(
+    traced: Any, exporter: InMemorySpanExporter, reported: str, expected: str | None
+) -> None:
+    """gen_ai.provider.name starts as the model's guess and ends as the spec's name for who answered."""
+
+    @traced
+    def ask(model: str = MODEL) -> str:
+        lg.report_usage(input_tokens=1, output_tokens=1, provider=reported)
+        return "ok"
+
+    assert "ok" == ask()
+    span = one_span(exporter)
+    assert (expected or "anthropic") == span.attributes["gen_ai.provider.name"]  # type: ignore[index]
 
 
 # -- metrics ---------------------------------------------------------------------
