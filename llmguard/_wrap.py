@@ -303,11 +303,38 @@ class Call:
             record.stream = True
         record.deadline = self._deadline
         self._record = record
-        done = self._pending or []
-        running = self._inflight or []
+        done = self._pending
+        running = self._inflight
+        lane_state = self._lane
+        if done is None and running is None:
+            # The common case: no attempt yet, or only a lane's.
+            if lane_state is _RUNNING or lane_state is _RETURNED:
+                lane = Attempt(1, record.request_model, self.started_at)
+                record.attempts.append(lane)
+                self._lane = lane
+                if lane_state is _RETURNED:
+                    _, result, _ = cast("tuple[None, Any, None]", self._replay)
+                    self._replay = None
+                    _settle_attempt(lane, providers.observe_result(result), _clock.now())
+        else:
+            self._replay_attempts(record, done or [], running or [], lane_state)
+        if self._notes is not None:
+            _apply_notes(record, self._notes)
+        if self._end is not None:
+            ended_at, exc = self._end
+            _end_record(record, exc, ended_at)
+        return record
+
+    def _replay_attempts(
+        self,
+        record: CallRecord,
+        done: list[tuple[Attempt, float, Any, BaseException | None]],
+        running: list[Attempt],
+        lane_state: Any,
+    ) -> None:
+        """Put the attempts made before the record existed on it, in order, settled as they ended."""
         self._pending = None
         attempts = [(a.started_at, a) for a, *_ in done] + [(a.started_at, a) for a in running]
-        lane_state = self._lane
         if lane_state is _RUNNING or lane_state is _RETURNED:
             # A lane's attempt, still running or returned: it goes on the record now.
             lane = Attempt(0, None, self.started_at)
@@ -327,12 +354,6 @@ class Call:
                 _fail_attempt(attempt, exc, ended)
             else:
                 _settle_attempt(attempt, providers.observe_result(result), ended)
-        if self._notes is not None:
-            _apply_notes(record, self._notes)
-        if self._end is not None:
-            ended_at, exc = self._end
-            _end_record(record, exc, ended_at)
-        return record
 
     @property
     def recorded(self) -> bool:
@@ -1543,15 +1564,26 @@ def returned_call(frame: Frame[Any], result: Any) -> Call:
     whatever `report_usage` said), as on the general path.
     """
     call = _realize(frame)
-    if call._lane is _RUNNING:
+    lane = call._lane
+    if lane is _RUNNING:
         call._lane = _RETURNED
         call._replay = (None, result, None)
+    elif isinstance(lane, Attempt) and lane.ended_at is None:
+        # On the record already (the function reported usage): settled now.
+        _settle_attempt(lane, providers.observe_result(result), _clock.now())
     return call
 
 
 def _call_of(running: tuple[Call, Attempt | None] | Frame[Any]) -> Call:
     """The call a `_CURRENT` value names (a lane's frame is realized)."""
     return running[0] if type(running) is tuple else _realize(cast("Frame[Any]", running))
+
+
+def _lane_starts(call: Call) -> None:
+    """The lane's function is about to run, its Call already built (by ``enter``)."""
+    record = call._record
+    # Its attempt: on the record if ``enter`` built it, else kept for when it is.
+    call._lane = _RUNNING if record is None else _begin_attempt(record, None, _clock.now())
 
 
 def _lane_returned(call: Call, state: Any, result: Any, leave: Callable[[Call, Any, Any], Any] | None) -> Any:
@@ -1589,7 +1621,7 @@ def _lane_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: 
                     call = _realize(frame)
                     return _end_with_result(call, layer.around(call))
             if frame[_F_CALL] is not None:
-                frame[_F_CALL]._lane = _RUNNING
+                _lane_starts(frame[_F_CALL])
             frame[_F_TOKEN] = token = current_set(frame)
             try:
                 result = fn(*args, **kwargs)
@@ -1635,7 +1667,7 @@ def _lane_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane:
                     call = _realize(frame)
                     return _end_with_result(call, await layer.around_async(call))
             if frame[_F_CALL] is not None:
-                frame[_F_CALL]._lane = _RUNNING
+                _lane_starts(frame[_F_CALL])
             frame[_F_TOKEN] = token = current_set(frame)
             try:
                 result = await fn(*args, **kwargs)

@@ -14,7 +14,7 @@ import anthropic
 import openai
 import pytest
 
-from probe import LaneProbe, Probe
+from probe import EarlyLaneProbe, LaneProbe, Probe
 
 from llmguard._fake_provider import FakeProvider
 
@@ -58,10 +58,10 @@ def async_openai_client(fake_provider: FakeProvider) -> openai.AsyncOpenAI:
     )
 
 
-@pytest.fixture(params=["general", "lane"])
+@pytest.fixture(params=["general", "lane", "lane-early"])
 def probe(request: pytest.FixtureRequest) -> Probe:
-    """A fresh probe layer: on the general path, and on the core's fast lane."""
-    return Probe() if request.param == "general" else LaneProbe()
+    """A fresh probe layer: on the general path, and on the core's fast lane (record built late or early)."""
+    return {"general": Probe, "lane": LaneProbe, "lane-early": EarlyLaneProbe}[request.param]()
 
 
 def _free_port() -> int:

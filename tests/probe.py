@@ -58,3 +58,13 @@ class LaneProbe(Probe):
         self.calls += 1
         self.records.append(call.record)
         return result
+
+
+class EarlyLaneProbe(LaneProbe):
+    """A `LaneProbe` that builds the record before the function runs (in ``enter``)."""
+
+    def lane(self, shape: str) -> Lane | None:
+        return Lane(self._enter, self._leave, self.resume if shape == SYNC else self.resume_async)
+
+    def _enter(self, call: Call) -> None:
+        call.record  # noqa: B018 - built early on purpose: the attempt must still land on it
