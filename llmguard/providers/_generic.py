@@ -134,13 +134,21 @@ def anthropic_usage(u: Any) -> Usage | None:
     """Usage from an Anthropic ``Usage`` (whose input_tokens *exclude* the cache)."""
     if u is None:
         return None
-    cache_read = n(getattr(u, "cache_read_input_tokens", None))
-    cache_write = n(getattr(u, "cache_creation_input_tokens", None))
+    # Every response passes here: ints (or None for the cache fields) are
+    # taken as they are, anything else goes through `n`.
+    cache_read = getattr(u, "cache_read_input_tokens", None)
+    if type(cache_read) is not int:
+        cache_read = n(cache_read)
+    cache_write = getattr(u, "cache_creation_input_tokens", None)
+    if type(cache_write) is not int:
+        cache_write = n(cache_write)
     details = getattr(u, "output_tokens_details", None)
     reasoning = n(details.thinking_tokens) if details is not None else 0
+    inp = u.input_tokens
+    out = u.output_tokens
     return Usage(
-        n(u.input_tokens) + cache_read + cache_write,
-        n(u.output_tokens),
+        (inp if type(inp) is int else n(inp)) + cache_read + cache_write,
+        out if type(out) is int else n(out),
         cache_read,
         cache_write,
         reasoning,
@@ -253,6 +261,8 @@ def reason(value: Any) -> str | None:
     """A finish reason as a string (enum members give their value)."""
     if value is None:
         return None
+    if type(value) is str:  # the usual case, a plain string
+        return value
     if isinstance(value, str):
         # str-mixin enum members (google's FinishReason) are str, but their
         # str() is "FinishReason.STOP": use the value.
@@ -269,12 +279,14 @@ def reason(value: Any) -> str | None:
 def observe_anthropic_message(m: Any, provider: str | None = "anthropic") -> ResultFacts:
     """Facts of an Anthropic Message / BetaMessage / ParsedMessage (or its dict)."""
     stop = m.stop_reason
+    model = m.model
+    ident = m.id
     return ResultFacts(
         provider,
-        s(m.model),
+        model if type(model) is str else s(model),
         anthropic_usage(m.usage),
-        s(m.id),
-        (reason(stop),) if stop is not None else (),  # type: ignore[arg-type]
+        ident if type(ident) is str else s(ident),
+        () if stop is None else (stop,) if type(stop) is str else (reason(stop),),  # type: ignore[arg-type]
         anthropic_text(m.content),
     )
 
