@@ -136,6 +136,12 @@ def _round_trips(client: Any) -> int:
 
 def run() -> dict[str, float]:
     print("budget: @lg.budget per call (memory store), beside LiteLLM's check-then-record pattern")
+    results = _memory_rows()
+    _redis_rows(results, per_call(lambda f=PassThrough()(target): f(MESSAGES)))
+    return results
+
+
+def _memory_rows() -> dict[str, float]:
     results: dict[str, float] = {}
     for label, fn in (("report_usage", target), ("SDK Message", sdk_target)):
         lane = PassThrough()(fn)
@@ -168,12 +174,14 @@ def run() -> dict[str, float]:
     print(row("async report_usage: @lg.budget", aours))
     print(row("async report_usage: budget's own cost (budget - lane)", overhead(aours, acore)))
     results["budget_async_overhead"] = overhead(aours, acore)
-    core = per_call(lambda f=PassThrough()(target): f(MESSAGES))
+    return results
 
+
+def _redis_rows(results: dict[str, float], core: float) -> None:
     url, proc = _redis_url()
     if url is None:
         print("  (no redis-server: Redis rows skipped)")
-        return results
+        return
     try:
         from llmguard.stores.budget import RedisBudgetStore
 
@@ -195,7 +203,6 @@ def run() -> dict[str, float]:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=5)
-    return results
 
 
 if __name__ == "__main__":
