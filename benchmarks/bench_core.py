@@ -1,4 +1,9 @@
-"""Overhead of the bare wrapping core, beside a bare call and functools.wraps."""
+"""Overhead of the bare wrapping core, beside a bare call and functools.wraps.
+
+Two paths: the general one (a `Layer` with only ``around``: what stacked
+guards and guards without a lane take) and the fast lane (a layer guarding
+a function alone with a `Lane`, as retry, timeout and budget do).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,14 @@ from typing import Any
 
 from _harness import overhead, per_call, per_call_async, row
 
-from llmguard._wrap import Layer, wrap
+from llmguard._wrap import SYNC, Lane, Layer, wrap
+
+
+class LaneLayer(Layer):
+    """A pass-through layer on the fast lane."""
+
+    def lane(self, shape: str) -> Lane | None:
+        return Lane(None, None, self.resume if shape == SYNC else self.resume_async)
 
 
 def target(q: str, n: int = 1) -> str:
@@ -45,6 +57,8 @@ def run() -> dict[str, float]:
     print(row("sync  functools.wraps", ft, bare, "of bare"))
     print(row("sync  llmguard core", core, bare, "of bare"))
     print(row("sync  core overhead vs functools.wraps overhead", overhead(core, bare), overhead(ft, bare), "of functools"))
+    lane = per_call(lambda f=wrap(LaneLayer(), target): f("q", n=2))
+    print(row("sync  lane overhead vs functools.wraps overhead", overhead(lane, bare), overhead(ft, bare), "of functools"))
 
     abare = per_call_async(lambda: atarget("q", n=2))
     aft = per_call_async(lambda f=with_functools_async(atarget): f("q", n=2))
@@ -53,9 +67,13 @@ def run() -> dict[str, float]:
     print(row("async functools.wraps", aft, abare, "of bare"))
     print(row("async llmguard core", acore, abare, "of bare"))
     print(row("async core overhead vs functools.wraps overhead", overhead(acore, abare), overhead(aft, abare), "of functools"))
+    alane = per_call_async(lambda f=wrap(LaneLayer(), atarget): f("q", n=2))
+    print(row("async lane overhead vs functools.wraps overhead", overhead(alane, abare), overhead(aft, abare), "of functools"))
     return {
         "core_sync_overhead": overhead(core, bare),
         "core_async_overhead": overhead(acore, abare),
+        "lane_sync_overhead": overhead(lane, bare),
+        "lane_async_overhead": overhead(alane, abare),
     }
 
 
