@@ -33,6 +33,14 @@ Each layer of one call shares one `CallRecord` (see `_context` for how it is
 handed from layer to layer); the innermost layer, the one that calls your
 function, opens an `Attempt` per real call and fills it from the result
 (usage, model, finish reason) through the provider adapters.
+
+A layer may also offer a `Lane`: its fast path for a ``def`` or ``async
+def`` it guards alone (not stacked). The lane runs the layer's ``enter`` and
+``leave`` hooks around the function in one closure, keeps the call in a
+*frame* (a list) and builds the `Call` and the record only when something
+asks for them; anything unusual (an exception, a stream) goes to the
+layer's general path through ``resume``, whose first ``proceed()`` hands
+back what the function already did. See `_lane_sync`.
 """
 
 from __future__ import annotations
