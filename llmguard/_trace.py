@@ -51,7 +51,8 @@ import types
 import warnings
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Final, ParamSpec, TypeVar, overload
+from contextvars import Token
+from typing import TYPE_CHECKING, Any, ClassVar, Final, ParamSpec, TypeVar, cast, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics as otel_metrics
@@ -68,10 +69,22 @@ from opentelemetry.trace import (
     StatusCode,
 )
 
-from . import _clock, _events, _semconv, providers
-from ._record import ErrorKind, Outcome
+from . import _clock, _events, _semconv, prices, providers
+from ._record import CallRecord, ErrorKind, Outcome
 from ._secrets import REDACTED, SECRET_KEY_NAMES, scrub
-from ._wrap import AsyncGuardedStream, Call, GuardedStream, Layer, _StreamBase, outcome_of
+from ._wrap import (
+    _F_USAGE,
+    SYNC,
+    AsyncGuardedStream,
+    Call,
+    GuardedStream,
+    Lane,
+    Layer,
+    _realize,
+    _StreamBase,
+    outcome_of,
+    returned_call,
+)
 from .errors import BudgetExceeded, CircuitOpen, InputRejected, RateLimited
 
 
@@ -706,6 +719,7 @@ class _CallTrace:
     `_end`, which keeps on this object what metrics and events need.
     """
 
+    record: CallRecord  # None (unannotated) for a lane call until bound: see `_end`
     span: Span | None = None
     ctx: Context | None = None
     stream: _StreamBase | None = None
@@ -726,8 +740,8 @@ class _CallTrace:
     cost: float | None = None
     ttfc: float | None = None
 
-    def __init__(  # noqa: PLR0912, PLR0915 - every call's start, kept in one frame
-        self, layer: TraceLayer, call: Call, tel: _Telemetry | None
+    def __init__(  # noqa: C901, PLR0912, PLR0915 - every call's start, kept in one frame
+        self, layer: TraceLayer, call: Call, tel: _Telemetry | None, *, lazy: bool = False
     ) -> None:
         self.layer = layer
         self.call = call
@@ -736,8 +750,23 @@ class _CallTrace:
         scopes = _SCOPES.get()
         if scopes:
             self.scope = scopes[-1]
-        self.record = record = call.record
-        self.prev_span = record.span
+        record: CallRecord | None
+        if lazy:
+            # On the fast lane: the record is not built unless someone asks
+            # (then the span goes on it by `Call.note`); the end may read the
+            # facts from the result instead.
+            record = None
+            self.record = None  # type: ignore[assignment]  # until the lane binds one, or never
+            self.prev_span = None
+            model = self.request_model = call.request_model()
+            stream = self.start_stream = call.requests_stream()
+            function = call.info.name
+        else:
+            self.record = record = call.record
+            self.prev_span = record.span
+            model = self.request_model = record.request_model
+            stream = self.start_stream = record.stream
+            function = record.function
         if tel is None:
             return
         address = client = None
@@ -752,10 +781,8 @@ class _CallTrace:
         # The spec asks for the sampling-relevant attributes at the start, so
         # they go to start_span, in one dict (one validation pass).
         n = layer._names
-        model = record.request_model
-        op = layer.operation or record.operation
-        stream = self.start_stream = record.stream
-        attrs: dict[str, Any] = {n.operation: op, n.request_stream: stream, n.lg_function: record.function}
+        op = layer.operation or CallRecord.operation
+        attrs: dict[str, Any] = {n.operation: op, n.request_stream: stream, n.lg_function: function}
         provider = layer.provider
         if provider is None:
             if client is not None:
@@ -793,7 +820,10 @@ class _CallTrace:
         )
         self.span = span
         if span.is_recording():  # sampled out: inner guards' events need go nowhere
-            record.span = _RecordSpan(span)
+            if record is not None:
+                record.span = _RecordSpan(span)
+            else:
+                call.note(span=_RecordSpan(span))
         self.ctx = _set_span_in_context(span, parent)
 
     # -- streams -------------------------------------------------------------
@@ -844,7 +874,8 @@ class _CallTrace:
             if span is not None and span.is_recording():
                 span.end()
         finally:
-            self.record.span = self.prev_span
+            if self.record is not None:
+                self.record.span = self.prev_span
 
     def _end(  # noqa: C901, PLR0912, PLR0915 - every call's end, kept in one frame
         self, outcome: Outcome, exc: BaseException | None, result: Any
@@ -853,15 +884,21 @@ class _CallTrace:
         # call or attribute round-trip saved shows beside the SDK's own cost.
         t1 = _clock.now()
         tel = self.tel
-        record = self.record
+        record = cast("CallRecord | None", self.record)  # None: a lane call nobody asked the record of
         layer = self.layer
         if tel is not None and self.address is None and (exc is not None or self.stream is not None):
             self._late_address(exc)
         # -- the facts the record holds now (one attempt: read directly, no sums)
-        attempts = record.attempts
         last: Attempt | None
-        if len(attempts) == 1:
-            last = attempts[0]
+        if record is None:
+            # Its one attempt's facts, as `Call` would settle them, from what
+            # was reported and returned.
+            n_attempts = 1
+            last = None
+            provider, response_model, response_id, finish_reasons, usage, cost = self._lane_facts(result)
+        elif len(record.attempts) == 1:
+            n_attempts = 1
+            last = record.attempts[0]
             provider = last.provider
             response_model = last.response_model
             response_id = last.response_id
@@ -869,6 +906,8 @@ class _CallTrace:
             usage = last.usage
             cost = last.cost_usd if usage is not None else None
         else:
+            attempts = record.attempts
+            n_attempts = len(attempts)
             provider = response_model = response_id = None
             finish_reasons = ()
             for att in reversed(attempts):
@@ -896,6 +935,10 @@ class _CallTrace:
         self.cost = cost
         self.ttfc = ttfc
         error_type = None if outcome is _OK else _error_type(outcome, exc)
+        if record is not None:
+            stream, request_model, operation = record.stream, record.request_model, record.operation
+        else:
+            stream, request_model, operation = self.start_stream, self.request_model, CallRecord.operation
         span = self.span
         if span is not None:
             if span.is_recording():
@@ -903,19 +946,19 @@ class _CallTrace:
                 # validation pass). Those set at the start are not set again;
                 # defaults (outcome ok, usage measured) are left implicit.
                 n = layer._names
-                attrs: dict[str, Any] = {n.lg_attempts: len(attempts)}
+                attrs: dict[str, Any] = {n.lg_attempts: n_attempts}
                 if outcome is not _OK:
                     attrs[n.lg_outcome] = outcome.value
-                if record.stream is not self.start_stream:  # a function that returned a stream
-                    attrs[n.request_stream] = record.stream
+                if stream is not self.start_stream:  # a function that returned a stream
+                    attrs[n.request_stream] = stream
                 if provider and provider != self.start_provider:
                     attrs[n.provider] = provider
                 if response_model:
                     attrs[n.response_model] = response_model
-                    if not record.request_model and not layer.span_name:
+                    if not request_model and not layer.span_name:
                         # The spec's name wants the requested model; when the function
                         # chose it inside, the answering model is the best known.
-                        span.update_name(f"{layer.operation or record.operation} {response_model}")
+                        span.update_name(f"{layer.operation or operation} {response_model}")
                 if response_id:
                     attrs[n.response_id] = response_id
                 if finish_reasons:
@@ -936,21 +979,8 @@ class _CallTrace:
                 if address is not None and not self.start_address:
                     attrs[n.server_address] = address[0]
                     attrs[n.server_port] = address[1]
-                if record._request:  # request parameters other guards or the user put on the record
-                    _request_attributes(attrs, n, record._request)
-                # what other guards noted on the record
-                if record.cache is not None:
-                    attrs[n.lg_cache] = record.cache
-                if record.cache_similarity is not None:
-                    attrs[n.lg_cache_similarity] = record.cache_similarity
-                if record.saved_usd is not None:
-                    attrs[n.lg_saved] = record.saved_usd
-                if record.fallback_target is not None:
-                    attrs[n.lg_fallback_target] = scrub(str(record.fallback_target))
-                if record.budget_decision is not None:
-                    attrs[n.lg_budget_decision] = str(record.budget_decision)
-                if record.route is not None:
-                    attrs[n.lg_route] = scrub(str(record.route))
+                if record is not None:
+                    _guard_attributes(attrs, n, record)
                 if exc is not None:
                     _error_attributes(attrs, n, exc)
                 if layer.capture_content:
@@ -961,12 +991,39 @@ class _CallTrace:
                 if error_type is not None:
                     _set_error_status(span, error_type, outcome, exc)
             span.end()
-        if tel is not None and tel.instruments is not None:
-            self._record_metrics(tel.instruments, tel.names, t1, error_type, exc)
         if self.scope is not None:
             self.scope.add(usage, cost)
+        if record is None:  # metrics and events read the record: a lane call has none only without them
+            return
+        if tel is not None and tel.instruments is not None:
+            self._record_metrics(tel.instruments, tel.names, t1, error_type, exc)
         if _events.listening():
             self._emit(outcome, exc, error_type, t1)
+
+    def _lane_facts(
+        self, result: Any
+    ) -> tuple[str | None, str | None, str | None, tuple[str, ...], Usage | None, float | None]:
+        """(provider, response model, id, finish reasons, usage, cost) of a lane call's one attempt.
+
+        What `Call` would settle the attempt with: the result's facts, the
+        usage `report_usage` kept on the lane's frame winning over the
+        result's, priced as `_wrap._price` prices.
+        """
+        frame = self.call._frame
+        reported = frame[_F_USAGE] if frame is not None else None
+        facts = providers.observe_result(result)
+        provider = response_model = response_id = None
+        finish_reasons: tuple[str, ...] = ()
+        usage = None
+        if facts is not None:
+            provider, response_model, usage = facts.provider, facts.model, facts.usage
+            response_id, finish_reasons = facts.response_id, facts.finish_reasons
+        if reported is not None:
+            usage = reported[0]
+            response_model = response_model or reported[1]
+            provider = provider or reported[2]
+        cost = prices.cost_of(usage, response_model or self.request_model, provider) if usage is not None else None
+        return provider, response_model, response_id, finish_reasons, usage, cost
 
     def _late_address(self, exc: BaseException | None) -> None:
         """The server address known only at the end: from the error's request, or the stream's response."""
@@ -1114,6 +1171,24 @@ class _CallTrace:
         if level is None:  # an error: transient ones and refusals are warnings
             level = "warning" if kind is not None and (kind.transient or kind is ErrorKind.GUARD) else "error"
         _events.emit(_events.CALL, None, level=level, **{k: v for k, v in fields.items() if v is not None})
+
+
+def _guard_attributes(attrs: dict[str, Any], n: _semconv.Semconv, record: CallRecord) -> None:
+    """What the user and other guards put on the record: request parameters, cache, fallback, budget, route."""
+    if record._request:
+        _request_attributes(attrs, n, record._request)
+    if record.cache is not None:
+        attrs[n.lg_cache] = record.cache
+    if record.cache_similarity is not None:
+        attrs[n.lg_cache_similarity] = record.cache_similarity
+    if record.saved_usd is not None:
+        attrs[n.lg_saved] = record.saved_usd
+    if record.fallback_target is not None:
+        attrs[n.lg_fallback_target] = scrub(str(record.fallback_target))
+    if record.budget_decision is not None:
+        attrs[n.lg_budget_decision] = str(record.budget_decision)
+    if record.route is not None:
+        attrs[n.lg_route] = scrub(str(record.route))
 
 
 def _request_attributes(attrs: dict[str, Any], n: _semconv.Semconv, request: Mapping[str, Any]) -> None:
@@ -1328,8 +1403,7 @@ class TraceLayer(Layer):
 
     # -- the decorator ---------------------------------------------------------
 
-    def around(self, call: Call) -> Any:
-        """Trace one call of a ``def`` or generator function."""
+    def _tel(self) -> _Telemetry | None:
         # `_telemetry`, inlined: this is every call's cost with no SDK.
         tp = self._tracer_provider
         if tp is None:
@@ -1338,13 +1412,20 @@ class TraceLayer(Layer):
         if mp is None:
             mp = _otel_metrics_state._METER_PROVIDER
         cache = self._cache
-        tel = cache[2] if cache[0] is tp and cache[1] is mp else self._resolve(tp, mp)
+        return cache[2] if cache[0] is tp and cache[1] is mp else self._resolve(tp, mp)
+
+    def around(self, call: Call) -> Any:
+        """Trace one call of a ``def`` or generator function."""
+        tel = self._tel()
         if tel is None and not _events.listening():
             return call.proceed()
         ct = _CallTrace(self, call, tel)
         ctx = ct.ctx
-        # Attached and detached in this frame: no context outlives the call.
-        token = _attach(ctx) if ctx is not None else None
+        # Attached here, detached in `_proceed`'s finally: no context outlives the call.
+        return self._proceed(call, ct, _attach(ctx) if ctx is not None else None)
+
+    @staticmethod
+    def _proceed(call: Call, ct: _CallTrace, token: Token[Context] | None) -> Any:
         try:
             result = call.proceed()
         except BaseException as exc:
@@ -1360,14 +1441,7 @@ class TraceLayer(Layer):
 
     async def around_async(self, call: Call) -> Any:
         """Trace one call of an ``async def`` or async generator function."""
-        tp = self._tracer_provider
-        if tp is None:
-            tp = otel_trace._TRACER_PROVIDER
-        mp = self._meter_provider
-        if mp is None:
-            mp = _otel_metrics_state._METER_PROVIDER
-        cache = self._cache
-        tel = cache[2] if cache[0] is tp and cache[1] is mp else self._resolve(tp, mp)
+        tel = self._tel()
         if tel is None and not _events.listening():
             return await call.proceed_async()
         ct = _CallTrace(self, call, tel)
@@ -1385,6 +1459,52 @@ class TraceLayer(Layer):
             return ct.wrap(result)
         ct.end(_OK, None, result)
         return result
+
+    # -- the fast lane: this trace alone on a def / async def ------------------
+
+    def lane(self, shape: str) -> Lane | None:
+        """Start the span from the call, end it from what came back; no record unless asked for.
+
+        A call with metrics or event listeners, or whose record someone
+        built, ends from the record as on the general path; an exception or
+        a stream goes on through `_proceed` as `around` would.
+        """
+        resume = self._lane_resume if shape == SYNC else self._lane_resume_async
+        return Lane(self._lane_enter, self._lane_leave, resume, leave_reads_record=False, needs_call=False)
+
+    def _lane_enter(self, frame: list[Any]) -> tuple[_CallTrace, Token[Context] | None] | None:
+        tel = self._tel()
+        if tel is None and not _events.listening():
+            return None
+        ct = _CallTrace(self, _realize(frame), tel, lazy=True)
+        ctx = ct.ctx
+        # Detached by leave or resume, in the same context, with no yield between.
+        return ct, (_attach(ctx) if ctx is not None else None)
+
+    @staticmethod
+    def _lane_leave(call: Call | None, state: tuple[_CallTrace, Token[Context] | None] | None, result: Any) -> Any:  # noqa: ARG004
+        if state is None:
+            return result
+        ct, token = state
+        if token is not None:
+            _detach(token)
+        tel = ct.tel
+        lane_call = ct.call
+        if lane_call._record is not None or (tel is not None and tel.instruments is not None) or _events.listening():
+            frame = lane_call._frame
+            ct.record = returned_call(frame, result).record if frame is not None else lane_call.record
+        ct.end(_OK, None, result)
+        return result
+
+    def _lane_resume(self, call: Call, state: tuple[_CallTrace, Token[Context] | None] | None) -> Any:
+        if state is None:
+            return call.proceed()
+        ct, token = state
+        ct.record = call.record
+        return self._proceed(call, ct, token)
+
+    async def _lane_resume_async(self, call: Call, state: tuple[_CallTrace, Token[Context] | None] | None) -> Any:
+        return self._lane_resume(call, state)  # the first proceed only replays: nothing to await
 
     # -- the context manager: a parent span around many calls ------------------
 

@@ -224,6 +224,7 @@ class Call:
     __slots__ = (
         "_deadline",
         "_end",
+        "_frame",
         "_inflight",
         "_lane",
         "_notes",
@@ -283,6 +284,7 @@ class Call:
         self._notes: dict[str, Any] | None = None
         # A fast lane's first attempt: _RUNNING while unrecorded, then its Attempt.
         self._lane: Attempt | object | None = None
+        self._frame: list[Any] | None = None  # the lane's frame, if this call ran on one
         self.started_at = started_at
 
     @property
@@ -301,13 +303,10 @@ class Call:
         """Build the record (owner only), replaying what happened so far."""
         parent = self._parent
         record = CallRecord(self.info.name, parent.record if parent is not None else None, self.started_at)
-        info, kwargs = self.info, self.kwargs
-        model = kwargs.get("model") if "model" in kwargs or not info.has_model else self.param("model")
-        if isinstance(model, str):
+        model = self.request_model()
+        if model is not None:
             record.request_model = model
-        if info.shape in _STREAM_SHAPES or (
-            kwargs.get("stream") if "stream" in kwargs or not info.has_stream else self.param("stream")
-        ) is True:
+        if self.requests_stream():
             record.stream = True
         record.deadline = self._deadline
         self._record = record
@@ -317,7 +316,9 @@ class Call:
         if done is None and running is None:
             # The common case: no attempt yet, or only a lane's.
             if lane_state is _RUNNING or lane_state is _RETURNED:
-                lane = Attempt(1, record.request_model, self.started_at)
+                lane = self._lane_attempt()
+                lane.number = 1
+                lane.model = record.request_model
                 record.attempts.append(lane)
                 self._lane = lane
                 if lane_state is _RETURNED:
@@ -345,7 +346,7 @@ class Call:
         attempts = [(a.started_at, a) for a, *_ in done] + [(a.started_at, a) for a in running]
         if lane_state is _RUNNING or lane_state is _RETURNED:
             # A lane's attempt, still running or returned: it goes on the record now.
-            lane = Attempt(0, None, self.started_at)
+            lane = self._lane_attempt()
             self._lane = lane
             attempts.append((lane.started_at, lane))
             if lane_state is _RETURNED:
@@ -362,6 +363,19 @@ class Call:
                 _fail_attempt(attempt, exc, ended)
             else:
                 _settle_attempt(attempt, providers.observe_result(result), ended)
+
+    def request_model(self) -> str | None:
+        """The model the call asks for (its ``model`` argument), if it names one."""
+        kwargs = self.kwargs
+        model = kwargs.get("model") if "model" in kwargs or not self.info.has_model else self.param("model")
+        return model if isinstance(model, str) else None
+
+    def requests_stream(self) -> bool:
+        """Whether the call is a stream by its shape or asks for one (``stream=True``)."""
+        kwargs = self.kwargs
+        return self.info.shape in _STREAM_SHAPES or (
+            kwargs.get("stream") if "stream" in kwargs or not self.info.has_stream else self.param("stream")
+        ) is True
 
     @property
     def recorded(self) -> bool:
@@ -502,7 +516,7 @@ class Call:
         if type(result) in _PLAIN_TYPES:
             if lane is _RUNNING:
                 # Kept where `_materialize` finds finished attempts.
-                self._pending = [(Attempt(0, None, self.started_at), _clock.now(), result, None)]
+                self._pending = [(self._lane_attempt(), _clock.now(), result, None)]
                 self._lane = None
             else:  # recorded while it ran: settle it as `_observe` would
                 _settle_attempt(cast("Attempt", lane), providers.observe_result(result), _clock.now())
@@ -510,11 +524,20 @@ class Call:
         self._hand_over(result, None)
         return False
 
+    def _lane_attempt(self) -> Attempt:
+        """The lane's attempt, made when first needed, with the usage reported on the frame."""
+        attempt = Attempt(0, None, self.started_at)
+        frame = self._frame
+        if frame is not None and frame[_F_USAGE] is not None:
+            reported, frame[_F_USAGE] = frame[_F_USAGE], None
+            _report_on(attempt, *reported)
+        return attempt
+
     def _hand_over(self, result: Any, exc: BaseException | None) -> None:
         """Keep the lane's outcome for the general path's first proceed."""
         lane, self._lane = self._lane, None
         if lane is _RUNNING:
-            attempt = Attempt(0, None, self.started_at)
+            attempt = self._lane_attempt()
             self._inflight = [attempt]
         else:
             attempt = cast("Attempt", lane)
@@ -765,8 +788,9 @@ def report_usage(
         call, attempt = running
     else:  # a lane's frame
         frame = running
-        if frame[_F_CALL] is None:
-            # No Call yet: kept on the frame (for leave, or for the record if built).
+        lane_call = frame[_F_CALL]
+        if lane_call is None or (lane_call._record is None and lane_call._lane is _RUNNING):
+            # No record yet: kept on the frame (for leave, or for the attempt if one is made).
             prev = frame[_F_USAGE]
             frame[_F_USAGE] = (
                 (usage, model, provider)
@@ -1554,14 +1578,10 @@ def _realize(frame: Frame[Any]) -> Call:
     running = _CURRENT.get() if token is None else token.old_value
     call._own(_call_of(running) if running is not None and running is not contextvars.Token.MISSING else None, frame[_F_STARTED])
     call._deadline = frame[_F_DEADLINE]
+    call._frame = frame
     frame[_F_CALL] = call
     if token is not None:  # the function has started: its attempt is the lane's
         call._lane = _RUNNING
-        reported = frame[_F_USAGE]
-        if reported is not None:
-            frame[_F_USAGE] = None
-            call.record  # noqa: B018 - puts the lane's attempt on the record, to carry it
-            _report_on(cast("Attempt", call._lane), *reported)
     return call
 
 

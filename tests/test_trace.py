@@ -1268,3 +1268,94 @@ def test_span_name_can_be_given_by_keyword(traced: Any, exporter: InMemorySpanEx
     ask()
 
     assert 1 == len(spans_named(exporter, "custom"))
+
+
+# -- the fast lane: trace alone, with no metrics or listeners, builds no record ------
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "anthropic-async", "openai", "report_usage", "no-usage"])
+def test_trace_alone_gives_the_same_span_as_on_the_general_path(
+    kind: str,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    fake_provider: FakeProvider,
+    anthropic_client: anthropic.Anthropic,
+    openai_client: openai.OpenAI,
+) -> None:
+    """`trace` alone ends its span from the result (no record); under another layer, from the record.
+
+    Both spans carry the same name, kind and attributes.
+    """
+    from probe import Probe
+
+    def make() -> Callable[..., Any]:
+        if kind == "anthropic":
+
+            def ask(q: str, model: str = MODEL, max_tokens: int = 64) -> Any:
+                return anthropic_client.messages.create(model=model, max_tokens=max_tokens, messages=[{"role": "user", "content": q}])
+
+            return ask
+        if kind == "anthropic-async":
+
+            async def aask(q: str, model: str = MODEL, max_tokens: int = 64) -> Any:
+                # A client per event loop (each run is its own asyncio.run).
+                async with anthropic.AsyncAnthropic(
+                    base_url=fake_provider.anthropic_base_url, api_key=API_KEY, max_retries=0
+                ) as client:
+                    return await client.messages.create(
+                        model=model, max_tokens=max_tokens, messages=[{"role": "user", "content": q}]
+                    )
+
+            return aask
+        if kind == "openai":
+
+            def chat(q: str, model: str = "gpt-4o-mini", temperature: float = 0.5) -> Any:
+                return openai_client.chat.completions.create(model=model, temperature=temperature, messages=[{"role": "user", "content": q}])
+
+            return chat
+
+        def own(q: str, model: str = MODEL, max_tokens: int = 64) -> str:
+            if kind == "report_usage":
+                lg.report_usage(input_tokens=30, output_tokens=7, model=model, provider="anthropic")
+            return q
+
+        return own
+
+    def run(fn: Callable[..., Any]) -> None:
+        result = fn("hello there")
+        if asyncio.iscoroutine(result):
+            asyncio.run(result)
+
+    built: list[str] = []
+    materialize = Call._materialize
+
+    def counting(self: Call) -> Any:
+        built.append(self.function_name)
+        return materialize(self)
+
+    spans = []
+    records = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Call, "_materialize", counting)
+        for stacked in (False, True):
+            guard = lg.trace(tracer_provider=tracer_provider)
+            fn = guard(Probe()(make())) if stacked else guard(make())
+            # Twice: the first result of a type the core has not seen yet
+            # takes the general path (it may be a stream); the second is the one compared.
+            for _ in range(2):
+                fake_provider.script(Step(reply="hi", usage={"input_tokens": 30, "output_tokens": 7}))
+                built.clear()
+                exporter.clear()
+                run(fn)
+            records.append(len(built))
+            spans.append(exporter.get_finished_spans()[-1])
+            exporter.clear()
+    assert [0, 1] == records  # alone: no record built; stacked: one
+    lane, general = (dict(s.attributes or {}) for s in spans)
+    assert spans[1].name == spans[0].name
+    assert spans[1].kind == spans[0].kind
+    if kind in ("anthropic", "anthropic-async", "openai"):
+        assert lane.pop("gen_ai.response.id") != general.pop("gen_ai.response.id")  # two responses
+    assert general == lane
+    if kind != "no-usage":
+        assert 7 == lane["gen_ai.usage.output_tokens"]
