@@ -274,6 +274,14 @@ def _wheel_of(loop: asyncio.AbstractEventLoop) -> _Wheel:
     return found[1]
 
 
+def _arm_at(when: float) -> tuple[_Wheel, _Entry[Any]]:
+    """Arm the running task's deadline at *when* on its loop's wheel."""
+    loop = _get_running_loop()
+    last = _LAST_WHEEL
+    wheel = last[1] if last is not None and last[0]() is loop else _wheel_of(loop)
+    return wheel, wheel.arm(when, cast("asyncio.Task[Any]", _current_task(loop)))
+
+
 # What an async timed call holds while it runs (`TimeoutLayer._arm`):
 # (deadline token, deadline, first-chunk deadline, limit name, seconds
 # allowed, wheel, entry); the last two None when nothing is bounded yet.
@@ -375,13 +383,7 @@ class TimeoutLayer(Layer):
                 deadline = outer
             token = _deadline_set(deadline)
             frame[_F_DEADLINE] = deadline
-            loop = _get_running_loop()
-            last = _LAST_WHEEL
-            wheel = last[1] if last is not None and last[0]() is loop else _wheel_of(loop)
-            entry = [deadline, next(_SEQ), _current_task(loop), False]
-            heapq.heappush(wheel._heap, entry)
-            if deadline < wheel._at:
-                wheel._schedule(deadline)
+            wheel, entry = _arm_at(deadline)
             return (token, deadline, None, "total", deadline - now if deadline > now else 0.0, wheel, entry)
 
         return arm
@@ -389,8 +391,8 @@ class TimeoutLayer(Layer):
     def _arm(self, call: Call) -> _Armed:
         """Set the call's deadline and arm its timer (async, before the call runs).
 
-        Runs on every timed ``async def`` call: the wheel's `_Wheel.arm` is
-        inlined here (and `_arm_total` is this for ``total`` alone).
+        Runs on every timed ``async def`` call (`_arm_total` is this for
+        ``total`` alone, as one closure).
         """
         outer = _deadline_get()
         now = _clock.now()
@@ -405,13 +407,7 @@ class TimeoutLayer(Layer):
         if wait_until is None:  # only idle limits: nothing to bound yet
             return (token, deadline, first_by, limit, 0.0, None, None)
         call._owner._deadline = deadline  # what call.set_deadline does, before any record exists
-        loop = _get_running_loop()
-        last = _LAST_WHEEL
-        wheel = last[1] if last is not None and last[0]() is loop else _wheel_of(loop)
-        entry = [wait_until, next(_SEQ), _current_task(loop), False]
-        heapq.heappush(wheel._heap, entry)
-        if wait_until < wheel._at:
-            wheel._schedule(wait_until)
+        wheel, entry = _arm_at(wait_until)
         return (token, deadline, first_by, limit, wait_until - now if wait_until > now else 0.0, wheel, entry)
 
     @staticmethod

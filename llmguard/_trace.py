@@ -1379,6 +1379,7 @@ class TraceLayer(Layer):
     # -- the fast path: is anything recorded? ----------------------------------
 
     def _telemetry(self) -> _Telemetry | None:
+        # Every call's cost with no SDK: two provider reads and a cache check.
         tp = self._tracer_provider
         if tp is None:
             tp = otel_trace._TRACER_PROVIDER
@@ -1386,9 +1387,7 @@ class TraceLayer(Layer):
         if mp is None:
             mp = _otel_metrics_state._METER_PROVIDER
         cache = self._cache
-        if cache[0] is tp and cache[1] is mp:
-            return cache[2]
-        return self._resolve(tp, mp)
+        return cache[2] if cache[0] is tp and cache[1] is mp else self._resolve(tp, mp)
 
     def _resolve(self, tp: Any, mp: Any) -> _Telemetry | None:
         seen = (tp, mp)
@@ -1403,20 +1402,9 @@ class TraceLayer(Layer):
 
     # -- the decorator ---------------------------------------------------------
 
-    def _tel(self) -> _Telemetry | None:
-        # `_telemetry`, inlined: this is every call's cost with no SDK.
-        tp = self._tracer_provider
-        if tp is None:
-            tp = otel_trace._TRACER_PROVIDER
-        mp = self._meter_provider
-        if mp is None:
-            mp = _otel_metrics_state._METER_PROVIDER
-        cache = self._cache
-        return cache[2] if cache[0] is tp and cache[1] is mp else self._resolve(tp, mp)
-
     def around(self, call: Call) -> Any:
         """Trace one call of a ``def`` or generator function."""
-        tel = self._tel()
+        tel = self._telemetry()
         if tel is None and not _events.listening():
             return call.proceed()
         ct = _CallTrace(self, call, tel)
@@ -1441,7 +1429,7 @@ class TraceLayer(Layer):
 
     async def around_async(self, call: Call) -> Any:
         """Trace one call of an ``async def`` or async generator function."""
-        tel = self._tel()
+        tel = self._telemetry()
         if tel is None and not _events.listening():
             return await call.proceed_async()
         ct = _CallTrace(self, call, tel)
@@ -1473,7 +1461,7 @@ class TraceLayer(Layer):
         return Lane(self._lane_enter, self._lane_leave, resume, leave_reads_record=False, needs_call=False)
 
     def _lane_enter(self, frame: list[Any]) -> tuple[_CallTrace, Token[Context] | None] | None:
-        tel = self._tel()
+        tel = self._telemetry()
         if tel is None and not _events.listening():
             return None
         ct = _CallTrace(self, _realize(frame), tel, lazy=True)
