@@ -140,7 +140,7 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, ClassVar, Final, Literal, NamedTuple, ParamSpec, TypeVar, overload
+from typing import Any, ClassVar, Final, Literal, NamedTuple, ParamSpec, TypeVar, cast, overload
 
 from . import _clock, _events, prices, providers
 from ._record import CallRecord, Outcome, Usage
@@ -919,6 +919,20 @@ class _FunctionBudget(Layer):
             and (budget.key is None or isinstance(budget.key, str))
         )
         self._outs: deque[int] = deque(maxlen=_OBSERVED)
+        # What `_reserve_parts` reads of the budget on every call, read once
+        # (a budget's configuration does not change after it is made).
+        self._consts = (
+            budget._max_call,
+            cast("str | None", budget.key) or None,
+            budget._period,
+            budget._retention,
+            budget._usd_limit,
+            budget.tokens,
+            budget._usd_alerts,
+            budget._tokens_alerts,
+            budget._store,
+            budget.reservation_ttl,
+        )
         self._out_max: int | None = None
         self._last_model: str | None = None
         self._check_boundable(fn)
@@ -1379,23 +1393,19 @@ class _FunctionBudget(Layer):
         text = str(parts[0]) if len(parts) == 1 else "".join(map(str, parts))
         input_tokens = ((len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))) + 2) // 3
         usd = round(input_tokens * in_p + cap * out_p + call_p)
-        b = self.budget
-        if b._max_call is not None and usd > b._max_call:
+        max_call, key, period, retention, usd_limit, tokens_limit, usd_alerts, tokens_alerts, store, lease = self._consts
+        if max_call is not None and usd > max_call:
             return None
         now = _clock.wall()
-        key: str | None = b.key or None  # type: ignore[assignment]
-        period = b._period
+        b = self.budget
         if period is None:
             start = ttl = None
         else:
             start = (now // period) * period
-            ttl = start + period - now + b._retention
-        lines = [
-            Line(b._bucket(key, start), usd, input_tokens + cap, b._usd_limit, b.tokens, ttl, b._usd_alerts, b._tokens_alerts)
-        ]
-        store = b._store
+            ttl = start + period - now + retention
+        lines = [Line(b._bucket(key, start), usd, input_tokens + cap, usd_limit, tokens_limit, ttl, usd_alerts, tokens_alerts)]
         rid = store.new_id()
-        return (model, store, rid, lines, key, start, now, store.reserve_one(rid, lines, now, b.reservation_ttl))
+        return (model, store, rid, lines, key, start, now, store.reserve_one(rid, lines, now, lease))
 
     def _fast_of(self, call: Call, reserved: _Reserved) -> _Fast:
         """The `_Fast` of a fast reservation for *call*; raises its refusal if it was refused."""
