@@ -73,14 +73,15 @@ from . import _clock, _events, _semconv, prices, providers
 from ._record import CallRecord, ErrorKind, Outcome
 from ._secrets import REDACTED, SECRET_KEY_NAMES, scrub
 from ._wrap import (
+    _F_CALL,
     _F_USAGE,
     SYNC,
     AsyncGuardedStream,
     Call,
     GuardedStream,
     Lane,
+    LaneView,
     Layer,
-    _realize,
     _StreamBase,
     outcome_of,
     returned_call,
@@ -470,7 +471,7 @@ class _ClientFinder:
         self._last = (client, found)
         return found
 
-    def find(self, call: Call) -> _Endpoint:
+    def find(self, call: Call | LaneView) -> _Endpoint:
         """(server address, llmguard provider name) of the client the call will use."""
         for cell in self._cells:
             try:
@@ -741,7 +742,7 @@ class _CallTrace:
     ttfc: float | None = None
 
     def __init__(  # noqa: C901, PLR0912, PLR0915 - every call's start, kept in one frame
-        self, layer: TraceLayer, call: Call, tel: _Telemetry | None, *, lazy: bool = False
+        self, layer: TraceLayer, call: Call | LaneView, tel: _Telemetry | None, *, lazy: bool = False
     ) -> None:
         self.layer = layer
         self.call = call
@@ -762,7 +763,7 @@ class _CallTrace:
             stream = self.start_stream = call.requests_stream()
             function = call.info.name
         else:
-            self.record = record = call.record
+            self.record = record = cast("Call", call).record
             self.prev_span = record.span
             model = self.request_model = record.request_model
             stream = self.start_stream = record.stream
@@ -1009,7 +1010,8 @@ class _CallTrace:
         usage `report_usage` kept on the lane's frame winning over the
         result's, priced as `_wrap._price` prices.
         """
-        frame = self.call._frame
+        call = self.call
+        frame = call.frame if isinstance(call, LaneView) else call._frame
         reported = frame[_F_USAGE] if frame is not None else None
         facts = providers.observe_result(result)
         provider = response_model = response_id = None
@@ -1036,7 +1038,8 @@ class _CallTrace:
         layer = self.layer
         budget = _ContentBudget(layer.redact, layer.max_content_chars)
         try:
-            system, messages = _input_content(self.call, budget)
+            call = self.call
+            system, messages = _input_content(call.call() if isinstance(call, LaneView) else call, budget)
             if system:
                 attrs[n.system_instructions] = json.dumps(system, ensure_ascii=False, default=str)
             if messages:
@@ -1464,7 +1467,7 @@ class TraceLayer(Layer):
         tel = self._telemetry()
         if tel is None and not _events.listening():
             return None
-        ct = _CallTrace(self, _realize(frame), tel, lazy=True)
+        ct = _CallTrace(self, LaneView(frame), tel, lazy=True)
         ctx = ct.ctx
         # Detached by leave or resume, in the same context, with no yield between.
         return ct, (_attach(ctx) if ctx is not None else None)
@@ -1477,10 +1480,13 @@ class TraceLayer(Layer):
         if token is not None:
             _detach(token)
         tel = ct.tel
-        lane_call = ct.call
-        if lane_call._record is not None or (tel is not None and tel.instruments is not None) or _events.listening():
-            frame = lane_call._frame
-            ct.record = returned_call(frame, result).record if frame is not None else lane_call.record
+        frame = cast("LaneView", ct.call).frame
+        built = frame[_F_CALL]
+        if (built is not None and built._record is not None) or (tel is not None and tel.instruments is not None) or _events.listening():
+            # Someone built the record, or metrics and events will read it: end from it.
+            real = returned_call(frame, result)
+            ct.call = real
+            ct.record = real.record
         ct.end(_OK, None, result)
         return result
 
@@ -1488,6 +1494,7 @@ class TraceLayer(Layer):
         if state is None:
             return call.proceed()
         ct, token = state
+        ct.call = call
         ct.record = call.record
         return self._proceed(call, ct, token)
 

@@ -366,16 +366,15 @@ class Call:
 
     def request_model(self) -> str | None:
         """The model the call asks for (its ``model`` argument), if it names one."""
-        kwargs = self.kwargs
-        model = kwargs.get("model") if "model" in kwargs or not self.info.has_model else self.param("model")
-        return model if isinstance(model, str) else None
+        return _request_model(self.info, self.args, self.kwargs, self._shift())
 
     def requests_stream(self) -> bool:
         """Whether the call is a stream by its shape or asks for one (``stream=True``)."""
-        kwargs = self.kwargs
-        return self.info.shape in _STREAM_SHAPES or (
-            kwargs.get("stream") if "stream" in kwargs or not self.info.has_stream else self.param("stream")
-        ) is True
+        return _requests_stream(self.info, self.args, self.kwargs, self._shift())
+
+    def _shift(self) -> int:
+        # ``args`` lack a method's self: positions move down by one.
+        return self.info.self_offset if self.instance is not None else 0
 
     @property
     def recorded(self) -> bool:
@@ -427,15 +426,7 @@ class Call:
 
     def param(self, name: str, default: Any = None) -> Any:
         """The argument passed for parameter *name* (keyword or positional)."""
-        if name in self.kwargs:
-            return self.kwargs[name]
-        pos = self.info.positions.get(name)
-        if pos is not None:
-            if self.instance is not None:
-                pos -= self.info.self_offset
-            if 0 <= pos < len(self.args):
-                return self.args[pos]
-        return self.info.defaults.get(name, default)
+        return _arg(self.info, self.args, self.kwargs, name, default, self._shift())
 
     def bound_arguments(self) -> dict[str, Any]:
         """All arguments by parameter name, defaults applied (self excluded)."""
@@ -670,6 +661,97 @@ class Call:
         if not parts:
             parts = [v for v in (*self.args, *self.kwargs.values()) if isinstance(v, str)]
         return providers.estimate_tokens("".join(parts)) if parts else 0
+
+
+def _arg(info: _FunctionInfo, args: tuple[Any, ...], kwargs: dict[str, Any], name: str, default: Any, shift: int) -> Any:
+    """The argument for parameter *name*; *shift* is 1 when *args* lack a method's self."""
+    if name in kwargs:
+        return kwargs[name]
+    pos = info.positions.get(name)
+    if pos is not None:
+        pos -= shift
+        if 0 <= pos < len(args):
+            return args[pos]
+    return info.defaults.get(name, default)
+
+
+def _request_model(info: _FunctionInfo, args: tuple[Any, ...], kwargs: dict[str, Any], shift: int) -> str | None:
+    model = kwargs.get("model") if "model" in kwargs or not info.has_model else _arg(info, args, kwargs, "model", None, shift)
+    return model if isinstance(model, str) else None
+
+
+def _requests_stream(info: _FunctionInfo, args: tuple[Any, ...], kwargs: dict[str, Any], shift: int) -> bool:
+    if info.shape in _STREAM_SHAPES:
+        return True
+    stream = kwargs.get("stream") if "stream" in kwargs or not info.has_stream else _arg(info, args, kwargs, "stream", None, shift)
+    return stream is True
+
+
+class LaneView:
+    """What a lane's ``enter`` may read of the call from its frame, without building the `Call`.
+
+    ``args``, ``kwargs`` and ``instance`` are the `Call`'s; `param`,
+    `request_model` and `requests_stream` answer as its would.
+    `note` keeps facts for the record, should one be built.
+    """
+
+    __slots__ = ("frame",)
+
+    def __init__(self, frame: Frame[Any]) -> None:
+        self.frame = frame
+
+    @property
+    def info(self) -> _FunctionInfo:
+        """What the core knows of the function."""
+        return cast("_FunctionInfo", self.frame[_F_INFO])
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """The positional arguments, without a method's self (as `Call.args`)."""
+        frame = self.frame
+        args: tuple[Any, ...] = frame[_F_ARGS]
+        return args[1:] if frame[_F_INFO].self_offset and args else args
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments."""
+        return cast("dict[str, Any]", self.frame[_F_KWARGS])
+
+    @property
+    def instance(self) -> Any:
+        """A method's self (or cls), else None."""
+        frame = self.frame
+        return frame[_F_ARGS][0] if frame[_F_INFO].self_offset and frame[_F_ARGS] else None
+
+    def param(self, name: str, default: Any = None) -> Any:
+        """As `Call.param`."""
+        frame = self.frame
+        return _arg(frame[_F_INFO], frame[_F_ARGS], frame[_F_KWARGS], name, default, 0)
+
+    def request_model(self) -> str | None:
+        """As `Call.request_model`."""
+        frame = self.frame
+        return _request_model(frame[_F_INFO], frame[_F_ARGS], frame[_F_KWARGS], 0)
+
+    def requests_stream(self) -> bool:
+        """As `Call.requests_stream`."""
+        frame = self.frame
+        return _requests_stream(frame[_F_INFO], frame[_F_ARGS], frame[_F_KWARGS], 0)
+
+    def note(self, **facts: Any) -> None:
+        """As `Call.note`: written on the record if one is ever built."""
+        frame = self.frame
+        call = frame[_F_CALL]
+        if call is not None:
+            call.note(**facts)
+        elif frame[_F_NOTES] is None:
+            frame[_F_NOTES] = facts
+        else:
+            frame[_F_NOTES].update(facts)
+
+    def call(self) -> Call:
+        """The `Call` itself (built now if it was not)."""
+        return _realize(self.frame)
 
 
 def _apply_notes(record: CallRecord, notes: dict[str, Any]) -> None:
@@ -1551,9 +1633,10 @@ def _plain_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any]) -> C
 # the `Call` (a nested guarded call, report_usage, current_call, an exception,
 # a stream, a layer whose hooks take the call): a Call is then built from it
 # (`_realize`), the same Call the general path would have made.
-_F_CALL, _F_LAYER, _F_INFO, _F_FN, _F_ARGS, _F_KWARGS, _F_STARTED, _F_TOKEN, _F_DEADLINE, _F_USAGE = range(10)
+_F_CALL, _F_LAYER, _F_INFO, _F_FN, _F_ARGS, _F_KWARGS, _F_STARTED, _F_TOKEN, _F_DEADLINE, _F_USAGE, _F_NOTES = range(11)
 # [Call | None, layer, info, fn, args (self included), kwargs, started_at,
-#  _CURRENT token, deadline, (usage, model, provider) reported before the Call]
+#  _CURRENT token, deadline, (usage, model, provider) reported before the
+#  record, notes for the record (`LaneView.note`)]
 Frame = list
 _NEEDS_RESUME: Any = object()
 
@@ -1578,6 +1661,7 @@ def _realize(frame: Frame[Any]) -> Call:
     running = _CURRENT.get() if token is None else token.old_value
     call._own(_call_of(running) if running is not None and running is not contextvars.Token.MISSING else None, frame[_F_STARTED])
     call._deadline = frame[_F_DEADLINE]
+    call._notes = frame[_F_NOTES]
     call._frame = frame
     frame[_F_CALL] = call
     if token is not None:  # the function has started: its attempt is the lane's
@@ -1640,7 +1724,7 @@ def _lane_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: 
         if handoff_get() is not None:  # the inner layer of another guard's call
             instance, rest = (args[0], args[1:]) if offset and args else (None, args)
             return layer.around(Call(layer, info, fn, instance, rest, kwargs))
-        frame: Frame[Any] = [None, layer, info, fn, args, kwargs, clock.now(), None, None, None]
+        frame: Frame[Any] = [None, layer, info, fn, args, kwargs, clock.now(), None, None, None, None]
         try:
             state = None
             if enter is not None:
@@ -1686,7 +1770,7 @@ def _lane_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane:
         if handoff_get() is not None:
             instance, rest = (args[0], args[1:]) if offset and args else (None, args)
             return await layer.around_async(Call(layer, info, fn, instance, rest, kwargs))
-        frame: Frame[Any] = [None, layer, info, fn, args, kwargs, clock.now(), None, None, None]
+        frame: Frame[Any] = [None, layer, info, fn, args, kwargs, clock.now(), None, None, None, None]
         try:
             state = None
             if enter is not None:
