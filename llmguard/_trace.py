@@ -883,7 +883,6 @@ class _CallTrace:
     ) -> None:
         # One method on purpose: this runs on every call, and each Python
         # call or attribute round-trip saved shows beside the SDK's own cost.
-        t1 = _clock.now()
         tel = self.tel
         record = cast("CallRecord | None", self.record)  # None: a lane call nobody asked the record of
         layer = self.layer
@@ -929,12 +928,13 @@ class _CallTrace:
         provider = provider or layer.provider
         first_chunk = last.first_chunk_at if last is not None else None
         ttfc = max(first_chunk - self.t0, 0.0) if first_chunk is not None else None
-        self.provider = provider
-        self.response_model = response_model
-        self.finish_reasons = finish_reasons
-        self.usage = usage
-        self.cost = cost
-        self.ttfc = ttfc
+        if record is not None or layer.capture_content:  # kept for metrics, events and content
+            self.provider = provider
+            self.response_model = response_model
+            self.finish_reasons = finish_reasons
+            self.usage = usage
+            self.cost = cost
+            self.ttfc = ttfc
         error_type = None if outcome is _OK else _error_type(outcome, exc)
         if record is not None:
             stream, request_model, operation = record.stream, record.request_model, record.operation
@@ -996,6 +996,7 @@ class _CallTrace:
             self.scope.add(usage, cost)
         if record is None:  # metrics and events read the record: a lane call has none only without them
             return
+        t1 = _clock.now()
         if tel is not None and tel.instruments is not None:
             self._record_metrics(tel.instruments, tel.names, t1, error_type, exc)
         if _events.listening():

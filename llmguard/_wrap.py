@@ -695,33 +695,20 @@ class LaneView:
     `note` keeps facts for the record, should one be built.
     """
 
-    __slots__ = ("frame",)
+    __slots__ = ("args", "frame", "info", "instance", "kwargs")
 
     def __init__(self, frame: Frame[Any]) -> None:
         self.frame = frame
-
-    @property
-    def info(self) -> _FunctionInfo:
-        """What the core knows of the function."""
-        return cast("_FunctionInfo", self.frame[_F_INFO])
-
-    @property
-    def args(self) -> tuple[Any, ...]:
-        """The positional arguments, without a method's self (as `Call.args`)."""
-        frame = self.frame
+        info: _FunctionInfo = frame[_F_INFO]
+        self.info = info
+        self.kwargs: dict[str, Any] = frame[_F_KWARGS]
         args: tuple[Any, ...] = frame[_F_ARGS]
-        return args[1:] if frame[_F_INFO].self_offset and args else args
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        """The keyword arguments."""
-        return cast("dict[str, Any]", self.frame[_F_KWARGS])
-
-    @property
-    def instance(self) -> Any:
-        """A method's self (or cls), else None."""
-        frame = self.frame
-        return frame[_F_ARGS][0] if frame[_F_INFO].self_offset and frame[_F_ARGS] else None
+        if info.self_offset and args:
+            self.instance: Any = args[0]
+            self.args = args[1:]
+        else:
+            self.instance = None
+            self.args = args
 
     def param(self, name: str, default: Any = None) -> Any:
         """As `Call.param`."""
