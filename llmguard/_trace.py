@@ -73,15 +73,23 @@ from . import _clock, _events, _semconv, prices, providers
 from ._record import CallRecord, ErrorKind, Outcome
 from ._secrets import REDACTED, SECRET_KEY_NAMES, scrub
 from ._wrap import (
+    _F_ARGS,
     _F_CALL,
+    _F_INFO,
+    _F_KWARGS,
+    _F_NOTES,
     _F_USAGE,
     SYNC,
     AsyncGuardedStream,
     Call,
     GuardedStream,
     Lane,
-    LaneView,
     Layer,
+    _arg,
+    _FunctionInfo,
+    _realize,
+    _request_model,
+    _requests_stream,
     _StreamBase,
     outcome_of,
     returned_call,
@@ -471,7 +479,7 @@ class _ClientFinder:
         self._last = (client, found)
         return found
 
-    def find(self, call: Call | LaneView) -> _Endpoint:
+    def find(self, args: tuple[Any, ...], kwargs: dict[str, Any], instance: Any) -> _Endpoint:
         """(server address, llmguard provider name) of the client the call will use."""
         for cell in self._cells:
             try:
@@ -487,15 +495,14 @@ class _ClientFinder:
                 return self._address(value)
         # Arguments: a type seen before is one dict lookup (`_is_client`, inlined).
         known_types = _CLIENT_TYPES
-        for value in call.args[:4]:
+        for value in args[:4]:
             known = known_types.get(type(value))
             if known or (known is None and _is_client(value)):
                 return self._address(value)
-        for value in call.kwargs.values():
+        for value in kwargs.values():
             known = known_types.get(type(value))
             if known or (known is None and _is_client(value)):
                 return self._address(value)
-        instance = call.instance
         return self._on_instance(instance) if instance is not None else _NOWHERE
 
     def _on_instance(self, instance: Any) -> _Endpoint:
@@ -720,7 +727,11 @@ class _CallTrace:
     `_end`, which keeps on this object what metrics and events need.
     """
 
-    record: CallRecord  # None (unannotated) for a lane call until bound: see `_end`
+    # None for a lane call until the lane binds one (or never): see `_end`.
+    record: CallRecord = None  # type: ignore[assignment]
+    call: Call | None = None  # a lane call's Call, if it was built
+    frame: list[Any] | None = None  # a lane call's frame
+    prev_span: Span | None = None
     span: Span | None = None
     ctx: Context | None = None
     stream: _StreamBase | None = None
@@ -742,28 +753,36 @@ class _CallTrace:
     ttfc: float | None = None
 
     def __init__(  # noqa: C901, PLR0912, PLR0915 - every call's start, kept in one frame
-        self, layer: TraceLayer, call: Call | LaneView, tel: _Telemetry | None, *, lazy: bool = False
+        self, layer: TraceLayer, call: Call | None, tel: _Telemetry | None, *, frame: list[Any] | None = None
     ) -> None:
         self.layer = layer
-        self.call = call
         self.tel = tel
         self.t0 = _clock.now()
         scopes = _SCOPES.get()
         if scopes:
             self.scope = scopes[-1]
         record: CallRecord | None
-        if lazy:
-            # On the fast lane: the record is not built unless someone asks
-            # (then the span goes on it by `Call.note`); the end may read the
-            # facts from the result instead.
+        if frame is not None:
+            # On the fast lane: read from the frame, no Call, and no record
+            # unless someone asks (the span then goes on it as a note); the
+            # end may read the facts from the result instead. (``record``,
+            # ``call`` and ``prev_span`` keep their class defaults, None.)
+            self.frame = frame
             record = None
-            self.record = None  # type: ignore[assignment]  # until the lane binds one, or never
-            self.prev_span = None
-            model = self.request_model = call.request_model()
-            stream = self.start_stream = call.requests_stream()
-            function = call.info.name
+            info: _FunctionInfo = frame[_F_INFO]
+            args: tuple[Any, ...] = frame[_F_ARGS]
+            kwargs: dict[str, Any] = frame[_F_KWARGS]
+            model = self.request_model = _request_model(info, args, kwargs, 0)
+            stream = self.start_stream = _requests_stream(info, args, kwargs, 0)
+            function = info.name
+            instance = args[0] if info.self_offset and args else None
+            if instance is not None:
+                args = args[1:]
         else:
-            self.record = record = cast("Call", call).record
+            call = cast("Call", call)
+            self.call = call
+            args, kwargs, instance = call.args, call.kwargs, call.instance
+            self.record = record = call.record
             self.prev_span = record.span
             model = self.request_model = record.request_model
             stream = self.start_stream = record.stream
@@ -773,7 +792,7 @@ class _CallTrace:
         address = client = None
         finder = layer._finder
         if finder is not None:
-            address, client = finder.find(call)
+            address, client = finder.find(args, kwargs, instance)
             self.address = address
             self.client_provider = client
         tracer = tel.tracer
@@ -803,9 +822,14 @@ class _CallTrace:
             self.start_address = True
         params = layer._params
         if params:
-            kwargs = call.kwargs
             for param, key in params:
-                value = kwargs[param] if param in kwargs else call.param(param)
+                value = (
+                    kwargs[param]
+                    if param in kwargs
+                    else call.param(param)
+                    if call is not None
+                    else _arg(info, frame[_F_ARGS], kwargs, param, None, 0)  # type: ignore[index]
+                )
                 if value is not None and (type(value) in _INT_FLOAT or _number(value)):
                     attrs[key] = value
         if layer._attributes:
@@ -824,7 +848,12 @@ class _CallTrace:
             if record is not None:
                 record.span = _RecordSpan(span)
             else:
-                call.note(span=_RecordSpan(span))
+                # Kept for the record, should one be built (`_wrap._realize` takes the notes).
+                notes = cast("list[Any]", frame)[_F_NOTES]
+                if notes is None:
+                    cast("list[Any]", frame)[_F_NOTES] = {"span": _RecordSpan(span)}
+                else:
+                    notes["span"] = _RecordSpan(span)
         self.ctx = _set_span_in_context(span, parent)
 
     # -- streams -------------------------------------------------------------
@@ -1011,8 +1040,7 @@ class _CallTrace:
         usage `report_usage` kept on the lane's frame winning over the
         result's, priced as `_wrap._price` prices.
         """
-        call = self.call
-        frame = call.frame if isinstance(call, LaneView) else call._frame
+        frame = self.frame
         reported = frame[_F_USAGE] if frame is not None else None
         facts = providers.observe_result(result)
         provider = response_model = response_id = None
@@ -1039,8 +1067,8 @@ class _CallTrace:
         layer = self.layer
         budget = _ContentBudget(layer.redact, layer.max_content_chars)
         try:
-            call = self.call
-            system, messages = _input_content(call.call() if isinstance(call, LaneView) else call, budget)
+            call = self.call if self.call is not None else _realize(cast("list[Any]", self.frame))
+            system, messages = _input_content(call, budget)
             if system:
                 attrs[n.system_instructions] = json.dumps(system, ensure_ascii=False, default=str)
             if messages:
@@ -1468,7 +1496,7 @@ class TraceLayer(Layer):
         tel = self._telemetry()
         if tel is None and not _events.listening():
             return None
-        ct = _CallTrace(self, LaneView(frame), tel, lazy=True)
+        ct = _CallTrace(self, None, tel, frame=frame)
         ctx = ct.ctx
         # Detached by leave or resume, in the same context, with no yield between.
         return ct, (_attach(ctx) if ctx is not None else None)
@@ -1481,7 +1509,7 @@ class TraceLayer(Layer):
         if token is not None:
             _detach(token)
         tel = ct.tel
-        frame = cast("LaneView", ct.call).frame
+        frame = cast("list[Any]", ct.frame)
         built = frame[_F_CALL]
         if (built is not None and built._record is not None) or (tel is not None and tel.instruments is not None) or _events.listening():
             # Someone built the record, or metrics and events will read it: end from it.

@@ -687,60 +687,6 @@ def _requests_stream(info: _FunctionInfo, args: tuple[Any, ...], kwargs: dict[st
     return stream is True
 
 
-class LaneView:
-    """What a lane's ``enter`` may read of the call from its frame, without building the `Call`.
-
-    ``args``, ``kwargs`` and ``instance`` are the `Call`'s; `param`,
-    `request_model` and `requests_stream` answer as its would.
-    `note` keeps facts for the record, should one be built.
-    """
-
-    __slots__ = ("args", "frame", "info", "instance", "kwargs")
-
-    def __init__(self, frame: Frame[Any]) -> None:
-        self.frame = frame
-        info: _FunctionInfo = frame[_F_INFO]
-        self.info = info
-        self.kwargs: dict[str, Any] = frame[_F_KWARGS]
-        args: tuple[Any, ...] = frame[_F_ARGS]
-        if info.self_offset and args:
-            self.instance: Any = args[0]
-            self.args = args[1:]
-        else:
-            self.instance = None
-            self.args = args
-
-    def param(self, name: str, default: Any = None) -> Any:
-        """As `Call.param`."""
-        frame = self.frame
-        return _arg(frame[_F_INFO], frame[_F_ARGS], frame[_F_KWARGS], name, default, 0)
-
-    def request_model(self) -> str | None:
-        """As `Call.request_model`."""
-        frame = self.frame
-        return _request_model(frame[_F_INFO], frame[_F_ARGS], frame[_F_KWARGS], 0)
-
-    def requests_stream(self) -> bool:
-        """As `Call.requests_stream`."""
-        frame = self.frame
-        return _requests_stream(frame[_F_INFO], frame[_F_ARGS], frame[_F_KWARGS], 0)
-
-    def note(self, **facts: Any) -> None:
-        """As `Call.note`: written on the record if one is ever built."""
-        frame = self.frame
-        call = frame[_F_CALL]
-        if call is not None:
-            call.note(**facts)
-        elif frame[_F_NOTES] is None:
-            frame[_F_NOTES] = facts
-        else:
-            frame[_F_NOTES].update(facts)
-
-    def call(self) -> Call:
-        """The `Call` itself (built now if it was not)."""
-        return _realize(self.frame)
-
-
 def _apply_notes(record: CallRecord, notes: dict[str, Any]) -> None:
     for name, value in notes.items():
         if name == "extra":
@@ -1623,7 +1569,7 @@ def _plain_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any]) -> C
 _F_CALL, _F_LAYER, _F_INFO, _F_FN, _F_ARGS, _F_KWARGS, _F_STARTED, _F_TOKEN, _F_DEADLINE, _F_USAGE, _F_NOTES = range(11)
 # [Call | None, layer, info, fn, args (self included), kwargs, started_at,
 #  _CURRENT token, deadline, (usage, model, provider) reported before the
-#  record, notes for the record (`LaneView.note`)]
+#  record, notes for the record should one be built (a dict, as `Call.note`)]
 Frame = list
 _NEEDS_RESUME: Any = object()
 
