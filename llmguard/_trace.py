@@ -793,8 +793,10 @@ class _CallTrace:
         finder = layer._finder
         if finder is not None:
             address, client = finder.find(args, kwargs, instance)
-            self.address = address
-            self.client_provider = client
+            if address is not None:  # else the class defaults, None
+                self.address = address
+            if client is not None:
+                self.client_provider = client
         tracer = tel.tracer
         if tracer is None:
             return
