@@ -1359,3 +1359,40 @@ def test_trace_alone_gives_the_same_span_as_on_the_general_path(
     assert general == lane
     if kind != "no-usage":
         assert 7 == lane["gen_ai.usage.output_tokens"]
+
+
+def test_a_lane_trace_call_still_hands_its_span_to_a_record_built_inside(
+    tracer_provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    """Alone, trace builds no record; one built inside the call (a nested call's parent) carries the span."""
+    parents: list[lg.CallRecord | None] = []
+    span_ids: list[int] = []
+
+    @lg.trace(tracer_provider=tracer_provider)
+    def inner() -> str:
+        record = lg.current_call()
+        assert record is not None
+        parents.append(record.parent)
+        # While the outer call runs, its record carries its span (for guards' events).
+        assert record.parent is not None
+        assert record.parent.span is not None
+        span_ids.append(record.parent.span.get_span_context().span_id)
+        return "x"
+
+    @lg.trace(tracer_provider=tracer_provider)
+    def outer(q: str, model: str = MODEL) -> str:
+        return inner() + q
+
+    for _ in range(2):  # the second call runs on the lane with every type seen
+        exporter.clear()
+        parents.clear()
+        assert "xq" == outer("q")
+        (parent,) = parents
+        assert parent is not None
+        assert parent.function.endswith("outer")
+        spans = {s.name: s for s in exporter.get_finished_spans()}
+        outer_span = spans[f"chat {MODEL}"]
+        inner_span = next(s for s in spans.values() if s is not outer_span)
+        assert inner_span.parent is not None
+        assert outer_span.context.span_id == inner_span.parent.span_id
+        assert [outer_span.context.span_id] == span_ids[-1:]
