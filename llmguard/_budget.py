@@ -163,6 +163,7 @@ from .stores import budget as _stores
 from .stores import is_redis_target
 from .stores.budget import (
     PICO,
+    BucketSpec,
     BudgetStore,
     BudgetStoreError,
     Line,
@@ -188,6 +189,7 @@ _PERIODS: Final[dict[str | None, float | None]] = {
 _PENDING: Final = Outcome.PENDING
 _UNREAD_ENDS: Final = frozenset({Outcome.CLOSED, Outcome.ABANDONED, Outcome.CANCELLED})
 _MISS: Any = object()
+_FLAT: Final = prices._flat  # worst-case rates per model (cleared, never replaced)
 _MAX_USD: Final = 9_000_000  # pico-dollars in a signed 64-bit counter: $9.2M
 _INPUT_NAMES: Final = ("messages", "system", "prompt", "input", "instructions", "contents", "tools")
 _CAP_NAMES: Final = ("max_tokens", "max_output_tokens", "max_completion_tokens")
@@ -846,12 +848,19 @@ class _Ticket:
 
 
 # A fast-path reservation: what `_Ticket` holds, as a plain tuple (building
-# a `_Ticket` and a `_Group` on every call costs ~0.4 µs):
-# (record, n0, model, store, rid, lines, key, window start, now).
-_Fast = tuple[CallRecord, int, str, BudgetStore, str, list[Line], "str | None", "float | None", float]
-# A fast reservation made before there is a record: (model, store, rid,
-# lines, key, window start, now, the refusal or None).
-_Reserved = tuple[str, BudgetStore, str, list[Line], "str | None", "float | None", float, "_stores.Refusal | None"]
+# a `_Ticket` and a `_Group` on every call costs ~0.4 µs), its one line as
+# its bucket's spec and amounts (a `Line` is built only if a ticket is):
+# (record, n0, model, store, rid, spec, usd, tokens, key, window start, now).
+_Fast = tuple[CallRecord, int, str, BudgetStore, str, BucketSpec, int, int, "str | None", "float | None", float]
+# A fast reservation made before there is a record (no `Line` yet): (the
+# lane's frame or None, model, store, the reservation id or the refusal,
+# the bucket's spec, usd, tokens, key, window start, now). On the lane it is
+# the state handed from enter to leave as it is.
+_Reserved = tuple[
+    Any, str, BudgetStore, "str | _stores.Refusal", BucketSpec, int, int, "str | None", "float | None", float
+]
+# The same once it is known not to be a refusal: the lane's state.
+_LaneState = tuple[Any, str, BudgetStore, str, BucketSpec, int, int, "str | None", "float | None", float]
 
 
 class _FunctionBudget(Layer):
@@ -925,14 +934,12 @@ class _FunctionBudget(Layer):
             budget._max_call,
             cast("str | None", budget.key) or None,
             budget._period,
-            budget._retention,
-            budget._usd_limit,
-            budget.tokens,
-            budget._usd_alerts,
-            budget._tokens_alerts,
             budget._store,
             budget.reservation_ttl,
         )
+        # The bucket of the fixed key in the last window reserved in:
+        # (window start, its spec); NaN equals no start.
+        self._window: tuple[float | None, BucketSpec] = (math.nan, BucketSpec("", None, None, None))
         self._out_max: int | None = None
         self._last_model: str | None = None
         self._check_boundable(fn)
@@ -1228,9 +1235,24 @@ class _FunctionBudget(Layer):
 
     # -- settling ------------------------------------------------------------------
 
-    @staticmethod
-    def _charges(record: CallRecord, n0: int, model: str | None, groups: Iterable[list[Line]]) -> bool:
+    @classmethod
+    def _charges(cls, record: CallRecord, n0: int, model: str | None, groups: Iterable[list[Line]]) -> bool:
         """Set each line's charge from the attempts since *n0*; True when estimated."""
+        used = cls._used(record, n0, model)
+        for lines in groups:
+            for line in lines:
+                line.charge_usd, line.charge_tokens = cls._charge(used, line.usd, line.tokens)
+        return used[2] or used[4]
+
+    @staticmethod
+    def _charge(used: tuple[int, int, bool, bool, bool], usd_held: int, tokens_held: int) -> tuple[int, int]:
+        """What a reservation of *usd_held* / *tokens_held* is charged for *used* (see `_used`)."""
+        usd, tokens, _, unpriced, unread = used
+        return (max(usd, usd_held) if unpriced or unread else usd, max(tokens, tokens_held) if unread else tokens)
+
+    @staticmethod
+    def _used(record: CallRecord, n0: int, model: str | None) -> tuple[int, int, bool, bool, bool]:
+        """What the attempts since *n0* used: (usd, tokens, estimated, unpriced, unread)."""
         usd = 0
         tokens = 0
         estimated = False
@@ -1258,11 +1280,7 @@ class _FunctionBudget(Layer):
                 usd += round(cost * PICO)
         if unpriced:
             _events.emit(_events.BUDGET_UNPRICED, record, level="warning", model=record.model, tokens=tokens)
-        for lines in groups:
-            for line in lines:
-                line.charge_usd = max(usd, line.usd) if unpriced or unread else usd
-                line.charge_tokens = max(tokens, line.tokens) if unread else tokens
-        return estimated or unread
+        return usd, tokens, estimated, unpriced, unread
 
     def _settle(self, ticket: _Ticket) -> None:
         if ticket.settled:
@@ -1333,8 +1351,8 @@ class _FunctionBudget(Layer):
 
     # -- the layer ---------------------------------------------------------------
 
-    def _fast_args(self, args: tuple[Any, ...], kwargs: dict[str, Any], bound: bool) -> tuple[int, str, list[Any]] | None:
-        """(output cap, model, input arguments) when all are plain arguments, else None.
+    def _fast_args(self, args: tuple[Any, ...], kwargs: dict[str, Any], bound: bool) -> tuple[int, str, str] | None:
+        """(output cap, model, input text) when all are plain arguments, else None.
 
         *bound*: *args* lack the method's ``self`` (a `Call`'s do; a lane's
         frame's do not).
@@ -1367,7 +1385,7 @@ class _FunctionBudget(Layer):
                 parts.append(value)
         if not parts:
             return None
-        return cap, model, parts
+        return cap, model, str(parts[0]) if len(parts) == 1 else "".join(map(str, parts))
 
     def _fast_reserve(self, args: tuple[Any, ...], kwargs: dict[str, Any], bound: bool) -> _Reserved | None:
         """`_plan` and `_reserve` for the common case; None when the general path is needed.
@@ -1377,44 +1395,48 @@ class _FunctionBudget(Layer):
         SDK-shaped arguments that give an output cap and a priced model, and
         a worst case within ``max_call_usd``. It computes what `_estimate`
         and `_plan` compute, inline (this runs on every call). A refusal is
-        returned as the `_stores.Refusal` in place of the lines.
+        returned as the `_stores.Refusal` in place of the reservation id.
         """
         found = self._fast_args(args, kwargs, bound)
-        return None if found is None else self._reserve_parts(*found)
+        return None if found is None else self._reserve_parts(found[0], found[1], found[2], None)
 
-    def _reserve_parts(self, cap: int, model: str, parts: list[Any]) -> _Reserved | None:
-        """The rest of `_fast_reserve`, once the arguments are read."""
-        rates = prices._flat.get(model, _MISS)
+    def _reserve_parts(self, cap: int, model: str, text: str, frame: list[Any] | None) -> _Reserved | None:
+        """The rest of `_fast_reserve`, once the arguments are read (*frame*: the lane's, or None)."""
+        rates = _FLAT.get(model, _MISS)
         if rates is _MISS:
             rates = prices.flat_rates(model)
         if rates is None:
             return None
-        in_p, out_p, call_p = rates
-        text = str(parts[0]) if len(parts) == 1 else "".join(map(str, parts))
         input_tokens = ((len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))) + 2) // 3
-        usd = round(input_tokens * in_p + cap * out_p + call_p)
-        max_call, key, period, retention, usd_limit, tokens_limit, usd_alerts, tokens_alerts, store, lease = self._consts
+        usd = round(input_tokens * rates[0] + cap * rates[1] + rates[2])
+        max_call, key, period, store, lease = self._consts
         if max_call is not None and usd > max_call:
             return None
         now = _clock.wall()
+        start = None if period is None else (now // period) * period
+        window = self._window
+        spec = window[1] if window[0] == start else self._spec(key, start)
+        tokens = input_tokens + cap
+        return (frame, model, store, store.hold(spec, usd, tokens, now, lease), spec, usd, tokens, key, start, now)
+
+    def _spec(self, key: str | None, start: float | None) -> BucketSpec:
+        """The `BucketSpec` of *key*'s bucket in the window from *start*, remembered for the next calls."""
         b = self.budget
-        if period is None:
-            start = ttl = None
-        else:
-            start = (now // period) * period
-            ttl = start + period - now + retention
-        lines = [Line(b._bucket(key, start), usd, input_tokens + cap, usd_limit, tokens_limit, ttl, usd_alerts, tokens_alerts)]
-        rid = store.new_id()
-        return (model, store, rid, lines, key, start, now, store.reserve_one(rid, lines, now, lease))
+        period = b._period
+        expires = None if start is None or period is None else start + period + b._retention
+        spec = BucketSpec(b._bucket(key, start), b._usd_limit, b.tokens, expires, b._usd_alerts, b._tokens_alerts)
+        self._window = (start, spec)
+        return spec
 
     def _fast_of(self, call: Call, reserved: _Reserved) -> _Fast:
         """The `_Fast` of a fast reservation for *call*; raises its refusal if it was refused."""
-        model, store, rid, lines, key, start, now, refusal = reserved
+        _, model, store, held, spec, usd, tokens, key, start, now = reserved
         record = call.record
-        fast = (record, len(record.attempts), model, store, rid, lines, key, start, now)
-        if refusal is not None:
+        rid = held if isinstance(held, str) else ""
+        fast = (record, len(record.attempts), model, store, rid, spec, usd, tokens, key, start, now)
+        if not isinstance(held, str):
             ticket = self._ticket_of(fast)
-            raise self._refused(ticket, ticket.groups[0], refusal)
+            raise self._refused(ticket, ticket.groups[0], held)
         if record.budget_decision is None:
             record.budget_decision = "reserved"
         return fast
@@ -1426,31 +1448,37 @@ class _FunctionBudget(Layer):
 
     def _ticket_of(self, fast: _Fast) -> _Ticket:
         """The general `_Ticket` for a fast-path reservation (streams, errors, alerts)."""
-        record, n0, model, store, rid, lines, key, start, now = fast
-        group = _Group(store, lines, [self.budget], [key], [start])
+        record, n0, model, store, rid, spec, usd, tokens, key, start, now = fast
+        group = _Group(store, [spec.line(usd, tokens, now)], [self.budget], [key], [start])
         group.reserved = True
         return _Ticket(record, [group], model, rid, now, n0)
 
     def _settle_fast(self, fast: _Fast) -> None:
         """`_settle` for a fast-path call that returned a plain result."""
-        record, n0, model, store, rid, lines, _, _, now = fast
-        estimated = self._charges(record, n0, model, (lines,))
+        record, n0, model, store, rid, spec, usd, tokens, _, _, now = fast
+        used = self._used(record, n0, model)
+        charge_usd, charge_tokens = self._charge(used, usd, tokens)
         try:
-            crossings: Any = store.settle_one(rid, lines, now, estimated)
+            crossings: Any = store.release(rid, spec, usd, tokens, charge_usd, charge_tokens, now, used[2] or used[4])
         except BudgetStoreError as exc:
             crossings = exc
         if crossings:
-            self._settled(fast, crossings)
+            self._settled(fast, charge_usd, charge_tokens, crossings)
         if self._history:
             self._observe(record, n0)
 
-    def _settled(self, fast: _Fast, crossings: list[_stores.Crossing] | BudgetStoreError) -> None:
-        """After a fast settlement: its alerts, or what its failure means."""
+    def _settled(
+        self, fast: _Fast, charge_usd: int, charge_tokens: int, crossings: list[_stores.Crossing] | BudgetStoreError
+    ) -> None:
+        """After a fast settlement charging *charge_usd* / *charge_tokens*: its alerts, or what its failure means."""
         ticket = self._ticket_of(fast)
+        group = ticket.groups[0]
+        line = group.lines[0]
+        line.charge_usd, line.charge_tokens = charge_usd, charge_tokens
         if isinstance(crossings, BudgetStoreError):
-            self._settle_failed(ticket, ticket.groups[0], crossings)
+            self._settle_failed(ticket, group, crossings)
         else:
-            self._alerts(ticket, ticket.groups[0], crossings)
+            self._alerts(ticket, group, crossings)
 
     def _run_fast(self, call: Call, fast: _Fast) -> Any:
         """Call, settle (streams: when they finish), for a fast reservation."""
@@ -1497,60 +1525,58 @@ class _FunctionBudget(Layer):
             cap = args[cap_at] if cap_at is not None and cap_at < n else kwargs.get(cap_name, cap_default)
             model = args[at] if at is not None and at < n else kwargs.get(name, default)
             value = args[in_at] if in_at is not None and in_at < n else kwargs.get(in_name, in_default)
-            reserved = (
-                self._reserve_parts(cap, model, [value])
-                if cap.__class__ is int and cap > 0 and model.__class__ is str and value is not None
-                else None
-            )
+            if cap.__class__ is not int or cap <= 0 or model.__class__ is not str or value is None:
+                return GENERAL
+            state = self._reserve_parts(cap, model, str(value), frame)
         else:
-            reserved = self._fast_reserve(frame[_F_ARGS], frame[_F_KWARGS], False)
-        if reserved is None:
+            found = self._fast_args(frame[_F_ARGS], frame[_F_KWARGS], False)
+            if found is None:
+                return GENERAL
+            state = self._reserve_parts(found[0], found[1], found[2], frame)
+        if state is None:
             return GENERAL
-        if reserved[-1] is not None:  # refused: the general way builds the error
-            self._fast_of(_realize(frame), reserved)
-        return (frame, reserved)
+        if state[3].__class__ is not str:  # refused: the general way builds the error
+            self._fast_of(_realize(frame), state)
+        return state
 
-    def _lane_fast(self, frame: list[Any], reserved: _Reserved, call: Call | None = None) -> _Fast:
-        call = call if call is not None else _realize(frame)
+    def _lane_fast(self, state: _LaneState, call: Call) -> _Fast:
         call.note(budget_decision="reserved")
-        model, store, rid, lines, key, start, now, _ = reserved
-        return (call.record, 0, model, store, rid, lines, key, start, now)
+        _, model, store, rid, spec, usd, tokens, key, start, now = state
+        return (call.record, 0, model, store, rid, spec, usd, tokens, key, start, now)
 
-    def _lane_leave(self, call: Call | None, state: tuple[list[Any], _Reserved], result: Any) -> Any:
-        frame, reserved = state
+    def _lane_leave(self, call: Call | None, state: _LaneState, result: Any) -> Any:
+        frame: list[Any] = state[0]
         if call is None:
-            reported = frame[_F_USAGE]
-            if reported is not None:
-                usage, model, provider = reported
-            else:
-                facts = providers.observe_result(result)
-                usage, model, provider = (None, None, None) if facts is None else (facts.usage, facts.model, facts.provider)
-            if usage is not None:
-                cost = prices.cost_of(usage, model or reserved[0], provider)
+            # The usage the function reported, else the result's.
+            found = frame[_F_USAGE] or providers.observe_usage(result)
+            if found is not None:
+                usage = found[0]
+                cost = prices.cost_of(usage, found[1] or state[1], found[2])
                 if cost is not None:
                     # The common case, settled without a record.
-                    _, store, rid, lines, _, _, now, _ = reserved
-                    line = lines[0]
-                    line.charge_usd = round(cost * PICO)
-                    line.charge_tokens = usage.input_tokens + usage.output_tokens
+                    charge_usd = round(cost * PICO)
+                    charge_tokens = usage.input_tokens + usage.output_tokens
                     try:
-                        crossings: Any = store.settle_one(rid, lines, now, usage.estimated)
+                        crossings: Any = state[2].release(
+                            state[3], state[4], state[5], state[6], charge_usd, charge_tokens, state[9], usage.estimated
+                        )
                     except BudgetStoreError as exc:
                         crossings = exc
                     if crossings:
-                        self._settled(self._lane_fast(frame, reserved, returned_call(frame, result)), crossings)
+                        fast = self._lane_fast(state, returned_call(frame, result))
+                        self._settled(fast, charge_usd, charge_tokens, crossings)
                     if self._history:
-                        self._observe_usage(usage, model or reserved[0])
+                        self._observe_usage(usage, found[1] or state[1])
                     return result
         # Anything else (no usage, no price, a Call already made): from the record.
-        self._settle_fast(self._lane_fast(frame, reserved, returned_call(frame, result)))
+        self._settle_fast(self._lane_fast(state, returned_call(frame, result)))
         return result
 
-    def _lane_resume(self, call: Call, state: tuple[list[Any], _Reserved]) -> Any:
-        return self._run_fast(call, self._lane_fast(state[0], state[1], call))
+    def _lane_resume(self, call: Call, state: _LaneState) -> Any:
+        return self._run_fast(call, self._lane_fast(state, call))
 
-    async def _lane_resume_async(self, call: Call, state: tuple[list[Any], _Reserved]) -> Any:
-        return await self._run_fast_async(call, self._lane_fast(state[0], state[1], call))
+    async def _lane_resume_async(self, call: Call, state: _LaneState) -> Any:
+        return await self._run_fast_async(call, self._lane_fast(state, call))
 
     # -- the layer ---------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import json
 import threading
+import time
 import uuid
 
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +23,16 @@ import llmguard as lg
 from llmguard import providers
 from llmguard._budget import Budget, budget, budget_spend
 from llmguard._fake_provider import FakeProvider, Step
-from llmguard.stores.budget import PICO, BudgetStore, Line, MemoryBudgetStore, RedisBudgetStore
+from llmguard.stores.budget import (
+    PICO,
+    BucketSpec,
+    BudgetStore,
+    BudgetStoreError,
+    Line,
+    MemoryBudgetStore,
+    RedisBudgetStore,
+    Refusal,
+)
 from llmguard.testing import CapturedEvent, FakeClock
 
 
@@ -1049,3 +1059,351 @@ def test_on_alert_with_per_call_is_refused() -> None:
     """per='call' keeps no ledger, so on_alert= can never fire: refused, naming it."""
     with pytest.raises(ValueError, match=r"budget\(on_alert=...\) has no effect with per='call'"):
         budget(usd=0.01, per="call", on_alert=print)
+
+
+# -- the fast lane ------------------------------------------------------------------------
+# A lone budget on a def / async def with SDK-shaped arguments (a model, an output
+# cap, the messages), no estimate= and a store that answers without I/O runs on the
+# core's fast lane: it reserves from the arguments and settles from the usage the
+# function reported or its result carries, with `BudgetStore.hold` / `release`.
+
+
+class ViaLines(MemoryBudgetStore):
+    """A memory store on the `BudgetStore` defaults of hold and release (reserve and settle a `Line`)."""
+
+    hold = BudgetStore.hold
+    release = BudgetStore.release
+
+
+@pytest.fixture(params=["memory", "via-lines"])
+def lane_store(request: pytest.FixtureRequest) -> BudgetStore:
+    """A store the fast lane runs on: the memory store, and one on the generic hold/release."""
+    return MemoryBudgetStore() if request.param == "memory" else ViaLines()
+
+
+def test_lane_ledger_is_the_exact_sum_of_every_kind_of_result(
+    lane_store: BudgetStore, anthropic_client: anthropic.Anthropic, openai_client: openai.OpenAI, fake_provider: FakeProvider
+) -> None:
+    """Messages, chat completions, reported usage and a result without usage, each twice: the exact sum."""
+    b = budget(usd=10.0, per="day", store=lane_store, name="lane")
+
+    @b
+    def claude(messages: Any, max_tokens: int = 64, model: str = CLAUDE) -> Any:
+        return anthropic_client.messages.create(model=model, max_tokens=max_tokens, messages=messages)
+
+    @b
+    def gpt(messages: Any, system: str | None = None, max_tokens: int = 64, model: str = GPT) -> Any:
+        # Two input arguments: read by the general loop, not the one-of-each shortcut.
+        return openai_client.chat.completions.create(model=model, max_tokens=max_tokens, messages=messages)
+
+    @b
+    def reported(messages: Any, max_tokens: int = 64, model: str = GPT) -> str:
+        lg.report_usage(input_tokens=40, output_tokens=7, cache_read_tokens=8, model=model, provider="openai")
+        return "ok"
+
+    @b
+    def silent(messages: Any, max_tokens: int = 64, model: str = GPT) -> str:
+        return "no usage reported"
+
+    claude_usages = [lg.Usage(1200, 80, cache_read_tokens=1000), lg.Usage(900, 40, cache_write_tokens=800)]
+    gpt_usages = [lg.Usage(500, 60, cache_read_tokens=128, reasoning_tokens=20), lg.Usage(70, 5)]
+    fake_provider.script(
+        *(
+            Step(
+                usage={
+                    "input_tokens": u.input_tokens,
+                    "output_tokens": u.output_tokens,
+                    "cache_read_tokens": u.cache_read_tokens,
+                    "cache_write_tokens": u.cache_write_tokens,
+                    "reasoning_tokens": u.reasoning_tokens,
+                }
+            )
+            for u in (*claude_usages, *gpt_usages)
+        )
+    )
+    claude(MESSAGES)
+    claude(MESSAGES)
+    gpt(MESSAGES)
+    gpt(MESSAGES, system="be brief")
+    results = [reported(MESSAGES), reported(MESSAGES), silent(MESSAGES), silent(MESSAGES)]
+    spend = b.spend()
+    expected = sum(pico(u, CLAUDE) for u in claude_usages) + sum(pico(u, GPT) for u in gpt_usages)
+    expected += 2 * pico(lg.Usage(40, 7, cache_read_tokens=8), GPT)
+
+    assert ["ok", "ok", "no usage reported", "no usage reported"] == results
+    assert expected == int(spend.exact_usd * PICO)
+    assert sum(u.total_tokens for u in (*claude_usages, *gpt_usages)) + 2 * 47 == spend.tokens
+    assert (8, 0, 0, 0) == (spend.calls, spend.estimated_calls, spend.reserved_usd, spend.reserved_tokens)
+
+
+async def test_lane_async_def_settles_exactly(
+    lane_store: BudgetStore, async_anthropic_client: anthropic.AsyncAnthropic, fake_provider: FakeProvider
+) -> None:
+    """The async lane: the same reservation and exact settlement."""
+    b = budget(usd=1.0, store=lane_store)
+
+    @b
+    async def ask(messages: Any, max_tokens: int = 64, model: str = CLAUDE) -> Any:
+        return await async_anthropic_client.messages.create(model=model, max_tokens=max_tokens, messages=messages)
+
+    fake_provider.script(Step(usage={"input_tokens": 300, "output_tokens": 9}), Step(usage={"input_tokens": 30, "output_tokens": 90}))
+    await ask(MESSAGES)
+    await ask(MESSAGES)
+    spend = b.spend()
+
+    assert pico(lg.Usage(300, 9), CLAUDE) + pico(lg.Usage(30, 90), CLAUDE) == int(spend.exact_usd * PICO)
+    assert (2, 0.0) == (spend.calls, spend.reserved_usd)
+
+
+def test_lane_prices_an_unknown_response_model_at_the_requested_one(
+    lane_store: BudgetStore, anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """A response naming a model with no price is charged at the requested model's, as on the general path."""
+
+    @budget(usd=1.0, store=lane_store)
+    def ask(messages: Any, max_tokens: int = 64, model: str = CLAUDE) -> Any:
+        return anthropic_client.messages.create(model=model, max_tokens=max_tokens, messages=messages)
+
+    fake_provider.script(*(Step(model="mystery-model-7", usage={"input_tokens": 400, "output_tokens": 30}) for _ in range(2)))
+    ask(MESSAGES)
+    ask(MESSAGES)
+
+    assert 2 * pico(lg.Usage(400, 30), CLAUDE) == ledger_pico(ask)
+
+
+def test_lane_refuses_before_sending(
+    lane_store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider, llmguard_events: list[CapturedEvent]
+) -> None:
+    """Once the next worst case cannot fit, the call is refused with the figures and nothing is sent."""
+    limit = 0.01
+
+    @budget(usd=limit, per="hour", store=lane_store)
+    def ask(messages: Any, max_tokens: int = 100, model: str = GPT) -> Any:
+        return openai_client.chat.completions.create(
+            model=model, max_tokens=max_tokens, messages=messages, extra_headers=script(usage={"input_tokens": 3800, "output_tokens": 10})
+        )
+
+    ask(MESSAGES)
+    with pytest.raises(lg.BudgetExceeded) as info:
+        ask(MESSAGES)
+    exc = info.value
+
+    assert 1 == len(fake_provider.requests)
+    assert exc.scope.endswith("ask/hour")
+    assert ("usd", limit, 0.0) == (exc.unit, exc.limit, exc.reserved)
+    assert pico(lg.Usage(3800, 10), GPT) / PICO == pytest.approx(exc.spent, abs=1e-12)
+    assert exc.spent + exc.requested > exc.limit
+    assert ["llmguard.budget.exceeded"] == [e.name for e in llmguard_events if e.name.endswith("exceeded")]
+    assert (1, 0.0) == (budget_spend(ask).calls, budget_spend(ask).reserved_usd)
+
+
+def test_lane_alerts_fire_once_per_threshold_and_windows_roll_over(
+    lane_store: BudgetStore, fake_clock: FakeClock, llmguard_events: list[CapturedEvent]
+) -> None:
+    """On the lane too: each alert fires once as spend crosses it, and the next hour is a new ledger."""
+    alerts: list[lg.BudgetAlert] = []
+    each = pico(lg.Usage(1000, 10), GPT) / PICO
+
+    @budget(usd=each * 4, per="hour", store=lane_store, key="team", on_alert=alerts.append)
+    def ask(messages: Any, max_tokens: int = 10, model: str = GPT) -> str:
+        lg.report_usage(input_tokens=1000, output_tokens=10, model=model)
+        return "ok"
+
+    fake_clock.advance(3600 - fake_clock.time() % 3600)
+    first_hour = fake_clock.time()
+    for _ in range(4):  # 25%, 50%, 75%, 100%
+        ask(MESSAGES)
+    fired = [(a.threshold, a.key, a.unit) for a in alerts]
+    fake_clock.advance(3600)
+    ask(MESSAGES)
+    ask(MESSAGES)
+    events = [e for e in llmguard_events if e.name == "llmguard.budget.alert"]
+
+    assert [(0.5, "team", "usd"), (0.8, "team", "usd"), (1.0, "team", "usd")] == fired
+    assert [0.5, 0.8, 1.0, 0.5] == [a.threshold for a in alerts]
+    assert [first_hour] * 3 + [first_hour + 3600] == [a.window_start for a in alerts]
+    assert [0.5, 0.8, 1.0, 0.5] == [e["threshold"] for e in events]
+    assert "ask" in (alerts[0].function or "")
+    assert 4 * pico(lg.Usage(1000, 10), GPT) == int(budget_spend(ask, at=first_hour).exact_usd * PICO)
+    assert 2 * pico(lg.Usage(1000, 10), GPT) == ledger_pico(ask)
+
+
+def test_lane_settles_a_call_that_raises_with_what_it_reported(lane_store: BudgetStore) -> None:
+    """An exception after reporting usage: that usage is charged, the reservation released, the error raised."""
+
+    @budget(usd=1.0, store=lane_store)
+    def ask(messages: Any, max_tokens: int = 500, model: str = GPT, fail: bool = False) -> str:
+        lg.report_usage(input_tokens=100, output_tokens=20, model=model)
+        if fail:
+            raise ConnectionError("dropped after the response")
+        return "ok"
+
+    ask(MESSAGES)
+    with pytest.raises(ConnectionError):
+        ask(MESSAGES, fail=True)
+    spend = budget_spend(ask)
+
+    assert 2 * pico(lg.Usage(100, 20), GPT) == int(spend.exact_usd * PICO)
+    assert (2, 0.0, 0) == (spend.calls, spend.reserved_usd, spend.reserved_tokens)
+
+
+def test_lane_settles_a_returned_stream_when_it_ends(
+    lane_store: BudgetStore, anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """A returned SDK stream leaves the lane for the general path: held until read to the end, then exact."""
+
+    @budget(usd=1.0, store=lane_store)
+    def ask(messages: Any, max_tokens: int = 64, model: str = CLAUDE) -> Any:
+        return anthropic_client.messages.create(model=model, max_tokens=max_tokens, messages=messages, stream=True)
+
+    fake_provider.script(Step(reply="one two three", usage={"input_tokens": 250, "output_tokens": 12}))
+    stream = ask(MESSAGES)
+    held = budget_spend(ask)
+    for _ in stream:
+        pass
+    spend = budget_spend(ask)
+
+    assert held.reserved_usd > 0
+    assert pico(lg.Usage(250, 12), CLAUDE) == int(spend.exact_usd * PICO)
+    assert (1, 0.0) == (spend.calls, spend.reserved_usd)
+
+
+class _LosingStore(MemoryBudgetStore):
+    """Holds, but cannot settle."""
+
+    def release(self, *args: Any) -> Any:
+        raise BudgetStoreError("settlement lost")
+
+
+def test_lane_settlement_failure_is_reported_with_the_lost_amounts(llmguard_events: list[CapturedEvent]) -> None:
+    """A settlement the store cannot take never raises into the caller; the event says what was lost."""
+
+    @budget(usd=1.0, store=_LosingStore())
+    def ask(messages: Any, max_tokens: int = 64, model: str = GPT) -> str:
+        lg.report_usage(input_tokens=300, output_tokens=12, model=model)
+        return "ok"
+
+    results = [ask(MESSAGES), ask(MESSAGES)]
+    lost = [e for e in llmguard_events if e.name == "llmguard.budget.store_error"]
+
+    assert ["ok", "ok"] == results
+    assert ["settle", "settle"] == [e["stage"] for e in lost]
+    assert [pico(lg.Usage(300, 12), GPT) / PICO] * 2 == [e["lost_usd"] for e in lost]
+    assert [312, 312] == [e["lost_tokens"] for e in lost]
+
+
+def test_lane_threads_never_overspend_and_the_ledger_stays_exact(lane_store: BudgetStore) -> None:
+    """100 threads at once on the lane: spend <= limit, refusals only when full, the ledger their exact sum."""
+    callers = 100
+    used = lg.Usage(100, 20)
+    messages = [{"role": "user", "content": "x" * 297}]  # 100 tokens estimated
+    worst_case = worst(100, 50)
+    limit = worst_case * 25
+
+    @budget(usd=limit, store=lane_store)
+    def ask(messages: Any, max_tokens: int = 50, model: str = GPT) -> str:
+        time.sleep(0.002)  # hold the reservation while the others try
+        lg.report_usage(input_tokens=used.input_tokens, output_tokens=used.output_tokens, model=model)
+        return "ok"
+
+    refusals: list[lg.BudgetExceeded] = []
+    done: list[int] = []
+    barrier = threading.Barrier(callers)
+
+    def caller() -> None:
+        barrier.wait()
+        for _ in range(3):
+            try:
+                ask(messages)
+                done.append(1)
+            except lg.BudgetExceeded as exc:
+                refusals.append(exc)
+
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    spend = budget_spend(ask)
+
+    assert 3 * callers == len(done) + len(refusals)
+    assert pico(used, GPT) * len(done) == int(spend.exact_usd * PICO)
+    assert spend.usd <= limit
+    assert [] == [str(e) for e in refusals if not _justified(e)][:2]
+    assert 25 <= len(done)
+    assert (len(done), 0, 0) == (spend.calls, spend.reserved_usd, spend.reserved_tokens)
+
+
+# -- hold and release: one bucket, no Line -----------------------------------------------
+
+
+@pytest.fixture(params=["memory", "via-lines", "redis"])
+async def any_store(request: pytest.FixtureRequest) -> AsyncIterator[BudgetStore]:
+    """Each store, and the generic hold/release on the memory store."""
+    if request.param != "redis":
+        yield MemoryBudgetStore() if request.param == "memory" else ViaLines()
+        return
+    redis_store = RedisBudgetStore(request.getfixturevalue("redis_url"), namespace=uuid.uuid4().hex)
+    yield redis_store
+    await redis_store.aclose()
+
+
+def held_id(held: str | Refusal) -> str:
+    """The reservation id `BudgetStore.hold` returned (failing on a refusal)."""
+    assert isinstance(held, str), held
+    return held
+
+
+def test_hold_then_release_turns_the_hold_into_the_charge(any_store: BudgetStore, fake_clock: FakeClock) -> None:
+    """A hold reserves (or refuses, saying why); its release gives it back, charges, reports alert crossings."""
+    spec = BucketSpec("hr:k:all", 1000, 100, None, (500, 900), ())
+    now = fake_clock.time()
+    rid = held_id(any_store.hold(spec, 600, 40, now, 30.0))
+    held = any_store.ledger("hr:k:all", now)
+    refused = any_store.hold(spec, 500, 1, now, 30.0)  # 600 + 500 > 1000
+    crossings = any_store.release(rid, spec, 600, 40, 550, 30, now, True)
+    after = any_store.ledger("hr:k:all", now)
+
+    assert (600, 40) == (held.reserved_usd, held.reserved_tokens)
+    assert isinstance(refused, Refusal)
+    assert (0, "usd", 1000, 0, 600, 500) == (refused.index, refused.unit, refused.limit, refused.spent, refused.reserved, refused.requested)
+    assert [(0, "usd", (0,), 550)] == [(c.index, c.unit, c.crossed, c.spent) for c in crossings or ()]
+    assert (550, 30, 0, 0, 1, 1) == (after.usd, after.tokens, after.reserved_usd, after.reserved_tokens, after.calls, after.estimated_calls)
+
+
+def test_a_hold_nobody_releases_expires(any_store: BudgetStore, fake_clock: FakeClock) -> None:
+    """A hold whose holder died lasts only its lease; releasing it late charges once, releases nothing twice."""
+    spec = BucketSpec("hx:k:all", 1000, None, None)
+    rid = held_id(any_store.hold(spec, 900, 10, fake_clock.time(), 30.0))
+    refused = any_store.hold(spec, 200, 1, fake_clock.time(), 30.0)
+    fake_clock.advance(31)
+    after = any_store.hold(spec, 200, 1, fake_clock.time(), 30.0)
+    any_store.release(rid, spec, 900, 10, 321, 4, fake_clock.time(), False)
+    ledger = any_store.ledger("hx:k:all", fake_clock.time())
+
+    assert isinstance(refused, Refusal)
+    assert isinstance(after, str)
+    assert (321, 4, 200, 1, 1) == (ledger.usd, ledger.tokens, ledger.reserved_usd, ledger.reserved_tokens, ledger.calls)
+
+
+def test_an_expired_reservation_of_many_lines_releases_each(store: BudgetStore, fake_clock: FakeClock) -> None:
+    """A lease over two buckets expires from both."""
+    lines = [Line("many:a:all", 700, 7, 1000, None, None), Line("many:b:all", 800, 8, 1000, None, None)]
+    assert store.reserve(store.new_id(), lines, fake_clock.time(), 30.0) is None
+    fake_clock.advance(31)
+    a, b = (store.ledger(f"many:{k}:all", fake_clock.time()) for k in "ab")
+
+    assert ((0, 0), (0, 0)) == ((a.reserved_usd, a.reserved_tokens), (b.reserved_usd, b.reserved_tokens))
+
+
+def test_memory_buckets_are_kept_until_their_spec_expires() -> None:
+    """A bucket lives until its spec's expiry, then is swept when another bucket is made."""
+    store = MemoryBudgetStore()
+    spec = BucketSpec("old:k:0", None, 1000, 500.0)
+    store.release(held_id(store.hold(spec, 0, 10, 100.0, 30.0)), spec, 0, 10, 0, 7, 100.0, False)
+    kept = store.ledger("old:k:0", 499.0)
+    store.hold(BucketSpec("new:k:500", None, 1000, 1500.0), 0, 10, 501.0, 30.0)
+
+    assert (7, 1) == (kept.tokens, kept.calls)
+    assert (0, 0) == (store.ledger("old:k:0", 501.0).tokens, store.ledger("old:k:0", 501.0).calls)
+    assert 100.0 == spec.line(1, 2, 400.0).ttl

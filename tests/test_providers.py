@@ -524,6 +524,90 @@ def test_usage_from_bare_usage_objects() -> None:
     assert providers.usage_from("nothing") is None
 
 
+# ------------------------------------------------------------- observe_usage
+
+
+@dataclasses.dataclass
+class _DuckUsage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclasses.dataclass
+class _DuckResult:
+    model: str
+    usage: _DuckUsage
+
+
+class _BrokenUsage:
+    """Declares a usage field whose reading fails."""
+
+    usage: Any
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "usage":
+            raise RuntimeError("usage unavailable")
+        return object.__getattribute__(self, name)
+
+
+def _no_usage(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k != "usage"}
+
+
+_RESULTS: dict[str, Callable[[], object]] = {
+    "anthropic message": lambda: create_message(anthropic_client(reply(200, ANTHROPIC_MESSAGE))),
+    "anthropic beta message": lambda: anthropic_client(reply(200, ANTHROPIC_MESSAGE)).beta.messages.create(
+        model="claude-test", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
+    ),
+    "anthropic raw response": lambda: anthropic_client(reply(200, ANTHROPIC_MESSAGE)).messages.with_raw_response.create(
+        model="claude-test", max_tokens=100, messages=[{"role": "user", "content": "hi"}]
+    ),
+    "chat completion": lambda: create_chat(openai_client(reply(200, CHAT_COMPLETION))),
+    "chat completion without usage": lambda: create_chat(openai_client(reply(200, _no_usage(CHAT_COMPLETION)))),
+    "responses": lambda: openai_client(reply(200, RESPONSE)).responses.create(model="gpt-5", input="hi"),
+    "responses without usage": lambda: openai_client(reply(200, _no_usage(RESPONSE))).responses.create(
+        model="gpt-5", input="hi"
+    ),
+    "embeddings": lambda: openai_client(reply(200, EMBEDDINGS)).embeddings.create(
+        model="text-embedding-3-small", input="hi"
+    ),
+    "google": lambda: gtypes.GenerateContentResponse.model_validate(GOOGLE_RESPONSE),
+    "google without usage": lambda: gtypes.GenerateContentResponse.model_validate(_no_usage(GOOGLE_RESPONSE)),
+    "anthropic dict": lambda: json.loads(json.dumps(ANTHROPIC_MESSAGE)),
+    "chat dict": lambda: json.loads(json.dumps(CHAT_COMPLETION)),
+    "google dict": lambda: json.loads(json.dumps(GOOGLE_RESPONSE)),
+    "duck-typed result": lambda: _DuckResult("local-llama", _DuckUsage(9, 4)),
+    "broken duck": _BrokenUsage,
+    "text": lambda: "text",
+    "plain object": _Plain,
+}
+
+
+@pytest.mark.parametrize("make", list(_RESULTS.values()), ids=list(_RESULTS))
+def test_observe_usage_is_what_observe_result_says_of_usage_model_and_provider(make: Callable[[], object]) -> None:
+    """observe_usage agrees with observe_result on every kind of result (None where it has no usage), twice."""
+    result = make()
+    facts = observe_result(result)
+    expected = None if facts is None or facts.usage is None else (facts.usage, facts.model, facts.provider)
+
+    assert expected == providers.observe_usage(result)
+    assert expected == providers.observe_usage(result)  # from the type cache
+
+
+def test_observe_usage_of_sdk_results_skips_the_other_facts() -> None:
+    """The SDKs' usual results are read by a usage-only extractor, not through their full facts."""
+    results = [
+        create_message(anthropic_client(reply(200, ANTHROPIC_MESSAGE))),
+        create_chat(openai_client(reply(200, CHAT_COMPLETION))),
+        openai_client(reply(200, RESPONSE)).responses.create(model="gpt-5", input="hi"),
+        gtypes.GenerateContentResponse.model_validate(GOOGLE_RESPONSE),
+    ]
+    usages = [providers.observe_usage(r) for r in results]
+
+    assert [ANTHROPIC_USAGE, CHAT_USAGE, RESPONSE_USAGE, GOOGLE_USAGE] == [u[0] for u in usages if u is not None]
+    assert set(providers._USAGE_ONLY.values()) >= {providers._USAGE_CACHE[type(r)] for r in results}
+
+
 # --------------------------------------------------------------- streams
 
 ANTHROPIC_STREAM = sse(

@@ -58,6 +58,7 @@ __all__ = [
     "classify",
     "estimate_tokens",
     "observe_result",
+    "observe_usage",
     "provider_of",
     "retry_after",
     "should_retry_header",
@@ -141,6 +142,19 @@ def _resolve_result(cls: type) -> _Extractor | None:
     return resolve_duck_result(cls)
 
 
+def _result_extractor(cls: type) -> _Extractor | None:
+    extractor = _RESULT_CACHE.get(cls, _MISS)
+    if extractor is _MISS:
+        try:
+            extractor = _resolve_result(cls)
+        except Exception:  # noqa: BLE001 - an odd class is just not a result we know
+            extractor = None
+        if len(_RESULT_CACHE) > _CACHE_LIMIT:
+            _RESULT_CACHE.clear()
+        _RESULT_CACHE[cls] = extractor
+    return extractor  # type: ignore[no-any-return]
+
+
 def observe_result(result: object) -> ResultFacts | None:
     """The facts in a provider result, or None when *result* is not one.
 
@@ -153,18 +167,64 @@ def observe_result(result: object) -> ResultFacts | None:
     cls = type(result)
     extractor = _RESULT_CACHE.get(cls, _MISS)
     if extractor is _MISS:
-        try:
-            extractor = _resolve_result(cls)
-        except Exception:  # noqa: BLE001 - an odd class is just not a result we know
-            extractor = None
-        if len(_RESULT_CACHE) > _CACHE_LIMIT:
-            _RESULT_CACHE.clear()
-        _RESULT_CACHE[cls] = extractor
+        extractor = _result_extractor(cls)
     if extractor is None:
         return None
     try:
         return extractor(result)  # type: ignore[no-any-return]
     except Exception:  # noqa: BLE001 - a malformed result has no facts, it is not an error
+        return None
+
+
+# ----------------------------------------------------------------- observe_usage
+
+_UsageFacts = tuple[Usage, "str | None", "str | None"]
+_UsageExtractor = Callable[[Any], "_UsageFacts | None"]
+_USAGE_CACHE: dict[type, _UsageExtractor | None] = {}
+
+# `observe_result` extractors that have a usage-only twin: the same fields,
+# read by the same functions, without the text, id and finish reasons.
+_USAGE_ONLY: dict[Any, _UsageExtractor] = {
+    _anthropic.observe_message: _anthropic.observe_message_usage,
+    _openai.observe_chat: _openai.observe_chat_usage,
+    _openai.observe_response: _openai.observe_response_usage,
+    _google.observe: _google.observe_usage,
+}
+
+
+def _usage_of_facts(extractor: _Extractor, result: Any) -> _UsageFacts | None:
+    facts = extractor(result)
+    if facts is None or facts.usage is None:
+        return None
+    return facts.usage, facts.model, facts.provider
+
+
+def _resolve_usage(cls: type) -> _UsageExtractor | None:
+    extractor = _result_extractor(cls)
+    if extractor is None:
+        return None
+    return _USAGE_ONLY.get(extractor) or partial(_usage_of_facts, extractor)
+
+
+def observe_usage(result: object) -> tuple[Usage, str | None, str | None] | None:
+    """``(usage, model, provider)`` of a provider result, or None when it has no usage.
+
+    What `observe_result` says of those three (None where its facts or
+    their usage are None), read without the rest (text, id, finish
+    reasons): what a budget needs of every response. Never raises.
+    """
+    cls = type(result)
+    extractor = _USAGE_CACHE.get(cls, _MISS)
+    if extractor is _MISS:
+        extractor = _resolve_usage(cls)
+        if len(_USAGE_CACHE) > _CACHE_LIMIT:
+            _USAGE_CACHE.clear()
+        _USAGE_CACHE[cls] = extractor
+    if extractor is None:
+        return None
+    try:
+        return extractor(result)  # type: ignore[no-any-return]
+    except Exception:  # noqa: BLE001 - a malformed result has no usage, it is not an error
         return None
 
 

@@ -29,6 +29,7 @@ from .._record import ErrorKind, Usage
 from ._generic import (
     ErrorInfo,
     ResultFacts,
+    anthropic_usage,
     info,
     kind_for_status,
     message_of,
@@ -46,7 +47,7 @@ from ._generic import (
 if TYPE_CHECKING:
     from . import StreamAccumulator
 
-__all__ = ["classifier_for", "feed_event", "resolve_result"]
+__all__ = ["classifier_for", "feed_event", "observe_message", "observe_message_usage", "resolve_result"]
 
 PROVIDER = "anthropic"
 
@@ -69,8 +70,18 @@ _BODY_KIND: dict[str, ErrorKind] = {
 # ------------------------------------------------------------------ results
 
 
-def _observe_message(m: Any) -> ResultFacts:
+def observe_message(m: Any) -> ResultFacts:
+    """Facts of a Message / BetaMessage / ParsedMessage."""
     return observe_anthropic_message(m, PROVIDER)
+
+
+def observe_message_usage(m: Any) -> tuple[Usage, str | None, str] | None:
+    """`observe_message`'s usage, model and provider alone (None without usage)."""
+    usage = anthropic_usage(m.usage)
+    if usage is None:
+        return None
+    model = m.model
+    return usage, model if type(model) is str else s(model), PROVIDER
 
 
 def observe_raw_response(resp: Any) -> ResultFacts | None:
@@ -97,7 +108,7 @@ def resolve_result(cls: type) -> Callable[[Any], ResultFacts | None] | None:
     if names & {"Message", "BetaMessage"} or (
         cls.__name__.endswith("Message") and "usage" in (getattr(cls, "model_fields", None) or {})
     ):
-        return _observe_message
+        return observe_message
     if names & {"AsyncAPIResponse", "AsyncBinaryAPIResponse"}:
         return None  # parse() is a coroutine: nothing we can read synchronously
     if names & {"APIResponse", "LegacyAPIResponse"}:

@@ -138,10 +138,10 @@ def anthropic_usage(u: Any) -> Usage | None:
     # taken as they are, anything else goes through `n`.
     cache_read = getattr(u, "cache_read_input_tokens", None)
     if type(cache_read) is not int:
-        cache_read = n(cache_read)
+        cache_read = 0 if cache_read is None else n(cache_read)
     cache_write = getattr(u, "cache_creation_input_tokens", None)
     if type(cache_write) is not int:
-        cache_write = n(cache_write)
+        cache_write = 0 if cache_write is None else n(cache_write)
     details = getattr(u, "output_tokens_details", None)
     reasoning = n(details.thinking_tokens) if details is not None else 0
     inp = u.input_tokens

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._record import ErrorKind
+from .._record import ErrorKind, Usage
 from ._generic import (
     ErrorInfo,
     ResultFacts,
@@ -39,7 +39,7 @@ from ._generic import (
 if TYPE_CHECKING:
     from . import StreamAccumulator
 
-__all__ = ["classifier_for", "feed_chunk", "resolve_result"]
+__all__ = ["classifier_for", "feed_chunk", "observe", "observe_usage", "resolve_result"]
 
 PROVIDER = "google"
 
@@ -58,14 +58,21 @@ _RPC_KIND: dict[str, ErrorKind] = {
 }
 
 
-def _observe(g: Any) -> ResultFacts:
+def observe(g: Any) -> ResultFacts:
+    """Facts of a GenerateContentResponse."""
     return observe_google(g, PROVIDER)
+
+
+def observe_usage(g: Any) -> tuple[Usage, str | None, str] | None:
+    """`observe`'s usage, model and provider alone (None without usage)."""
+    usage = google_usage(g.usage_metadata)
+    return None if usage is None else (usage, s(g.model_version), PROVIDER)
 
 
 def resolve_result(cls: type) -> Callable[[Any], ResultFacts | None] | None:
     """The extractor for results of class *cls* from google.genai."""
     if "GenerateContentResponse" in mro_names(cls, ("google",)):
-        return _observe
+        return observe
     return resolve_duck_result(cls)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .._record import ErrorKind
+from .._record import ErrorKind, Usage
 from ._generic import (
     ErrorInfo,
     ResultFacts,
@@ -48,7 +48,16 @@ from ._generic import (
 if TYPE_CHECKING:
     from . import StreamAccumulator
 
-__all__ = ["classifier_for", "feed_chat_chunk", "feed_event", "resolve_result"]
+__all__ = [
+    "classifier_for",
+    "feed_chat_chunk",
+    "feed_event",
+    "observe_chat",
+    "observe_chat_usage",
+    "observe_response",
+    "observe_response_usage",
+    "resolve_result",
+]
 
 PROVIDER = "openai"
 
@@ -81,14 +90,28 @@ _BODY_KIND: dict[str, ErrorKind] = {
 # ------------------------------------------------------------------ results
 
 
-def _observe_chat(c: Any) -> ResultFacts:
+def observe_chat(c: Any) -> ResultFacts:
+    """Facts of a ChatCompletion / legacy Completion."""
     return observe_chat_completion(c, PROVIDER)
 
 
-def _observe_response(r: Any) -> ResultFacts:
+def observe_chat_usage(c: Any) -> tuple[Usage, str | None, str] | None:
+    """`observe_chat`'s usage, model and provider alone (None without usage)."""
+    usage = openai_chat_usage(c.usage)
+    return None if usage is None else (usage, s(c.model), PROVIDER)
+
+
+def observe_response(r: Any) -> ResultFacts:
+    """Facts of a Responses ``Response``."""
     # The SDK's output_text property already joins the output_text parts.
     text = getattr(r, "output_text", None)
     return observe_responses(r, PROVIDER, text if isinstance(text, str) else None)
+
+
+def observe_response_usage(r: Any) -> tuple[Usage, str | None, str] | None:
+    """`observe_response`'s usage, model and provider alone (None without usage)."""
+    usage = openai_responses_usage(r.usage)
+    return None if usage is None else (usage, s(r.model), PROVIDER)
 
 
 def _observe_embeddings(e: Any) -> ResultFacts:
@@ -101,12 +124,12 @@ def resolve_result(cls: type) -> Callable[[Any], ResultFacts | None] | None:
 
     names = mro_names(cls, ("openai",))
     if names & {"ChatCompletion", "Completion"}:
-        return _observe_chat
+        return observe_chat
     if "Response" in names and any(
         k.__name__ == "Response" and k.__module__.startswith("openai.types.responses")
         for k in cls.__mro__
     ):
-        return _observe_response
+        return observe_response
     if "CreateEmbeddingResponse" in names:
         return _observe_embeddings
     if names & {"AsyncAPIResponse", "AsyncBinaryAPIResponse"}:

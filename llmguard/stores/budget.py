@@ -21,6 +21,11 @@ touches:
   crossing is reported once per bucket, to exactly one caller);
 * `BudgetStore.ledger` — read a bucket (for reports and ``b.spent``).
 
+`BudgetStore.hold` and `BudgetStore.release` are `reserve` and `settle` for
+a call that touches one bucket (every call of a lone budget): they take the
+bucket's `BucketSpec` and the call's amounts instead of a `Line`, and a store
+may override them with a faster path.
+
 A reservation is a *lease*: it expires ``lease`` seconds after it was made,
 so a process that dies holding one does not pin the budget forever. A call
 that settles after its lease ran out still has its real cost charged; only
@@ -52,6 +57,7 @@ from . import redis_client
 
 __all__ = [
     "PICO",
+    "BucketSpec",
     "BudgetStore",
     "BudgetStoreError",
     "Crossing",
@@ -123,6 +129,43 @@ class Line:
         )
 
 
+class BucketSpec:
+    """A bucket and its terms: a `Line` without a call's amounts.
+
+    The `budget` guard builds one per key and window and passes it, with
+    each call's amounts, to `BudgetStore.hold` and `BudgetStore.release`
+    (the one-line case, which is every call of a lone budget). ``expires``
+    is when the bucket may be dropped (epoch seconds; None: never), where a
+    `Line` says ``ttl`` from now.
+    """
+
+    __slots__ = ("bucket", "expires", "tokens_alerts", "tokens_limit", "usd_alerts", "usd_limit")
+
+    def __init__(
+        self,
+        bucket: str,
+        usd_limit: int | None,
+        tokens_limit: int | None,
+        expires: float | None,
+        usd_alerts: tuple[int, ...] = (),
+        tokens_alerts: tuple[int, ...] = (),
+    ) -> None:
+        self.bucket = bucket
+        self.usd_limit = usd_limit
+        self.tokens_limit = tokens_limit
+        self.expires = expires
+        self.usd_alerts = usd_alerts
+        self.tokens_alerts = tokens_alerts
+
+    def line(self, usd: int, tokens: int, now: float) -> Line:
+        """The `Line` asking *usd* / *tokens* of this bucket at *now*."""
+        ttl = None if self.expires is None else self.expires - now
+        return Line(self.bucket, usd, tokens, self.usd_limit, self.tokens_limit, ttl, self.usd_alerts, self.tokens_alerts)
+
+    def __repr__(self) -> str:
+        return f"BucketSpec(bucket={self.bucket!r}, usd_limit={self.usd_limit}, tokens_limit={self.tokens_limit})"
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """Why a reservation did not fit: the first line and unit that refused."""
@@ -181,13 +224,35 @@ class BudgetStore(abc.ABC):
     ) -> list[Crossing]:
         """Release reservation *rid* and add each line's charge to its bucket."""
 
-    def reserve_one(self, rid: str, lines: list[Line], now: float, lease: float) -> Refusal | None:
-        """`reserve` for a single line (override for a faster path)."""
-        return self.reserve(rid, lines, now, lease)
+    def hold(self, spec: BucketSpec, usd: int, tokens: int, now: float, lease: float) -> str | Refusal:
+        """`reserve` the one line ``spec.line(usd, tokens, now)`` under a new id.
 
-    def settle_one(self, rid: str, lines: list[Line], now: float, estimated: bool) -> list[Crossing] | None:
-        """`settle` (counted) for a single line; None or empty when nothing was crossed."""
-        return self.settle(rid, lines, now, count=True, estimated=estimated)
+        Returns the reservation id, or the `Refusal`. With `release`, the
+        path of a call that touches one bucket (override both for speed).
+        """
+        rid = self.new_id()
+        refusal = self.reserve(rid, [spec.line(usd, tokens, now)], now, lease)
+        return rid if refusal is None else refusal
+
+    def release(
+        self,
+        rid: str,
+        spec: BucketSpec,
+        usd: int,
+        tokens: int,
+        charge_usd: int,
+        charge_tokens: int,
+        now: float,
+        estimated: bool,
+    ) -> list[Crossing] | None:
+        """`settle` (counted) of a `hold`: give back *usd* / *tokens*, charge *charge_usd* / *charge_tokens*.
+
+        Returns the alert crossings, None or empty when there are none.
+        """
+        line = spec.line(usd, tokens, now)
+        line.charge_usd = charge_usd
+        line.charge_tokens = charge_tokens
+        return self.settle(rid, [line], now, count=True, estimated=estimated)
 
     @abc.abstractmethod
     def ledger(self, bucket: str, now: float) -> Ledger:
@@ -220,7 +285,10 @@ def _crossed(alerts: tuple[int, ...], old: int, spent: int) -> int:
 
 # -- memory --------------------------------------------------------------------
 
-# A bucket's slots, in a plain list (cheaper than an object on the hot path).
+# A bucket's slots, in a plain list (cheaper than an object on the hot path):
+# spent usd/tokens, reserved usd/tokens, calls, estimated calls, alert levels
+# reached in usd/tokens, expiry. `hold` and `release` index them by number
+# (a constant index is cheaper than a global); keep the order.
 _SU, _ST, _RU, _RT, _N, _E, _AU, _AT, _EXP = range(9)
 
 
@@ -239,7 +307,8 @@ class MemoryBudgetStore(BudgetStore):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._buckets: dict[str, list[Any]] = {}
-        self._held: dict[str, tuple[float, list[Line]]] = {}
+        # Reservations by id: (lease end, then bucket, usd, tokens of each line).
+        self._held: dict[str, tuple[Any, ...]] = {}
         self._ids = itertools.count(1)
         self._next_sweep = 0.0
 
@@ -250,17 +319,16 @@ class MemoryBudgetStore(BudgetStore):
         """A reservation id unique in this store."""
         return str(next(self._ids))
 
-    def _bucket(self, name: str, ttl: float | None, now: float) -> list[Any]:
+    def _bucket(self, name: str, expires: float | None, now: float) -> list[Any]:
+        # Under the lock: bucket *name*, created if need be, kept at least until *expires*.
         b = self._buckets.get(name)
         if b is None:
             if now >= self._next_sweep:
                 self._sweep(now)
             b = [0, 0, 0, 0, 0, 0, 0, 0, None]
             self._buckets[name] = b
-        if ttl is not None:
-            expires = now + ttl
-            if b[_EXP] is None or expires > b[_EXP]:
-                b[_EXP] = expires
+        if expires is not None and (b[_EXP] is None or expires > b[_EXP]):
+            b[_EXP] = expires
         return b
 
     def _sweep(self, now: float) -> None:
@@ -270,19 +338,19 @@ class MemoryBudgetStore(BudgetStore):
             del self._buckets[n]
 
     def _drop_expired(self, now: float) -> bool:
-        expired = [rid for rid, (until, _) in self._held.items() if until <= now]
+        expired = [rid for rid, held in self._held.items() if held[0] <= now]
         for rid in expired:
-            _, lines = self._held.pop(rid)
-            for line in lines:
-                b = self._buckets.get(line.bucket)
+            held = self._held.pop(rid)
+            for i in range(1, len(held), 3):
+                b = self._buckets.get(held[i])
                 if b is not None:
-                    b[_RU] -= line.usd
-                    b[_RT] -= line.tokens
+                    b[_RU] -= held[i + 1]
+                    b[_RT] -= held[i + 2]
         return bool(expired)
 
     def _refusal(self, lines: list[Line], now: float) -> Refusal | None:
         for i, line in enumerate(lines):
-            b = self._bucket(line.bucket, line.ttl, now)
+            b = self._bucket(line.bucket, None if line.ttl is None else now + line.ttl, now)
             limit = line.usd_limit
             if limit is not None and (b[_SU] + b[_RU] + line.usd > limit or b[_SU] >= limit):
                 return Refusal(i, "usd", limit, b[_SU], b[_RU], line.usd)
@@ -293,51 +361,88 @@ class MemoryBudgetStore(BudgetStore):
 
     def reserve(self, rid: str, lines: list[Line], now: float, lease: float) -> Refusal | None:
         """Hold each line's request in its bucket, all or none."""
-        if len(lines) == 1:
-            return self.reserve_one(rid, lines, now, lease)
         with self._lock:
             refusal = self._refusal(lines, now)
             if refusal is not None and self._drop_expired(now):
                 refusal = self._refusal(lines, now)
             if refusal is not None:
                 return refusal
+            held: list[Any] = [now + lease]
             buckets = self._buckets
             for line in lines:
                 b = buckets[line.bucket]
                 b[_RU] += line.usd
                 b[_RT] += line.tokens
-            self._held[rid] = (now + lease, lines)
+                held += (line.bucket, line.usd, line.tokens)
+            self._held[rid] = tuple(held)
         return None
 
-    def reserve_one(self, rid: str, lines: list[Line], now: float, lease: float) -> Refusal | None:
-        """`reserve` for one line (the common case), without the loops."""
-        line = lines[0]
-        usd, tokens = line.usd, line.tokens
-        usd_limit, tokens_limit = line.usd_limit, line.tokens_limit
-        with self._lock:
-            b = self._buckets.get(line.bucket)
-            if b is None or (line.ttl is not None and (b[_EXP] is None or now + line.ttl > b[_EXP])):
-                b = self._bucket(line.bucket, line.ttl, now)
-            if (
-                usd_limit is not None and (b[_SU] + b[_RU] + usd > usd_limit or b[_SU] >= usd_limit)
-            ) or (
-                tokens_limit is not None
-                and (b[_ST] + b[_RT] + tokens > tokens_limit or b[_ST] >= tokens_limit)
+    def hold(self, spec: BucketSpec, usd: int, tokens: int, now: float, lease: float) -> str | Refusal:
+        """`reserve` of one line under a new id, without the loops: the id, or the refusal."""
+        # The hot path of every guarded call: locals and constant indexes
+        # (see _SU...), one lock hold; `new_id` inlined.
+        rid = str(next(self._ids))
+        bucket = spec.bucket
+        expires = spec.expires
+        lock = self._lock
+        lock.acquire()  # acquire/try/finally: cheaper than `with`
+        try:
+            b = self._buckets.get(bucket)
+            if b is None or (expires is not None and (b[8] is None or expires > b[8])):
+                b = self._bucket(bucket, expires, now)
+            limit = spec.usd_limit
+            if (limit is not None and (b[0] + b[2] + usd > limit or b[0] >= limit)) or (
+                (limit := spec.tokens_limit) is not None and (b[1] + b[3] + tokens > limit or b[1] >= limit)
             ):
+                lines = [spec.line(usd, tokens, now)]
                 refusal = self._refusal(lines, now)
                 if refusal is not None and self._drop_expired(now):
                     refusal = self._refusal(lines, now)
                 if refusal is not None:
                     return refusal
-            b[_RU] += usd
-            b[_RT] += tokens
-            self._held[rid] = (now + lease, lines)
-        return None
+            b[2] += usd
+            b[3] += tokens
+            self._held[rid] = (now + lease, bucket, usd, tokens)
+        finally:
+            lock.release()
+        return rid
 
-    def settle_one(self, rid: str, lines: list[Line], now: float, estimated: bool) -> list[Crossing] | None:
-        """`settle` (counted) for one line, without the loops; None when nothing was crossed."""
-        with self._lock:
-            return self._settle_line(0, lines[0], self._held.pop(rid, None) is not None, now, True, estimated)
+    def release(
+        self,
+        rid: str,
+        spec: BucketSpec,
+        usd: int,
+        tokens: int,
+        charge_usd: int,
+        charge_tokens: int,
+        now: float,
+        estimated: bool,
+    ) -> list[Crossing] | None:
+        """`settle` (counted) of a `hold`, without the loops; None when nothing was crossed."""
+        # `settle` for one line, inlined (this runs on every guarded call),
+        # with constant indexes (see _SU...).
+        lock = self._lock
+        lock.acquire()
+        try:
+            b = self._buckets.get(spec.bucket)
+            if b is None:  # swept, or its lease long gone
+                b = self._bucket(spec.bucket, spec.expires, now)
+            if self._held.pop(rid, None) is not None:
+                b[2] -= usd
+                b[3] -= tokens
+            su = b[0] = b[0] + charge_usd
+            st = b[1] = b[1] + charge_tokens
+            b[4] += 1
+            if estimated:
+                b[5] += 1
+            alerts = spec.usd_alerts
+            if (b[6] < len(alerts) and su >= alerts[b[6]]) or (
+                b[7] < len(alerts := spec.tokens_alerts) and st >= alerts[b[7]]
+            ):
+                return self._crossings(0, spec.usd_alerts, spec.tokens_alerts, b, su, st)
+        finally:
+            lock.release()
+        return None
 
     def settle(
         self, rid: str, lines: list[Line], now: float, *, count: bool, estimated: bool
@@ -358,7 +463,7 @@ class MemoryBudgetStore(BudgetStore):
         # Under the lock: one line's release and charge, and its alert crossings.
         b = self._buckets.get(line.bucket)
         if b is None:  # swept, or its lease long gone
-            b = self._bucket(line.bucket, line.ttl, now)
+            b = self._bucket(line.bucket, None if line.ttl is None else now + line.ttl, now)
         if held:
             b[_RU] -= line.usd
             b[_RT] -= line.tokens
@@ -368,14 +473,21 @@ class MemoryBudgetStore(BudgetStore):
             b[_N] += 1
             if estimated:
                 b[_E] += 1
+        return self._crossings(i, line.usd_alerts, line.tokens_alerts, b, su, st)
+
+    @staticmethod
+    def _crossings(
+        i: int, usd_alerts: tuple[int, ...], tokens_alerts: tuple[int, ...], b: list[Any], su: int, st: int
+    ) -> list[Crossing] | None:
+        # Under the lock: the alert levels line *i* has just reached in bucket *b*.
         crossings: list[Crossing] | None = None
-        alerts, old = line.usd_alerts, b[_AU]
-        if old < len(alerts) and su >= alerts[old]:
-            b[_AU] = _crossed(alerts, old, su)
+        old = b[_AU]
+        if old < len(usd_alerts) and su >= usd_alerts[old]:
+            b[_AU] = _crossed(usd_alerts, old, su)
             crossings = [Crossing(i, "usd", tuple(range(old, b[_AU])), su)]
-        alerts, old = line.tokens_alerts, b[_AT]
-        if old < len(alerts) and st >= alerts[old]:
-            b[_AT] = _crossed(alerts, old, st)
+        old = b[_AT]
+        if old < len(tokens_alerts) and st >= tokens_alerts[old]:
+            b[_AT] = _crossed(tokens_alerts, old, st)
             crossings = [*(crossings or ()), Crossing(i, "tokens", tuple(range(old, b[_AT])), st)]
         return crossings
 
