@@ -109,12 +109,13 @@ def provider_of(obj: object) -> str | None:
     cls = obj if isinstance(obj, type) else type(obj)
     found = _PROVIDER_CACHE.get(cls, _MISS)
     if found is _MISS:
-        sdk = _sdk_of(cls)
-        found = sdk if sdk in ("anthropic", "openai", "google") else None
-        if len(_PROVIDER_CACHE) > _CACHE_LIMIT:
-            _PROVIDER_CACHE.clear()
-        _PROVIDER_CACHE[cls] = found
+        found = _resolved(_PROVIDER_CACHE, cls, _known_sdk)
     return found  # type: ignore[no-any-return]
+
+
+def _known_sdk(cls: type) -> str | None:
+    sdk = _sdk_of(cls)
+    return sdk if sdk in ("anthropic", "openai", "google") else None
 
 
 # ---------------------------------------------------------------- observe_result
@@ -142,16 +143,22 @@ def _resolve_result(cls: type) -> _Extractor | None:
     return resolve_duck_result(cls)
 
 
+def _resolved(cache: dict[type, Any], cls: type, resolve: Callable[[type], Any], fallback: Any = None) -> Any:
+    """``resolve(cls)``, kept in *cache* (bounded); *fallback* if it raises (an odd class is just not one we know)."""
+    try:
+        found = resolve(cls)
+    except Exception:  # noqa: BLE001 - see the docstring
+        found = fallback
+    if len(cache) > _CACHE_LIMIT:
+        cache.clear()
+    cache[cls] = found
+    return found
+
+
 def _result_extractor(cls: type) -> _Extractor | None:
     extractor = _RESULT_CACHE.get(cls, _MISS)
     if extractor is _MISS:
-        try:
-            extractor = _resolve_result(cls)
-        except Exception:  # noqa: BLE001 - an odd class is just not a result we know
-            extractor = None
-        if len(_RESULT_CACHE) > _CACHE_LIMIT:
-            _RESULT_CACHE.clear()
-        _RESULT_CACHE[cls] = extractor
+        extractor = _resolved(_RESULT_CACHE, cls, _resolve_result)
     return extractor  # type: ignore[no-any-return]
 
 
@@ -216,10 +223,7 @@ def observe_usage(result: object) -> tuple[Usage, str | None, str | None] | None
     cls = type(result)
     extractor = _USAGE_CACHE.get(cls, _MISS)
     if extractor is _MISS:
-        extractor = _resolve_usage(cls)
-        if len(_USAGE_CACHE) > _CACHE_LIMIT:
-            _USAGE_CACHE.clear()
-        _USAGE_CACHE[cls] = extractor
+        extractor = _resolved(_USAGE_CACHE, cls, _resolve_usage)
     if extractor is None:
         return None
     try:
@@ -359,13 +363,7 @@ class StreamAccumulator:
         cls = type(chunk)
         feeder = _FEED_CACHE.get(cls, _MISS)
         if feeder is _MISS:
-            try:
-                feeder = _resolve_feeder(cls)
-            except Exception:  # noqa: BLE001 - an odd class is just not a chunk we know
-                feeder = None
-            if len(_FEED_CACHE) > _CACHE_LIMIT:
-                _FEED_CACHE.clear()
-            _FEED_CACHE[cls] = feeder
+            feeder = _resolved(_FEED_CACHE, cls, _resolve_feeder)
         if feeder is not None:
             # try/except, not contextlib.suppress: free when nothing is raised.
             try:  # noqa: SIM105
@@ -483,14 +481,8 @@ def classify(exc: BaseException, now: float | None = None) -> ErrorInfo:
     """
     cls = type(exc)
     classifier = _CLASSIFY_CACHE.get(cls)
-    if classifier is None:
-        try:
-            classifier = _resolve_classifier(cls)
-        except Exception:  # noqa: BLE001 - classify never raises
-            classifier = simple(ErrorKind.UNKNOWN)
-        if len(_CLASSIFY_CACHE) > _CACHE_LIMIT:
-            _CLASSIFY_CACHE.clear()
-        _CLASSIFY_CACHE[cls] = classifier
+    if classifier is None:  # classify never raises: an odd class is unknown
+        classifier = _resolved(_CLASSIFY_CACHE, cls, _resolve_classifier, simple(ErrorKind.UNKNOWN))
     try:
         return classifier(exc, now)
     except Exception:  # noqa: BLE001 - classify never raises
