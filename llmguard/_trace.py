@@ -899,7 +899,10 @@ class _CallTrace:
             return
         self.ended = True
         try:
-            self._end(outcome, exc, result)
+            if cast("CallRecord | None", self.record) is None:  # a lane call's plain result, no record
+                self._end_lane(result)
+            else:
+                self._end(outcome, exc, result)
         except Exception as bug:  # noqa: BLE001 - telemetry must never break the call
             warnings.warn(f"llmguard.trace: could not record a call: {bug!r}", RuntimeWarning, stacklevel=3)
             span = self.span
@@ -909,25 +912,19 @@ class _CallTrace:
             if self.record is not None:
                 self.record.span = self.prev_span
 
-    def _end(  # noqa: C901, PLR0912, PLR0915 - every call's end, kept in one frame
+    def _end(  # noqa: PLR0912, PLR0915 - every call's end, kept in one frame
         self, outcome: Outcome, exc: BaseException | None, result: Any
     ) -> None:
         # One method on purpose: this runs on every call, and each Python
         # call or attribute round-trip saved shows beside the SDK's own cost.
         tel = self.tel
-        record = cast("CallRecord | None", self.record)  # None: a lane call nobody asked the record of
+        record = self.record
         layer = self.layer
         if tel is not None and self.address is None and (exc is not None or self.stream is not None):
             self._late_address(exc)
         # -- the facts the record holds now (one attempt: read directly, no sums)
         last: Attempt | None
-        if record is None:
-            # Its one attempt's facts, as `Call` would settle them, from what
-            # was reported and returned.
-            n_attempts = 1
-            last = None
-            provider, response_model, response_id, finish_reasons, usage, cost = self._lane_facts(result)
-        elif len(record.attempts) == 1:
+        if len(record.attempts) == 1:
             n_attempts = 1
             last = record.attempts[0]
             provider = last.provider
@@ -950,27 +947,18 @@ class _CallTrace:
             cost = record.cost_usd
             last = attempts[-1] if attempts else None
         address = self.address
-        provider = provider or self.client_provider
-        if provider is not None:  # `_semconv.provider_name`, without the call for the usual names
-            name: str | None = _PROVIDER_NAMES.get(provider, provider)
-            if name == _GOOGLE:
-                name = _semconv.provider_name(provider, address[0] if address is not None else None)
-            provider = name
-        provider = provider or layer.provider
+        provider = self._provider(provider)
         first_chunk = last.first_chunk_at if last is not None else None
         ttfc = max(first_chunk - self.t0, 0.0) if first_chunk is not None else None
-        if record is not None or layer.capture_content:  # kept for metrics, events and content
-            self.provider = provider
-            self.response_model = response_model
-            self.finish_reasons = finish_reasons
-            self.usage = usage
-            self.cost = cost
-            self.ttfc = ttfc
+        # kept for metrics, events and content
+        self.provider = provider
+        self.response_model = response_model
+        self.finish_reasons = finish_reasons
+        self.usage = usage
+        self.cost = cost
+        self.ttfc = ttfc
         error_type = None if outcome is _OK else _error_type(outcome, exc)
-        if record is not None:
-            stream, request_model, operation = record.stream, record.request_model, record.operation
-        else:
-            stream, request_model, operation = self.start_stream, self.request_model, CallRecord.operation
+        stream = record.stream
         span = self.span
         if span is not None:
             if span.is_recording():
@@ -985,34 +973,16 @@ class _CallTrace:
                     attrs[n.request_stream] = stream
                 if provider and provider != self.start_provider:
                     attrs[n.provider] = provider
-                if response_model:
-                    attrs[n.response_model] = response_model
-                    if not request_model and not layer.span_name:
-                        # The spec's name wants the requested model; when the function
-                        # chose it inside, the answering model is the best known.
-                        span.update_name(f"{layer.operation or operation} {response_model}")
-                if response_id:
-                    attrs[n.response_id] = response_id
-                if finish_reasons:
-                    attrs[n.response_finish_reasons] = finish_reasons
-                if usage is not None:
-                    attrs[n.usage_input] = usage.input_tokens
-                    attrs[n.usage_output] = usage.output_tokens
-                    attrs[n.usage_cache_read] = usage.cache_read_tokens
-                    attrs[n.usage_cache_write] = usage.cache_write_tokens
-                    if usage.reasoning_tokens:
-                        attrs[n.usage_reasoning] = usage.reasoning_tokens
-                    if usage.estimated:
-                        attrs[n.lg_usage_estimated] = True
-                if cost is not None:
-                    attrs[n.lg_cost] = cost
+                _answer_attributes(
+                    attrs, n, span, layer, record.request_model, record.operation,
+                    (response_model, response_id, finish_reasons, usage, cost),
+                )
                 if ttfc is not None:
                     attrs[n.response_ttfc] = ttfc
                 if address is not None and not self.start_address:
                     attrs[n.server_address] = address[0]
                     attrs[n.server_port] = address[1]
-                if record is not None:
-                    _guard_attributes(attrs, n, record)
+                _guard_attributes(attrs, n, record)
                 if exc is not None:
                     _error_attributes(attrs, n, exc)
                 if layer.capture_content:
@@ -1025,13 +995,50 @@ class _CallTrace:
             span.end()
         if self.scope is not None:
             self.scope.add(usage, cost)
-        if record is None:  # metrics and events read the record: a lane call has none only without them
-            return
         t1 = _clock.now()
         if tel is not None and tel.instruments is not None:
             self._record_metrics(tel.instruments, tel.names, t1, error_type, exc)
         if _events.listening():
             self._emit(outcome, exc, error_type, t1)
+
+    def _end_lane(self, result: Any) -> None:
+        """`_end` for a lane call's plain result with no record (so no metrics or events either).
+
+        Its one attempt's facts are read as `Call` would settle them, from
+        what was reported and returned; the span gets the same attributes.
+        """
+        layer = self.layer
+        provider, response_model, response_id, finish_reasons, usage, cost = self._lane_facts(result)
+        provider = self._provider(provider)
+        span = self.span
+        if span is not None:
+            if span.is_recording():
+                n = layer._names
+                attrs: dict[str, Any] = {n.lg_attempts: 1}
+                if provider and provider != self.start_provider:
+                    attrs[n.provider] = provider
+                _answer_attributes(
+                    attrs, n, span, layer, self.request_model, CallRecord.operation,
+                    (response_model, response_id, finish_reasons, usage, cost),
+                )
+                if layer.capture_content:
+                    self.finish_reasons = finish_reasons
+                    self._content(attrs, n, result)
+                span.set_attributes(attrs)
+            span.end()
+        if self.scope is not None:
+            self.scope.add(usage, cost)
+
+    def _provider(self, provider: str | None) -> str | None:
+        """The span's provider name: the answer's, else the client's, else the configured one."""
+        provider = provider or self.client_provider
+        if provider is not None:  # `_semconv.provider_name`, without the call for the usual names
+            name: str | None = _PROVIDER_NAMES.get(provider, provider)
+            if name == _GOOGLE:
+                address = self.address
+                name = _semconv.provider_name(provider, address[0] if address is not None else None)
+            provider = name
+        return provider or self.layer.provider
 
     def _lane_facts(
         self, result: Any
@@ -1205,6 +1212,40 @@ class _CallTrace:
         if level is None:  # an error: transient ones and refusals are warnings
             level = "warning" if kind is not None and (kind.transient or kind is ErrorKind.GUARD) else "error"
         _events.emit(_events.CALL, None, level=level, **{k: v for k, v in fields.items() if v is not None})
+
+
+def _answer_attributes(
+    attrs: dict[str, Any],
+    n: _semconv.Semconv,
+    span: Span,
+    layer: TraceLayer,
+    request_model: str | None,
+    operation: str,
+    answer: tuple[str | None, str | None, tuple[str, ...], Usage | None, float | None],
+) -> None:
+    """The span's attributes from the answer: (response model, id, finish reasons, usage, cost)."""
+    response_model, response_id, finish_reasons, usage, cost = answer
+    if response_model:
+        attrs[n.response_model] = response_model
+        if not request_model and not layer.span_name:
+            # The spec's name wants the requested model; when the function
+            # chose it inside, the answering model is the best known.
+            span.update_name(f"{layer.operation or operation} {response_model}")
+    if response_id:
+        attrs[n.response_id] = response_id
+    if finish_reasons:
+        attrs[n.response_finish_reasons] = finish_reasons
+    if usage is not None:
+        attrs[n.usage_input] = usage.input_tokens
+        attrs[n.usage_output] = usage.output_tokens
+        attrs[n.usage_cache_read] = usage.cache_read_tokens
+        attrs[n.usage_cache_write] = usage.cache_write_tokens
+        if usage.reasoning_tokens:
+            attrs[n.usage_reasoning] = usage.reasoning_tokens
+        if usage.estimated:
+            attrs[n.lg_usage_estimated] = True
+    if cost is not None:
+        attrs[n.lg_cost] = cost
 
 
 def _guard_attributes(attrs: dict[str, Any], n: _semconv.Semconv, record: CallRecord) -> None:
