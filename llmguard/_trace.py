@@ -1008,7 +1008,24 @@ class _CallTrace:
         what was reported and returned; the span gets the same attributes.
         """
         layer = self.layer
-        provider, response_model, response_id, finish_reasons, usage, cost = self._lane_facts(result)
+        # The attempt's facts as `Call` would settle them: the result's, the
+        # usage `report_usage` kept on the frame winning over the result's,
+        # priced as `_wrap._price` prices.
+        frame = cast("list[Any]", self.frame)
+        reported = frame[_F_USAGE]
+        facts = providers.observe_result(result)
+        response_model = response_id = None
+        provider: str | None = None
+        finish_reasons: tuple[str, ...] = ()
+        usage = None
+        if facts is not None:
+            provider, response_model, usage = facts.provider, facts.model, facts.usage
+            response_id, finish_reasons = facts.response_id, facts.finish_reasons
+        if reported is not None:
+            usage = reported[0]
+            response_model = response_model or reported[1]
+            provider = provider or reported[2]
+        cost = prices.cost_of(usage, response_model or self.request_model, provider) if usage is not None else None
         provider = self._provider(provider)
         span = self.span
         if span is not None:
@@ -1039,31 +1056,6 @@ class _CallTrace:
                 name = _semconv.provider_name(provider, address[0] if address is not None else None)
             provider = name
         return provider or self.layer.provider
-
-    def _lane_facts(
-        self, result: Any
-    ) -> tuple[str | None, str | None, str | None, tuple[str, ...], Usage | None, float | None]:
-        """(provider, response model, id, finish reasons, usage, cost) of a lane call's one attempt.
-
-        What `Call` would settle the attempt with: the result's facts, the
-        usage `report_usage` kept on the lane's frame winning over the
-        result's, priced as `_wrap._price` prices.
-        """
-        frame = self.frame
-        reported = frame[_F_USAGE] if frame is not None else None
-        facts = providers.observe_result(result)
-        provider = response_model = response_id = None
-        finish_reasons: tuple[str, ...] = ()
-        usage = None
-        if facts is not None:
-            provider, response_model, usage = facts.provider, facts.model, facts.usage
-            response_id, finish_reasons = facts.response_id, facts.finish_reasons
-        if reported is not None:
-            usage = reported[0]
-            response_model = response_model or reported[1]
-            provider = provider or reported[2]
-        cost = prices.cost_of(usage, response_model or self.request_model, provider) if usage is not None else None
-        return provider, response_model, response_id, finish_reasons, usage, cost
 
     def _late_address(self, exc: BaseException | None) -> None:
         """The server address known only at the end: from the error's request, or the stream's response."""
