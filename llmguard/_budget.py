@@ -1351,24 +1351,18 @@ class _FunctionBudget(Layer):
 
     # -- the layer ---------------------------------------------------------------
 
-    def _fast_args(self, args: tuple[Any, ...], kwargs: dict[str, Any], bound: bool) -> tuple[int, str, str] | None:
+    def _fast_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, str, str] | None:
         """(output cap, model, input text) when all are plain arguments, else None.
 
-        *bound*: *args* lack the method's ``self`` (a `Call`'s do; a lane's
-        frame's do not).
+        *args* are all the positional arguments, a method's ``self`` included
+        (as a lane's frame holds them).
         """
         if self._model_getter is None or self._n_getter is not None or self._var_kw:
             return None
-        if bound:  # positions past self
-            caps = tuple((n, pb, d) for n, _, pb, d in self._caps)
-            inputs = tuple((n, pb, d) for n, _, pb, d in self._inputs)
-            name, _, at, default = self._model_getter
-        else:
-            caps, inputs = self._frame_caps, self._frame_inputs
-            name, at, _, default = self._model_getter
+        name, at, _, default = self._model_getter
         n_args = len(args)
         cap = None
-        for cap_name, pos, cap_default in caps:
+        for cap_name, pos, cap_default in self._frame_caps:
             value = args[pos] if pos is not None and pos < n_args else kwargs.get(cap_name, cap_default)
             if value.__class__ is int and value > 0:
                 cap = value
@@ -1379,7 +1373,7 @@ class _FunctionBudget(Layer):
         if model.__class__ is not str:
             return None
         parts = []
-        for in_name, pos, in_default in inputs:
+        for in_name, pos, in_default in self._frame_inputs:
             value = args[pos] if pos is not None and pos < n_args else kwargs.get(in_name, in_default)
             if value is not None:
                 parts.append(value)
@@ -1387,7 +1381,7 @@ class _FunctionBudget(Layer):
             return None
         return cap, model, str(parts[0]) if len(parts) == 1 else "".join(map(str, parts))
 
-    def _fast_reserve(self, args: tuple[Any, ...], kwargs: dict[str, Any], bound: bool) -> _Reserved | None:
+    def _fast_reserve(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Reserved | None:
         """`_plan` and `_reserve` for the common case; None when the general path is needed.
 
         The common case: no scope, this function's own budget with a string
@@ -1397,7 +1391,7 @@ class _FunctionBudget(Layer):
         and `_plan` compute, inline (this runs on every call). A refusal is
         returned as the `_stores.Refusal` in place of the reservation id.
         """
-        found = self._fast_args(args, kwargs, bound)
+        found = self._fast_args(args, kwargs)
         return None if found is None else self._reserve_parts(found[0], found[1], found[2], None)
 
     def _reserve_parts(self, cap: int, model: str, text: str, frame: list[Any] | None) -> _Reserved | None:
@@ -1443,7 +1437,8 @@ class _FunctionBudget(Layer):
 
     def _fast_plan(self, call: Call) -> _Fast | None:
         """`_fast_reserve` for a `Call` (the general path), the record noted."""
-        reserved = self._fast_reserve(call.args, call.kwargs, call.instance is not None)
+        args = call.args if call.instance is None else (call.instance, *call.args)
+        reserved = self._fast_reserve(args, call.kwargs)
         return None if reserved is None else self._fast_of(call, reserved)
 
     def _ticket_of(self, fast: _Fast) -> _Ticket:
@@ -1529,7 +1524,7 @@ class _FunctionBudget(Layer):
                 return GENERAL
             state = self._reserve_parts(cap, model, str(value), frame)
         else:
-            found = self._fast_args(frame[_F_ARGS], frame[_F_KWARGS], False)
+            found = self._fast_args(frame[_F_ARGS], frame[_F_KWARGS])
             if found is None:
                 return GENERAL
             state = self._reserve_parts(found[0], found[1], found[2], frame)

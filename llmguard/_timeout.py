@@ -254,7 +254,7 @@ def _current_task_getter() -> Callable[[asyncio.AbstractEventLoop], asyncio.Task
 
 _current_task = _current_task_getter()
 _get_running_loop = asyncio.get_running_loop
-_deadline_get, _deadline_set, _deadline_reset = _DEADLINE.get, _DEADLINE.set, _DEADLINE.reset
+_deadline_get, _deadline_set = _DEADLINE.get, _DEADLINE.set
 # Keyed by id(loop); each wheel holds its loop weakly and leaves with it.
 _WHEELS: dict[int, tuple[weakref.ref[asyncio.AbstractEventLoop], _Wheel]] = {}
 
@@ -416,16 +416,11 @@ class TimeoutLayer(Layer):
         entry = armed[6]
         if entry is not None:
             if entry[_FIRED]:
-                TimeoutLayer._disarm_fired(entry)
+                # Fired as the call finished: take back our cancel, as asyncio.timeout does.
+                entry[_FIRED] = False
+                cast("asyncio.Task[Any]", asyncio.current_task()).uncancel()
             else:
                 cast("_Wheel", armed[5]).disarm(entry)
-
-    @staticmethod
-    def _disarm_fired(entry: _Entry[Any] | None) -> None:
-        if entry is not None and entry[_FIRED]:
-            # Fired as the call finished: take back our cancel, as asyncio.timeout does.
-            entry[_FIRED] = False
-            cast("asyncio.Task[Any]", asyncio.current_task()).uncancel()
 
     async def _finish_async(self, call: Call, armed: _Armed) -> Any:
         """Await the call's first proceed under *armed*; streams go on timed."""
@@ -460,23 +455,7 @@ class TimeoutLayer(Layer):
 
     @staticmethod
     def _lane_leave(call: Call, armed: _Armed, result: Any) -> Any:  # noqa: ARG004
-        # `_disarm` with `_Wheel.disarm`'s common case inlined: the entry on
-        # top of the heap (a call that finished first) is popped at once.
-        _deadline_reset(armed[0])
-        entry = armed[6]
-        if entry is not None:
-            if entry[_TASK] is not None:
-                wheel = cast("_Wheel", armed[5])
-                heap = wheel._heap
-                if heap[0] is entry:
-                    entry[_TASK] = None
-                    heapq.heappop(heap)
-                    if heap and heap[0][_TASK] is None:
-                        wheel._pop_dead()
-                else:
-                    wheel.disarm(entry)
-            elif entry[_FIRED]:
-                TimeoutLayer._disarm_fired(entry)
+        TimeoutLayer._disarm(armed)
         return result
 
     def lane(self, shape: str) -> Lane | None:
