@@ -1609,13 +1609,11 @@ def returned_call(frame: Frame[Any], result: Any) -> Call:
     whatever `report_usage` said), as on the general path.
     """
     call = _realize(frame)
-    lane = call._lane
-    if lane is _RUNNING:
+    if call._lane is _RUNNING:
         call._lane = _RETURNED
         call._replay = (None, result, None)
-    elif isinstance(lane, Attempt) and lane.ended_at is None:
-        # On the record already (the function reported usage): settled now.
-        _settle_attempt(lane, providers.observe_result(result), _clock.now())
+    # Else the record was built while the function ran, and the lane settled
+    # its attempt before calling leave (`_lane_returned`).
     return call
 
 
