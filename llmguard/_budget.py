@@ -1506,7 +1506,7 @@ class _FunctionBudget(Layer):
         if not self._fast:
             return None
         resume = self._lane_resume if shape == SYNC else self._lane_resume_async
-        return Lane(self._lane_enter, self._lane_leave, resume, leave_reads_record=False, needs_call=False)
+        return Lane(self._lane_enter, self._lane_leave, resume, needs_call=False)
 
     def _lane_enter(self, frame: list[Any]) -> Any:
         if _SCOPES.get():

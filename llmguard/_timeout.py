@@ -463,8 +463,8 @@ class TimeoutLayer(Layer):
         if shape != ASYNC:
             return None
         if self.first_token is None and self.total is not None:
-            return Lane(self._arm_total(), self._lane_leave, self._finish_async, leave_reads_record=False, needs_call=False)
-        return Lane(self._arm, self._lane_leave, self._finish_async, leave_reads_record=False)
+            return Lane(self._arm_total(), self._lane_leave, self._finish_async, needs_call=False)
+        return Lane(self._arm, self._lane_leave, self._finish_async)
 
     def _expired(self, call: Call | None, limit: str, seconds: float) -> GuardTimeout:
         where = f" in {call.function_name}" if call is not None else ""

@@ -1525,7 +1525,7 @@ class TraceLayer(Layer):
         a stream goes on through `_proceed` as `around` would.
         """
         resume = self._lane_resume if shape == SYNC else self._lane_resume_async
-        return Lane(self._lane_enter, self._lane_leave, resume, leave_reads_record=False, needs_call=False)
+        return Lane(self._lane_enter, self._lane_leave, resume, needs_call=False)
 
     def _lane_enter(self, frame: list[Any]) -> tuple[_CallTrace, Token[Context] | None] | None:
         tel = self._telemetry()

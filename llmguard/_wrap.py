@@ -94,7 +94,10 @@ class Lane(NamedTuple):
     ``enter(call)`` runs before the function (it may raise, or return
     `GENERAL` to take the general path for this call); its return value is
     handed to the others. ``leave(call, state, result)`` runs after a plain
-    result (not a stream), its attempt already settled; it returns the result.
+    result (not a stream) and returns it; *call* is None when no `Call` was
+    built, and ``returned_call(frame, result)`` builds one whose record shows
+    the attempt settled from *result* (a record built by then is ended after
+    leave, as the general path ends it).
     ``resume(call, state)`` takes over when the function raised or returned a
     stream or a type not seen before: it continues as the layer's general
     path would after its first ``call.proceed()``, which hands back that
@@ -104,9 +107,6 @@ class Lane(NamedTuple):
     enter: Callable[[Any], Any] | None  # (Call) -> state, or (frame) when not needs_call
     leave: Callable[[Any, Any, Any], Any] | None  # (Call or None, state, result) -> result
     resume: Callable[[Call, Any], Any]
-    # False when ``leave`` never reads ``call.record``: the returned attempt
-    # is then not even kept for it.
-    leave_reads_record: bool = True
     # False when ``enter`` and ``leave`` need no `Call`: enter then gets the
     # lane's frame (it may set ``frame[_F_DEADLINE]``), leave gets None, and
     # no Call is built unless something asks (resume always gets one).
@@ -1630,14 +1630,10 @@ def _lane_starts(call: Call) -> None:
 
 
 def _lane_returned(call: Call, state: Any, result: Any, leave: Callable[[Call, Any, Any], Any] | None) -> Any:
-    """After a lane's function returned, past the fast checks; `_NEEDS_RESUME` to resume."""
-    if call._lane is _RUNNING and type(result) in _PLAIN_TYPES:
-        # Nobody asked for the record: it is built (after the fact) only if
-        # leave asks for it.
-        call._lane = _RETURNED
-        call._replay = (None, result, None)
-        result = cast("Callable[[Call, Any, Any], Any]", leave)(call, state, result)
-        return result if call._record is None else _end_with_result(call, result)
+    """After a lane's function returned a stream, an unseen type, or with its record built.
+
+    `_NEEDS_RESUME` when the general path must take over.
+    """
     if call._lane_returned(result):
         if leave is not None:
             result = leave(call, state, result)
@@ -1646,7 +1642,7 @@ def _lane_returned(call: Call, state: Any, result: Any, leave: Callable[[Call, A
 
 
 def _lane_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: Lane) -> Callable[..., Any]:
-    enter, leave, resume, leave_reads, needs_call = lane
+    enter, leave, resume, needs_call = lane
     offset = info.self_offset
     current_set, current_reset, handoff_get = _CURRENT.set, _CURRENT.reset, _HANDOFF.get
     clock = _clock
@@ -1678,8 +1674,9 @@ def _lane_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: 
             if type(result) in _PLAIN_TYPES and (call is None or call._lane is _RUNNING):
                 if leave is None:
                     return result  # nobody asked for the record: nothing more to keep
-                if not leave_reads:
-                    return leave(call, state, result)
+                result = leave(call, state, result)
+                built = frame[_F_CALL]  # leave may have built the record: end it
+                return result if built is None or built._record is None else _end_with_result(built, result)
             call = _realize(frame)
             done = _lane_returned(call, state, result, leave)
             return done if done is not _NEEDS_RESUME else _end_with_result(call, resume(call, state))
@@ -1692,7 +1689,7 @@ def _lane_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: 
 
 
 def _lane_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: Lane) -> Callable[..., Any]:
-    enter, leave, resume, leave_reads, needs_call = lane
+    enter, leave, resume, needs_call = lane
     offset = info.self_offset
     current_set, current_reset, handoff_get = _CURRENT.set, _CURRENT.reset, _HANDOFF.get
     clock = _clock
@@ -1724,8 +1721,9 @@ def _lane_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane:
             if type(result) in _PLAIN_TYPES and (call is None or call._lane is _RUNNING):
                 if leave is None:
                     return result
-                if not leave_reads:
-                    return leave(call, state, result)
+                result = leave(call, state, result)
+                built = frame[_F_CALL]
+                return result if built is None or built._record is None else _end_with_result(built, result)
             call = _realize(frame)
             done = _lane_returned(call, state, result, leave)
             return done if done is not _NEEDS_RESUME else _end_with_result(call, await resume(call, state))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmguard import AsyncGuardedStream, CallRecord, GuardedStream, Outcome
-from llmguard._wrap import SYNC, Call, Lane, Layer
+from llmguard._wrap import SYNC, Call, Lane, Layer, _realize, returned_call
 
 
 class Probe(Layer):
@@ -47,24 +47,26 @@ class LaneProbe(Probe):
     """A `Probe` on the core's fast lane: it reads the record only after the call.
 
     A call it guards alone runs fused with the core, and the record is built
-    after the fact (or when the function reads it); a stream or an exception
-    goes back to `around` through ``resume``. The facts must be the same.
+    after the fact by ``returned_call`` (or when the function reads it), as
+    budget and trace do; a stream or an exception goes back to `around`
+    through ``resume``. The facts must be the same.
     """
 
     def lane(self, shape: str) -> Lane | None:
-        return Lane(None, self._leave, self.resume if shape == SYNC else self.resume_async)
+        return Lane(self._enter, self._leave, self.resume if shape == SYNC else self.resume_async, needs_call=False)
 
-    def _leave(self, call: Call, state: Any, result: Any) -> Any:  # noqa: ARG002
+    def _enter(self, frame: list[Any]) -> list[Any]:
+        return frame
+
+    def _leave(self, call: Call | None, frame: list[Any], result: Any) -> Any:  # noqa: ARG002
         self.calls += 1
-        self.records.append(call.record)
+        self.records.append(returned_call(frame, result).record)
         return result
 
 
 class EarlyLaneProbe(LaneProbe):
     """A `LaneProbe` that builds the record before the function runs (in ``enter``)."""
 
-    def lane(self, shape: str) -> Lane | None:
-        return Lane(self._enter, self._leave, self.resume if shape == SYNC else self.resume_async)
-
-    def _enter(self, call: Call) -> None:
-        call.record  # noqa: B018 - built early on purpose: the attempt must still land on it
+    def _enter(self, frame: list[Any]) -> list[Any]:
+        _realize(frame).record  # noqa: B018 - built early on purpose: the attempt must still land on it
+        return frame
