@@ -14,6 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from llmguard._wrap import SYNC, Lane, Layer
+
 
 REPEATS = 15
 
@@ -60,3 +62,10 @@ def row(name: str, seconds: float, baseline: float | None = None, ref: str = "")
 def overhead(guarded: float, bare: float) -> float:
     """What the guard adds on top of the bare call (never below zero)."""
     return max(guarded - bare, 0.0)
+
+
+class PassThrough(Layer):
+    """A layer that does nothing, on the core's fast lane: what a guard alone on a function runs on."""
+
+    def lane(self, shape: str) -> Lane | None:
+        return Lane(None, None, self.resume if shape == SYNC else self.resume_async)

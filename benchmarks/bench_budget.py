@@ -28,12 +28,12 @@ import time
 
 from typing import Any
 
-from _harness import overhead, per_call, per_call_async, row
+from _harness import PassThrough, overhead, per_call, per_call_async, row
 
 from llmguard import prices
 from llmguard._budget import budget
 from llmguard._record import Usage
-from llmguard._wrap import SYNC, Lane, Layer, report_usage, wrap
+from llmguard._wrap import Layer, report_usage, wrap
 
 
 MODEL = "claude-sonnet-4-6"
@@ -71,13 +71,6 @@ MESSAGE = _message()
 def sdk_target(messages: Any, model: str = MODEL, max_tokens: int = 256) -> Any:
     # A stand-in for client.messages.create(...): the SDK's own response object.
     return MESSAGE
-
-
-class PassThrough(Layer):
-    """A layer that does nothing, on the core's fast lane (what a lone budget runs on)."""
-
-    def lane(self, shape: str) -> Lane | None:
-        return Lane(None, None, self.resume if shape == SYNC else self.resume_async)
 
 
 def check_then_record(fn: Any, limit: float) -> Any:

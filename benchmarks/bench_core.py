@@ -11,16 +11,9 @@ import functools
 
 from typing import Any
 
-from _harness import overhead, per_call, per_call_async, row
+from _harness import PassThrough, overhead, per_call, per_call_async, row
 
-from llmguard._wrap import SYNC, Lane, Layer, wrap
-
-
-class LaneLayer(Layer):
-    """A pass-through layer on the fast lane."""
-
-    def lane(self, shape: str) -> Lane | None:
-        return Lane(None, None, self.resume if shape == SYNC else self.resume_async)
+from llmguard._wrap import Layer, wrap
 
 
 def target(q: str, n: int = 1) -> str:
@@ -57,7 +50,7 @@ def run() -> dict[str, float]:
     print(row("sync  functools.wraps", ft, bare, "of bare"))
     print(row("sync  llmguard core", core, bare, "of bare"))
     print(row("sync  core overhead vs functools.wraps overhead", overhead(core, bare), overhead(ft, bare), "of functools"))
-    lane = per_call(lambda f=wrap(LaneLayer(), target): f("q", n=2))
+    lane = per_call(lambda f=wrap(PassThrough(), target): f("q", n=2))
     print(row("sync  lane overhead vs functools.wraps overhead", overhead(lane, bare), overhead(ft, bare), "of functools"))
 
     abare = per_call_async(lambda: atarget("q", n=2))
@@ -67,7 +60,7 @@ def run() -> dict[str, float]:
     print(row("async functools.wraps", aft, abare, "of bare"))
     print(row("async llmguard core", acore, abare, "of bare"))
     print(row("async core overhead vs functools.wraps overhead", overhead(acore, abare), overhead(aft, abare), "of functools"))
-    alane = per_call_async(lambda f=wrap(LaneLayer(), atarget): f("q", n=2))
+    alane = per_call_async(lambda f=wrap(PassThrough(), atarget): f("q", n=2))
     print(row("async lane overhead vs functools.wraps overhead", overhead(alane, abare), overhead(aft, abare), "of functools"))
     return {
         "core_sync_overhead": overhead(core, bare),

@@ -25,11 +25,11 @@ import time
 
 from typing import Any
 
-from _harness import REPEATS, overhead, per_call, per_call_async, row
+from _harness import REPEATS, PassThrough, overhead, per_call, per_call_async, row
 
 from llmguard._record import Usage
 from llmguard._trace import trace
-from llmguard._wrap import SYNC, Lane, Layer, report_usage
+from llmguard._wrap import report_usage
 
 
 MODEL = "claude-sonnet-4-6"
@@ -133,13 +133,6 @@ def paired(a: Any, b: Any, number: int = 5_000, repeats: int = REPEATS) -> tuple
                 fn()
             samples.append((time.perf_counter() - start) / number)
     return statistics.median(sa), statistics.median(sb)
-
-
-class PassThrough(Layer):
-    """A layer that does nothing, on the core's fast lane (what a lone trace runs on)."""
-
-    def lane(self, shape: str) -> Lane | None:
-        return Lane(None, None, self.resume if shape == SYNC else self.resume_async)
 
 
 def run() -> dict[str, float]:
