@@ -44,9 +44,13 @@ The worst case is estimated from the function's arguments, in this order:
 The estimate sees only the arguments: a function that adds a long system
 prompt or tool schemas of its own should say so with ``estimate=``.
 
-Input tokens are estimated as the UTF-8 byte count divided by 3: about
+Input tokens are estimated as a UTF-8 byte count divided by 3: about
 1.3x the real count for English text (~4 characters a token), about right
-for CJK text (3 bytes and ~1 token a character). Images or other base64
+for CJK text (3 bytes and ~1 token a character). What is counted: of a
+chat message ``{"role": ..., "content": "<text>"}``, its text plus 40
+bytes for the role and framing (~13 tokens; OpenAI documents 3 a
+message); of a list, each item; of a string, itself; of anything else
+(content blocks, tool schemas, objects), its ``str()``. Images or other base64
 payloads are counted as text and so hugely overestimated; pass
 ``estimate=`` for those. The model whose prices apply is the call's
 ``model`` argument, else ``model=``, else the model this function last
@@ -132,6 +136,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import sys
 import warnings
 import weakref
 
@@ -194,6 +199,44 @@ _MAX_USD: Final = 9_000_000  # pico-dollars in a signed 64-bit counter: $9.2M
 _INPUT_NAMES: Final = ("messages", "system", "prompt", "input", "instructions", "contents", "tools")
 _CAP_NAMES: Final = ("max_tokens", "max_output_tokens", "max_completion_tokens")
 _OBSERVED: Final = 100  # outputs remembered per function
+_NEVER: Final = sys.maxsize  # the position of a parameter that is never positional
+
+
+_MESSAGE_BYTES: Final = 40  # what a chat message's role and framing count, beside its text
+
+
+class _Parts(list[Any]):
+    """Several input arguments, sized together (see `_text_size`)."""
+
+
+def _str_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _text_size(value: Any) -> int:
+    """What the input estimate counts of *value*, in UTF-8 bytes (see the module docs).
+
+    A chat message ``{"role": ..., "content": "<text>"}`` counts its text
+    plus `_MESSAGE_BYTES`; a list (or `_Parts`) the sum of its items; a
+    string itself; anything else its ``str()``. Lists are summed item by
+    item because ``str()`` of a long conversation copies and escapes every
+    character (microseconds per kilobyte) where this reads lengths.
+    """
+    cls = value.__class__
+    if cls is str:
+        return _str_size(value)
+    if cls is list or cls is _Parts:
+        size = 0
+        for item in value:
+            if item.__class__ is dict and len(item) == 2 and "role" in item:
+                text = item.get("content")
+                if text.__class__ is str:
+                    size += _str_size(text) + _MESSAGE_BYTES
+                    continue
+            size += _text_size(item)
+        return size
+    return _str_size(str(value))
+
 
 # The `with lg.budget(...)` scopes active in this context, outermost first.
 _SCOPES: ContextVar[tuple[Budget, ...]] = ContextVar("llmguard_budget_scopes", default=())
@@ -942,6 +985,7 @@ class _FunctionBudget(Layer):
         self._window: tuple[float | None, BucketSpec] = (math.nan, BucketSpec("", None, None, None))
         self._out_max: int | None = None
         self._last_model: str | None = None
+        self._reserve_fast = self._make_reserver()
         self._check_boundable(fn)
 
     def _check_boundable(self, fn: Callable[..., Any]) -> None:
@@ -1029,12 +1073,9 @@ class _FunctionBudget(Layer):
             own = {g[0] for g in self._inputs}
             parts += [v for n in _INPUT_NAMES if n not in own and (v := kwargs.get(n)) is not None]
         if not parts:
-            text = f"{call.args}{kwargs}"
-        elif len(parts) == 1:
-            text = str(parts[0])
+            size = _text_size(f"{call.args}{kwargs}")
         else:
-            text = "".join(map(str, parts))
-        size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+            size = _text_size(parts[0] if len(parts) == 1 else _Parts(parts))
         return (size + 2) // 3
 
     def _output_cap(self, call: Call, scopes: tuple[Budget, ...]) -> int | None:
@@ -1351,11 +1392,69 @@ class _FunctionBudget(Layer):
 
     # -- the layer ---------------------------------------------------------------
 
-    def _fast_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, str, str] | None:
-        """(output cap, model, input text) when all are plain arguments, else None.
+    def _make_reserver(self) -> Callable[[tuple[Any, ...], dict[str, Any], Any], _Reserved | None]:
+        """``reserve(args, kwargs, frame)``: `_plan` and `_reserve` for the common case, else None.
 
         *args* are all the positional arguments, a method's ``self`` included
-        (as a lane's frame holds them).
+        (as a lane's frame holds them); *frame* is the lane's, or None. The
+        common case: no scope, this function's own budget with a string key
+        or none, no ``estimate=``, a store that answers without I/O,
+        SDK-shaped arguments that give an output cap and a priced model, and
+        a worst case within ``max_call_usd``. It computes what `_estimate`
+        and `_plan` compute (the same `_text_size`, the same rates) inline:
+        this runs on every call, so what it reads of the budget and the
+        function is read once, here, into the closure. A refusal is returned
+        as the `_stores.Refusal` in place of the reservation id.
+        """
+        simple = self._frame_simple
+        fast_args = self._fast_args
+        flat, flat_rates, miss = _FLAT, prices.flat_rates, _MISS
+        max_call, key, period, store, lease = self._consts
+        hold, wall, spec_of = store.hold, _clock.wall, self._spec
+        layer = self
+        if simple is not None:
+            cap_name, cap_pos, cap_default, name, pos, default, in_name, in_pos, in_default = simple
+            # A parameter that is not positional is never found in args.
+            cap_at: int = _NEVER if cap_pos is None else cap_pos
+            at: int = _NEVER if pos is None else pos
+            in_at: int = _NEVER if in_pos is None else in_pos
+
+        def reserve(args: tuple[Any, ...], kwargs: dict[str, Any], frame: Any) -> _Reserved | None:
+            if simple is not None:
+                # One cap, one model, one input argument: read without the loops.
+                n = len(args)
+                cap = args[cap_at] if cap_at < n else kwargs.get(cap_name, cap_default)
+                model = args[at] if at < n else kwargs.get(name, default)
+                value = args[in_at] if in_at < n else kwargs.get(in_name, in_default)
+                if cap.__class__ is not int or cap <= 0 or model.__class__ is not str or value is None:
+                    return None
+            else:
+                found = fast_args(args, kwargs)
+                if found is None:
+                    return None
+                cap, model, value = found
+            rates = flat.get(model, miss)
+            if rates is miss:
+                rates = flat_rates(model)
+            if rates is None:
+                return None
+            input_tokens = (_text_size(value) + 2) // 3
+            usd = round(input_tokens * rates[0] + cap * rates[1] + rates[2])
+            if max_call is not None and usd > max_call:
+                return None
+            now = wall()
+            start = None if period is None else (now // period) * period
+            window = layer._window
+            spec = window[1] if window[0] == start else spec_of(key, start)
+            tokens = input_tokens + cap
+            return (frame, model, store, hold(spec, usd, tokens, now, lease), spec, usd, tokens, key, start, now)
+
+        return reserve
+
+    def _fast_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[int, str, Any] | None:
+        """(output cap, model, input) when all are plain arguments, else None (see `_make_reserver`).
+
+        The input is the one input argument given, or the list of them.
         """
         if self._model_getter is None or self._n_getter is not None or self._var_kw:
             return None
@@ -1379,39 +1478,7 @@ class _FunctionBudget(Layer):
                 parts.append(value)
         if not parts:
             return None
-        return cap, model, str(parts[0]) if len(parts) == 1 else "".join(map(str, parts))
-
-    def _fast_reserve(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Reserved | None:
-        """`_plan` and `_reserve` for the common case; None when the general path is needed.
-
-        The common case: no scope, this function's own budget with a string
-        key or none, no ``estimate=``, a store that answers without I/O,
-        SDK-shaped arguments that give an output cap and a priced model, and
-        a worst case within ``max_call_usd``. It computes what `_estimate`
-        and `_plan` compute, inline (this runs on every call). A refusal is
-        returned as the `_stores.Refusal` in place of the reservation id.
-        """
-        found = self._fast_args(args, kwargs)
-        return None if found is None else self._reserve_parts(found[0], found[1], found[2], None)
-
-    def _reserve_parts(self, cap: int, model: str, text: str, frame: list[Any] | None) -> _Reserved | None:
-        """The rest of `_fast_reserve`, once the arguments are read (*frame*: the lane's, or None)."""
-        rates = _FLAT.get(model, _MISS)
-        if rates is _MISS:
-            rates = prices.flat_rates(model)
-        if rates is None:
-            return None
-        input_tokens = ((len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))) + 2) // 3
-        usd = round(input_tokens * rates[0] + cap * rates[1] + rates[2])
-        max_call, key, period, store, lease = self._consts
-        if max_call is not None and usd > max_call:
-            return None
-        now = _clock.wall()
-        start = None if period is None else (now // period) * period
-        window = self._window
-        spec = window[1] if window[0] == start else self._spec(key, start)
-        tokens = input_tokens + cap
-        return (frame, model, store, store.hold(spec, usd, tokens, now, lease), spec, usd, tokens, key, start, now)
+        return cap, model, parts[0] if len(parts) == 1 else _Parts(parts)
 
     def _spec(self, key: str | None, start: float | None) -> BucketSpec:
         """The `BucketSpec` of *key*'s bucket in the window from *start*, remembered for the next calls."""
@@ -1438,7 +1505,7 @@ class _FunctionBudget(Layer):
     def _fast_plan(self, call: Call) -> _Fast | None:
         """`_fast_reserve` for a `Call` (the general path), the record noted."""
         args = call.args if call.instance is None else (call.instance, *call.args)
-        reserved = self._fast_reserve(args, call.kwargs)
+        reserved = self._reserve_fast(args, call.kwargs, None)
         return None if reserved is None else self._fast_of(call, reserved)
 
     def _ticket_of(self, fast: _Fast) -> _Ticket:
@@ -1506,66 +1573,69 @@ class _FunctionBudget(Layer):
         if not self._fast:
             return None
         resume = self._lane_resume if shape == SYNC else self._lane_resume_async
-        return Lane(self._lane_enter, self._lane_leave, resume, needs_call=False)
+        return Lane(self._make_lane_enter(), self._make_lane_leave(), resume, needs_call=False)
 
-    def _lane_enter(self, frame: list[Any]) -> Any:
-        if _SCOPES.get():
-            return GENERAL
-        simple = self._frame_simple
-        if simple is not None:
-            # One cap, one model, one input argument: read without the loops.
-            cap_name, cap_at, cap_default, name, at, default, in_name, in_at, in_default = simple
-            args, kwargs = frame[_F_ARGS], frame[_F_KWARGS]
-            n = len(args)
-            cap = args[cap_at] if cap_at is not None and cap_at < n else kwargs.get(cap_name, cap_default)
-            model = args[at] if at is not None and at < n else kwargs.get(name, default)
-            value = args[in_at] if in_at is not None and in_at < n else kwargs.get(in_name, in_default)
-            if cap.__class__ is not int or cap <= 0 or model.__class__ is not str or value is None:
+    def _make_lane_enter(self) -> Callable[[list[Any]], Any]:
+        """The lane's enter: `_make_reserver`'s reservation, or `GENERAL`."""
+        scopes, reserve, fast_of = _SCOPES.get, self._reserve_fast, self._fast_of
+
+        def enter(frame: list[Any]) -> Any:
+            if scopes():
                 return GENERAL
-            state = self._reserve_parts(cap, model, str(value), frame)
-        else:
-            found = self._fast_args(frame[_F_ARGS], frame[_F_KWARGS])
-            if found is None:
+            state = reserve(frame[_F_ARGS], frame[_F_KWARGS], frame)
+            if state is None:
                 return GENERAL
-            state = self._reserve_parts(found[0], found[1], found[2], frame)
-        if state is None:
-            return GENERAL
-        if state[3].__class__ is not str:  # refused: the general way builds the error
-            self._fast_of(_realize(frame), state)
-        return state
+            if state[3].__class__ is not str:  # refused: the general way builds the error
+                fast_of(_realize(frame), state)
+            return state
+
+        return enter
+
+    def _make_lane_leave(self) -> Callable[[Call | None, _LaneState, Any], Any]:
+        """The lane's leave: settle from the reported or returned usage, without a record when it can."""
+        observe, plain_rates, cost_at, cost_of = providers.observe_usage, prices.plain_rates, prices.cost_at, prices.cost_of
+        lane_fast, settled, settle_fast = self._lane_fast, self._settled, self._settle_fast
+        layer = self
+
+        def leave(call: Call | None, state: _LaneState, result: Any) -> Any:
+            frame: list[Any] = state[0]
+            if call is None:
+                # The usage the function reported, else the result's.
+                found = frame[_F_USAGE] or observe(result)
+                if found is not None:
+                    usage, model, provider = found
+                    model = model or state[1]
+                    rates = plain_rates(model, provider)
+                    cost = (
+                        cost_at(rates, usage)
+                        if rates is not None and usage.input_tokens <= rates[5]
+                        else cost_of(usage, model, provider)
+                    )
+                    if cost is not None:
+                        # The common case, settled without a record.
+                        charge_usd = round(cost * PICO)
+                        charge_tokens = usage.input_tokens + usage.output_tokens
+                        try:
+                            crossings: Any = state[2].release(
+                                state[3], state[4], state[5], state[6], charge_usd, charge_tokens, state[9], usage.estimated
+                            )
+                        except BudgetStoreError as exc:
+                            crossings = exc
+                        if crossings:
+                            settled(lane_fast(state, returned_call(frame, result)), charge_usd, charge_tokens, crossings)
+                        if layer._history:
+                            layer._observe_usage(usage, model)
+                        return result
+            # Anything else (no usage, no price, a Call already made): from the record.
+            settle_fast(lane_fast(state, returned_call(frame, result)))
+            return result
+
+        return leave
 
     def _lane_fast(self, state: _LaneState, call: Call) -> _Fast:
         call.note(budget_decision="reserved")
         _, model, store, rid, spec, usd, tokens, key, start, now = state
         return (call.record, 0, model, store, rid, spec, usd, tokens, key, start, now)
-
-    def _lane_leave(self, call: Call | None, state: _LaneState, result: Any) -> Any:
-        frame: list[Any] = state[0]
-        if call is None:
-            # The usage the function reported, else the result's.
-            found = frame[_F_USAGE] or providers.observe_usage(result)
-            if found is not None:
-                usage = found[0]
-                cost = prices.cost_of(usage, found[1] or state[1], found[2])
-                if cost is not None:
-                    # The common case, settled without a record.
-                    charge_usd = round(cost * PICO)
-                    charge_tokens = usage.input_tokens + usage.output_tokens
-                    try:
-                        crossings: Any = state[2].release(
-                            state[3], state[4], state[5], state[6], charge_usd, charge_tokens, state[9], usage.estimated
-                        )
-                    except BudgetStoreError as exc:
-                        crossings = exc
-                    if crossings:
-                        fast = self._lane_fast(state, returned_call(frame, result))
-                        self._settled(fast, charge_usd, charge_tokens, crossings)
-                    if self._history:
-                        self._observe_usage(usage, found[1] or state[1])
-                    return result
-        # Anything else (no usage, no price, a Call already made): from the record.
-        self._settle_fast(self._lane_fast(state, returned_call(frame, result)))
-        return result
 
     def _lane_resume(self, call: Call, state: _LaneState) -> Any:
         return self._run_fast(call, self._lane_fast(state, call))

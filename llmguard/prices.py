@@ -40,7 +40,7 @@ from typing import Any
 from ._record import Usage
 
 
-__all__ = ["Price", "clear_price_cache", "cost_of", "price_of", "set_price"]
+__all__ = ["Price", "Rates", "clear_price_cache", "cost_at", "cost_of", "plain_rates", "price_of", "set_price"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +60,11 @@ class Price:
     source: str
 
 
+# USD per token of plain input, cache read, cache write and output, USD per
+# call, and the input count above which they no longer apply (a tier starts).
+Rates = tuple[float, float, float, float, float, float]
+
+
 @dataclass(slots=True)
 class _Entry:
     """A resolved price plus what `cost_of` needs to compute fast."""
@@ -73,6 +78,7 @@ class _Entry:
     tier_from: int | None  # tiers apply when input_tokens > this
     exact: bool  # price every usage through genai-prices (probe mismatch)
     model_price: Any = None  # genai_prices ModelPrice for tiers / exact
+    rates: Rates = (0.0, 0.0, 0.0, 0.0, 0.0, math.inf)  # what `cost_at` takes (set by `_set_rates`)
 
 
 _PER_MTOK = 1_000_000.0
@@ -179,9 +185,16 @@ def _override_for(model: str, provider: str | None) -> Price | None:
     return found
 
 
+def _set_rates(entry: _Entry) -> _Entry:
+    """Fill *entry*'s `Rates` from its fields (once they are all set)."""
+    tier = math.inf if entry.tier_from is None else entry.tier_from
+    entry.rates = (entry.in_rate, entry.read_rate, entry.write_rate, entry.out_rate, entry.per_call, tier)
+    return entry
+
+
 def _entry_from_price(price: Price) -> _Entry:
     in_rate = price.input / _PER_MTOK
-    return _Entry(
+    return _set_rates(_Entry(
         price=price,
         in_rate=in_rate,
         out_rate=price.output / _PER_MTOK,
@@ -190,7 +203,7 @@ def _entry_from_price(price: Price) -> _Entry:
         per_call=0.0,
         tier_from=None,
         exact=False,
-    )
+    ))
 
 
 def _base(value: Any) -> float | None:
@@ -224,16 +237,21 @@ def _exact_cost(entry: _Entry, usage: Usage) -> float | None:
         return None
 
 
-def _fast_cost(entry: _Entry, usage: Usage) -> float:
+def cost_at(rates: Rates, usage: Usage) -> float:
+    """USD cost of *usage* at *rates* (from `plain_rates`); the arithmetic behind `cost_of`.
+
+    Valid while ``usage.input_tokens <= rates[5]`` (below any tier); above
+    it, use `cost_of`.
+    """
     cache_read = usage.cache_read_tokens
     cache_write = usage.cache_write_tokens
-    plain = max(usage.input_tokens - cache_read - cache_write, 0)
+    plain = usage.input_tokens - cache_read - cache_write
     return (
-        plain * entry.in_rate
-        + cache_read * entry.read_rate
-        + cache_write * entry.write_rate
-        + usage.output_tokens * entry.out_rate
-        + entry.per_call
+        (plain if plain > 0 else 0) * rates[0]  # noqa: FURB136 - max() is a call: dearer on every call
+        + cache_read * rates[1]
+        + cache_write * rates[2]
+        + usage.output_tokens * rates[3]
+        + rates[4]
     )
 
 
@@ -282,12 +300,13 @@ def _entry_from_genai(model: str, provider: str | None) -> _Entry | None:
         entry.per_call = _base(requests) / 1000.0  # type: ignore[operator]
     starts = [t.start for v in prices.values() for t in (getattr(v, "tiers", None) or ())]
     entry.tier_from = min(starts) if starts else None
+    _set_rates(entry)
     # Check the fast arithmetic against genai-prices itself once.
     probe = Usage(_PROBE[0], _PROBE[1], _PROBE[2], _PROBE[3])
     expected = float(calc.total_price)
     if entry.tier_from is not None and probe.input_tokens > entry.tier_from:
         entry.exact = True  # pragma: no cover - no real tier starts this low
-    elif not math.isclose(_fast_cost(entry, probe), expected, rel_tol=1e-9, abs_tol=1e-12):
+    elif not math.isclose(cost_at(entry.rates, probe), expected, rel_tol=1e-9, abs_tol=1e-12):
         entry.exact = True
     return entry
 
@@ -326,6 +345,21 @@ def cost_of(usage: Usage, model: str | None, provider: str | None = None) -> flo
         entry = _entry(model, provider)
     if entry is None:
         return None
-    if entry.exact or (entry.tier_from is not None and usage.input_tokens > entry.tier_from):
+    if entry.exact or usage.input_tokens > entry.rates[5]:
         return _exact_cost(entry, usage)
-    return _fast_cost(entry, usage)
+    return cost_at(entry.rates, usage)
+
+
+def plain_rates(model: str | None, provider: str | None = None) -> Rates | None:
+    """The `Rates` `cost_at` prices *model* by; None when unknown or priced only by genai-prices.
+
+    For code that prices every call (a budget's settlement): the cached
+    rates, without `cost_of`'s per-call checks. Above ``rates[5]`` input
+    tokens (a tier), use `cost_of`.
+    """
+    entry = _cache.get((model, provider), _MISS)
+    if entry is _MISS:
+        entry = _entry(model, provider)
+    if entry is None or entry.exact:
+        return None
+    return entry.rates  # type: ignore[no-any-return]

@@ -554,7 +554,7 @@ async def test_every_shape_settles_exactly_and_refuses_before_sending(
 def test_reservation_uses_sdk_shaped_arguments_as_documented(
     store: BudgetStore, anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
 ) -> None:
-    """Input: UTF-8 bytes / 3 of messages+system; output: max_tokens; priced at the worst input rate."""
+    """Input: UTF-8 bytes / 3 of the messages' text (+40 each) and system; output: max_tokens; worst input rate."""
     messages = [{"role": "user", "content": "x" * 300}]
     system = "be brief"
 
@@ -565,11 +565,47 @@ def test_reservation_uses_sdk_shaped_arguments_as_documented(
     stream = ask(messages, system, 400)
     held = budget_spend(ask)
     stream.close()
-    input_tokens = (len((str(messages) + system).encode()) + 2) // 3
+    input_tokens = (300 + 40 + len(system) + 2) // 3
 
     assert input_tokens + 400 == held.reserved_tokens
     # Input at the cache-write rate ($3.75), the worst Claude can bill it at.
     assert (input_tokens * 3.75 + 400 * 15) / 1e6 == pytest.approx(held.reserved_usd, rel=1e-9)
+
+
+@pytest.mark.parametrize("path", ["lane", "stacked", "scoped"])
+def test_input_estimate_counts_message_text_list_items_and_str_of_the_rest(path: str) -> None:
+    """A text message: its UTF-8 bytes + 40; a list: its items; content blocks and the rest: str(); all / 3.
+
+    The same figure on the lane, on the general path's shortcut (budget
+    under another guard) and on the full general path (inside a scope).
+    """
+    blocks = {"role": "user", "content": [{"type": "text", "text": "look"}]}
+    conversation = [
+        {"role": "user", "content": "h\u00e9llo " * 50},  # non-ASCII: bytes, not characters
+        {"role": "assistant", "content": "ok"},
+        blocks,
+    ]
+    system = ["be brief", {"cache_control": "ephemeral"}]
+    size = len(("h\u00e9llo " * 50).encode()) + 40 + 2 + 40 + len(str(blocks)) + len("be brief") + len(str(system[1]))
+    seen: list[int] = []
+    store = MemoryBudgetStore()
+    b = budget(usd=1.0, store=store, name="estimate")
+
+    def ask(messages: Any, system: Any = None, model: str = CLAUDE, max_tokens: int = 100) -> str:
+        seen.append(b.spend().reserved_tokens)
+        lg.report_usage(input_tokens=1, output_tokens=1, model=model, provider="anthropic")
+        return "ok"
+
+    guarded = b(ask)
+    if path == "stacked":
+        guarded = lg.retry(attempts=1)(guarded)
+    if path == "scoped":
+        with lg.budget(usd=1.0):
+            guarded(conversation, system)
+    else:
+        guarded(conversation, system)
+
+    assert [(size + 2) // 3 + 100] == seen
 
 
 def test_estimate_callable_overrides_the_arguments(store: BudgetStore, openai_client: openai.OpenAI) -> None:
