@@ -1593,19 +1593,45 @@ class _FunctionBudget(Layer):
 
     def _make_lane_leave(self) -> Callable[[Call | None, _LaneState, Any], Any]:
         """The lane's leave: settle from the reported or returned usage, without a record when it can."""
-        observe, plain_rates, cost_at, cost_of = providers.observe_usage, prices.plain_rates, prices.cost_at, prices.cost_of
+        extractor_of, plain_rates, cost_at, cost_of = (
+            providers.usage_extractor,
+            prices.plain_rates,
+            prices.cost_at,
+            prices.cost_of,
+        )
         lane_fast, settled, settle_fast = self._lane_fast, self._settled, self._settle_fast
         layer = self
+        # The last result class seen and its usage reader, the last model and
+        # provider priced and their rates (tuples: threads may race to replace
+        # one, never to pair a key with another's value).
+        reader: tuple[type | None, Any] = (None, None)
+        priced: tuple[Any, Any, prices.Rates | None] = (_MISS, _MISS, None)
 
         def leave(call: Call | None, state: _LaneState, result: Any) -> Any:
-            frame: list[Any] = state[0]
+            nonlocal reader, priced
+            frame, requested, store, rid, spec, usd, tokens, _, _, now = state
             if call is None:
                 # The usage the function reported, else the result's.
-                found = frame[_F_USAGE] or observe(result)
+                found = frame[_F_USAGE]
+                if found is None:
+                    cls = result.__class__
+                    known = reader
+                    if known[0] is not cls:
+                        reader = known = (cls, extractor_of(cls))
+                    if known[1] is not None:
+                        try:
+                            found = known[1](result)
+                        except Exception:  # noqa: BLE001 - a malformed result has no usage (observe_usage)
+                            found = None
                 if found is not None:
                     usage, model, provider = found
-                    model = model or state[1]
-                    rates = plain_rates(model, provider)
+                    model = model or requested
+                    known_price = priced
+                    if known_price[0] == model and known_price[1] == provider:
+                        rates = known_price[2]
+                    else:
+                        rates = plain_rates(model, provider)
+                        priced = (model, provider, rates)
                     cost = (
                         cost_at(rates, usage)
                         if rates is not None and usage.input_tokens <= rates[5]
@@ -1616,8 +1642,8 @@ class _FunctionBudget(Layer):
                         charge_usd = round(cost * PICO)
                         charge_tokens = usage.input_tokens + usage.output_tokens
                         try:
-                            crossings: Any = state[2].release(
-                                state[3], state[4], state[5], state[6], charge_usd, charge_tokens, state[9], usage.estimated
+                            crossings: Any = store.release(
+                                rid, spec, usd, tokens, charge_usd, charge_tokens, now, usage.estimated
                             )
                         except BudgetStoreError as exc:
                             crossings = exc

@@ -1172,6 +1172,31 @@ def test_lane_ledger_is_the_exact_sum_of_every_kind_of_result(
     assert (8, 0, 0, 0) == (spend.calls, spend.estimated_calls, spend.reserved_usd, spend.reserved_tokens)
 
 
+def test_lane_prices_each_result_by_its_own_class_and_model(
+    lane_store: BudgetStore, anthropic_client: anthropic.Anthropic, openai_client: openai.OpenAI, fake_provider: FakeProvider
+) -> None:
+    """One function whose results alternate SDKs and models: each read and priced as its own, exactly.
+
+    The lane remembers the last result class and the last model it priced;
+    a change of either must not reuse the other's reader or rates.
+    """
+    b = budget(usd=10.0, store=lane_store)
+
+    @b
+    def ask(messages: Any, max_tokens: int = 64, model: str = CLAUDE) -> Any:
+        if model.startswith("claude"):
+            return anthropic_client.messages.create(model=model, max_tokens=max_tokens, messages=messages)
+        return openai_client.chat.completions.create(model=model, max_tokens=max_tokens, messages=messages)
+
+    calls = [(CLAUDE, lg.Usage(300, 20)), (GPT, lg.Usage(200, 10)), ("claude-haiku-4-5", lg.Usage(100, 5)), (CLAUDE, lg.Usage(50, 50))]
+    fake_provider.script(*(Step(usage={"input_tokens": u.input_tokens, "output_tokens": u.output_tokens}) for _, u in calls))
+    for model, _ in calls:
+        ask(MESSAGES, model=model)
+
+    assert sum(pico(u, model) for model, u in calls) == ledger_pico(ask)
+    assert len({pico(u, model) * 1000 // u.total_tokens for model, u in calls[:3]}) == 3  # three different rates
+
+
 async def test_lane_async_def_settles_exactly(
     lane_store: BudgetStore, async_anthropic_client: anthropic.AsyncAnthropic, fake_provider: FakeProvider
 ) -> None:

@@ -592,6 +592,20 @@ def test_observe_usage_is_what_observe_result_says_of_usage_model_and_provider(m
 
     assert expected == providers.observe_usage(result)
     assert expected == providers.observe_usage(result)  # from the type cache
+    # usage_extractor: the same reader, looked up once per class (it may raise where observe_usage says None).
+    extractor = providers.usage_extractor(type(result))
+    if expected is None:
+        assert extractor is None or _none_or_raises(extractor, result)
+    else:
+        assert extractor is not None
+        assert expected == extractor(result)
+
+
+def _none_or_raises(extractor: Callable[[object], object], result: object) -> bool:
+    try:
+        return extractor(result) is None
+    except Exception:  # noqa: BLE001 - a malformed result may raise: that is the contract
+        return True
 
 
 def test_observe_usage_of_sdk_results_skips_the_other_facts() -> None:

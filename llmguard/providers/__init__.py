@@ -62,6 +62,7 @@ __all__ = [
     "provider_of",
     "retry_after",
     "should_retry_header",
+    "usage_extractor",
     "usage_from",
 ]
 
@@ -213,6 +214,18 @@ def _resolve_usage(cls: type) -> _UsageExtractor | None:
     return _USAGE_ONLY.get(extractor) or partial(_usage_of_facts, extractor)
 
 
+def usage_extractor(cls: type) -> _UsageExtractor | None:
+    """What `observe_usage` applies to results of class *cls* (cached); None when they have no usage.
+
+    For code that reads many results of one class: look the reader up once
+    per class, and call it inside ``try`` (a malformed result may raise).
+    """
+    extractor = _USAGE_CACHE.get(cls, _MISS)
+    if extractor is _MISS:
+        extractor = _resolved(_USAGE_CACHE, cls, _resolve_usage)
+    return extractor  # type: ignore[no-any-return]
+
+
 def observe_usage(result: object) -> tuple[Usage, str | None, str | None] | None:
     """``(usage, model, provider)`` of a provider result, or None when it has no usage.
 
@@ -220,14 +233,11 @@ def observe_usage(result: object) -> tuple[Usage, str | None, str | None] | None
     their usage are None), read without the rest (text, id, finish
     reasons): what a budget needs of every response. Never raises.
     """
-    cls = type(result)
-    extractor = _USAGE_CACHE.get(cls, _MISS)
-    if extractor is _MISS:
-        extractor = _resolved(_USAGE_CACHE, cls, _resolve_usage)
+    extractor = usage_extractor(type(result))
     if extractor is None:
         return None
     try:
-        return extractor(result)  # type: ignore[no-any-return]
+        return extractor(result)
     except Exception:  # noqa: BLE001 - a malformed result has no usage, it is not an error
         return None
 

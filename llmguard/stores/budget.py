@@ -309,7 +309,7 @@ class MemoryBudgetStore(BudgetStore):
         self._buckets: dict[str, list[Any]] = {}
         # Reservations by id: (lease end, then bucket, usd, tokens of each line).
         self._held: dict[str, tuple[Any, ...]] = {}
-        self._ids = itertools.count(1)
+        self._ids = map(str, itertools.count(1))  # one call per id, not next() and str()
         self._next_sweep = 0.0
 
     def __repr__(self) -> str:
@@ -317,7 +317,7 @@ class MemoryBudgetStore(BudgetStore):
 
     def new_id(self) -> str:
         """A reservation id unique in this store."""
-        return str(next(self._ids))
+        return next(self._ids)
 
     def _bucket(self, name: str, expires: float | None, now: float) -> list[Any]:
         # Under the lock: bucket *name*, created if need be, kept at least until *expires*.
@@ -381,7 +381,7 @@ class MemoryBudgetStore(BudgetStore):
         """`reserve` of one line under a new id, without the loops: the id, or the refusal."""
         # The hot path of every guarded call: locals and constant indexes
         # (see _SU...), one lock hold; `new_id` inlined.
-        rid = str(next(self._ids))
+        rid = next(self._ids)
         bucket = spec.bucket
         expires = spec.expires
         lock = self._lock
