@@ -152,6 +152,7 @@ from ._record import CallRecord, Outcome, Usage
 from ._wrap import (
     _F_ARGS,
     _F_KWARGS,
+    _F_LAYER,
     _F_USAGE,
     GENERAL,
     SYNC,
@@ -230,8 +231,8 @@ def _text_size(value: Any) -> int:
         for item in value:
             if item.__class__ is dict and len(item) == 2 and "role" in item:
                 text = item.get("content")
-                if text.__class__ is str:
-                    size += _str_size(text) + _MESSAGE_BYTES
+                if text.__class__ is str:  # `_str_size`, inlined: once per message of every call
+                    size += (len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))) + _MESSAGE_BYTES
                     continue
             size += _text_size(item)
         return size
@@ -1392,25 +1393,28 @@ class _FunctionBudget(Layer):
 
     # -- the layer ---------------------------------------------------------------
 
-    def _make_reserver(self) -> Callable[[tuple[Any, ...], dict[str, Any], Any], _Reserved | None]:
-        """``reserve(args, kwargs, frame)``: `_plan` and `_reserve` for the common case, else None.
+    def _make_reserver(self) -> Callable[[list[Any]], Any]:
+        """``reserve(frame)``: `_plan` and `_reserve` for the common case, else `GENERAL`.
 
-        *args* are all the positional arguments, a method's ``self`` included
-        (as a lane's frame holds them); *frame* is the lane's, or None. The
+        The lane's enter. *frame* is the lane's, or (from the general path,
+        `_fast_plan`) a list with the arguments in the same places and no
+        layer. Its positional arguments include a method's ``self``. The
         common case: no scope, this function's own budget with a string key
         or none, no ``estimate=``, a store that answers without I/O,
         SDK-shaped arguments that give an output cap and a priced model, and
         a worst case within ``max_call_usd``. It computes what `_estimate`
         and `_plan` compute (the same `_text_size`, the same rates) inline:
         this runs on every call, so what it reads of the budget and the
-        function is read once, here, into the closure. A refusal is returned
-        as the `_stores.Refusal` in place of the reservation id.
+        function is read once, here, into the closure. A refusal is raised on
+        the lane; for the general path it is returned as the
+        `_stores.Refusal` in place of the reservation id.
         """
         simple = self._frame_simple
         fast_args = self._fast_args
         flat, flat_rates, miss = _FLAT, prices.flat_rates, _MISS
         max_call, key, period, store, lease = self._consts
         hold, wall, spec_of = store.hold, _clock.wall, self._spec
+        scopes, fast_of = _SCOPES.get, self._fast_of
         layer = self
         if simple is not None:
             cap_name, cap_pos, cap_default, name, pos, default, in_name, in_pos, in_default = simple
@@ -1419,7 +1423,10 @@ class _FunctionBudget(Layer):
             at: int = _NEVER if pos is None else pos
             in_at: int = _NEVER if in_pos is None else in_pos
 
-        def reserve(args: tuple[Any, ...], kwargs: dict[str, Any], frame: Any) -> _Reserved | None:
+        def reserve(frame: list[Any]) -> Any:
+            if scopes():
+                return GENERAL
+            args, kwargs = frame[_F_ARGS], frame[_F_KWARGS]
             if simple is not None:
                 # One cap, one model, one input argument: read without the loops.
                 n = len(args)
@@ -1427,27 +1434,31 @@ class _FunctionBudget(Layer):
                 model = args[at] if at < n else kwargs.get(name, default)
                 value = args[in_at] if in_at < n else kwargs.get(in_name, in_default)
                 if cap.__class__ is not int or cap <= 0 or model.__class__ is not str or value is None:
-                    return None
+                    return GENERAL
             else:
                 found = fast_args(args, kwargs)
                 if found is None:
-                    return None
+                    return GENERAL
                 cap, model, value = found
             rates = flat.get(model, miss)
             if rates is miss:
                 rates = flat_rates(model)
             if rates is None:
-                return None
+                return GENERAL
             input_tokens = (_text_size(value) + 2) // 3
             usd = round(input_tokens * rates[0] + cap * rates[1] + rates[2])
             if max_call is not None and usd > max_call:
-                return None
+                return GENERAL
             now = wall()
             start = None if period is None else (now // period) * period
             window = layer._window
             spec = window[1] if window[0] == start else spec_of(key, start)
             tokens = input_tokens + cap
-            return (frame, model, store, hold(spec, usd, tokens, now, lease), spec, usd, tokens, key, start, now)
+            held = hold(spec, usd, tokens, now, lease)
+            state = (frame, model, store, held, spec, usd, tokens, key, start, now)
+            if held.__class__ is not str and frame[_F_LAYER] is not None:
+                fast_of(_realize(frame), state)  # refused on the lane: the general way raises the error
+            return state
 
         return reserve
 
@@ -1505,8 +1516,8 @@ class _FunctionBudget(Layer):
     def _fast_plan(self, call: Call) -> _Fast | None:
         """`_fast_reserve` for a `Call` (the general path), the record noted."""
         args = call.args if call.instance is None else (call.instance, *call.args)
-        reserved = self._reserve_fast(args, call.kwargs, None)
-        return None if reserved is None else self._fast_of(call, reserved)
+        reserved = self._reserve_fast([None, None, None, None, args, call.kwargs])
+        return None if reserved is GENERAL else self._fast_of(call, reserved)
 
     def _ticket_of(self, fast: _Fast) -> _Ticket:
         """The general `_Ticket` for a fast-path reservation (streams, errors, alerts)."""
@@ -1573,23 +1584,7 @@ class _FunctionBudget(Layer):
         if not self._fast:
             return None
         resume = self._lane_resume if shape == SYNC else self._lane_resume_async
-        return Lane(self._make_lane_enter(), self._make_lane_leave(), resume, needs_call=False)
-
-    def _make_lane_enter(self) -> Callable[[list[Any]], Any]:
-        """The lane's enter: `_make_reserver`'s reservation, or `GENERAL`."""
-        scopes, reserve, fast_of = _SCOPES.get, self._reserve_fast, self._fast_of
-
-        def enter(frame: list[Any]) -> Any:
-            if scopes():
-                return GENERAL
-            state = reserve(frame[_F_ARGS], frame[_F_KWARGS], frame)
-            if state is None:
-                return GENERAL
-            if state[3].__class__ is not str:  # refused: the general way builds the error
-                fast_of(_realize(frame), state)
-            return state
-
-        return enter
+        return Lane(self._reserve_fast, self._make_lane_leave(), resume, needs_call=False)
 
     def _make_lane_leave(self) -> Callable[[Call | None, _LaneState, Any], Any]:
         """The lane's leave: settle from the reported or returned usage, without a record when it can."""
