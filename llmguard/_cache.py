@@ -89,12 +89,20 @@ from ._context import remaining
 from ._record import Outcome
 from ._semantic import Semantic, rank, split, unit
 from ._wrap import (
+    _F_ARGS,
+    _F_INFO,
+    _F_KWARGS,
     ASYNC,
     ASYNCGEN,
     GEN,
+    GENERAL,
+    SYNC,
+    Answer,
     AsyncGuardedStream,
     GuardedStream,
+    Lane,
     Layer,
+    _realize,
     _StreamBase,
     layers_of,
 )
@@ -694,32 +702,37 @@ class CacheLayer(Layer):
 
     # -- the key -------------------------------------------------------------
 
-    def _key_of(self, call: Call) -> tuple[str, dict[str, Any] | None] | None:  # noqa: PLR0912 - the hit path, kept in one frame
-        """The call's key (and its canonical request, for semantic mode).
+    def _key_of(self, call: Call) -> tuple[str, dict[str, Any] | None] | None:
+        """The call's key (see `_key_from`)."""
+        return self._key_from(call.instance, call.args, call.kwargs)
+
+    def _key_from(  # noqa: PLR0912 - the hit path, kept in one frame
+        self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[str, dict[str, Any] | None] | None:
+        """The key of a call with these arguments (and its canonical request, for semantic mode).
 
         None when the arguments do not bind to the signature: the call then
         goes through uncached and the function raises its own TypeError.
         """
         if self.key is not None:
-            return self._custom_key(call)
-        args, kwargs = call.args, call.kwargs
+            return self._custom_key(args, kwargs)
         binder = self._binder
         if binder is None:
             bound: dict[str, Any] = {"*args": list(args), **kwargs}
         else:
-            got = binder.bind(call.instance, args, kwargs)
+            got = binder.bind(instance, args, kwargs)
             if got is None:
                 return None
             bound = got
-            if self._self_in_key and call.instance is not None and binder.first:
-                bound[binder.first] = call.instance
+            if self._self_in_key and instance is not None and binder.first:
+                bound[binder.first] = instance
         # Excluded parameters have no defaults in the binder: they are here
         # only if passed, by keyword or far enough along positionally.
         excluded = self._excluded
         if (
             (kwargs and not excluded.isdisjoint(kwargs))
             or len(args) > self._excluded_from
-            or (self._first_excluded and call.instance is None)
+            or (self._first_excluded and instance is None)
         ):
             for name in excluded.intersection(bound):
                 del bound[name]
@@ -753,11 +766,11 @@ class CacheLayer(Layer):
             f"yourself with cache(key=...)"
         )
 
-    def _custom_key(self, call: Call) -> tuple[str, None] | None:
+    def _custom_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, None] | None:
         key = self.key
         assert key is not None  # noqa: S101 - checked by the caller
         try:
-            custom = key(*call.args, **call.kwargs)
+            custom = key(*args, **kwargs)
         except TypeError:
             # Only arguments that do not bind mean "no key" (the call goes
             # through and the function raises its own TypeError); a TypeError
@@ -765,7 +778,7 @@ class CacheLayer(Layer):
             if self._key_sig is None:
                 return None  # no signature to tell the two apart
             try:
-                self._key_sig.bind(*call.args, **call.kwargs)
+                self._key_sig.bind(*args, **kwargs)
             except TypeError:
                 return None
             raise
@@ -784,7 +797,8 @@ class CacheLayer(Layer):
 
     # -- hits ----------------------------------------------------------------
 
-    def _hit(self, call: Call, entry: CacheEntry, similarity: float | None = None) -> Any:
+    def _counted_hit(self, entry: CacheEntry) -> float | None:
+        """Count a hit on *entry*; what it saved (None: unpriced)."""
         usage = entry.usage
         saved = None if usage is None else prices.cost_of(usage, entry.model, entry.provider)
         with self._lock:
@@ -793,6 +807,11 @@ class CacheLayer(Layer):
                 self.unpriced_hits += 1
             else:
                 self.saved_usd += saved
+        return saved
+
+    def _hit(self, call: Call, entry: CacheEntry, similarity: float | None = None) -> Any:
+        saved = self._counted_hit(entry)
+        usage = entry.usage
         if not call.recorded and not _events.listening() and entry.chunks is None:
             # Nobody reads the record yet: note the facts for when someone does.
             call.note(cache="hit", saved_usd=saved, extra={"cached_usage": usage})
@@ -995,18 +1014,64 @@ class CacheLayer(Layer):
 
     # -- sync ----------------------------------------------------------------
 
+    # -- the fast lane (this cache alone on a def / async def) ---------------
+
+    def lane(self, shape: str) -> Lane | None:
+        """A hit answered from the frame, with no `Call` or record unless something reads them.
+
+        Misses (and hits on streams, or with event listeners) go to the
+        general path with the key already made and looked up. Not for an
+        async function whose store blocks (its lookups are awaited there).
+        """
+        if shape == ASYNC and self.store.blocking:
+            return None
+        resume = self.resume if shape == SYNC else self.resume_async
+        return Lane(self._lane_enter, None, resume, needs_call=False, answers=True)
+
+    def _lane_enter(self, frame: list[Any]) -> Any:
+        args = frame[_F_ARGS]
+        instance = None
+        if args and frame[_F_INFO].self_offset:
+            instance, args = args[0], args[1:]
+        made = self._key_from(instance, args, frame[_F_KWARGS])
+        if made is not None:
+            try:
+                entry = self.store.get(made[0])
+            except Exception:  # noqa: BLE001 - the general path looks again, and bypasses the store if it fails
+                return GENERAL
+            if entry is not None:
+                if entry.chunks is None and not _events.listening():
+                    # Nobody can read this call's record: count the hit, answer it.
+                    self._counted_hit(entry)
+                    return Answer(entry.value)
+                return Answer(self._hit(_realize(frame), entry))
+            # A miss: the general path goes on from the key, without a second look.
+            _realize(frame).entered = made
+        return GENERAL
+
+    def _missed_on_lane(self, call: Call) -> tuple[str, dict[str, Any] | None] | None:
+        """The key the lane made before finding no entry for this call (None: look it up)."""
+        made: tuple[str, dict[str, Any] | None] | None = call.entered
+        if made is not None:
+            call.entered = None
+        return made
+
     def around(self, call: Call) -> Any:
         """Answer from the cache, or make the call once and keep its answer."""
-        made = self._key_of(call)
-        if made is None:
-            return call.proceed()
-        key, request = made
-        try:
-            entry = self.store.get(key)
-        except Exception as exc:  # noqa: BLE001 - fail open: the call goes through uncached
-            return self._bypass(call, exc)
-        if entry is not None:
-            return self._hit(call, entry)
+        made = self._missed_on_lane(call)
+        if made is not None:
+            key, request = made
+        else:
+            made = self._key_of(call)
+            if made is None:
+                return call.proceed()
+            key, request = made
+            try:
+                entry = self.store.get(key)
+            except Exception as exc:  # noqa: BLE001 - fail open: the call goes through uncached
+                return self._bypass(call, exc)
+            if entry is not None:
+                return self._hit(call, entry)
         sem = None
         if request is not None:  # semantic mode
             sem = self._semantic_query(call.record, request)
@@ -1169,19 +1234,23 @@ class CacheLayer(Layer):
 
     async def around_async(self, call: Call) -> Any:
         """`around` for async functions and async generators."""
-        made = self._key_of(call)
-        if made is None:
-            return await call.proceed_async()
-        key, request = made
-        store = self.store
-        try:
-            entry = await store.aget(key) if store.blocking else store.get(key)
-        except Exception as exc:  # noqa: BLE001 - fail open: the call goes through uncached
-            call.record.cache = "bypass"
-            self._failed(call.record, "store", exc)
-            return await call.proceed_async()
-        if entry is not None:
-            return self._hit(call, entry)
+        made = self._missed_on_lane(call)
+        if made is not None:
+            key, request = made
+        else:
+            made = self._key_of(call)
+            if made is None:
+                return await call.proceed_async()
+            key, request = made
+            store = self.store
+            try:
+                entry = await store.aget(key) if store.blocking else store.get(key)
+            except Exception as exc:  # noqa: BLE001 - fail open: the call goes through uncached
+                call.record.cache = "bypass"
+                self._failed(call.record, "store", exc)
+                return await call.proceed_async()
+            if entry is not None:
+                return self._hit(call, entry)
         sem = None
         if request is not None:  # semantic mode
             sem = await self._asemantic_query(call.record, request)
@@ -1386,7 +1455,7 @@ class CacheLayer(Layer):
         part of the key unless ``include=["self"]`` (then pass ``_instance=``).
         """
         instance = kwargs.pop("_instance", None)
-        made = self._key_of(_Args(args, kwargs, instance))  # type: ignore[arg-type]
+        made = self._key_from(instance, args, kwargs)
         return None if made is None else made[0]
 
     def info(self) -> CacheInfo:
@@ -1438,17 +1507,6 @@ class _SemQuery:
         self.text = text
         self.vector = vector
         self.best: float | None = None
-
-
-class _Args:
-    """The parts of a `Call` the key is made from."""
-
-    __slots__ = ("args", "instance", "kwargs")
-
-    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any], instance: Any) -> None:
-        self.args = args
-        self.kwargs = kwargs
-        self.instance = instance
 
 
 class _Replay:

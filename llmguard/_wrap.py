@@ -92,7 +92,8 @@ class Lane(NamedTuple):
     """A layer's fused fast path for a call it guards alone (see `_lane_sync`).
 
     ``enter(call)`` runs before the function (it may raise, or return
-    `GENERAL` to take the general path for this call); its return value is
+    `GENERAL` to take the general path for this call, having set
+    ``call.entered`` to what that path should reuse); its return value is
     handed to the others. ``leave(call, state, result)`` runs after a plain
     result (not a stream) and returns it; *call* is None when no `Call` was
     built, and ``returned_call(frame, result)`` builds one whose record shows
@@ -111,6 +112,20 @@ class Lane(NamedTuple):
     # lane's frame (it may set ``frame[_F_DEADLINE]``), leave gets None, and
     # no Call is built unless something asks (resume always gets one).
     needs_call: bool = True
+    # True when ``enter`` may return an `Answer`: the call's result, given
+    # without running the function (a cache hit).
+    answers: bool = False
+
+
+class Answer(NamedTuple):
+    """What a lane's ``enter`` returns to answer the call itself (see `Lane.answers`).
+
+    The lane returns *value* as the call's result; a record ``enter`` built
+    is ended with it, as the general path ends a call whose layer returned
+    without proceeding.
+    """
+
+    value: Any
 
 
 # What `Lane.enter` returns to send one call down the general path instead.
@@ -234,6 +249,7 @@ class Call:
         "_record",
         "_replay",
         "args",
+        "entered",
         "info",
         "instance",
         "kwargs",
@@ -259,6 +275,9 @@ class Call:
         self.kwargs = kwargs
         # A lane's first outcome, for the general path's first proceed (see `_lane_sync`).
         self._replay: tuple[Attempt | None, Any, BaseException | None] | None = None
+        # What this layer's lane enter worked out before sending the call to
+        # the general path (`GENERAL`), for the layer to reuse; else None.
+        self.entered: Any = None
         owner = _HANDOFF.get()
         if owner is None:
             # The outermost layer of this call: it owns the call's state.
@@ -1588,6 +1607,7 @@ def _realize(frame: Frame[Any]) -> Call:
     call.layer, call.info, call.wrapped = frame[_F_LAYER], info, frame[_F_FN]
     call.instance, call.args, call.kwargs = instance, args, frame[_F_KWARGS]
     call._replay = None
+    call.entered = None
     token: contextvars.Token[Any] | None = frame[_F_TOKEN]
     # Its parent is the call running when this one started: before the lane
     # set the variable (the token remembers), or now if it has not yet.
@@ -1642,7 +1662,7 @@ def _lane_returned(call: Call, state: Any, result: Any, leave: Callable[[Call, A
 
 
 def _lane_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: Lane) -> Callable[..., Any]:
-    enter, leave, resume, needs_call = lane
+    enter, leave, resume, needs_call, answers = lane
     offset = info.self_offset
     current_set, current_reset, handoff_get = _CURRENT.set, _CURRENT.reset, _HANDOFF.get
     clock = _clock
@@ -1659,6 +1679,10 @@ def _lane_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: 
                 if state is GENERAL:
                     call = _realize(frame)
                     return _end_with_result(call, layer.around(call))
+                if answers and state.__class__ is Answer:
+                    built = frame[_F_CALL]
+                    value = state.value
+                    return value if built is None or built._record is None else _end_with_result(built, value)
             if frame[_F_CALL] is not None:
                 _lane_starts(frame[_F_CALL])
             frame[_F_TOKEN] = token = current_set(frame)
@@ -1689,7 +1713,7 @@ def _lane_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: 
 
 
 def _lane_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: Lane) -> Callable[..., Any]:
-    enter, leave, resume, needs_call = lane
+    enter, leave, resume, needs_call, answers = lane
     offset = info.self_offset
     current_set, current_reset, handoff_get = _CURRENT.set, _CURRENT.reset, _HANDOFF.get
     clock = _clock
@@ -1706,6 +1730,10 @@ def _lane_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane:
                 if state is GENERAL:
                     call = _realize(frame)
                     return _end_with_result(call, await layer.around_async(call))
+                if answers and state.__class__ is Answer:
+                    built = frame[_F_CALL]
+                    value = state.value
+                    return value if built is None or built._record is None else _end_with_result(built, value)
             if frame[_F_CALL] is not None:
                 _lane_starts(frame[_F_CALL])
             frame[_F_TOKEN] = token = current_set(frame)

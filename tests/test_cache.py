@@ -1228,6 +1228,123 @@ def test_a_hit_read_late_still_says_hit_and_what_it_saved(
     assert 1 == len([r for r in fake_provider.requests if r.path == "/v1/messages"])
 
 
+# -- the fast lane: a cache alone on a def / async def ----------------------------
+
+
+class CountingStore(MemoryCacheStore):
+    """A memory store that counts lookups, and can be made to fail."""
+
+    def __init__(self) -> None:
+        super().__init__(maxsize=16)
+        self.gets = 0
+        self.down = False
+
+    def get(self, key: str) -> Any:
+        self.gets += 1
+        if self.down:
+            raise ConnectionError("store down")
+        return super().get(key)
+
+
+def _alone_or_stacked(path: str, store: CountingStore) -> tuple[Any, Any]:
+    """A cached echo function: alone (the lane) or under a pass-through layer (the general path)."""
+    calls: list[str] = []
+
+    def echo(q: str) -> list[str]:
+        calls.append(q)
+        return [q]
+
+    cached = lg.cache(store=store)(echo)
+    return (cached if path == "lane" else Probe()(cached)), calls
+
+
+@pytest.mark.parametrize("path", ["lane", "general"])
+def test_lane_answers_counts_and_reports_hits_as_the_general_path_does(path: str, llmguard_events: list[Any]) -> None:
+    """Same answers, same counts, same events; a miss looks the store up as often on both paths."""
+    store = CountingStore()
+    f, calls = _alone_or_stacked(path, store)
+
+    first = f("a")
+    gets_on_miss = store.gets
+    second = f("a")
+
+    assert first is second
+    assert ["a"] == calls
+    assert 2 == gets_on_miss  # the lookup, and the flight leader's look again before it calls
+    assert 3 == store.gets
+    info = lg.cache_info(f)
+    assert (1, 1, 1) == (info.hits, info.misses, info.currsize)
+    assert ["llmguard.cache.miss", "llmguard.cache.hit"] == [e.name for e in llmguard_events if e.name.startswith("llmguard.cache.")]
+
+
+def test_lane_hit_with_nobody_listening_counts_what_it_saved(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """No listener, no record: the lane still counts the hit and its saving."""
+    fake_provider.script(Step(usage={"input_tokens": 1000, "output_tokens": 200}))
+
+    @lg.cache
+    def ask(q: str) -> Any:
+        return anthropic_client.messages.create(model=SONNET, max_tokens=64, messages=user(q))
+
+    assert ask("hi") is ask("hi")
+    info = lg.cache_info(ask)
+    assert (1, 1, 0) == (info.hits, info.misses, info.unpriced_hits)
+    assert lg.cost_of(lg.Usage(1000, 200), SONNET, "anthropic") == pytest.approx(info.saved_usd)
+    assert 1 == len(fake_provider.requests)
+
+
+@pytest.mark.parametrize("path", ["lane", "general"])
+def test_lane_store_failure_bypasses_as_the_general_path_does(path: str, llmguard_events: list[Any]) -> None:
+    """A store that fails on lookup: the call goes through, uncached, with the failure reported."""
+    store = CountingStore()
+    f, calls = _alone_or_stacked(path, store)
+    store.down = True
+
+    assert ["a"] == f("a")
+    assert ["a"] == f("a")
+    assert ["a", "a"] == calls
+    assert ["store", "store"] == [e["stage"] for e in llmguard_events if e.name == "llmguard.cache.failed"]
+
+
+def test_lane_replays_a_stream_hit_and_ends_its_record(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """A stream hit on the lane is a guarded replay of the same events, ended once when read."""
+    fake_provider.script(Step(reply="one two three", usage={"input_tokens": 12, "output_tokens": 3}))
+
+    @lg.cache
+    def ask(q: str) -> Any:
+        return anthropic_client.messages.create(model=SONNET, max_tokens=64, messages=user(q), stream=True)
+
+    first = list(ask("hi"))
+    replay = ask("hi")
+    second = list(replay)
+
+    assert isinstance(replay, lg.GuardedStream)
+    assert all(a is b for a, b in zip(first, second, strict=True))
+    assert ("hit", lg.Outcome.OK) == (replay.record.cache, replay.record.outcome)
+    assert replay.record.ended_at is not None
+    assert 1 == len(fake_provider.requests)
+
+
+async def test_lane_async_method_hits_with_the_instance_left_out() -> None:
+    """An async method alone under cache: hits across instances (self is not keyed), misses on new arguments."""
+    calls: list[str] = []
+
+    class Bot:
+        @lg.cache
+        async def ask(self, q: str) -> str:
+            calls.append(q)
+            return q.upper()
+
+    assert "A" == await Bot().ask("a")
+    assert "A" == await Bot().ask("a")
+    assert "B" == await Bot().ask(q="b")
+    assert ["a", "b"] == calls
+    assert (1, 2) == (lg.cache_info(Bot.ask).hits, lg.cache_info(Bot.ask).misses)
+
+
 # -- single flight: what waiters may and may not inherit -------------------------
 
 
