@@ -935,3 +935,50 @@ def test_report_usage_from_an_abandoned_attempt_lands_on_that_attempt() -> None:
     record = late.calls[0].record  # type: ignore[attr-defined]
 
     assert [lg.Usage(1000, 1000), lg.Usage(10, 10)] == [a.usage for a in record.attempts]
+
+
+# -- a lane that answers: Lane.answers and Answer --------------------------------
+
+
+class _Answering(Layer):
+    """Answers calls whose argument is "known" itself; builds the record first when asked to."""
+
+    def __init__(self, build_record: bool = False) -> None:
+        self.build_record = build_record
+        self.records: list[lg.CallRecord] = []
+
+    def lane(self, shape: str) -> llmguard._wrap.Lane:
+        return llmguard._wrap.Lane(
+            self._enter, None, self.resume if shape == llmguard._wrap.SYNC else self.resume_async, needs_call=False, answers=True
+        )
+
+    def _enter(self, frame: list[Any]) -> Any:
+        if frame[llmguard._wrap._F_ARGS][0] != "known":
+            return llmguard._wrap.GENERAL
+        if self.build_record:
+            self.records.append(llmguard._wrap._realize(frame).record)
+        return llmguard._wrap.Answer("answered")
+
+
+@pytest.mark.parametrize("build_record", [False, True])
+async def test_a_lane_answer_skips_the_function_and_ends_a_record_it_built(build_record: bool) -> None:
+    """An Answer is the call's result without running the function; a record built for it is ended once."""
+    ran: list[str] = []
+    layer = _Answering(build_record)
+
+    def f(q: str) -> str:
+        ran.append(q)
+        return q
+
+    async def af(q: str) -> str:
+        ran.append(q)
+        return q
+
+    sync_f, async_f = wrap(layer, f), wrap(layer, af)
+
+    assert ("answered", "other") == (sync_f("known"), sync_f("other"))
+    assert ("answered", "other") == (await async_f("known"), await async_f("other"))
+    assert ["other", "other"] == ran
+    if build_record:
+        assert 2 == len(layer.records)
+        assert all(r.outcome is Outcome.OK and r.ended_at is not None and r.attempts == [] for r in layer.records)
