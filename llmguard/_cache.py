@@ -1148,11 +1148,12 @@ class CacheLayer(Layer):
             except Exception as exc:
                 self._land(key, flight, error=_shared_error(exc))
                 raise
-            finally:
-                if token is not None:
-                    self._unlock(key, token)
             return self._landed(call, key, sem, flight, result)
         finally:
+            # Unlocked only once the answer is stored: a process that sees the
+            # lock gone must find the entry (see `_lock_shared`).
+            if token is not None:
+                self._unlock(key, token)
             if not flight.done:  # cancelled, interrupted, or a bug: the waiters try again
                 self._land(key, flight)
 
@@ -1175,20 +1176,26 @@ class CacheLayer(Layer):
         """Take the cross-process lock, or wait for the process that holds it.
 
         ``(token, None)``: lead (token None if the store failed: lead unlocked);
-        ``(None, entry)``: the other process's answer arrived.
+        ``(None, entry)``: the other process's answer arrived. Once locked
+        it looks once more: the answer may have been stored (and the lock
+        released) since the caller's last look.
         """
         store = self.store
         try:
             token = store.lock(key, store.lock_ttl)  # type: ignore[attr-defined]
-            if token is not None:
-                return token, None
-            entry = self._wait_other_process(key)
-            if entry is not None:
-                return None, entry
-            return store.lock(key, store.lock_ttl), None  # type: ignore[attr-defined]
+            if token is None:
+                entry = self._wait_other_process(key)
+                if entry is not None:
+                    return None, entry
+                token = store.lock(key, store.lock_ttl)  # type: ignore[attr-defined]
+            entry = store.get(key) if token is not None else None
         except Exception as exc:  # noqa: BLE001 - without the lock we still make the call
             _events.emit(_events.CACHE_FAILED, None, level="warning", stage="lock", error=exc)
             return None, None
+        if token is not None and entry is not None:
+            self._unlock(key, token)
+            return None, entry
+        return token, None
 
     def _call(self, call: Call, key: str, sem: _SemQuery | None) -> Any:
         """A miss without single flight (streams, re-entrant calls)."""
@@ -1332,9 +1339,6 @@ class CacheLayer(Layer):
             except Exception as exc:
                 self._land(key, flight, error=_shared_error(exc))
                 raise
-            finally:
-                if token is not None:
-                    await asyncio.to_thread(self._unlock, key, token)
             if isinstance(result, _StreamBase) or not store.blocking:
                 return self._landed(call, key, sem, flight, result)
             if (why := self._refusal(call.record, result)) is not None:
@@ -1346,22 +1350,29 @@ class CacheLayer(Layer):
             self._land(key, flight, entry=entry)
             return result
         finally:
+            if token is not None:  # once the answer is stored (see `_lock_shared`)
+                await asyncio.to_thread(self._unlock, key, token)
             if not flight.done:  # cancelled, interrupted, or a bug: the waiters try again
                 self._land(key, flight)
 
     async def _alock_shared(self, key: str) -> tuple[str | None, CacheEntry | None]:
+        """`_lock_shared` for tasks."""
         store = self.store
         try:
             token = await asyncio.to_thread(store.lock, key, store.lock_ttl)  # type: ignore[attr-defined]
-            if token is not None:
-                return token, None
-            entry = await self._await_other_process(key)
-            if entry is not None:
-                return None, entry
-            return await asyncio.to_thread(store.lock, key, store.lock_ttl), None  # type: ignore[attr-defined]
+            if token is None:
+                entry = await self._await_other_process(key)
+                if entry is not None:
+                    return None, entry
+                token = await asyncio.to_thread(store.lock, key, store.lock_ttl)  # type: ignore[attr-defined]
+            entry = await store.aget(key) if token is not None else None
         except Exception as exc:  # noqa: BLE001 - without the lock we still make the call
             _events.emit(_events.CACHE_FAILED, None, level="warning", stage="lock", error=exc)
             return None, None
+        if token is not None and entry is not None:
+            await asyncio.to_thread(self._unlock, key, token)
+            return None, entry
+        return token, None
 
     async def _acall(self, call: Call, key: str, sem: _SemQuery | None) -> Any:
         self._missed(call.record, sem)

@@ -1085,6 +1085,77 @@ def test_redis_single_flight_across_processes(
     assert ["hit", "hit", "miss"] == sorted(r["cache"] for r in results)
 
 
+class _RacingStore(RedisCacheStore):
+    """A Redis cache store that runs a hook just before its next lock, and notes what unlock finds."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, namespace=f"race-{os.getpid()}-{time.monotonic_ns()}")
+        self.before_lock: Any = None
+        self.stored_at_unlock: list[bool] = []
+
+    def lock(self, key: str, ttl: float) -> str | None:
+        hook, self.before_lock = self.before_lock, None
+        if hook is not None:
+            hook()
+        return super().lock(key, ttl)
+
+    def unlock(self, key: str, token: str) -> None:
+        self.stored_at_unlock.append(self.get(key) is not None)
+        super().unlock(key, token)
+
+
+def _echo_twice(store: RedisCacheStore) -> tuple[Any, Any, list[str]]:
+    """One function decorated twice on one Redis store: two 'processes' (own flights) sharing its lock and keys."""
+    calls: list[str] = []
+
+    def echo(q: str) -> str:
+        calls.append(q)
+        return q.upper()
+
+    return lg.cache(store=store)(echo), lg.cache(store=store)(echo), calls
+
+
+@pytest.mark.redis
+def test_redis_leader_unlocks_only_once_its_answer_is_stored(redis_url: str) -> None:
+    """A process that finds the lock released must find the answer: store first, then unlock."""
+    store = _RacingStore(redis_url)
+    a, _, calls = _echo_twice(store)
+
+    assert "Q" == a("q")
+    assert (["q"], [True]) == (calls, store.stored_at_unlock)
+
+
+@pytest.mark.redis
+def test_redis_a_process_that_locks_after_the_answer_landed_takes_the_answer(redis_url: str) -> None:
+    """Another process stored the answer between our last look and our lock: we look again, and do not call."""
+    store = _RacingStore(redis_url)
+    a, b, calls = _echo_twice(store)
+    store.before_lock = lambda: a("q")  # 'process' a runs and lands its answer just before b locks
+
+    assert "Q" == b("q")
+    assert ["q"] == calls
+    assert (1, 0) == (lg.cache_info(b).hits, lg.cache_info(a).hits)
+
+
+@pytest.mark.redis
+async def test_redis_an_async_process_that_locks_after_the_answer_landed_takes_the_answer(redis_url: str) -> None:
+    """The same for async functions (the lock is taken in a worker thread)."""
+    store = _RacingStore(redis_url)
+    calls: list[str] = []
+
+    async def echo(q: str) -> str:
+        calls.append(q)
+        return q.upper()
+
+    a, b = lg.cache(store=store)(echo), lg.cache(store=store)(echo)
+    loop = asyncio.get_running_loop()
+    store.before_lock = lambda: asyncio.run_coroutine_threadsafe(a("q"), loop).result(timeout=10)
+
+    assert "Q" == await b("q")
+    assert ["q"] == calls
+    assert [True, True] == store.stored_at_unlock  # a stored before unlocking; b found the answer once locked
+
+
 @pytest.mark.redis
 async def test_redis_replays_sdk_stream_chunks_as_validated_objects(
     async_anthropic_client: anthropic.AsyncAnthropic, fake_provider: FakeProvider, redis_url: str
