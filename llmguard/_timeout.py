@@ -282,6 +282,30 @@ def _arm_at(when: float) -> tuple[_Wheel, _Entry[Any]]:
     return wheel, wheel.arm(when, cast("asyncio.Task[Any]", _current_task(loop)))
 
 
+def _release(wheel: _Wheel, entry: _Entry[Any]) -> None:
+    """The timed await finished: disarm its deadline, or take back the cancel it fired as it finished.
+
+    Taking it back is what ``asyncio.timeout`` does (``uncancel``).
+    """
+    if entry[_FIRED]:
+        entry[_FIRED] = False
+        cast("asyncio.Task[Any]", asyncio.current_task()).uncancel()
+    else:
+        wheel.disarm(entry)
+
+
+def _fired_alone(entry: _Entry[Any] | None) -> bool:
+    """After a `CancelledError`: True when *entry*'s deadline alone cancelled the task (cancel taken back).
+
+    False when it did not fire, or someone else cancelled the task too (the
+    `CancelledError` then stands, as with ``asyncio.timeout``).
+    """
+    if entry is None or not entry[_FIRED]:
+        return False
+    entry[_FIRED] = False
+    return cast("asyncio.Task[Any]", asyncio.current_task()).uncancel() == 0
+
+
 # What an async timed call holds while it runs (`TimeoutLayer._arm`):
 # (deadline token, deadline, first-chunk deadline, limit name, seconds
 # allowed, wheel, entry); the last two None when nothing is bounded yet.
@@ -415,25 +439,17 @@ class TimeoutLayer(Layer):
         _DEADLINE.reset(armed[0])
         entry = armed[6]
         if entry is not None:
-            if entry[_FIRED]:
-                # Fired as the call finished: take back our cancel, as asyncio.timeout does.
-                entry[_FIRED] = False
-                cast("asyncio.Task[Any]", asyncio.current_task()).uncancel()
-            else:
-                cast("_Wheel", armed[5]).disarm(entry)
+            _release(cast("_Wheel", armed[5]), entry)
 
     async def _finish_async(self, call: Call, armed: _Armed) -> Any:
         """Await the call's first proceed under *armed*; streams go on timed."""
         try:
             result = await call.proceed_async()
         except asyncio.CancelledError:
-            entry = armed[6]
-            if entry is not None and entry[_FIRED]:
-                entry[_FIRED] = False  # ours: becomes GuardTimeout, or stays a cancel if not only ours
-                if cast("asyncio.Task[Any]", asyncio.current_task()).uncancel() == 0:
-                    _DEADLINE.reset(armed[0])
-                    limit, allowed = armed[3], armed[4]
-                    raise self._expired(call, limit, self._fired(limit, allowed)) from None
+            if _fired_alone(armed[6]):  # ours: a GuardTimeout (else it stays a cancel)
+                _DEADLINE.reset(armed[0])
+                limit, allowed = armed[3], armed[4]
+                raise self._expired(call, limit, self._fired(limit, allowed)) from None
             self._disarm(armed)
             raise
         except BaseException:
@@ -648,14 +664,22 @@ class _AsyncPulls:
         try:
             if wait is None:
                 return await t._stream.__anext__()
+            # On the loop's wheel, as a call's deadline is (`_arm_at`): no
+            # TimerHandle per chunk.
+            wheel, entry = _arm_at(_clock.now() + wait)
             try:
-                async with asyncio.timeout(wait) as cm:
-                    return await t._stream.__anext__()
-            except TimeoutError:
-                if cm.expired():
+                chunk = await t._stream.__anext__()
+            except asyncio.CancelledError:
+                if _fired_alone(entry):
                     await t._stream.aclose()
                     raise t.expired(name) from None
+                _release(wheel, entry)
                 raise
+            except BaseException:
+                _release(wheel, entry)
+                raise
+            _release(wheel, entry)
+            return chunk
         finally:
             _DEADLINE.reset(token)
 

@@ -560,3 +560,75 @@ async def test_someone_elses_cancel_is_not_turned_into_a_timeout() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_stream_chunks_are_timed_on_the_wheel_and_leave_nothing_armed() -> None:
+    """idle= bounds each chunk on the loop's wheel: many streams read together, nothing left armed after."""
+    from llmguard import _timeout
+
+    armed: list[bool] = []
+
+    @lg.timeout(30, idle=5)
+    async def ticks(n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            await asyncio.sleep(0)
+            # While a chunk is awaited, this task's deadline is on the wheel.
+            wheel = _timeout._wheel_of(asyncio.get_running_loop())
+            armed.append(any(e[_timeout._TASK] is asyncio.current_task() for e in wheel._heap))
+            yield i
+
+    async def read(n: int) -> list[int]:
+        return [t async for t in ticks(n)]
+
+    results = await asyncio.gather(*(read(50) for _ in range(20)))
+
+    assert [list(range(50))] * 20 == results
+    assert [True] * 1000 == armed
+    wheel = _timeout._wheel_of(asyncio.get_running_loop())
+    assert [] == [e for e in wheel._heap if e[_timeout._TASK] is not None]
+
+
+async def test_a_chunk_stalled_past_idle_is_a_timeout_and_the_rest_of_the_stream_is_not_read() -> None:
+    """The third chunk stalls: GuardTimeout(idle) after about idle seconds, the generator closed."""
+    closed: list[bool] = []
+
+    @lg.timeout(idle=0.2)
+    async def ticks() -> AsyncIterator[int]:
+        try:
+            for i in range(5):
+                await asyncio.sleep(5 if i == 2 else 0)
+                yield i
+        finally:
+            closed.append(True)
+
+    seen: list[int] = []
+
+    async def read() -> None:
+        async for t in ticks():
+            seen.append(t)
+
+    start = time.monotonic()
+    with pytest.raises(lg.GuardTimeout) as info:
+        await read()
+
+    assert ("idle", [0, 1], [True]) == (info.value.limit, seen, closed)
+    assert time.monotonic() - start < 0.2 + SLACK
+
+
+async def test_someone_elses_cancel_while_a_chunk_is_awaited_stays_a_cancel() -> None:
+    """A task cancelled from outside while reading a timed stream: CancelledError, not GuardTimeout."""
+
+    @lg.timeout(idle=10)
+    async def ticks() -> AsyncIterator[int]:
+        yield 0
+        await asyncio.sleep(10)
+        yield 1
+
+    async def read() -> list[int]:
+        return [t async for t in ticks()]
+
+    task = asyncio.create_task(read())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
