@@ -1049,23 +1049,21 @@ class CacheLayer(Layer):
             _realize(frame).entered = made
         return GENERAL
 
-    def _missed_on_lane(self, call: Call) -> tuple[str, dict[str, Any] | None] | None:
-        """The key the lane made before finding no entry for this call (None: look it up)."""
+    def _made(self, call: Call) -> tuple[tuple[str, dict[str, Any] | None] | None, bool]:
+        """The call's key and request (see `_key_from`), and whether the lane already found no entry for it."""
         made: tuple[str, dict[str, Any] | None] | None = call.entered
         if made is not None:
             call.entered = None
-        return made
+            return made, True
+        return self._key_of(call), False
 
     def around(self, call: Call) -> Any:
         """Answer from the cache, or make the call once and keep its answer."""
-        made = self._missed_on_lane(call)
-        if made is not None:
-            key, request = made
-        else:
-            made = self._key_of(call)
-            if made is None:
-                return call.proceed()
-            key, request = made
+        made, looked = self._made(call)
+        if made is None:
+            return call.proceed()
+        key, request = made
+        if not looked:
             try:
                 entry = self.store.get(key)
             except Exception as exc:  # noqa: BLE001 - fail open: the call goes through uncached
@@ -1241,14 +1239,11 @@ class CacheLayer(Layer):
 
     async def around_async(self, call: Call) -> Any:
         """`around` for async functions and async generators."""
-        made = self._missed_on_lane(call)
-        if made is not None:
-            key, request = made
-        else:
-            made = self._key_of(call)
-            if made is None:
-                return await call.proceed_async()
-            key, request = made
+        made, looked = self._made(call)
+        if made is None:
+            return await call.proceed_async()
+        key, request = made
+        if not looked:
             store = self.store
             try:
                 entry = await store.aget(key) if store.blocking else store.get(key)

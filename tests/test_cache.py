@@ -563,17 +563,21 @@ def test_classmethods_key_on_the_class() -> None:
     assert ["basex", "subx", "basex"] == [Base.make("x"), Sub.make("x"), Base.make("x")]
 
 
+@pytest.mark.parametrize("path", ["lane", "general"])
 def test_sync_sdk_stream_replays_the_same_chunks(
-    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+    path: str, anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
 ) -> None:
-    """A completed anthropic Stream is replayed as a stream of the very same event objects."""
+    """A completed anthropic Stream is replayed as a stream of the very same event objects, its record ended.
+
+    Alone, the cache answers on the fast lane; under another layer, on the general path.
+    """
     fake_provider.script(Step(reply="one two three", usage={"input_tokens": 12, "output_tokens": 3}))
     outer = Probe()
 
-    @outer
-    @lg.cache
     def ask(q: str) -> Any:
         return anthropic_client.messages.create(model=SONNET, max_tokens=64, messages=user(q), stream=True)
+
+    ask = lg.cache(ask) if path == "lane" else outer(lg.cache(ask))
 
     first = list(ask("hi"))
     replay = ask("hi")
@@ -583,8 +587,12 @@ def test_sync_sdk_stream_replays_the_same_chunks(
     assert len(first) > 4
     assert all(a is b for a, b in zip(first, second, strict=True))
     assert 1 == len(fake_provider.requests)
-    assert ("hit", lg.Usage(12, 3)) == (outer.record.cache, outer.record.extra["cached_usage"])
-    assert [lg.Outcome.OK, lg.Outcome.OK] == outer.finishes
+    record = replay.record
+    assert ("hit", lg.Usage(12, 3), lg.Outcome.OK) == (record.cache, record.extra["cached_usage"], record.outcome)
+    assert record.ended_at is not None
+    if path == "general":
+        assert record is outer.record
+        assert [lg.Outcome.OK, lg.Outcome.OK] == outer.finishes
 
 
 async def test_async_sdk_stream_replays_the_same_chunks(
@@ -1376,27 +1384,6 @@ def test_lane_store_failure_bypasses_as_the_general_path_does(path: str, llmguar
     assert ["a"] == f("a")
     assert ["a", "a"] == calls
     assert ["store", "store"] == [e["stage"] for e in llmguard_events if e.name == "llmguard.cache.failed"]
-
-
-def test_lane_replays_a_stream_hit_and_ends_its_record(
-    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
-) -> None:
-    """A stream hit on the lane is a guarded replay of the same events, ended once when read."""
-    fake_provider.script(Step(reply="one two three", usage={"input_tokens": 12, "output_tokens": 3}))
-
-    @lg.cache
-    def ask(q: str) -> Any:
-        return anthropic_client.messages.create(model=SONNET, max_tokens=64, messages=user(q), stream=True)
-
-    first = list(ask("hi"))
-    replay = ask("hi")
-    second = list(replay)
-
-    assert isinstance(replay, lg.GuardedStream)
-    assert all(a is b for a, b in zip(first, second, strict=True))
-    assert ("hit", lg.Outcome.OK) == (replay.record.cache, replay.record.outcome)
-    assert replay.record.ended_at is not None
-    assert 1 == len(fake_provider.requests)
 
 
 async def test_lane_async_method_hits_with_the_instance_left_out() -> None:
