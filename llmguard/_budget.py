@@ -49,7 +49,8 @@ Input tokens are estimated as a UTF-8 byte count divided by 3: about
 for CJK text (3 bytes and ~1 token a character). What is counted: of a
 chat message ``{"role": ..., "content": "<text>"}``, its text plus 40
 bytes for the role and framing (~13 tokens; OpenAI documents 3 a
-message); of a list, each item; of a string, itself; of anything else
+message); of a list, each item by these rules (a list inside it: its
+``str()``); of a string, itself; of anything else
 (content blocks, tool schemas, objects), its ``str()``. Images or other base64
 payloads are counted as text and so hugely overestimated; pass
 ``estimate=`` for those. The model whose prices apply is the call's
@@ -218,25 +219,29 @@ def _text_size(value: Any) -> int:
     """What the input estimate counts of *value*, in UTF-8 bytes (see the module docs).
 
     A chat message ``{"role": ..., "content": "<text>"}`` counts its text
-    plus `_MESSAGE_BYTES`; a list (or `_Parts`) the sum of its items; a
-    string itself; anything else its ``str()``. Lists are summed item by
-    item because ``str()`` of a long conversation copies and escapes every
-    character (microseconds per kilobyte) where this reads lengths.
+    plus `_MESSAGE_BYTES`; a list the sum of its items (one level: a nested
+    list counts its ``str()``, which stops at cycles); a `_Parts` the sum of
+    its arguments; a string itself; anything else its ``str()``. Lists are
+    summed item by item because ``str()`` of a long conversation copies and
+    escapes every character (microseconds per kilobyte) where this reads
+    lengths.
     """
     cls = value.__class__
     if cls is str:
         return _str_size(value)
-    if cls is list or cls is _Parts:
-        size = 0
-        for item in value:
-            if item.__class__ is dict and len(item) == 2 and "role" in item:
-                text = item.get("content")
-                if text.__class__ is str:  # `_str_size`, inlined: once per message of every call
-                    size += (len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))) + _MESSAGE_BYTES
-                    continue
-            size += _text_size(item)
-        return size
-    return _str_size(str(value))
+    if cls is _Parts:
+        return sum(map(_text_size, value))
+    if cls is not list:
+        return _str_size(str(value))
+    size = 0
+    for item in value:
+        if item.__class__ is dict and len(item) == 2 and "role" in item:
+            text = item.get("content")
+            if text.__class__ is str:  # `_str_size`, inlined: once per message of every call
+                size += (len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))) + _MESSAGE_BYTES
+                continue
+        size += _str_size(item if item.__class__ is str else str(item))
+    return size
 
 
 # The `with lg.budget(...)` scopes active in this context, outermost first.

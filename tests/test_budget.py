@@ -608,6 +608,23 @@ def test_input_estimate_counts_message_text_list_items_and_str_of_the_rest(path:
     assert [(size + 2) // 3 + 100] == seen
 
 
+def test_input_estimate_of_a_list_containing_itself_is_its_str() -> None:
+    """A self-containing list (or one nested deep) is counted by its str(), never recursed into."""
+    looped: list[Any] = ["abc"]
+    looped.append(looped)
+    seen: list[int] = []
+    b = budget(usd=1.0, store=MemoryBudgetStore())
+
+    @b
+    def ask(messages: Any, model: str = CLAUDE, max_tokens: int = 10) -> str:
+        seen.append(b.spend().reserved_tokens)
+        lg.report_usage(input_tokens=1, output_tokens=1, model=model, provider="anthropic")
+        return "ok"
+
+    assert "ok" == ask(looped)
+    assert [(3 + len(str(looped)) + 2) // 3 + 10] == seen
+
+
 def test_estimate_callable_overrides_the_arguments(store: BudgetStore, openai_client: openai.OpenAI) -> None:
     """estimate= gets the call's arguments by name and its (input, output) is what is reserved."""
     seen: list[dict[str, Any]] = []
