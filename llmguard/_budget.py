@@ -47,7 +47,8 @@ prompt or tool schemas of its own should say so with ``estimate=``.
 Input tokens are estimated as a UTF-8 byte count divided by 3: about
 1.3x the real count for English text (~4 characters a token), about right
 for CJK text (3 bytes and ~1 token a character). What is counted: of a
-chat message ``{"role": ..., "content": "<text>"}``, its text plus 40
+chat message ``{"role": ..., "content": "<text>"}`` (those two keys
+exactly; a message with more keys counts its ``str()``), its text plus 40
 bytes for the role and framing (~13 tokens; OpenAI documents 3 a
 message); of a list, each item by these rules (a list inside it: its
 ``str()``); of a string, itself; of anything else
@@ -1593,19 +1594,21 @@ class _FunctionBudget(Layer):
 
     def _make_lane_leave(self) -> Callable[[Call | None, _LaneState, Any], Any]:
         """The lane's leave: settle from the reported or returned usage, without a record when it can."""
-        extractor_of, plain_rates, cost_at, cost_of = (
+        extractor_of, plain_rates, cost_at, cost_of, epoch = (
             providers.usage_extractor,
             prices.plain_rates,
             prices.cost_at,
             prices.cost_of,
+            prices.epoch,
         )
         lane_fast, settled, settle_fast = self._lane_fast, self._settled, self._settle_fast
         layer = self
         # The last result class seen and its usage reader, the last model and
-        # provider priced and their rates (tuples: threads may race to replace
-        # one, never to pair a key with another's value).
+        # provider priced, their rates and the price epoch they hold in
+        # (tuples: threads may race to replace one, never to pair a key with
+        # another's value).
         reader: tuple[type | None, Any] = (None, None)
-        priced: tuple[Any, Any, prices.Rates | None] = (_MISS, _MISS, None)
+        priced: tuple[Any, Any, prices.Rates | None, int] = (_MISS, _MISS, None, -1)
 
         def leave(call: Call | None, state: _LaneState, result: Any) -> Any:
             nonlocal reader, priced
@@ -1627,11 +1630,12 @@ class _FunctionBudget(Layer):
                     usage, model, provider = found
                     model = model or requested
                     known_price = priced
-                    if known_price[0] == model and known_price[1] == provider:
+                    if known_price[0] == model and known_price[1] == provider and known_price[3] == epoch[0]:
                         rates = known_price[2]
                     else:
+                        now_epoch = epoch[0]  # before the rates: a price set in between makes the memo look old, never current
                         rates = plain_rates(model, provider)
-                        priced = (model, provider, rates)
+                        priced = (model, provider, rates, now_epoch)
                     cost = (
                         cost_at(rates, usage)
                         if rates is not None and usage.input_tokens <= rates[5]

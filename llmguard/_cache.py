@@ -1017,10 +1017,13 @@ class CacheLayer(Layer):
     # -- the fast lane (this cache alone on a def / async def) ---------------
 
     def lane(self, shape: str) -> Lane | None:
-        """A hit answered from the frame, with no `Call` or record unless something reads them.
+        """Hits answered on the lane: from the frame, without a `Call` when nothing needs one.
 
-        Misses (and hits on streams, or with event listeners) go to the
-        general path with the key already made and looked up. Not for an
+        A stream replay, or event listeners, need the record: a `Call` is
+        then built for the hit, as the general path's `_hit` would.
+
+        Misses, and lookups the store failed, go to the general path with the
+        key already made and what the lookup found (`_made`). Not for an
         async function whose store blocks (its lookups are awaited there).
         """
         if shape == ASYNC and self.store.blocking:
@@ -1037,7 +1040,8 @@ class CacheLayer(Layer):
         if made is not None:
             try:
                 entry = self.store.get(made[0])
-            except Exception:  # noqa: BLE001 - the general path looks again, and bypasses the store if it fails
+            except Exception as exc:  # noqa: BLE001 - fail open: the general path bypasses the store
+                _realize(frame).entered = (made, exc)
                 return GENERAL
             if entry is not None:
                 if entry.chunks is None and not _events.listening():
@@ -1046,16 +1050,20 @@ class CacheLayer(Layer):
                     return Answer(entry.value)
                 return Answer(self._hit(_realize(frame), entry))
             # A miss: the general path goes on from the key, without a second look.
-            _realize(frame).entered = made
+            _realize(frame).entered = (made, None)
         return GENERAL
 
-    def _made(self, call: Call) -> tuple[tuple[str, dict[str, Any] | None] | None, bool]:
-        """The call's key and request (see `_key_from`), and whether the lane already found no entry for it."""
-        made: tuple[str, dict[str, Any] | None] | None = call.entered
-        if made is not None:
+    def _made(self, call: Call) -> tuple[tuple[str, dict[str, Any] | None] | None, Any]:
+        """The call's key and request (see `_key_from`), and what its lane's lookup found.
+
+        That is `_UNLOOKED` when no lane looked, None when it found no entry,
+        or the exception the store raised.
+        """
+        handed: tuple[tuple[str, dict[str, Any] | None], Exception | None] | None = call.entered
+        if handed is not None:
             call.entered = None
-            return made, True
-        return self._key_of(call), False
+            return handed
+        return self._key_of(call), _UNLOOKED
 
     def around(self, call: Call) -> Any:
         """Answer from the cache, or make the call once and keep its answer."""
@@ -1063,7 +1071,9 @@ class CacheLayer(Layer):
         if made is None:
             return call.proceed()
         key, request = made
-        if not looked:
+        if looked is not None and looked is not _UNLOOKED:
+            return self._bypass(call, looked)
+        if looked is _UNLOOKED:
             try:
                 entry = self.store.get(key)
             except Exception as exc:  # noqa: BLE001 - fail open: the call goes through uncached
@@ -1148,12 +1158,12 @@ class CacheLayer(Layer):
                 raise
             return self._landed(call, key, sem, flight, result)
         finally:
-            # Unlocked only once the answer is stored: a process that sees the
-            # lock gone must find the entry (see `_lock_shared`).
-            if token is not None:
-                self._unlock(key, token)
             if not flight.done:  # cancelled, interrupted, or a bug: the waiters try again
                 self._land(key, flight)
+            # Unlocked only once a plain answer is stored: a process that sees
+            # the lock gone must find the entry (see `_lock_shared`).
+            if token is not None:
+                self._unlock(key, token)
 
     def _landed(self, call: Call, key: str, sem: _SemQuery | None, flight: _Flight, result: Any) -> Any:
         """Keep the leader's *result* and hand it to its waiters."""
@@ -1186,11 +1196,16 @@ class CacheLayer(Layer):
                 if entry is not None:
                     return None, entry
                 token = store.lock(key, store.lock_ttl)  # type: ignore[attr-defined]
-            entry = store.get(key) if token is not None else None
         except Exception as exc:  # noqa: BLE001 - without the lock we still make the call
             _events.emit(_events.CACHE_FAILED, None, level="warning", stage="lock", error=exc)
             return None, None
-        if token is not None and entry is not None:
+        if token is None:
+            return None, None
+        try:
+            entry = store.get(key)
+        except Exception:  # noqa: BLE001 - the look again is a nicety: lead, holding the lock
+            return token, None
+        if entry is not None:
             self._unlock(key, token)
             return None, entry
         return token, None
@@ -1243,16 +1258,20 @@ class CacheLayer(Layer):
         if made is None:
             return await call.proceed_async()
         key, request = made
-        if not looked:
+        failed = looked if looked is not None and looked is not _UNLOOKED else None
+        if looked is _UNLOOKED:
             store = self.store
             try:
                 entry = await store.aget(key) if store.blocking else store.get(key)
             except Exception as exc:  # noqa: BLE001 - fail open: the call goes through uncached
-                call.record.cache = "bypass"
-                self._failed(call.record, "store", exc)
-                return await call.proceed_async()
-            if entry is not None:
-                return self._hit(call, entry)
+                failed = exc
+            else:
+                if entry is not None:
+                    return self._hit(call, entry)
+        if failed is not None:
+            call.record.cache = "bypass"
+            self._failed(call.record, "store", failed)
+            return await call.proceed_async()
         sem = None
         if request is not None:  # semantic mode
             sem = await self._asemantic_query(call.record, request)
@@ -1345,10 +1364,12 @@ class CacheLayer(Layer):
             self._land(key, flight, entry=entry)
             return result
         finally:
-            if token is not None:  # once the answer is stored (see `_lock_shared`)
-                await asyncio.to_thread(self._unlock, key, token)
+            # Landed first: a cancel arriving while the unlock is awaited must
+            # not strand this process's waiters.
             if not flight.done:  # cancelled, interrupted, or a bug: the waiters try again
                 self._land(key, flight)
+            if token is not None:  # once a plain answer is stored (see `_lock_shared`)
+                await asyncio.to_thread(self._unlock, key, token)
 
     async def _alock_shared(self, key: str) -> tuple[str | None, CacheEntry | None]:
         """`_lock_shared` for tasks."""
@@ -1360,11 +1381,16 @@ class CacheLayer(Layer):
                 if entry is not None:
                     return None, entry
                 token = await asyncio.to_thread(store.lock, key, store.lock_ttl)  # type: ignore[attr-defined]
-            entry = await store.aget(key) if token is not None else None
         except Exception as exc:  # noqa: BLE001 - without the lock we still make the call
             _events.emit(_events.CACHE_FAILED, None, level="warning", stage="lock", error=exc)
             return None, None
-        if token is not None and entry is not None:
+        if token is None:
+            return None, None
+        try:
+            entry = await store.aget(key)
+        except Exception:  # noqa: BLE001 - the look again is a nicety: lead, holding the lock
+            return token, None
+        if entry is not None:
             await asyncio.to_thread(self._unlock, key, token)
             return None, entry
         return token, None
@@ -1489,6 +1515,7 @@ class CacheLayer(Layer):
 
 
 _AGAIN: Final = object()
+_UNLOOKED: Final = object()  # `CacheLayer._made`: no lane looked the key up
 
 
 def _shared_error(exc: Exception) -> Exception | None:

@@ -150,8 +150,9 @@ _WORKERS = _Workers()
 
 
 # An armed deadline: [when (loop time), sequence, task or None once
-# disarmed or fired, fired]. A list, so the heap compares in C.
-_WHEN, _SEQ_NO, _TASK, _FIRED = 0, 1, 2, 3
+# disarmed or fired, fired, the task's cancelling() count when armed]. A
+# list, so the heap compares in C (never past the unique sequence).
+_WHEN, _SEQ_NO, _TASK, _FIRED, _CANCELLING = 0, 1, 2, 3, 4
 _Entry = list
 
 
@@ -171,7 +172,7 @@ class _Wheel:
 
     def arm(self, when: float, task: asyncio.Task[Any]) -> _Entry[Any]:
         """Cancel *task* at *when* (the llmguard clock's seconds) unless `disarm` comes first."""
-        entry = [when, next(_SEQ), task, False]
+        entry = [when, next(_SEQ), task, False, task.cancelling()]
         heapq.heappush(self._heap, entry)
         if when < self._at:
             self._schedule(when)
@@ -298,12 +299,14 @@ def _fired_alone(entry: _Entry[Any] | None) -> bool:
     """After a `CancelledError`: True when *entry*'s deadline alone cancelled the task (cancel taken back).
 
     False when it did not fire, or someone else cancelled the task too (the
-    `CancelledError` then stands, as with ``asyncio.timeout``).
+    `CancelledError` then stands). As ``asyncio.timeout`` does, "alone" is
+    measured against the task's ``cancelling()`` count when the deadline
+    was armed, so a cancel caught earlier in the task does not count.
     """
     if entry is None or not entry[_FIRED]:
         return False
     entry[_FIRED] = False
-    return cast("asyncio.Task[Any]", asyncio.current_task()).uncancel() == 0
+    return bool(cast("asyncio.Task[Any]", asyncio.current_task()).uncancel() <= entry[_CANCELLING])
 
 
 # What an async timed call holds while it runs (`TimeoutLayer._arm`):

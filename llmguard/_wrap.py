@@ -92,9 +92,9 @@ class Lane(NamedTuple):
     """A layer's fused fast path for a call it guards alone (see `_lane_sync`).
 
     ``enter(call)`` runs before the function (it may raise, or return
-    `GENERAL` to take the general path for this call, having set
-    ``call.entered`` to what that path should reuse); its return value is
-    handed to the others. ``leave(call, state, result)`` runs after a plain
+    `GENERAL` to take the general path for this call, after setting
+    ``call.entered`` if that path should reuse what enter worked out); its
+    return value is handed to the others. ``leave(call, state, result)`` runs after a plain
     result (not a stream) and returns it; *call* is None when no `Call` was
     built, and ``returned_call(frame, result)`` builds one whose record shows
     the attempt settled from *result* (a record built by then is ended after

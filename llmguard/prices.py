@@ -151,6 +151,12 @@ def clear_price_cache() -> None:
     """Forget resolved prices (overrides stay); the next lookup re-resolves."""
     _cache.clear()
     _flat.clear()
+    epoch[0] += 1
+
+
+# Bumped whenever resolved prices are forgotten (`set_price`, `clear_price_cache`):
+# code that keeps `plain_rates` of its own compares it to know they still hold.
+epoch: list[int] = [0]
 
 
 # Per model (any provider): pico-dollars per input token (the dearer of plain

@@ -1214,6 +1214,31 @@ def test_lane_prices_each_result_by_its_own_class_and_model(
     assert len({pico(u, model) * 1000 // u.total_tokens for model, u in calls[:3]}) == 3  # three different rates
 
 
+def test_lane_settles_at_a_price_set_after_earlier_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """set_price between calls: the lane charges the new price at once (its rates memo follows the price epoch)."""
+    from llmguard import prices
+
+    monkeypatch.setattr(prices, "_overrides", {})
+    lg.set_price("my-model", input=1.0, output=0.0)
+    b = budget(usd=100.0, store=MemoryBudgetStore())
+
+    @b
+    def ask(messages: Any, model: str = "my-model", max_tokens: int = 10) -> str:
+        lg.report_usage(input_tokens=1_000_000, output_tokens=0, model=model, provider="openai")
+        return "ok"
+
+    try:
+        ask(MESSAGES)
+        ask(MESSAGES)
+        spent_before = b.spend().usd
+        lg.set_price("my-model", input=5.0, output=0.0)
+        ask(MESSAGES)
+    finally:
+        prices.clear_price_cache()
+
+    assert (2.0, 7.0) == (spent_before, b.spend().usd)
+
+
 async def test_lane_async_def_settles_exactly(
     lane_store: BudgetStore, async_anthropic_client: anthropic.AsyncAnthropic, fake_provider: FakeProvider
 ) -> None:

@@ -1165,6 +1165,57 @@ async def test_redis_an_async_process_that_locks_after_the_answer_landed_takes_t
 
 
 @pytest.mark.redis
+def test_redis_a_failed_look_after_locking_still_leads_and_unlocks(redis_url: str) -> None:
+    """The look for the answer once locked fails: the process leads anyway and releases the lock after."""
+    import redis
+
+    store = _RacingStore(redis_url)
+    store.lock_ttl = 3.0
+    looks = [0]
+    plain_get = store.get
+
+    def get(key: str) -> Any:
+        looks[0] += 1
+        if looks[0] == 3:  # the lane's look, the leader's look again, then the look once locked
+            raise redis.ConnectionError("blip")
+        return plain_get(key)
+
+    store.get = get  # type: ignore[method-assign]
+    a, _, calls = _echo_twice(store)
+
+    assert "Q" == a("q")
+    assert store.stored_at_unlock == [True]  # it unlocked, after storing
+    assert [] == list(store._redis.keys(store._k("lock:*")))  # no lock left behind
+    assert ["q"] == calls
+
+
+@pytest.mark.redis
+async def test_redis_a_leader_cancelled_twice_still_lands_its_flight(redis_url: str) -> None:
+    """A second cancel while the leader awaits its unlock: its in-process waiters still get on."""
+    started: list[int] = []
+
+    @lg.cache(store=RedisCacheStore(redis_url, namespace=f"twice-{time.monotonic_ns()}", lock_ttl=2))
+    async def ask(q: str) -> str:
+        started.append(1)
+        if len(started) == 1:
+            await asyncio.sleep(10)  # the leader's request is slow
+        return q.upper()
+
+    leader = asyncio.create_task(ask("hi"))
+    await asyncio.sleep(0.3)  # the leader holds the flight and the Redis lock
+    waiter = asyncio.create_task(ask("hi"))  # waits on the flight
+    await asyncio.sleep(0.1)
+    leader.cancel()
+    await asyncio.sleep(0)  # the leader is in its finally now
+    leader.cancel()  # a task group, an anyio scope, shutdown...
+    with pytest.raises(asyncio.CancelledError):
+        await leader
+
+    assert "HI" == await asyncio.wait_for(waiter, 5)
+    assert 2 == len(started)
+
+
+@pytest.mark.redis
 async def test_redis_replays_sdk_stream_chunks_as_validated_objects(
     async_anthropic_client: anthropic.AsyncAnthropic, fake_provider: FakeProvider, redis_url: str
 ) -> None:
@@ -1383,6 +1434,7 @@ def test_lane_store_failure_bypasses_as_the_general_path_does(path: str, llmguar
     assert ["a"] == f("a")
     assert ["a"] == f("a")
     assert ["a", "a"] == calls
+    assert 2 == store.gets  # one failed lookup a call: the lane hands its failure on, no second try
     assert ["store", "store"] == [e["stage"] for e in llmguard_events if e.name == "llmguard.cache.failed"]
 
 

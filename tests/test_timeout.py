@@ -7,6 +7,7 @@ on a fake clock), kept to a few hundred milliseconds each.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from collections.abc import AsyncIterator, Iterator
@@ -632,3 +633,38 @@ async def test_someone_elses_cancel_while_a_chunk_is_awaited_stays_a_cancel() ->
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_chunk_timeout_in_a_task_that_caught_a_cancel_before_is_still_a_timeout() -> None:
+    """A cancel caught earlier in the task (cancelling() stays 1): a stalled chunk is a GuardTimeout all the same.
+
+    As with asyncio.timeout, "our cancel alone" is measured against the
+    task's cancelling() count when the chunk's deadline was armed.
+    """
+
+    @lg.timeout(idle=0.2)
+    async def ticks() -> AsyncIterator[int]:
+        yield 0
+        await asyncio.sleep(5)
+        yield 1
+
+    async def read() -> list[int]:
+        return [t async for t in ticks()]
+
+    async def consumer() -> BaseException | None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(1)  # caught, never uncancelled
+        assert 1 == task.cancelling()
+        try:
+            await read()
+        except BaseException as exc:  # noqa: BLE001 - what it is, is the point
+            return exc
+        return None
+
+    found = await consumer()
+
+    assert isinstance(found, lg.GuardTimeout)
+    assert "idle" == found.limit
