@@ -6,9 +6,10 @@
 * "cachetools.cached, hand-made key": the usual shortcut, a tuple of the
   fields someone remembered to include (and only those: the bugs in
   research/llm_anchors.md §(b)13 are what that shortcut costs).
-* llmguard's hit: the wrapping core, binding and normalising every
-  argument, the canonical JSON and SHA-256, the TTL+LRU lookup, and the call
-  record (cache=hit, saved_usd priced from the stored usage).
+* llmguard's hit: the wrapping core (a lone cache answers a hit on its
+  fast lane), binding and normalising every argument, the canonical JSON
+  and SHA-256, the TTL+LRU lookup, and the hit counted with what it saved
+  (the call record too, when anyone listens for it).
 
 Then the miss path's own cost and the memory each entry takes.
 """
@@ -27,7 +28,7 @@ from typing import Any
 
 import cachetools
 
-from _harness import overhead, per_call, per_call_async, row
+from _harness import PassThrough, overhead, per_call, per_call_async, row
 
 from llmguard._cache import cache
 from llmguard._record import Usage
@@ -148,12 +149,15 @@ def run() -> dict[str, float]:
     tools_hit = per_call(lambda: tools(MESSAGES))
     bare = Layer()(ask)
     core = per_call(lambda: bare(MESSAGES))
+    lane = PassThrough()(ask)
+    lane_core = per_call(lambda: lane(MESSAGES))
     cached = cache(ask)
     cached(MESSAGES)
     hit = per_call(lambda: cached(MESSAGES))
     print(row("canonical JSON + sha256 + dict lookup (reference)", reference))
     print(row("cachetools.cached, hand-made key (partial!)", tools_hit, reference, "of ref"))
     print(row("wrapping core, bare Layer (no cache)", core, reference, "of ref"))
+    print(row("wrapping core's fast lane, what a hit runs on", lane_core, reference, "of ref"))
     print(row("llmguard cache hit, sync", hit, reference, "of ref"))
     print(row("  ... vs cachetools.cached", hit, tools_hit, "of cachetools"))
     paired = _paired(by_hand, lambda: cached(MESSAGES))
