@@ -1034,7 +1034,7 @@ class CacheLayer(Layer):
     def _lane_enter(self, frame: list[Any]) -> Any:
         args = frame[_F_ARGS]
         instance = None
-        if args and frame[_F_INFO].self_offset:
+        if args and frame[_F_INFO].self_offset and args[0] is not None:  # as `_wrap._realize` splits it
             instance, args = args[0], args[1:]
         made = self._key_from(instance, args, frame[_F_KWARGS])
         if made is not None:

@@ -1533,14 +1533,15 @@ def wrap(layer: Layer, fn: Callable[P, R]) -> Callable[P, R]:
 # closure, a fifth of the whole guard. A closure is a function, so Python
 # binds it to instances itself; a method's self arrives as the first argument
 # and is split off as `Call.instance` (when the first parameter is named self
-# or cls), so layers see the same `Call` either way. Generator functions keep
+# or cls, and the argument is not None: `instance is None` always means
+# nothing was split off), so layers see the same `Call` either way. Generator functions keep
 # wrapt: only its proxy keeps `inspect.isgeneratorfunction` true.
 
 
 def _plain_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any]) -> Callable[..., Any]:
     def guarded(*args: Any, **kwargs: Any) -> Any:
         instance = None
-        if info.self_offset and args:
+        if info.self_offset and args and args[0] is not None:
             instance, args = args[0], args[1:]
         call = Call(layer, info, fn, instance, args, kwargs)
         if call._owner is not call:
@@ -1558,7 +1559,7 @@ def _plain_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any]) -> Ca
 def _plain_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any]) -> Callable[..., Any]:
     async def guarded(*args: Any, **kwargs: Any) -> Any:
         instance = None
-        if info.self_offset and args:
+        if info.self_offset and args and args[0] is not None:
             instance, args = args[0], args[1:]
         call = Call(layer, info, fn, instance, args, kwargs)
         if call._owner is not call:
@@ -1601,7 +1602,7 @@ def _realize(frame: Frame[Any]) -> Call:
     info: _FunctionInfo = frame[_F_INFO]
     args = frame[_F_ARGS]
     instance = None
-    if info.self_offset and args:
+    if info.self_offset and args and args[0] is not None:
         instance, args = args[0], args[1:]
     call = Call.__new__(Call)
     call.layer, call.info, call.wrapped = frame[_F_LAYER], info, frame[_F_FN]
@@ -1669,7 +1670,7 @@ def _lane_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: 
 
     def guarded(*args: Any, **kwargs: Any) -> Any:
         if handoff_get() is not None:  # the inner layer of another guard's call
-            instance, rest = (args[0], args[1:]) if offset and args else (None, args)
+            instance, rest = (args[0], args[1:]) if offset and args and args[0] is not None else (None, args)
             return layer.around(Call(layer, info, fn, instance, rest, kwargs))
         frame: Frame[Any] = [None, layer, info, fn, args, kwargs, clock.now(), None, None, None, None]
         try:
@@ -1720,7 +1721,7 @@ def _lane_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane:
 
     async def guarded(*args: Any, **kwargs: Any) -> Any:
         if handoff_get() is not None:
-            instance, rest = (args[0], args[1:]) if offset and args else (None, args)
+            instance, rest = (args[0], args[1:]) if offset and args and args[0] is not None else (None, args)
             return await layer.around_async(Call(layer, info, fn, instance, rest, kwargs))
         frame: Frame[Any] = [None, layer, info, fn, args, kwargs, clock.now(), None, None, None, None]
         try:

@@ -1701,3 +1701,18 @@ def test_an_error_inside_the_key_function_propagates() -> None:
     assert [] == calls
     with pytest.raises(TypeError):
         ask("Hi", "u", "extra")  # does not bind: the function raises its own TypeError
+
+
+@pytest.mark.parametrize("path", ["lane", "general"])
+def test_a_none_first_argument_named_self_is_an_argument(path: str) -> None:
+    """`def f(self, ...)` called with None first gets None, and the repeat is a hit."""
+    calls: list[tuple[Any, str]] = []
+
+    def ask(self: Any, q: str = "default") -> str:
+        calls.append((self, q))
+        return q.upper()
+
+    f = lg.cache(ask) if path == "lane" else Probe()(lg.cache(ask))
+
+    assert ("M", "M") == (f(None, "m"), f(None, "m"))
+    assert [(None, "m")] == calls

@@ -982,3 +982,26 @@ async def test_a_lane_answer_skips_the_function_and_ends_a_record_it_built(build
     if build_record:
         assert 2 == len(layer.records)
         assert all(r.outcome is Outcome.OK and r.ended_at is not None and r.attempts == [] for r in layer.records)
+
+
+async def test_a_none_first_argument_named_self_is_passed_on_not_dropped(probe: Probe) -> None:
+    """`def f(self, ...)` called with None first: None is an argument, not a missing instance (no shift)."""
+
+    def ask(self: Any, messages: str = "default") -> tuple[Any, str]:
+        return self, messages
+
+    async def aask(self: Any, messages: str = "default") -> tuple[Any, str]:
+        return self, messages
+
+    class Bot:
+        @probe
+        def ask(self, messages: str = "default") -> tuple[Any, str]:
+            return self, messages
+
+    guarded, aguarded, stacked = probe(ask), probe(aask), Probe()(probe(ask))
+
+    assert (None, "m") == guarded(None, "m")
+    assert (None, "m") == await aguarded(None, "m")
+    assert (None, "m") == stacked(None, "m")
+    assert (None, "m") == Bot.ask(None, "m")
+    assert probe.record.function.endswith("ask")
