@@ -74,8 +74,9 @@ reasoning tokens, priced by `llmguard.prices.cost_of`. A stream settles when
 it finishes in any way (exhaustion, error, ``close``, ``with`` exit,
 cancellation, garbage collection): with the usage the provider reported, or,
 when it ended without one, the usage estimated from the text seen, flagged
-``estimated`` (never zero). A stream never read at all is charged its full
-reservation. A response whose model has no price keeps its USD reservation
+``estimated`` (never zero). An SDK stream never read at all (its request
+was sent) is charged its full reservation; a generator function whose body
+never ran sent nothing and is charged nothing. A response whose model has no price keeps its USD reservation
 as its charge and emits ``llmguard.budget.unpriced``.
 
 Windows
@@ -1614,18 +1615,25 @@ class _FunctionBudget(Layer):
             nonlocal reader, priced
             frame, requested, store, rid, spec, usd, tokens, _, _, now = state
             if call is None:
-                # The usage the function reported, else the result's.
-                found = frame[_F_USAGE]
-                if found is None:
-                    cls = result.__class__
-                    known = reader
-                    if known[0] is not cls:
-                        reader = known = (cls, extractor_of(cls))
-                    if known[1] is not None:
-                        try:
-                            found = known[1](result)
-                        except Exception:  # noqa: BLE001 - a malformed result has no usage (observe_usage)
-                            found = None
+                cls = result.__class__
+                known = reader
+                if known[0] is not cls:
+                    reader = known = (cls, extractor_of(cls))
+                found = None
+                if known[1] is not None:
+                    try:
+                        found = known[1](result)
+                    except Exception:  # noqa: BLE001 - a malformed result has no usage (observe_usage)
+                        found = None
+                reported = frame[_F_USAGE]
+                if reported is not None:
+                    # As `_wrap._settle_attempt` records it: the usage reported
+                    # wins, the model and provider the result names win.
+                    found = (
+                        reported[0],
+                        (found is not None and found[1]) or reported[1],
+                        (found is not None and found[2]) or reported[2],
+                    )
                 if found is not None:
                     usage, model, provider = found
                     model = model or requested
@@ -1654,7 +1662,7 @@ class _FunctionBudget(Layer):
                         if crossings:
                             settled(lane_fast(state, returned_call(frame, result)), charge_usd, charge_tokens, crossings)
                         if layer._history:
-                            layer._observe_usage(usage, model)
+                            layer._observe_usage(usage, requested)  # the requested model first, as `_observe`
                         return result
             # Anything else (no usage, no price, a Call already made): from the record.
             settle_fast(lane_fast(state, returned_call(frame, result)))

@@ -1239,6 +1239,55 @@ def test_lane_settles_at_a_price_set_after_earlier_calls(monkeypatch: pytest.Mon
     assert (2.0, 7.0) == (spent_before, b.spend().usd)
 
 
+def _on_path(path: str, b: Budget, fn: Any) -> Any:
+    """*fn* under budget *b*: alone (the fast lane), or under a pass-through layer (the general path)."""
+    from probe import Probe
+
+    guarded = b(fn)
+    return guarded if path == "lane" else Probe()(guarded)
+
+
+def _message_dict(model: str, input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    return {
+        "type": "message", "id": "msg_1", "model": model, "role": "assistant",
+        "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+    }
+
+
+@pytest.mark.parametrize("path", ["lane", "general"])
+def test_reported_usage_is_priced_at_the_model_the_response_names(path: str) -> None:
+    """report_usage's counts win, the response's model and provider win: as the call record says."""
+    b = budget(usd=10.0, store=MemoryBudgetStore())
+
+    def ask(messages: Any, model: str = CLAUDE, max_tokens: int = 100) -> Any:
+        lg.report_usage(input_tokens=1000, output_tokens=10, model=GPT, provider="openai")
+        return _message_dict("claude-opus-4-1", 100, 50)
+
+    f = _on_path(path, b, ask)
+    for _ in range(3):  # the first call of a result type and the later ones alike
+        f(MESSAGES)
+
+    assert 3 * pico(lg.Usage(1000, 10), "claude-opus-4-1") == ledger_pico(f)
+
+
+@pytest.mark.parametrize("path", ["lane", "general"])
+def test_the_model_remembered_for_later_estimates_is_the_requested_one(path: str) -> None:
+    """A call without a model argument is priced at the model last requested, not at the response's name for it."""
+    b = budget(usd=10.0, store=MemoryBudgetStore())
+    reserved: list[float] = []
+
+    def ask(messages: Any, model: str | None = None, max_tokens: int = 100) -> Any:
+        reserved.append(b.spend().reserved_usd)
+        return _message_dict("claude-opus-4-1", 10, 10)  # a dearer model's name in the response
+
+    f = _on_path(path, b, ask)
+    f(MESSAGES, model="claude-haiku-4-5")
+    f(MESSAGES)
+
+    assert reserved[0] == pytest.approx(reserved[1], rel=1e-9)
+
+
 async def test_lane_async_def_settles_exactly(
     lane_store: BudgetStore, async_anthropic_client: anthropic.AsyncAnthropic, fake_provider: FakeProvider
 ) -> None:

@@ -608,6 +608,22 @@ def _none_or_raises(extractor: Callable[[object], object], result: object) -> bo
         return True
 
 
+def test_a_result_whose_text_cannot_be_read_still_gives_its_usage() -> None:
+    """A Message built without validation, its content malformed: observe_result keeps usage, model and provider."""
+    import anthropic.types as at
+
+    broken = at.Message.model_construct(
+        id="msg_1", type="message", role="assistant", model="claude-sonnet-4-6",
+        content=["not a content block"], stop_reason="end_turn",
+        usage=at.Usage(input_tokens=300, output_tokens=20),
+    )
+    facts = observe_result(broken)
+
+    assert facts is not None
+    assert (Usage(300, 20), "claude-sonnet-4-6", "anthropic") == (facts.usage, facts.model, facts.provider)
+    assert (facts.usage, facts.model, facts.provider) == providers.observe_usage(broken)
+
+
 def test_observe_usage_of_sdk_results_skips_the_other_facts() -> None:
     """The SDKs' usual results are read by a usage-only extractor, not through their full facts."""
     results = [

@@ -181,7 +181,11 @@ def observe_result(result: object) -> ResultFacts | None:
     try:
         return extractor(result)  # type: ignore[no-any-return]
     except Exception:  # noqa: BLE001 - a malformed result has no facts, it is not an error
-        return None
+        # A field the usage does not depend on (text, id, finish reason) may
+        # be what failed: keep what `observe_usage` can still read, never a
+        # silent zero.
+        found = observe_usage(result)
+        return None if found is None else ResultFacts(found[2], found[1], found[0], None, (), None)
 
 
 # ----------------------------------------------------------------- observe_usage
