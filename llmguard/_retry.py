@@ -335,11 +335,22 @@ class RetryLayer(Layer):
             return None
         return Lane(None, None, self.resume if shape == SYNC else self.resume_async)
 
+    def resume(self, call: Call, state: Any) -> Any:  # noqa: ARG002
+        """The lane's first attempt failed (or streamed): go on, timed from when the call started."""
+        return self._run(call, call._owner.started_at)
+
+    async def resume_async(self, call: Call, state: Any) -> Any:  # noqa: ARG002
+        """`resume` for ``async def``."""
+        return await self._run_async(call, call._owner.started_at)
+
     def around(self, call: Call) -> Any:
         """Run the call, retrying transient failures."""
         if self._budget is not None:
             self._budget.deposit()
-        started = _clock.now()
+        return self._run(call, _clock.now())
+
+    def _run(self, call: Call, started: float) -> Any:
+        """`around`'s loop; *started* is when its first attempt began (``max_elapsed`` counts from it)."""
         state: _Attempts | None = None  # built on the first failure only
         while True:
             try:
@@ -364,7 +375,10 @@ class RetryLayer(Layer):
         """Run the call, retrying transient failures, without blocking the loop."""
         if self._budget is not None:
             self._budget.deposit()
-        started = _clock.now()
+        return await self._run_async(call, _clock.now())
+
+    async def _run_async(self, call: Call, started: float) -> Any:
+        """`_run` for ``async def``."""
         state: _Attempts | None = None  # built on the first failure only
         while True:
             try:

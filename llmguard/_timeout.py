@@ -433,7 +433,7 @@ class TimeoutLayer(Layer):
         token = _deadline_set(deadline)
         if wait_until is None:  # only idle limits: nothing to bound yet
             return (token, deadline, first_by, limit, 0.0, None, None)
-        call._owner._deadline = deadline  # what call.set_deadline does, before any record exists
+        call.set_deadline(deadline)  # on the record too, when an outer layer has built it
         wheel, entry = _arm_at(wait_until)
         return (token, deadline, first_by, limit, wait_until - now if wait_until > now else 0.0, wheel, entry)
 

@@ -598,3 +598,37 @@ def test_a_guarded_call_inside_a_lane_is_its_child(fake_clock: FakeClock) -> Non
     (child,) = children
     assert child.parent is not None
     assert child.parent.function.endswith("Service.outer")
+
+
+@pytest.mark.parametrize("path", ["lane", "general"])
+async def test_max_elapsed_counts_the_first_attempt_on_every_path(path: str, fake_clock: FakeClock) -> None:
+    """An attempt that took 2 s leaves no room for a 1.5 s wait under max_elapsed=3: no retry, sync or async.
+
+    Alone, retry runs its first attempt on the fast lane; the time it took
+    counts all the same.
+    """
+    from probe import Probe
+
+    calls: list[int] = []
+
+    def slow() -> None:
+        calls.append(1)
+        fake_clock.advance(2.0)
+        raise TimeoutError("slow")
+
+    async def aslow() -> None:
+        slow()
+
+    policy = lg.retry(attempts=5, jitter=None, initial=1.5, max_delay=1.5, max_elapsed=3)
+    sync_f, async_f = policy(slow), policy(aslow)
+    if path == "general":
+        sync_f, async_f = Probe()(sync_f), Probe()(async_f)
+
+    with pytest.raises(TimeoutError) as sync_info:
+        sync_f()
+    with pytest.raises(TimeoutError) as async_info:
+        await async_f()
+
+    assert ([1, 1], []) == (calls, fake_clock.sleeps)
+    for info in (sync_info, async_info):
+        assert "after 1 attempt over 2.00s" in info.value.__notes__[0]

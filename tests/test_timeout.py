@@ -668,3 +668,23 @@ async def test_a_chunk_timeout_in_a_task_that_caught_a_cancel_before_is_still_a_
 
     assert isinstance(found, lg.GuardTimeout)
     assert "idle" == found.limit
+
+
+async def test_the_deadline_is_on_the_record_when_an_outer_layer_built_it_first() -> None:
+    """Under a layer that builds the record before timeout arms (trace with an SDK, a probe), record.deadline is set."""
+    from probe import Probe
+
+    seen: list[bool] = []
+
+    async def ask() -> str:
+        call = lg.current_call()
+        assert call is not None
+        seen.append(call.deadline is not None)
+        return "ok"
+
+    alone = lg.timeout(5, first_token=1)(ask)
+    under = Probe()(lg.timeout(5, first_token=1)(ask))
+    under_total = Probe()(lg.timeout(5)(ask))
+
+    assert ["ok"] * 3 == [await alone(), await under(), await under_total()]
+    assert [True, True, True] == seen
