@@ -1420,7 +1420,7 @@ class _FunctionBudget(Layer):
         fast_args = self._fast_args
         flat, flat_rates, miss = _FLAT, prices.flat_rates, _MISS
         max_call, key, period, store, lease = self._consts
-        hold, wall, spec_of = store.hold, _clock.wall, self._spec
+        hold, clock, spec_of = store.hold, _clock, self._spec  # the module: tests swap its `wall`
         scopes, fast_of = _SCOPES.get, self._fast_of
         layer = self
         if simple is not None:
@@ -1456,7 +1456,7 @@ class _FunctionBudget(Layer):
             usd = round(input_tokens * rates[0] + cap * rates[1] + rates[2])
             if max_call is not None and usd > max_call:
                 return GENERAL
-            now = wall()
+            now = clock.wall()
             start = None if period is None else (now // period) * period
             window = layer._window
             spec = window[1] if window[0] == start else spec_of(key, start)

@@ -1288,6 +1288,27 @@ def test_the_model_remembered_for_later_estimates_is_the_requested_one(path: str
     assert reserved[0] == pytest.approx(reserved[1], rel=1e-9)
 
 
+def test_a_budget_decorated_before_the_fake_clock_reads_the_fake_clock() -> None:
+    """Decorated before `fake_clock()` is entered: the fast lane still reads the fake clock for its windows."""
+    from llmguard.testing import fake_clock
+
+    b = budget(usd=1.0, per="day", store=MemoryBudgetStore())
+
+    def ask(messages: Any, model: str = GPT, max_tokens: int = 10) -> str:
+        lg.report_usage(input_tokens=1000, output_tokens=10, model=model, provider="openai")
+        return "ok"
+
+    lane = b(ask)
+    with fake_clock() as clock:
+        lane(MESSAGES)
+        day_one = b.spend().calls
+        clock.advance(86_400)
+        lane(MESSAGES)
+        day_two = b.spend().calls
+
+    assert (1, 1) == (day_one, day_two)  # a new calendar day on the fake clock: a new window
+
+
 async def test_lane_async_def_settles_exactly(
     lane_store: BudgetStore, async_anthropic_client: anthropic.AsyncAnthropic, fake_provider: FakeProvider
 ) -> None:
