@@ -616,10 +616,10 @@ async def test_a_chunk_stalled_past_idle_is_a_timeout_and_the_rest_of_the_stream
     assert time.monotonic() - start < 0.2 + SLACK
 
 
-async def test_someone_elses_cancel_while_a_chunk_is_awaited_stays_a_cancel() -> None:
-    """A task cancelled from outside while reading a timed stream: CancelledError, not GuardTimeout."""
+def _stalled_reader(idle: float) -> Any:
+    """A coroutine function reading a timed async generator whose second chunk stalls for 10 s."""
 
-    @lg.timeout(idle=10)
+    @lg.timeout(idle=idle)
     async def ticks() -> AsyncIterator[int]:
         yield 0
         await asyncio.sleep(10)
@@ -628,7 +628,12 @@ async def test_someone_elses_cancel_while_a_chunk_is_awaited_stays_a_cancel() ->
     async def read() -> list[int]:
         return [t async for t in ticks()]
 
-    task = asyncio.create_task(read())
+    return read
+
+
+async def test_someone_elses_cancel_while_a_chunk_is_awaited_stays_a_cancel() -> None:
+    """A task cancelled from outside while reading a timed stream: CancelledError, not GuardTimeout."""
+    task = asyncio.create_task(_stalled_reader(10)())
     await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -641,15 +646,7 @@ async def test_a_chunk_timeout_in_a_task_that_caught_a_cancel_before_is_still_a_
     As with asyncio.timeout, "our cancel alone" is measured against the
     task's cancelling() count when the chunk's deadline was armed.
     """
-
-    @lg.timeout(idle=0.2)
-    async def ticks() -> AsyncIterator[int]:
-        yield 0
-        await asyncio.sleep(5)
-        yield 1
-
-    async def read() -> list[int]:
-        return [t async for t in ticks()]
+    read = _stalled_reader(0.2)
 
     async def consumer() -> BaseException | None:
         task = asyncio.current_task()
