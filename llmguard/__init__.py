@@ -22,6 +22,7 @@ from .errors import (
     InputRejected,
     LLMGuardError,
     RateLimited,
+    StreamFailed,
     StreamInterrupted,
     ValidationFailed,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "RateLimited",
     "RetryAttempt",
     "Semantic",
+    "StreamFailed",
     "StreamInterrupted",
     "Usage",
     "ValidationFailed",

@@ -62,6 +62,7 @@ import wrapt
 from . import _clock, prices, providers
 from ._context import _CURRENT, _HANDOFF
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
+from .errors import StreamFailed
 
 
 if TYPE_CHECKING:
@@ -1108,6 +1109,20 @@ class _StreamBase:
         for hook in self._chunk_hooks:
             hook(chunk)
 
+    def _ended(self) -> tuple[Outcome, BaseException | None]:
+        """How a stream that ran out ended: OK, unless the provider said in it that it failed.
+
+        What it said is on the innermost stream's accumulator (an adapter's
+        guarded stream reads through to it).
+        """
+        stream: _StreamBase | None = self
+        while stream is not None and stream._acc is None:
+            stream = _inner_of(stream._source)
+        failure = None if stream is None else cast("providers.StreamAccumulator", stream._acc).failure
+        if failure is None:
+            return _OK, None
+        return Outcome.ERROR, StreamFailed(f"the provider reported a failure inside the stream: {failure}")
+
     def _finish(self, outcome: Outcome, exc: BaseException | None) -> None:
         """Run the finish hooks, once, innermost stream first."""
         with _FINISH_LOCK:
@@ -1265,7 +1280,7 @@ class GuardedStream(_StreamBase):
                 chunk = next(it)
         except StopIteration:
             self._close_manager(None)
-            self._finish(Outcome.OK, None)
+            self._finish(*self._ended())
             raise
         except BaseException as exc:
             mapped = self._mapped(exc) if self._error_maps else exc
@@ -1374,7 +1389,7 @@ class AsyncGuardedStream(_StreamBase):
                 chunk = await it.__anext__()
         except StopAsyncIteration:
             await self._close_manager(None)
-            self._finish(Outcome.OK, None)
+            self._finish(*self._ended())
             raise
         except BaseException as exc:
             mapped = self._mapped(exc) if self._error_maps else exc

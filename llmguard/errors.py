@@ -15,7 +15,8 @@ working.
     ├── AllFailed (also an ExceptionGroup)
     ├── ValidationFailed
     ├── InputRejected
-    └── StreamInterrupted
+    ├── StreamInterrupted
+    └── StreamFailed (recorded, never raised)
 """
 
 from __future__ import annotations
@@ -109,6 +110,17 @@ class ValidationFailed(LLMGuardError):
 
 class InputRejected(LLMGuardError):
     """The input was rejected before any call (too long, prompt injection)."""
+
+
+class StreamFailed(LLMGuardError):
+    """The provider said, inside a stream that then ended normally, that the response failed.
+
+    An OpenAI Responses stream carries an ``error`` or ``response.failed``
+    event and then ends; the SDK hands the event to your code and raises
+    nothing. llmguard raises nothing either (your code sees what it always
+    saw), but this is the call record's error and the stream's outcome is an
+    error: it is not cached, its span is an error, and its usage is charged.
+    """
 
 
 class StreamInterrupted(LLMGuardError):

@@ -1716,3 +1716,35 @@ def test_a_none_first_argument_named_self_is_an_argument(path: str) -> None:
 
     assert ("M", "M") == (f(None, "m"), f(None, "m"))
     assert [(None, "m")] == calls
+
+
+@pytest.mark.parametrize("path", ["lane", "general"])
+async def test_a_responses_stream_that_reports_an_error_event_is_not_stored(
+    path: str, openai_client: openai.OpenAI, async_openai_client: openai.AsyncOpenAI, fake_provider: FakeProvider
+) -> None:
+    """The SDK yields a Responses `error` event and ends quietly: the record says error (StreamFailed), nothing is kept."""
+    outer, aouter = Probe(), Probe()
+
+    def ask(q: str) -> Any:
+        return openai_client.responses.create(model="gpt-4o", input=q, stream=True)
+
+    async def aask(q: str) -> Any:
+        return await async_openai_client.responses.create(model="gpt-4o", input=q, stream=True)
+
+    f = lg.cache(ask) if path == "lane" else outer(lg.cache(ask))
+    af = lg.cache(aask) if path == "lane" else aouter(lg.cache(aask))
+    fake_provider.script(*[Step(reply="one two three four", error_after=2), Step(reply="one two three four")] * 2)
+
+    broken = f("hi")
+    types = [e.type for e in broken]  # no exception: the caller sees the event, as without llmguard
+    whole = [e.type for e in f("hi")]
+    abroken = await af("hi")
+    atypes = [e.type async for e in abroken]
+    awhole = [e.type async for e in await af("hi")]
+
+    assert ("error", "error") == (types[-1], atypes[-1])
+    assert ("response.completed", "response.completed") == (whole[-1], awhole[-1])
+    assert 4 == len(fake_provider.requests)  # the broken answers were not replayed
+    for stream in (broken, abroken):
+        assert lg.Outcome.ERROR == stream.record.outcome
+        assert isinstance(stream.record.attempts[-1].error, lg.StreamFailed)

@@ -1630,3 +1630,18 @@ def test_result_facts_are_independent_of_sdk_objects() -> None:
     assert usage is not None
     usage.input_tokens = 0
     assert 10 == message.usage.input_tokens
+
+
+def test_a_responses_stream_says_it_failed_with_an_error_or_response_failed_event() -> None:
+    """`error` and `response.failed` events leave the accumulator's `failure` set (the SDK raises on neither)."""
+    errored, failed, fine = StreamAccumulator(), StreamAccumulator(), StreamAccumulator()
+    errored.feed({"type": "response.output_text.delta", "delta": "par"})
+    errored.feed({"type": "error", "code": "server_error", "message": "the model crashed"})
+    failed.feed({
+        "type": "response.failed",
+        "response": {"id": "r1", "model": "gpt-5", "status": "failed", "error": {"code": "server_error", "message": "boom"}},
+    })
+    fine.feed({"type": "response.completed", "response": {"id": "r2", "model": "gpt-5", "status": "completed"}})
+
+    assert ("the model crashed", "boom", None) == (errored.failure, failed.failure, fine.failure)
+    assert "par" == errored.text

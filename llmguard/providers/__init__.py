@@ -339,6 +339,7 @@ class StreamAccumulator:
         "_parts",
         "_pending",
         "chunks",
+        "failure",
         "finish_reasons",
         "model",
         "provider",
@@ -352,6 +353,9 @@ class StreamAccumulator:
         self.usage: Usage | None = None
         self.response_id: str | None = None
         self.finish_reasons: tuple[str, ...] = ()
+        # What the provider said in the stream about its failure (an OpenAI
+        # Responses ``error`` / ``response.failed`` event), else None.
+        self.failure: str | None = None
         self.chunks = 0
         self._parts: list[str] = []
         # Text of the last anthropic text_delta: MessageStream echoes it as a

@@ -194,6 +194,18 @@ def _response_finished(acc: StreamAccumulator, ev: Any) -> None:
     acc.finish_reasons = responses_reasons(r)
 
 
+def _stream_error(acc: StreamAccumulator, ev: Any) -> None:
+    # A Responses ``error`` event: the SDK yields it and ends the stream
+    # without raising, so the stream must not pass for a success.
+    acc.failure = s(getattr(ev, "message", None)) or s(getattr(ev, "code", None)) or "error event"
+
+
+def _response_failed(acc: StreamAccumulator, ev: Any) -> None:
+    _response_finished(acc, ev)
+    error = getattr(ev.response, "error", None)
+    acc.failure = s(getattr(error, "message", None)) or s(getattr(error, "code", None)) or "response.failed"
+
+
 _EVENTS: dict[str, Callable[[StreamAccumulator, Any], None]] = {
     "chunk": _chunk_event,
     "response.output_text.delta": _text_delta,
@@ -202,7 +214,8 @@ _EVENTS: dict[str, Callable[[StreamAccumulator, Any], None]] = {
     "response.queued": _response_started,
     "response.completed": _response_finished,
     "response.incomplete": _response_finished,
-    "response.failed": _response_finished,
+    "response.failed": _response_failed,
+    "error": _stream_error,
 }
 EVENT_TYPES = frozenset(_EVENTS)
 
