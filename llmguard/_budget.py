@@ -63,7 +63,11 @@ When no output cap or no price can be found, ``unknown_cost=`` decides:
 ``"reject"`` (the default) refuses the call, saying what is missing;
 ``"allow"`` reserves only what is known (the input) and lets it through;
 a number reserves that many dollars in place of the unknown worst case. A
-cost is never taken to be zero.
+cost is never taken to be zero: with ``"allow"``, a call to a model that
+has *no price at all* reserves and is charged no dollars, so a ``usd=``
+limit does not hold it back (its tokens are counted against ``tokens=``,
+and each such call emits ``llmguard.budget.unpriced``); give such models a
+price with `llmguard.set_price`, or use a fixed amount.
 
 Settling
 ========
@@ -102,6 +106,9 @@ its own ledger. ``with lg.budget(...) as b:`` (or ``async with``) applies a
 budget to every budget-guarded call inside it, in this thread or task and
 the tasks it starts; scopes nest and all of them apply, together with the
 decorator's own limit, and one reservation holds in all of them or none.
+A guarded *generator function* reserves when its iteration starts, against
+the scopes active there: a generator made inside a ``with`` block and
+iterated after it is not held by that block.
 A bare ``@lg.budget`` adds no limit of its own: the function just obeys the
 active scopes. Put the guard on the function that sends the request: a
 budget-guarded function calling another one reserves and charges at both
@@ -215,6 +222,18 @@ class _Parts(list[Any]):
 
 def _str_size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _estimated_count(count: Any, what: str, value: Any) -> int:
+    """A token count from ``estimate=``: a whole number >= 0, else a clear error naming it.
+
+    A negative count would be a negative reservation, which lets other
+    calls spend past the limit.
+    """
+    if isinstance(count, bool) or not isinstance(count, (int, float)) or not math.isfinite(count) or count < 0:
+        msg = f"budget(estimate=...) must return token counts >= 0; its {what} is {count!r} (it returned {value!r})"
+        raise (ValueError if isinstance(count, (int, float)) and not isinstance(count, bool) else TypeError)(msg)
+    return math.ceil(count)
 
 
 def _text_size(value: Any) -> int:
@@ -1070,7 +1089,11 @@ class _FunctionBudget(Layer):
                 except (TypeError, ValueError):
                     msg = f"budget(estimate=...) must return (input_tokens, max_output_tokens) or a Usage, got {value!r}"
                     raise TypeError(msg) from None
-            return _estimated(int(input_tokens), None if output is None else int(output), self._model(call, scopes))
+            return _estimated(
+                _estimated_count(input_tokens, "input_tokens", value),
+                None if output is None else _estimated_count(output, "max_output_tokens", value),
+                self._model(call, scopes),
+            )
         return _estimated(self._input_tokens(call), self._output_cap(call, scopes), self._model(call, scopes))
 
     def _input_tokens(self, call: Call) -> int:
@@ -1249,6 +1272,9 @@ class _FunctionBudget(Layer):
                     continue
                 self._release(ticket, n)
                 raise err from exc.__cause__
+            except BaseException:
+                self._interrupted(ticket, n, group)
+                raise
             self._reserved(ticket, n, group, refusal)
         if ticket.record.budget_decision is None:
             ticket.record.budget_decision = "reserved"
@@ -1268,9 +1294,22 @@ class _FunctionBudget(Layer):
                     continue
                 self._release(ticket, n)
                 raise err from exc.__cause__
+            except BaseException:
+                self._interrupted(ticket, n, group)
+                raise
             self._reserved(ticket, n, group, refusal)
         if ticket.record.budget_decision is None:
             ticket.record.budget_decision = "reserved"
+
+    def _interrupted(self, ticket: _Ticket, n: int, group: _Group) -> None:
+        """Cancelled (or interrupted) while group *n* was reserving: release it and those before.
+
+        The store may have made the reservation before the cancel reached
+        us; releasing an id it does not hold changes nothing. Synchronous,
+        as a stream's settlement is: a cancelled task cannot await.
+        """
+        group.reserved = True
+        self._release(ticket, n + 1)
 
     def _release(self, ticket: _Ticket, upto: int) -> None:
         """Give back the reservations already made in the groups before *upto*."""

@@ -1580,3 +1580,56 @@ def test_memory_buckets_are_kept_until_their_spec_expires() -> None:
     assert (7, 1) == (kept.tokens, kept.calls)
     assert (0, 0) == (store.ledger("old:k:0", 501.0).tokens, store.ledger("old:k:0", 501.0).calls)
     assert 100.0 == spec.line(1, 2, 400.0).ttl
+
+
+@pytest.mark.parametrize(
+    ("returned", "error"),
+    [
+        ((-1_000_000, 0), ValueError),
+        ((10, -1), ValueError),
+        ((float("nan"), 10), ValueError),
+        ((float("inf"), 10), ValueError),
+        ((None, 10), TypeError),
+        (("100", 10), TypeError),
+    ],
+)
+def test_an_estimate_that_is_not_a_count_is_a_clear_error_and_reserves_nothing(returned: Any, error: type[Exception]) -> None:
+    """estimate= returning a negative, NaN, infinite or non-numeric count: an error naming estimate=, nothing held.
+
+    A negative count would be a negative reservation: other calls could then spend past the limit.
+    """
+    b = budget(usd=1.0, store=MemoryBudgetStore(), estimate=lambda **_: returned, model=GPT)
+
+    @b
+    def ask(q: str) -> str:
+        return q
+
+    with pytest.raises(error, match=r"budget\(estimate=\.\.\.\) must return token counts >= 0"):
+        ask("hi")
+    assert (0, 0.0) == (b.spend().calls, b.spend().reserved_usd)
+
+
+@pytest.mark.redis
+async def test_a_call_cancelled_while_its_reservation_is_on_the_way_back_leaves_nothing_held(redis_url: str) -> None:
+    """Redis made the reservation, the task was cancelled before the reply: the reservation is released at once."""
+
+    class SlowReply(RedisBudgetStore):
+        async def areserve(self, rid: str, lines: list[Line], now: float, lease: float) -> Any:
+            refusal = await super().areserve(rid, lines, now, lease)
+            await asyncio.sleep(10)  # the reply is late: the caller gives up here
+            return refusal
+
+    store = SlowReply(redis_url, namespace=uuid.uuid4().hex)
+    b = budget(usd=1.0, store=store)
+
+    @b
+    async def ask(q: str, model: str = GPT, max_tokens: int = 50) -> str:
+        return q
+
+    task = asyncio.create_task(ask("hi"))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert (0.0, 0) == (b.spend().reserved_usd, b.spend().reserved_tokens)
