@@ -13,7 +13,10 @@ slack, well under 100 ms):
   runs in a worker thread while the caller waits at most ``total``. On
   timeout the caller gets `GuardTimeout` at once; the worker is *abandoned*:
   it finishes in the background and its result is dropped (its usage is still
-  recorded on the call's attempt). To make the abandoned HTTP request end
+  recorded on the call's attempt; a stream it returns is closed). A `budget`
+  *outside* this timeout has settled by then, at what it knew when the
+  caller gave up (an unread attempt: its reservation); put the budget inside
+  the timeout to charge what the abandoned request really used. To make the abandoned HTTP request end
   too, pass ``timeout=lg.remaining()`` to the SDK call inside the function:
   the SDK then stops at the same deadline.
 * Streams (generators, async generators, functions returning SDK streams):
@@ -51,6 +54,7 @@ from typing import Any, Final, cast
 
 from . import _clock, _events
 from ._context import _DEADLINE
+from ._record import ErrorKind
 from ._wrap import (
     _F_DEADLINE,
     ASYNC,
@@ -61,6 +65,7 @@ from ._wrap import (
     GuardedStream,
     Lane,
     Layer,
+    error_kind_of,
 )
 from .errors import GuardTimeout
 
@@ -383,9 +388,20 @@ class TimeoutLayer(Layer):
             future = _WORKERS.submit(lambda: ctx.run(call.proceed))
             try:
                 result = future.result(timeout=allowed)
-            except TimeoutError:
-                future.cancel()
-                raise self._expired(call, limit, self._fired(limit, allowed)) from None
+            except Exception as exc:
+                if not (future.done() and not future.cancelled() and future.exception() is exc):
+                    # Our wait ran out (a TimeoutError of the wait, not one the
+                    # function raised): the worker is abandoned.
+                    if not future.cancel():
+                        future.add_done_callback(_drop_abandoned)
+                    raise self._expired(call, limit, self._fired(limit, allowed)) from None
+                # The function's own error. A timeout of its own at our deadline
+                # (the SDK's, set from lg.remaining(), firing with ours while this
+                # thread woke late) is the deadline's, as if this thread had
+                # woken first.
+                if _clock.now() >= wait_until and error_kind_of(exc) is ErrorKind.TIMEOUT:
+                    raise self._expired(call, limit, self._fired(limit, allowed)) from exc
+                raise
         if isinstance(result, GuardedStream):
             return _TimedStream.wrap(result, self, deadline, first_by, call)
         return result
@@ -691,6 +707,19 @@ class _AsyncPulls:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._t._stream, name)
+
+
+def _drop_abandoned(future: Future[Any]) -> None:
+    """An abandoned worker finished: a stream it returned will never be read, so close it.
+
+    Closing runs its finish hooks: spans end, budgets settle (an unread
+    stream at its reservation), caches keep nothing.
+    """
+    if future.cancelled() or future.exception() is not None:
+        return
+    result = future.result()
+    if isinstance(result, GuardedStream):
+        _close_quietly(result)
 
 
 def _earliest(deadline: float | None, first_by: float | None) -> tuple[float | None, str]:

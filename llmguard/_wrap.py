@@ -937,6 +937,17 @@ def stream_kind(result: object) -> str | None:
 # -- streams -----------------------------------------------------------------
 
 
+def _sent_body_tokens(source: object) -> int:
+    """A token estimate of the request body an SDK stream was sent with (0 if none can be read)."""
+    try:
+        body = source.response.request.content  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - not an SDK stream, or a body that cannot be read
+        return 0
+    if not isinstance(body, (bytes, bytearray)):
+        return 0
+    return providers.estimate_tokens(bytes(body).decode("utf-8", "replace"))
+
+
 def _inner_of(source: object) -> _StreamBase | None:
     """The guarded stream *source* is, or reads from (an adapter's ``inner_stream``)."""
     if isinstance(source, _StreamBase):
@@ -1192,6 +1203,11 @@ class _StreamBase:
         if acc.chunks == 0 and outcome is not Outcome.OK:
             return None  # nothing came back; nothing to estimate from
         in_est = self._call.estimated_input_tokens() if self._call is not None else 0
+        if not in_est:
+            # No input in the arguments (the function builds its request
+            # itself): the body the SDK sent, else the least a request is
+            # billed. Something came back, so something was billed: never zero.
+            in_est = max(_sent_body_tokens(self._source), 1)
         return Usage(in_est, out_est, estimated=True)
 
     def __getattr__(self, name: str) -> Any:

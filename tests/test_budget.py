@@ -1633,3 +1633,25 @@ async def test_a_call_cancelled_while_its_reservation_is_on_the_way_back_leaves_
         await task
 
     assert (0.0, 0) == (b.spend().reserved_usd, b.spend().reserved_tokens)
+
+
+def test_a_stream_that_fails_before_any_text_from_a_function_without_arguments_is_never_charged_zero(
+    openai_client: openai.OpenAI, fake_provider: FakeProvider
+) -> None:
+    """No input argument to estimate from and no text seen: the input is estimated from the body the SDK sent."""
+    b = budget(usd=1.0, store=MemoryBudgetStore(), max_output=64, model=GPT)
+
+    @b
+    def ask() -> Any:
+        return openai_client.chat.completions.create(
+            model=GPT, max_tokens=64, messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+
+    fake_provider.script(Step(error_after=0, usage={"input_tokens": 30, "output_tokens": 5}))
+    with pytest.raises(openai.APIError):
+        list(ask())
+
+    spend = b.spend()
+    assert (1, 1) == (spend.calls, spend.estimated_calls)
+    assert spend.tokens >= len(json.dumps(MESSAGES)) // 4  # the messages were in the body it sent
+    assert spend.usd > 0

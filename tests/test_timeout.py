@@ -21,6 +21,7 @@ import llmguard as lg
 import llmguard._wrap
 
 from llmguard._fake_provider import FakeProvider, Step
+from llmguard.testing import FakeClock
 
 
 MODEL = "claude-sonnet-4-6"
@@ -685,3 +686,53 @@ async def test_the_deadline_is_on_the_record_when_an_outer_layer_built_it_first(
 
     assert ["ok"] * 3 == [await alone(), await under(), await under_total()]
     assert [True, True, True] == seen
+
+
+def test_a_stream_an_abandoned_worker_returns_later_is_closed(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """The caller got GuardTimeout; the worker later returns a stream nobody will read: it is closed, its record ended."""
+    from probe import Probe
+
+    inner = Probe()
+    fake_provider.script(Step(delay=0.6))
+
+    @lg.timeout(0.2)
+    @inner
+    def ask() -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, stream=True)
+
+    with pytest.raises(lg.GuardTimeout):
+        ask()
+    deadline = time.monotonic() + 5
+    while not inner.finishes and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    assert [lg.Outcome.CLOSED] == inner.finishes
+    assert inner.record.ended_at is not None
+
+
+@pytest.mark.parametrize(
+    ("advance", "raised", "caller_gets"),
+    [
+        (1.0, TimeoutError("sdk timeout"), lg.GuardTimeout),  # both deadlines passed: ours
+        (1.0, ValueError("bad"), ValueError),  # not a timeout: the function's own error
+        (0.0, TimeoutError("early"), TimeoutError),  # before our deadline: the function's own
+    ],
+)
+def test_a_timeout_the_worker_raises_at_our_deadline_is_reported_as_ours(
+    advance: float, raised: Exception, caller_gets: type[Exception], fake_clock: FakeClock
+) -> None:
+    """The SDK's own timeout (set from lg.remaining()) and ours fire together: the caller gets GuardTimeout, from it."""
+
+    @lg.timeout(0.5)
+    def ask() -> None:
+        fake_clock.advance(advance)
+        raise raised
+
+    with pytest.raises(caller_gets) as info:
+        ask()
+    if caller_gets is lg.GuardTimeout:
+        assert info.value.__cause__ is raised
+    else:
+        assert info.value is raised
