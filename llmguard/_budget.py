@@ -173,6 +173,7 @@ from ._wrap import (
     _StreamBase,
     layers_of,
     returned_call,
+    with_reported,
 )
 from .errors import BudgetExceeded
 from .stores import budget as _stores
@@ -230,9 +231,11 @@ def _estimated_count(count: Any, what: str, value: Any) -> int:
     A negative count would be a negative reservation, which lets other
     calls spend past the limit.
     """
-    if isinstance(count, bool) or not isinstance(count, (int, float)) or not math.isfinite(count) or count < 0:
-        msg = f"budget(estimate=...) must return token counts >= 0; its {what} is {count!r} (it returned {value!r})"
-        raise (ValueError if isinstance(count, (int, float)) and not isinstance(count, bool) else TypeError)(msg)
+    msg = f"budget(estimate=...) must return token counts >= 0; its {what} is {count!r} (it returned {value!r})"
+    if isinstance(count, bool) or not isinstance(count, (int, float)):
+        raise TypeError(msg)
+    if not math.isfinite(count) or count < 0:
+        raise ValueError(msg)
     return math.ceil(count)
 
 
@@ -1606,10 +1609,7 @@ class _FunctionBudget(Layer):
         except BaseException:
             self._settle(self._ticket_of(fast))
             raise
-        if isinstance(result, _StreamBase):
-            return self._watch(self._ticket_of(fast), result)
-        self._settle_fast(fast)
-        return result
+        return self._fast_returned(fast, result)
 
     async def _run_fast_async(self, call: Call, fast: _Fast) -> Any:
         """`_run_fast` for ``async def``."""
@@ -1618,6 +1618,10 @@ class _FunctionBudget(Layer):
         except BaseException:
             self._settle(self._ticket_of(fast))
             raise
+        return self._fast_returned(fast, result)
+
+    def _fast_returned(self, fast: _Fast, result: Any) -> Any:
+        """After a fast reservation's call returned *result*: settle now, or a stream when it finishes."""
         if isinstance(result, _StreamBase):
             return self._watch(self._ticket_of(fast), result)
         self._settle_fast(fast)
@@ -1666,14 +1670,8 @@ class _FunctionBudget(Layer):
                         found = None
                 reported = frame[_F_USAGE]
                 if reported is not None:
-                    # As `_wrap._settle_attempt` records it: the usage reported
-                    # wins, the model and provider the result names win.
-                    found = (
-                        reported[0],
-                        (found is not None and found[1]) or reported[1],
-                        (found is not None and found[2]) or reported[2],
-                    )
-                if found is not None:
+                    found = with_reported(found, reported)
+                if found is not None and found[0] is not None:
                     usage, model, provider = found
                     model = model or requested
                     known_price = priced

@@ -105,6 +105,7 @@ from ._wrap import (
     _realize,
     _StreamBase,
     layers_of,
+    split_self,
 )
 from .errors import GuardTimeout, LLMGuardError
 from .stores import is_redis_target, redis_client
@@ -1032,10 +1033,7 @@ class CacheLayer(Layer):
         return Lane(self._lane_enter, None, resume, needs_call=False, answers=True)
 
     def _lane_enter(self, frame: list[Any]) -> Any:
-        args = frame[_F_ARGS]
-        instance = None
-        if args and frame[_F_INFO].self_offset and args[0] is not None:  # as `_wrap._realize` splits it
-            instance, args = args[0], args[1:]
+        instance, args = split_self(frame[_F_INFO], frame[_F_ARGS])
         made = self._key_from(instance, args, frame[_F_KWARGS])
         if made is not None:
             try:

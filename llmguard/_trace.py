@@ -93,6 +93,8 @@ from ._wrap import (
     _StreamBase,
     outcome_of,
     returned_call,
+    split_self,
+    with_reported,
 )
 from .errors import BudgetExceeded, CircuitOpen, InputRejected, RateLimited
 
@@ -775,9 +777,7 @@ class _CallTrace:
             model = self.request_model = _request_model(info, args, kwargs, 0)
             stream = self.start_stream = _requests_stream(info, args, kwargs, 0)
             function = info.name
-            instance = args[0] if info.self_offset and args else None
-            if instance is not None:
-                args = args[1:]
+            instance, args = split_self(info, args)
         else:
             call = cast("Call", call)
             self.call = call
@@ -1014,17 +1014,13 @@ class _CallTrace:
         frame = cast("list[Any]", self.frame)
         reported = frame[_F_USAGE]
         facts = providers.observe_result(result)
-        response_model = response_id = None
-        provider: str | None = None
+        response_id: str | None = None
         finish_reasons: tuple[str, ...] = ()
-        usage = None
         if facts is not None:
-            provider, response_model, usage = facts.provider, facts.model, facts.usage
             response_id, finish_reasons = facts.response_id, facts.finish_reasons
-        if reported is not None:
-            usage = reported[0]
-            response_model = response_model or reported[1]
-            provider = provider or reported[2]
+        usage, response_model, provider = with_reported(
+            None if facts is None else (facts.usage, facts.model, facts.provider), reported
+        ) or (None, None, None)
         cost = prices.cost_of(usage, response_model or self.request_model, provider) if usage is not None else None
         provider = self._provider(provider)
         span = self.span

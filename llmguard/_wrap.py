@@ -79,6 +79,9 @@ ASYNCGEN = "async generator"
 _STREAM_SHAPES = frozenset({GEN, ASYNCGEN})
 
 FinishHook = Callable[[Outcome, "BaseException | None"], None]
+# (usage, model, provider): what `report_usage` keeps on a lane's frame, and
+# what a lane reads of a result.
+_UsageFacts = tuple["Usage | None", "str | None", "str | None"]
 ErrorMap = Callable[["BaseException", "_StreamBase"], "BaseException | None"]
 
 # Finishing flips one flag; a stream may be ended from two threads at once
@@ -737,6 +740,20 @@ def _settle_attempt(attempt: Attempt, facts: providers.ResultFacts | None, ended
         _price(attempt)
     attempt.outcome = _OK
     attempt.ended_at = ended
+
+
+def with_reported(read: _UsageFacts | None, reported: _UsageFacts | None) -> _UsageFacts | None:
+    """``(usage, model, provider)`` of a lane call's attempt, as `_settle_attempt` records them.
+
+    *read* is what the result says, *reported* what `report_usage` kept on
+    the frame: the usage reported wins, the model and provider the result
+    names win. For lanes that settle without building the record.
+    """
+    if reported is None:
+        return read
+    if read is None:
+        return reported
+    return reported[0], read[1] or reported[1], read[2] or reported[2]
 
 
 def _price(attempt: Attempt) -> None:
@@ -1563,17 +1580,26 @@ def wrap(layer: Layer, fn: Callable[P, R]) -> Callable[P, R]:
 # measured here, the proxy's dispatch alone costs ~0.35 µs a call more than a
 # closure, a fifth of the whole guard. A closure is a function, so Python
 # binds it to instances itself; a method's self arrives as the first argument
-# and is split off as `Call.instance` (when the first parameter is named self
-# or cls, and the argument is not None: `instance is None` always means
-# nothing was split off), so layers see the same `Call` either way. Generator functions keep
-# wrapt: only its proxy keeps `inspect.isgeneratorfunction` true.
+# and is split off as `Call.instance` (`split_self`), so layers see the same
+# `Call` either way. Generator functions keep wrapt: only its proxy keeps
+# `inspect.isgeneratorfunction` true.
+
+
+def split_self(info: _FunctionInfo, args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+    """``(instance, the other arguments)``: a method's self split off its positional arguments.
+
+    Split when the first parameter is named self or cls and the argument is
+    not None, so `Call.instance` is None exactly when nothing was split off
+    (a None there is an argument like any other).
+    """
+    if info.self_offset and args and args[0] is not None:
+        return args[0], args[1:]
+    return None, args
 
 
 def _plain_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any]) -> Callable[..., Any]:
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        instance = None
-        if info.self_offset and args and args[0] is not None:
-            instance, args = args[0], args[1:]
+        instance, args = split_self(info, args)
         call = Call(layer, info, fn, instance, args, kwargs)
         if call._owner is not call:
             return layer.around(call)
@@ -1589,9 +1615,7 @@ def _plain_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any]) -> Ca
 
 def _plain_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any]) -> Callable[..., Any]:
     async def guarded(*args: Any, **kwargs: Any) -> Any:
-        instance = None
-        if info.self_offset and args and args[0] is not None:
-            instance, args = args[0], args[1:]
+        instance, args = split_self(info, args)
         call = Call(layer, info, fn, instance, args, kwargs)
         if call._owner is not call:
             return await layer.around_async(call)
@@ -1631,10 +1655,7 @@ def _realize(frame: Frame[Any]) -> Call:
     if call is not None:
         return call
     info: _FunctionInfo = frame[_F_INFO]
-    args = frame[_F_ARGS]
-    instance = None
-    if info.self_offset and args and args[0] is not None:
-        instance, args = args[0], args[1:]
+    instance, args = split_self(info, frame[_F_ARGS])
     call = Call.__new__(Call)
     call.layer, call.info, call.wrapped = frame[_F_LAYER], info, frame[_F_FN]
     call.instance, call.args, call.kwargs = instance, args, frame[_F_KWARGS]
@@ -1695,13 +1716,12 @@ def _lane_returned(call: Call, state: Any, result: Any, leave: Callable[[Call, A
 
 def _lane_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: Lane) -> Callable[..., Any]:
     enter, leave, resume, needs_call, answers = lane
-    offset = info.self_offset
     current_set, current_reset, handoff_get = _CURRENT.set, _CURRENT.reset, _HANDOFF.get
     clock = _clock
 
     def guarded(*args: Any, **kwargs: Any) -> Any:
         if handoff_get() is not None:  # the inner layer of another guard's call
-            instance, rest = (args[0], args[1:]) if offset and args and args[0] is not None else (None, args)
+            instance, rest = split_self(info, args)
             return layer.around(Call(layer, info, fn, instance, rest, kwargs))
         frame: Frame[Any] = [None, layer, info, fn, args, kwargs, clock.now(), None, None, None, None]
         try:
@@ -1746,13 +1766,12 @@ def _lane_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: 
 
 def _lane_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: Lane) -> Callable[..., Any]:
     enter, leave, resume, needs_call, answers = lane
-    offset = info.self_offset
     current_set, current_reset, handoff_get = _CURRENT.set, _CURRENT.reset, _HANDOFF.get
     clock = _clock
 
     async def guarded(*args: Any, **kwargs: Any) -> Any:
         if handoff_get() is not None:
-            instance, rest = (args[0], args[1:]) if offset and args and args[0] is not None else (None, args)
+            instance, rest = split_self(info, args)
             return await layer.around_async(Call(layer, info, fn, instance, rest, kwargs))
         frame: Frame[Any] = [None, layer, info, fn, args, kwargs, clock.now(), None, None, None, None]
         try:

@@ -61,6 +61,15 @@ def pico(usage: lg.Usage, model: str) -> int:
     return round(cost * PICO)
 
 
+def _in_threads(n: int, target: Any) -> None:
+    """Run *target* in *n* threads at once; return when all have finished."""
+    threads = [threading.Thread(target=target) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def ledger_pico(target: Any, key: str | None = None) -> int:
     return int(budget_spend(target, key).exact_usd * PICO)
 
@@ -939,11 +948,7 @@ def test_200_threads_never_overspend_and_every_refusal_is_justified(
         except lg.BudgetExceeded as exc:
             refusals.append(exc)
 
-    threads = [threading.Thread(target=caller) for _ in range(CALLERS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(CALLERS, caller)
     spend = budget_spend(ask)
 
     assert CALLERS == len(done) + len(refusals)
@@ -1492,11 +1497,7 @@ def test_lane_threads_never_overspend_and_the_ledger_stays_exact(lane_store: Bud
             except lg.BudgetExceeded as exc:
                 refusals.append(exc)
 
-    threads = [threading.Thread(target=caller) for _ in range(callers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(callers, caller)
     spend = budget_spend(ask)
 
     assert 3 * callers == len(done) + len(refusals)
