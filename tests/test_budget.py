@@ -14,9 +14,10 @@ from decimal import Decimal
 from typing import Any
 
 import anthropic
-import httpx2
 import openai
 import pytest
+
+from sdk_http import httpx
 
 import llmguard as lg
 
@@ -905,7 +906,7 @@ def pooled_openai(fake_provider: FakeProvider) -> Iterator[openai.OpenAI]:
     The fake provider's listen backlog is small; bursts of new connections
     would be dropped by the kernel, which is not what these tests are about.
     """
-    http = httpx2.Client(limits=httpx2.Limits(max_connections=8, max_keepalive_connections=8), timeout=30)
+    http = httpx.Client(limits=httpx.Limits(max_connections=8, max_keepalive_connections=8), timeout=30)
     with openai.OpenAI(base_url=fake_provider.openai_base_url, api_key="sk-test", max_retries=0, http_client=http) as client:
         yield client
 
@@ -913,7 +914,7 @@ def pooled_openai(fake_provider: FakeProvider) -> Iterator[openai.OpenAI]:
 @pytest.fixture
 async def pooled_async_openai(fake_provider: FakeProvider) -> AsyncIterator[openai.AsyncOpenAI]:
     """The async twin of `pooled_openai`."""
-    http = httpx2.AsyncClient(limits=httpx2.Limits(max_connections=8, max_keepalive_connections=8), timeout=30)
+    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=8, max_keepalive_connections=8), timeout=30)
     client = openai.AsyncOpenAI(base_url=fake_provider.openai_base_url, api_key="sk-test", max_retries=0, http_client=http)
     yield client
     await client.close()

@@ -51,10 +51,11 @@ def _shared_budget(redis_url: str, namespace: str, **kw: Any) -> Any:
 
 
 def _client(base_url: str) -> Any:
-    import httpx2  # noqa: PLC0415
     import openai  # noqa: PLC0415
 
-    http = httpx2.Client(limits=httpx2.Limits(max_connections=8, max_keepalive_connections=8), timeout=30)
+    from sdk_http import httpx  # noqa: PLC0415
+
+    http = httpx.Client(limits=httpx.Limits(max_connections=8, max_keepalive_connections=8), timeout=30)
     return openai.OpenAI(base_url=base_url, api_key="sk-test", max_retries=0, http_client=http)
 
 

@@ -12,15 +12,16 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import anthropic
-import httpx2
 import openai
 import pytest
 
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
+from sdk_http import MID_STREAM_CUT, httpx
 
 from llmguard._fake_provider import DEFAULT_REPLY, FakeProvider, RecordedRequest, Step
+from llmguard.providers import ErrorKind, classify
 
 
 API_KEY = "test-key"
@@ -270,13 +271,15 @@ def test_anthropic_in_stream_error_is_raised_while_iterating(fp: FakeProvider) -
 
 
 def test_anthropic_drop_after_cuts_the_stream(fp: FakeProvider) -> None:
-    """drop_after closes the socket mid-body; the anthropic stream raises httpx2's RemoteProtocolError."""
+    """drop_after closes the socket mid-body; the stream ends in an error llmguard calls a connection error."""
     fp.script(Step(reply="one two three four", drop_after=1))
     texts: list[str] = []
-    # anthropic does not wrap mid-stream transport errors in APIConnectionError (openai does).
-    with anthropic_client(fp) as client, pytest.raises(httpx2.RemoteProtocolError):
+    # anthropic < 2.17 lets the transport's RemoteProtocolError through; 2.17 wraps it in
+    # APIConnectionError. Either is a dropped connection to llmguard.
+    with anthropic_client(fp) as client, pytest.raises(MID_STREAM_CUT) as caught:
         read_anthropic_text(create_message(client, stream=True), texts)
     assert ["one "] == texts
+    assert ErrorKind.CONNECTION == classify(caught.value).kind
 
 
 def test_stall_after_pauses_the_stream_between_chunks(fp: FakeProvider) -> None:
@@ -744,7 +747,7 @@ def test_reset_clears_queue_and_records(fp: FakeProvider) -> None:
 
 def test_unknown_path_is_a_404_in_openai_shape(fp: FakeProvider) -> None:
     """A path the fake does not serve gets a 404 with an OpenAI-shaped error body."""
-    response = httpx2.post(fp.url + "/v1/embeddings", json={"input": "x"}, timeout=5)
+    response = httpx.post(fp.url + "/v1/embeddings", json={"input": "x"}, timeout=5)
     assert 404 == response.status_code
     assert "invalid_request_error" == response.json()["error"]["type"]
     assert "other" == fp.requests[0].api
@@ -752,7 +755,7 @@ def test_unknown_path_is_a_404_in_openai_shape(fp: FakeProvider) -> None:
 
 def test_health_endpoint_answers_ok(fp: FakeProvider) -> None:
     """GET /_health answers 200 and is not recorded."""
-    response = httpx2.get(fp.url + "/_health", timeout=5)
+    response = httpx.get(fp.url + "/_health", timeout=5)
     assert {"status": "ok"} == response.json()
     assert [] == fp.requests
 
@@ -790,8 +793,9 @@ def test_stop_returns_promptly_while_a_stream_is_stalled() -> None:
             started = time.monotonic()
             provider.stop()
             elapsed = time.monotonic() - started
-            with pytest.raises(httpx2.RemoteProtocolError):
+            with pytest.raises(MID_STREAM_CUT) as caught:
                 list(events)
+            assert ErrorKind.CONNECTION == classify(caught.value).kind
             stream.close()
     finally:
         provider.stop()

@@ -1,7 +1,7 @@
 """llmguard.providers against real SDK objects.
 
 Every SDK object here is made by the real SDK client talking to an
-``httpx2.MockTransport`` (the transport of the HTTP client the SDKs use), so
+``httpx.MockTransport`` (the transport of the HTTP client the SDKs use), so
 the objects, streams and exceptions are exactly what users get.
 """
 
@@ -20,13 +20,13 @@ from email.utils import format_datetime
 from typing import Any
 
 import anthropic
-import httpx2
 import openai
 import pydantic
 import pytest
 
 from google import genai
 from google.genai import types as gtypes
+from sdk_http import httpx
 
 from llmguard import providers
 from llmguard._record import ErrorKind, Usage
@@ -34,7 +34,7 @@ from llmguard.errors import BudgetExceeded, CircuitOpen, GuardTimeout, LLMGuardE
 from llmguard.providers import ErrorInfo, StreamAccumulator, classify, observe_result
 
 
-Handler = Callable[[httpx2.Request], httpx2.Response]
+Handler = Callable[[httpx.Request], httpx.Response]
 
 # ----------------------------------------------------------------- wire bodies
 
@@ -165,14 +165,14 @@ def sse(events: list[tuple[str | None, Any]]) -> bytes:
 def reply(status: int = 200, body: Any = None, headers: dict[str, str] | None = None) -> Handler:
     """A handler that answers every request with *body* (JSON, or SSE bytes)."""
 
-    def handle(request: httpx2.Request) -> httpx2.Response:
+    def handle(request: httpx.Request) -> httpx.Response:
         if isinstance(body, bytes):
-            return httpx2.Response(
+            return httpx.Response(
                 status,
                 content=body,
                 headers={"content-type": "text/event-stream", **(headers or {})},
             )
-        return httpx2.Response(status, json=body, headers=headers)
+        return httpx.Response(status, json=body, headers=headers)
 
     return handle
 
@@ -180,7 +180,7 @@ def reply(status: int = 200, body: Any = None, headers: dict[str, str] | None = 
 def fail_with(exc: Exception) -> Handler:
     """A handler whose transport raises *exc* (dropped connection, timeout...)."""
 
-    def handle(request: httpx2.Request) -> httpx2.Response:
+    def handle(request: httpx.Request) -> httpx.Response:
         raise exc
 
     return handle
@@ -191,7 +191,7 @@ def anthropic_client(handler: Handler) -> anthropic.Anthropic:
         api_key="k",
         base_url="http://anthropic.test",
         max_retries=0,
-        http_client=httpx2.Client(transport=httpx2.MockTransport(handler)),
+        http_client=httpx.Client(transport=httpx.MockTransport(handler)),
     )
 
 
@@ -200,7 +200,7 @@ def openai_client(handler: Handler) -> openai.OpenAI:
         api_key="k",
         base_url="http://openai.test/v1",
         max_retries=0,
-        http_client=httpx2.Client(transport=httpx2.MockTransport(handler)),
+        http_client=httpx.Client(transport=httpx.MockTransport(handler)),
     )
 
 
@@ -209,7 +209,7 @@ def google_client(handler: Handler) -> genai.Client:
         api_key="k",
         http_options=gtypes.HttpOptions(
             base_url="http://google.test",
-            httpx_client=httpx2.Client(transport=httpx2.MockTransport(handler)),
+            httpx_client=httpx.Client(transport=httpx.MockTransport(handler)),
         ),
     )
 
@@ -317,9 +317,9 @@ def test_anthropic_raw_response_is_parsed_when_body_read() -> None:
 def test_streaming_raw_response_is_left_unread() -> None:
     """with_streaming_response: an unread body is not parsed (that would consume it); None."""
 
-    def streamed(request: httpx2.Request) -> httpx2.Response:
+    def streamed(request: httpx.Request) -> httpx.Response:
         # An iterator body stays unread, as a body arriving over the network does.
-        return httpx2.Response(
+        return httpx.Response(
             200,
             content=iter([json.dumps(ANTHROPIC_MESSAGE).encode()]),
             headers={"content-type": "application/json"},
@@ -1169,7 +1169,7 @@ def test_anthropic_dropped_connection_is_connection() -> None:
     """A dropped connection (RemoteProtocolError) surfaces as APIConnectionError -> CONNECTION."""
     exc = raised(
         lambda: create_message(
-            anthropic_client(fail_with(httpx2.RemoteProtocolError("peer closed")))
+            anthropic_client(fail_with(httpx.RemoteProtocolError("peer closed")))
         )
     )
     assert type(exc) is anthropic.APIConnectionError
@@ -1178,7 +1178,7 @@ def test_anthropic_dropped_connection_is_connection() -> None:
 
 def test_anthropic_timeout_is_timeout() -> None:
     """A read timeout surfaces as APITimeoutError -> TIMEOUT."""
-    exc = raised(lambda: create_message(anthropic_client(fail_with(httpx2.ReadTimeout("slow")))))
+    exc = raised(lambda: create_message(anthropic_client(fail_with(httpx.ReadTimeout("slow")))))
     assert isinstance(exc, anthropic.APITimeoutError)
     assert ErrorKind.TIMEOUT == classify(exc).kind
 
@@ -1293,8 +1293,8 @@ def test_openai_content_filter_finish_reason_error() -> None:
 @pytest.mark.parametrize(
     ("transport_error", "kind"),
     [
-        (httpx2.ConnectError("refused"), ErrorKind.CONNECTION),
-        (httpx2.ReadTimeout("slow"), ErrorKind.TIMEOUT),
+        (httpx.ConnectError("refused"), ErrorKind.CONNECTION),
+        (httpx.ReadTimeout("slow"), ErrorKind.TIMEOUT),
     ],
 )
 def test_openai_connection_and_timeout(transport_error: Exception, kind: ErrorKind) -> None:
@@ -1357,21 +1357,21 @@ def test_google_errors(status: int, body: dict[str, Any], kind: ErrorKind) -> No
 
 
 def test_httpx2_status_error() -> None:
-    """httpx2.HTTPStatusError (raise_for_status) is classified by status, with headers."""
-    request = httpx2.Request("POST", "http://x.test")
-    response = httpx2.Response(429, headers={"Retry-After": "2"}, request=request)
+    """httpx.HTTPStatusError (raise_for_status) is classified by status, with headers."""
+    request = httpx.Request("POST", "http://x.test")
+    response = httpx.Response(429, headers={"Retry-After": "2"}, request=request)
     exc = raised(response.raise_for_status)
-    assert isinstance(exc, httpx2.HTTPStatusError)
+    assert isinstance(exc, httpx.HTTPStatusError)
     assert ErrorInfo(ErrorKind.RATE_LIMITED, 429, 2.0, None, None, str(exc)) == classify(exc)
 
 
 @pytest.mark.parametrize(
     ("exc", "kind"),
     [
-        (httpx2.ConnectError("refused"), ErrorKind.CONNECTION),
-        (httpx2.RemoteProtocolError("closed"), ErrorKind.CONNECTION),
-        (httpx2.ReadTimeout("slow"), ErrorKind.TIMEOUT),
-        (httpx2.PoolTimeout("pool"), ErrorKind.TIMEOUT),
+        (httpx.ConnectError("refused"), ErrorKind.CONNECTION),
+        (httpx.RemoteProtocolError("closed"), ErrorKind.CONNECTION),
+        (httpx.ReadTimeout("slow"), ErrorKind.TIMEOUT),
+        (httpx.PoolTimeout("pool"), ErrorKind.TIMEOUT),
         (TimeoutError(), ErrorKind.TIMEOUT),
         (ConnectionResetError(), ErrorKind.CONNECTION),
         (BrokenPipeError(), ErrorKind.CONNECTION),
@@ -1534,8 +1534,8 @@ def test_retry_after_precedence() -> None:
 
 
 def test_retry_after_accepts_httpx2_headers() -> None:
-    """httpx2.Headers (case-insensitive, possibly repeated names) are read."""
-    assert 2.0 == providers.retry_after(httpx2.Headers({"Retry-After": "2"}), now=NOW)
+    """httpx.Headers (case-insensitive, possibly repeated names) are read."""
+    assert 2.0 == providers.retry_after(httpx.Headers({"Retry-After": "2"}), now=NOW)
 
 
 @pytest.mark.parametrize(

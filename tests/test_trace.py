@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anthropic
-import httpx2
 import openai
 import pytest
 import structlog
@@ -34,6 +33,7 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
 )
+from sdk_http import httpx
 from shapes import SHAPES, build, text_of_events
 
 import llmguard as lg
@@ -551,7 +551,7 @@ def test_http_spans_made_by_the_sdk_nest_under_the_genai_span(
     """An instrumented HTTP client's span (here an httpx2 event hook) is a child of the call's span."""
     tracer = tracer_provider.get_tracer("http")
 
-    def on_request(request: httpx2.Request) -> None:
+    def on_request(request: httpx.Request) -> None:
         with tracer.start_as_current_span(f"POST {request.url.path}", kind=SpanKind.CLIENT):
             pass
 
@@ -559,7 +559,7 @@ def test_http_spans_made_by_the_sdk_nest_under_the_genai_span(
         base_url=fake_provider.anthropic_base_url,
         api_key=API_KEY,
         max_retries=0,
-        http_client=httpx2.Client(event_hooks={"request": [on_request]}),
+        http_client=httpx.Client(event_hooks={"request": [on_request]}),
     )
 
     @traced

@@ -1,0 +1,32 @@
+"""The HTTP client library the installed SDKs are built on.
+
+anthropic >= 2, openai >= 3 and google-genai >= 3 use ``httpx2``; earlier releases use ``httpx``.
+Tests that build transports, requests or transport errors for an SDK take them from here, so
+the suite runs unchanged on the newest releases and on the lowest versions pyproject declares.
+"""
+
+import importlib
+
+from types import ModuleType
+
+import anthropic._base_client
+
+
+def _library() -> ModuleType:
+    for name in ("httpx2", "httpx"):
+        if hasattr(anthropic._base_client, name):
+            return importlib.import_module(name)
+    msg = "the anthropic SDK imports neither httpx2 nor httpx"
+    raise ImportError(msg)
+
+
+httpx = _library()
+
+
+# What a stream cut mid-body raises: anthropic < 2.17 lets the transport's RemoteProtocolError
+# through, 2.17 wraps it in APIConnectionError (openai always wraps). llmguard classifies both
+# as a connection error; tests assert that, not one SDK version's class.
+MID_STREAM_CUT: tuple[type[BaseException], ...] = (
+    httpx.RemoteProtocolError,
+    anthropic.APIConnectionError,
+)
