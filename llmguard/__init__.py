@@ -1,7 +1,7 @@
 """llmguard: production hardening for code that calls LLM APIs.
 
 Composable decorators and context managers that wrap any function you already
-have; see the README and ``DESIGN.md`` for what each promises.
+have; see the README for what each promises.
 """
 
 from ._budget import BudgetAlert, BudgetSpend, budget, budget_spend

@@ -27,7 +27,7 @@ def exporter() -> InMemorySpanExporter:
 
 
 def stack(exporter: InMemorySpanExporter) -> Callable[[Any], Any]:
-    """Trace → cache → retry → budget → timeout, as DESIGN.md orders them."""
+    """Trace → cache → retry → budget → timeout, in the canonical order (README, "Example")."""
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
 
