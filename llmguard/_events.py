@@ -11,7 +11,8 @@ flat dict of fields. It goes to three sinks, each only when someone listens:
 * in-process listeners, such as `llmguard.testing.capture_events`.
 
 String and exception fields are scrubbed of anything that looks like a
-credential (`llmguard._secrets`) before structlog or a listener sees them.
+credential, and fields named like one redacted unless they are numbers
+(`llmguard._secrets.scrub_named`), before structlog or a listener sees them.
 
 With none of them, `emit` returns after three cheap checks.
 """

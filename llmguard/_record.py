@@ -112,7 +112,7 @@ class Attempt:
     finish_reasons: tuple[str, ...] = ()
     outcome: Outcome = Outcome.PENDING
     error_kind: ErrorKind | None = None
-    error: BaseException | None = None
+    error: BaseException | None = None  # one `retry` went past keeps no traceback (`release_frames`)
     ended_at: float | None = None
     first_chunk_at: float | None = None  # streams only
     chunks: int = 0

@@ -46,7 +46,16 @@ from typing import Any, Final, Literal, ParamSpec, TypeVar, overload
 from . import _clock, _events
 from ._context import deadline as active_deadline
 from ._record import CallRecord, ErrorKind
-from ._wrap import SYNC, AsyncGuardedStream, Call, GuardedStream, Lane, Layer, _StreamBase
+from ._wrap import (
+    SYNC,
+    AsyncGuardedStream,
+    Call,
+    GuardedStream,
+    Lane,
+    Layer,
+    _StreamBase,
+    release_frames,
+)
 from .errors import GuardTimeout, LLMGuardError, StreamInterrupted
 from .providers import classify
 
@@ -368,6 +377,9 @@ class RetryLayer(Layer):
                     raise
                 self._scheduled(call.record, state, delay)
                 _clock.get_clock().sleep(delay)
+                # Gone past: it stays on the record, never raised, and must not
+                # keep the frames of this call (and what they will hold) alive.
+                release_frames(exc)
                 continue
             return result
 
@@ -396,6 +408,9 @@ class RetryLayer(Layer):
                     raise
                 self._scheduled(call.record, state, delay)
                 await _clock.get_clock().asleep(delay)
+                # Gone past: it stays on the record, never raised, and must not
+                # keep the frames of this call (and what they will hold) alive.
+                release_frames(exc)
                 continue
             return result
 

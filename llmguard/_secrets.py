@@ -44,18 +44,37 @@ def scrub(text: str) -> str:
     return _SECRET_PAIR.sub(rf"\1\2{REDACTED}", text)
 
 
-def scrub_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    """Event fields with credentials scrubbed from strings and exception texts.
+def scrub_named(key: str, value: Any) -> Any:
+    """*value* as it may be recorded under the name *key*.
 
-    A string field whose *name* says credential is redacted whatever it
-    holds (numbers such as ``input_tokens`` are counts, never secrets).
+    Numbers (and flags) pass as they are: a count such as ``lost_tokens`` is
+    never a credential, whatever its name says. Anything else under a name
+    that says credential is redacted whatever it holds (a sequence item by
+    item, numbers kept); elsewhere strings are scrubbed by what they look
+    like, in sequences too.
     """
+    if value is None or isinstance(value, (int, float)):  # bool is an int
+        return value
+    named = SECRET_KEY_NAMES.search(key) is not None
+    if isinstance(value, (list, tuple)):
+        items = [_scrub_item(v, named=named) for v in value]
+        return items if isinstance(value, list) else tuple(items)
+    return _scrub_item(value, named=named)
+
+
+def _scrub_item(value: Any, *, named: bool) -> Any:
+    if value is None or isinstance(value, (int, float)):
+        return value
+    if named:
+        return REDACTED
+    return scrub(value) if isinstance(value, str) else value
+
+
+def scrub_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Event fields as `scrub_named` leaves them; an exception becomes its scrubbed text."""
     out: dict[str, Any] = {}
     for key, value in fields.items():
-        if isinstance(value, str):
-            out[key] = REDACTED if SECRET_KEY_NAMES.search(key) else scrub(value)
-        elif isinstance(value, BaseException):
-            out[key] = f"{type(value).__name__}: {scrub(str(value))}"
-        else:
-            out[key] = value
+        if isinstance(value, BaseException):
+            value = f"{type(value).__name__}: {value}"  # noqa: PLW2901 - the text stands for it
+        out[key] = scrub_named(key, value)
     return out

@@ -71,7 +71,7 @@ from opentelemetry.trace import (
 
 from . import _clock, _events, _semconv, prices, providers
 from ._record import CallRecord, ErrorKind, Outcome
-from ._secrets import REDACTED, SECRET_KEY_NAMES, scrub
+from ._secrets import SECRET_KEY_NAMES, scrub, scrub_named
 from ._wrap import (
     _F_ARGS,
     _F_CALL,
@@ -118,21 +118,10 @@ DEFAULT_MAX_CONTENT_CHARS: Final = 16_384
 
 # -- secrets (the patterns live in _secrets, shared with the events module) ------
 
-def _scrub_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return scrub(value)
-    if isinstance(value, (list, tuple)):
-        return tuple(scrub(v) if isinstance(v, str) else v for v in value)
-    return value
-
-
 def _scrub_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if not attributes:
         return None
-    return {
-        key: REDACTED if SECRET_KEY_NAMES.search(key) else _scrub_value(value)
-        for key, value in attributes.items()
-    }
+    return {key: scrub_named(key, value) for key, value in attributes.items()}
 
 
 # -- OpenTelemetry providers: the fast-path decision ---------------------------
@@ -303,7 +292,7 @@ class _RecordSpan(Span):
         self.span.set_attributes(_scrub_attributes(attributes) or {})
 
     def set_attribute(self, key: str, value: otel_types.AnyValue) -> None:
-        self.span.set_attribute(key, REDACTED if SECRET_KEY_NAMES.search(key) else _scrub_value(value))
+        self.span.set_attribute(key, scrub_named(key, value))
 
     def add_event(
         self, name: str, attributes: otel_types.Attributes = None, timestamp: int | None = None

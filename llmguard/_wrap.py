@@ -774,6 +774,29 @@ def _fail_attempt(attempt: Attempt, exc: BaseException, ended: float) -> None:
     _price(attempt)
 
 
+def release_frames(exc: BaseException) -> None:
+    """Drop the tracebacks of *exc* and of every error chained to it.
+
+    For an error that stays on the record but is not raised (an attempt
+    `retry` went past). A traceback holds its frames, and each frame the
+    frames that called it; those go on running, and what they hold when they
+    return (the stream a later attempt returned, say) would stay alive with
+    the record: a stream the caller drops would never finish. Type, message
+    and notes stay; an error that is raised keeps its traceback.
+    """
+    todo: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while todo:
+        err = todo.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        err.__traceback__ = None
+        todo.extend(e for e in (err.__cause__, err.__context__) if e is not None)
+        if isinstance(err, BaseExceptionGroup):
+            todo.extend(err.exceptions)
+
+
 def outcome_of(exc: BaseException | None) -> Outcome:
     """The `Outcome` an exception ends a call with."""
     if exc is None:

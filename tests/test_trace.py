@@ -41,6 +41,7 @@ import llmguard as lg
 from llmguard import _events, _semconv
 from llmguard._fake_provider import FakeProvider, Step
 from llmguard._wrap import Call, Layer
+from llmguard.stores.budget import BudgetStoreError, MemoryBudgetStore
 from llmguard.testing import CapturedEvent
 
 
@@ -1131,6 +1132,83 @@ def test_other_guards_log_lines_do_not_leak_keys(anthropic_client: anthropic.Ant
         structlog.reset_defaults()
 
     assert SECRET not in out.getvalue()
+
+
+class _LosingStore(MemoryBudgetStore):
+    """Holds, but cannot settle."""
+
+    def release(self, *args: Any) -> Any:
+        raise BudgetStoreError("settlement lost")
+
+
+def test_counts_under_token_names_are_numbers_on_spans_and_in_logs(
+    traced: Any, exporter: InMemorySpanExporter, llmguard_events: list[CapturedEvent]
+) -> None:
+    """A budget's lost-settlement event keeps its token count on the span as in structlog: numbers are never secrets."""
+    out = io.StringIO()
+    structlog.configure(
+        processors=[structlog.processors.JSONRenderer()], logger_factory=structlog.PrintLoggerFactory(file=out)
+    )
+    try:
+
+        @traced
+        @lg.budget(usd=1.0, store=_LosingStore())
+        def ask(messages: Any, max_tokens: int = 64, model: str = "gpt-4o") -> str:
+            lg.report_usage(input_tokens=300, output_tokens=12, model=model)
+            return "ok"
+
+        assert "ok" == ask(MESSAGES)
+    finally:
+        structlog.reset_defaults()
+
+    (event,) = [e for e in exporter.get_finished_spans()[0].events if e.name == "llmguard.budget.store_error"]
+    (line,) = [json.loads(x) for x in out.getvalue().splitlines() if "llmguard.budget.store_error" in x]
+    (listened,) = [e for e in llmguard_events if e.name == "llmguard.budget.store_error"]
+    assert 312 == (event.attributes or {})["llmguard.lost_tokens"] == line["lost_tokens"] == listened["lost_tokens"]
+    assert isinstance((event.attributes or {})["llmguard.lost_usd"], float)
+
+
+def test_values_under_credential_names_are_redacted_unless_numbers(
+    traced: Any, exporter: InMemorySpanExporter, llmguard_events: list[CapturedEvent]
+) -> None:
+    """A key under a credential-ish name is redacted on the span and in events; counts and flags beside it are kept."""
+    out = io.StringIO()
+    structlog.configure(
+        processors=[structlog.processors.JSONRenderer(default=repr)],
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+    )
+    fields: dict[str, Any] = {
+        "access_token": API_KEY,
+        "token": "not-a-key-shape",
+        "api_keys": [API_KEY, 3],
+        "tokens": 5,
+        "cost_per_token": 0.25,
+        "has_token": True,
+        "note": f"Authorization: Bearer {API_KEY}",
+    }
+    try:
+
+        @traced
+        def ask(model: str = "gpt-4o") -> str:
+            _events.emit("llmguard.test.fields", lg.current_call(), **fields)
+            return "ok"
+
+        ask()
+    finally:
+        structlog.reset_defaults()
+
+    (event,) = [e for e in exporter.get_finished_spans()[0].events if e.name == "llmguard.test.fields"]
+    on_span = {k.removeprefix("llmguard."): v for k, v in (event.attributes or {}).items()}
+    (line,) = [json.loads(x) for x in out.getvalue().splitlines() if "llmguard.test.fields" in x]
+    (listened,) = [e.fields for e in llmguard_events if e.name == "llmguard.test.fields"]
+    expected = {"access_token": "[REDACTED]", "token": "[REDACTED]", "tokens": 5, "cost_per_token": 0.25, "has_token": True}
+    for seen in (on_span, line, listened):
+        assert expected == {k: seen[k] for k in expected}
+        assert SECRET not in repr(seen["api_keys"])
+        assert SECRET not in seen["note"]
+        assert "Authorization" in seen["note"]
+    assert "[REDACTED]" == on_span["api_keys"]  # a list is no span attribute: its text, redacted
+    assert [["[REDACTED]", 3]] * 2 == [line["api_keys"], listened["api_keys"]]
 
 
 # -- the latest experimental conventions -----------------------------------------------
