@@ -12,6 +12,7 @@ import anthropic
 import openai
 import pytest
 
+from estimates import estimate_tokens, estimated_input
 from shapes import SHAPES, build
 
 import llmguard as lg
@@ -128,11 +129,6 @@ def test_stream_failing_after_the_first_chunk_raises_stream_interrupted(
     assert info.value.__cause__ is not None
 
 
-def estimate(text: str) -> int:
-    """`llmguard.providers.estimate_tokens` as documented: ``ceil(len(text) / 3.5)``."""
-    return -(-len(text) * 2 // 7)
-
-
 OPENAI_STREAM_SHAPES = ["def->stream", "async def->stream", "generator", "async generator"]
 
 
@@ -234,7 +230,7 @@ def test_a_stream_failing_right_after_its_first_chunk_raises_stream_interrupted(
     assert [] == fake_clock.sleeps
     assert isinstance(info.value.__cause__, openai.APIError)
     assert text == info.value.text
-    expected = lg.Usage(estimate(str(MESSAGES)), estimate(text), estimated=True)
+    expected = lg.Usage(estimated_input(MESSAGES), estimate_tokens(text), estimated=True)
     assert expected == info.value.usage
     (record,) = records
     (attempt,) = record.attempts
@@ -640,7 +636,7 @@ def test_stream_interrupted_usage_is_what_the_attempt_records(
     # Four words seen, no usage reported: the input estimated from ``messages``,
     # the output from the text, as the attempt itself records them.
     assert "one two three four " == info.value.text
-    expected = lg.Usage(estimate(str(MESSAGES)), estimate("one two three four "), estimated=True)
+    expected = lg.Usage(estimated_input(MESSAGES), estimate_tokens("one two three four "), estimated=True)
     assert expected == info.value.usage
     (attempt,) = seen[0].attempts
     assert info.value.usage == attempt.usage
