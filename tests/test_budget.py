@@ -582,6 +582,54 @@ def test_reservation_uses_sdk_shaped_arguments_as_documented(
     assert (input_tokens * 3.75 + 400 * 15) / 1e6 == pytest.approx(held.reserved_usd, rel=1e-9)
 
 
+@pytest.mark.parametrize("signature", ["named", "kwargs"])
+@pytest.mark.parametrize("path", ["lane", "stacked", "scoped"])
+def test_openai_n_multiplies_max_tokens_in_the_worst_case(
+    path: str, signature: str, openai_client: openai.OpenAI, fake_provider: FakeProvider
+) -> None:
+    """``n=2`` completions of up to 300 tokens each can bill 600: a 500-token budget refuses it, sends nothing.
+
+    ``n=1`` fits. The same on the lane, under another guard and inside a
+    scope, whether ``n`` is a parameter of the function or in its ``**kwargs``.
+    """
+    b = budget(tokens=500, store=MemoryBudgetStore())
+    usage = script(usage={"input_tokens": 10, "output_tokens": 20})
+    if signature == "named":
+
+        def named(messages: Any, max_tokens: int, n: int = 1, model: str = GPT) -> Any:
+            return openai_client.chat.completions.create(
+                model=model, messages=messages, max_tokens=max_tokens, n=n, extra_headers=usage
+            )
+
+        guarded = b(named)
+        ask = lambda n: guarded(MESSAGES, 300, n=n)  # noqa: E731
+    else:
+
+        def loose(**kwargs: Any) -> Any:
+            return openai_client.chat.completions.create(**kwargs, extra_headers=usage)
+
+        guarded = b(loose)
+        ask = lambda n: guarded(model=GPT, messages=MESSAGES, max_tokens=300, n=n)  # noqa: E731
+    if path == "stacked":
+        guarded = lg.retry(attempts=1)(guarded)
+
+    def run(n: int) -> Any:
+        if path == "scoped":
+            with lg.budget(tokens=100_000):
+                return ask(n)
+        return ask(n)
+
+    input_tokens = (len("say hello to the test") + 40 + 2) // 3
+    with pytest.raises(lg.BudgetExceeded) as info:
+        run(2)
+
+    assert [] == fake_provider.requests
+    assert ("tokens", 500, input_tokens + 2 * 300) == (info.value.unit, info.value.limit, info.value.requested)
+    assert run(1).choices
+    assert 1 == len(fake_provider.requests)
+    assert 30 == budget_spend(guarded).tokens
+
+
 @pytest.mark.parametrize("path", ["lane", "stacked", "scoped"])
 def test_input_estimate_counts_message_text_list_items_and_str_of_the_rest(path: str) -> None:
     """A text message: its UTF-8 bytes + 40; a list: its items; content blocks and the rest: str(); all / 3.
@@ -875,13 +923,18 @@ def test_alerts_fire_once_per_threshold_per_window(
     assert "ask" in events[0]["function"]
 
 
-def test_a_failing_alert_callback_does_not_lose_the_result(openai_client: openai.OpenAI) -> None:
-    """on_alert raising warns; the call's result still comes back."""
+def test_a_failing_alert_callback_does_not_lose_the_result(
+    openai_client: openai.OpenAI, llmguard_events: list[CapturedEvent]
+) -> None:
+    """on_alert raising warns; the alert still fired (callback and event), the call is charged, its result comes back."""
+    limit = worst(1000, 10) * 1.2
+    alerts: list[lg.BudgetAlert] = []
 
     def broken(alert: lg.BudgetAlert) -> None:
+        alerts.append(alert)
         raise RuntimeError("pager down")
 
-    @budget(usd=worst(1000, 10) * 1.2, alert_at=(0.5,), on_alert=broken, estimate=lambda **_: (1000, 10), model=GPT)
+    @budget(usd=limit, alert_at=(0.5,), on_alert=broken, estimate=lambda **_: (1000, 10), model=GPT)
     def ask() -> Any:
         return openai_client.chat.completions.create(
             model=GPT, messages=MESSAGES, extra_headers=script(usage={"input_tokens": 1000, "output_tokens": 10})
@@ -891,6 +944,13 @@ def test_a_failing_alert_callback_does_not_lose_the_result(openai_client: openai
         result = ask()
 
     assert result.choices
+    charged = pico(lg.Usage(1000, 10), GPT)
+    assert (charged, 1, 0.0) == (ledger_pico(ask), budget_spend(ask).calls, budget_spend(ask).reserved_usd)
+    (alert,) = alerts
+    assert (0.5, "usd", limit) == (alert.threshold, alert.unit, alert.limit)
+    assert charged / PICO == pytest.approx(alert.spent, abs=1e-12)
+    events = [e for e in llmguard_events if e.name == "llmguard.budget.alert"]
+    assert [0.5] == [e["threshold"] for e in events]
 
 
 # -- concurrency ------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.request
 
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -1551,6 +1552,72 @@ def test_waiters_do_not_inherit_the_leaders_own_deadline(
         t.join()
 
     assert {"leader": GuardTimeout, "waiter": "waiter's own answer"} == out
+    assert 2 == len(fake_provider.requests)
+
+
+async def test_waiters_do_not_inherit_the_leaders_own_asyncio_timeout(
+    async_anthropic_client: anthropic.AsyncAnthropic, fake_provider: FakeProvider
+) -> None:
+    """A leader stopped by its own ``asyncio.timeout`` (a plain TimeoutError, not GuardTimeout): its waiter calls itself."""
+    fake_provider.script(Step(delay=2.0), Step(reply="waiter's own answer"))
+
+    @lg.cache(exclude=["patience"])
+    async def ask(q: str, patience: float) -> Any:
+        async with asyncio.timeout(patience):
+            return await async_anthropic_client.messages.create(model=SONNET, max_tokens=64, messages=user(q))
+
+    leader = asyncio.create_task(ask("same", 0.5))
+    await asyncio.sleep(0)  # the leader takes the flight before its request leaves
+    waiter = asyncio.create_task(ask("same", 30))
+    await asyncio.sleep(0.2)
+    assert 1 == len(fake_provider.requests)  # the waiter waits for the leader, it sent nothing
+
+    with pytest.raises(TimeoutError) as info:
+        await leader
+    assert not isinstance(info.value, GuardTimeout)
+    message = await asyncio.wait_for(waiter, 10)
+    assert "waiter's own answer" == message.content[0].text
+    assert 2 == len(fake_provider.requests)
+
+
+def test_waiters_do_not_inherit_the_leaders_own_socket_timeout(fake_provider: FakeProvider) -> None:
+    """A leader whose socket timed out (a plain TimeoutError, not GuardTimeout): its waiter calls itself."""
+    fake_provider.script(Step(delay=2.0), Step(reply="waiter's own answer"))
+
+    @lg.cache(exclude=["patience"])
+    def ask(q: str, patience: float) -> str:
+        request = urllib.request.Request(  # noqa: S310 - the fake provider on 127.0.0.1
+            fake_provider.anthropic_base_url + "/v1/messages",
+            data=json.dumps({"model": SONNET, "max_tokens": 64, "messages": user(q)}).encode(),
+            headers={"content-type": "application/json", "anthropic-version": "2023-06-01", "x-api-key": "k"},
+        )
+        with urllib.request.urlopen(request, timeout=patience) as response:  # noqa: S310
+            return str(json.loads(response.read())["content"][0]["text"])
+
+    out: dict[str, Any] = {}
+
+    def run(name: str, patience: float) -> None:
+        try:
+            out[name] = ask("same", patience)
+        except Exception as exc:  # noqa: BLE001 - recorded for the assertion
+            out[name] = exc
+
+    leader = threading.Thread(target=run, args=("leader", 0.6))
+    leader.start()
+    for _ in range(200):  # the leader holds the flight once its request has arrived
+        if fake_provider.requests:
+            break
+        time.sleep(0.01)
+    waiter = threading.Thread(target=run, args=("waiter", 30))
+    waiter.start()
+    time.sleep(0.2)
+    assert 1 == len(fake_provider.requests)  # the waiter waits for the leader, it sent nothing
+    leader.join()
+    waiter.join()
+
+    assert isinstance(out["leader"], TimeoutError)
+    assert not isinstance(out["leader"], GuardTimeout)
+    assert "waiter's own answer" == out["waiter"]
     assert 2 == len(fake_provider.requests)
 
 

@@ -136,6 +136,33 @@ def test_override_is_case_insensitive_and_provider_scoped() -> None:
     assert price_of("local-llama", "other") is None
 
 
+@pytest.mark.parametrize(
+    ("cache_write", "expected"),
+    [
+        # 600 plain input tokens at $3/Mtok + 400 cache writes at $3.75/Mtok.
+        (3.75, (600 * 3.0 + 400 * 3.75) / 1e6),
+        # No cache-write rate: the writes are input, each billed once at $3/Mtok.
+        (None, 1000 * 3.0 / 1e6),
+    ],
+    ids=["own rate", "input rate"],
+)
+def test_an_override_bills_cache_writes_once(cache_write: float | None, expected: float) -> None:
+    """Cache writes are inside input_tokens: billed at their rate and not again as plain input.
+
+    A set_price model gets no cross-check against genai-prices, so the
+    arithmetic itself must be right.
+    """
+    set_price("my-cached-model", input=3.0, output=15.0, cache_read=0.3, cache_write=cache_write)
+    usage = Usage(1000, 0, cache_write_tokens=400)
+
+    assert pytest.approx(expected, rel=1e-12) == cost_of(usage, "my-cached-model")
+    # With output and cache reads too: 200 plain, 400 read, 400 written, 50 out.
+    mixed = Usage(1000, 50, cache_read_tokens=400, cache_write_tokens=400)
+    write_rate = 3.0 if cache_write is None else cache_write
+    mixed_expected = (200 * 3.0 + 400 * 0.3 + 400 * write_rate + 50 * 15.0) / 1e6
+    assert pytest.approx(mixed_expected, rel=1e-12) == cost_of(mixed, "my-cached-model")
+
+
 def test_override_invalidates_cached_price() -> None:
     """A price cached before set_price is not served afterwards."""
     before = cost_of(Usage(1000, 1000), "gpt-4o")

@@ -12,6 +12,7 @@ import anthropic
 import openai
 import pytest
 
+from estimates import estimate_tokens, estimated_input
 from shapes import SHAPES, build
 
 import llmguard as lg
@@ -126,6 +127,114 @@ def test_stream_failing_after_the_first_chunk_raises_stream_interrupted(
     assert 1 == api_requests(fake_provider)
     assert info.value.text.startswith("one two")
     assert info.value.__cause__ is not None
+
+
+OPENAI_STREAM_SHAPES = ["def->stream", "async def->stream", "generator", "async generator"]
+
+
+def openai_stream_call(
+    shape: str, fake: FakeProvider, records: list[lg.CallRecord]
+) -> tuple[Any, Any]:
+    """A retried function of *shape* streaming openai chat chunks, and a thunk that reads all it yields.
+
+    The function notes its call record in *records*. SDK streams hand the
+    caller every chunk (the first is the role chunk, with no text); generators
+    yield only the text deltas.
+    """
+    client = openai.OpenAI(base_url=fake.openai_base_url, api_key="k", max_retries=0)
+    aclient = openai.AsyncOpenAI(base_url=fake.openai_base_url, api_key="k", max_retries=0)
+    got: list[Any] = []
+
+    def note() -> None:
+        record = lg.current_call()
+        assert record is not None
+        records.append(record)
+
+    if shape == "def->stream":
+
+        @lg.retry
+        def ask(messages: Any) -> Any:
+            note()
+            return client.chat.completions.create(model="gpt-4o", messages=messages, stream=True)
+
+        def run() -> None:
+            got.extend(ask(MESSAGES))
+
+    elif shape == "async def->stream":
+
+        @lg.retry
+        async def aask(messages: Any) -> Any:
+            note()
+            return await aclient.chat.completions.create(model="gpt-4o", messages=messages, stream=True)
+
+        async def aread() -> None:
+            async for chunk in await aask(MESSAGES):
+                got.append(chunk)
+
+        def run() -> None:
+            asyncio.run(aread())
+
+    elif shape == "generator":
+
+        @lg.retry
+        def gen(messages: Any) -> Iterator[str]:
+            note()
+            for c in client.chat.completions.create(model="gpt-4o", messages=messages, stream=True):
+                if c.choices and c.choices[0].delta.content:
+                    yield c.choices[0].delta.content
+
+        def run() -> None:
+            got.extend(gen(MESSAGES))
+
+    else:
+
+        @lg.retry
+        async def agen(messages: Any) -> AsyncIterator[str]:
+            note()
+            async for c in await aclient.chat.completions.create(model="gpt-4o", messages=messages, stream=True):
+                if c.choices and c.choices[0].delta.content:
+                    yield c.choices[0].delta.content
+
+        async def aread_gen() -> None:
+            async for text in agen(MESSAGES):
+                got.append(text)
+
+        def run() -> None:
+            asyncio.run(aread_gen())
+
+    return run, got
+
+
+@pytest.mark.parametrize("shape", OPENAI_STREAM_SHAPES)
+def test_a_stream_failing_right_after_its_first_chunk_raises_stream_interrupted(
+    shape: str, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    """Exactly one chunk reached the caller, then the stream failed: StreamInterrupted, never a retry.
+
+    An SDK stream's first chunk is openai's role chunk (the error comes before
+    any text); a generator's is the first text delta. The error carries the
+    text seen and the usage the attempt records: the input estimated from
+    ``messages`` and the output from the text, flagged estimated.
+    """
+    records: list[lg.CallRecord] = []
+    run, got = openai_stream_call(shape, fake_provider, records)
+    sdk_stream = shape.endswith("->stream")
+    fake_provider.script(Step(reply="one two three", error_after=0 if sdk_stream else 1), Step(reply="never"))
+
+    with pytest.raises(lg.StreamInterrupted, match="after 1 chunk reached the caller") as info:
+        run()
+
+    text = "" if sdk_stream else "one "
+    assert 1 == len(got)
+    assert 1 == api_requests(fake_provider)
+    assert [] == fake_clock.sleeps
+    assert isinstance(info.value.__cause__, openai.APIError)
+    assert text == info.value.text
+    expected = lg.Usage(estimated_input(MESSAGES), estimate_tokens(text), estimated=True)
+    assert expected == info.value.usage
+    (record,) = records
+    (attempt,) = record.attempts
+    assert expected == attempt.usage
 
 
 def test_stream_interrupted_carries_the_usage_seen_so_far(
@@ -512,19 +621,25 @@ def test_stream_interrupted_usage_is_what_the_attempt_records(
     """The usage on StreamInterrupted is the estimate the attempt keeps, never the raw placeholder."""
     client = openai.OpenAI(base_url=fake_provider.openai_base_url, api_key="k", max_retries=0)
     fake_provider.script(Step(reply="one two three four five six seven eight", drop_after=4))
+    seen: list[lg.CallRecord] = []
 
     @lg.retry
     def ask(messages: Any) -> Any:
+        record = lg.current_call()
+        assert record is not None
+        seen.append(record)
         return client.chat.completions.create(model="gpt-4o", messages=messages, stream=True)
 
     with pytest.raises(lg.StreamInterrupted) as info:
         list(ask(MESSAGES))
 
-    usage = info.value.usage
-    assert usage is not None
-    assert usage.estimated
-    assert usage.output_tokens > 0
-    assert usage.input_tokens > 0
+    # Four words seen, no usage reported: the input estimated from ``messages``,
+    # the output from the text, as the attempt itself records them.
+    assert "one two three four " == info.value.text
+    expected = lg.Usage(estimated_input(MESSAGES), estimate_tokens("one two three four "), estimated=True)
+    assert expected == info.value.usage
+    (attempt,) = seen[0].attempts
+    assert info.value.usage == attempt.usage
 
 
 @pytest.mark.parametrize("is_async", [False, True])

@@ -17,6 +17,8 @@ import anthropic
 import openai
 import pytest
 
+from shapes import build
+
 import llmguard as lg
 import llmguard._wrap
 
@@ -736,3 +738,63 @@ def test_a_timeout_the_worker_raises_at_our_deadline_is_reported_as_ours(
         assert info.value.__cause__ is raised
     else:
         assert info.value is raised
+
+
+@pytest.mark.parametrize("shape", ["def->stream", "async def->stream", "generator", "async generator"])
+def test_an_idle_wait_that_would_pass_the_total_deadline_ends_at_the_deadline(
+    shape: str, fake_provider: FakeProvider
+) -> None:
+    """``timeout(1.0, idle=0.4)``, a chunk every 0.3 s: never idle, but the stream ends at 1.0 s (total), not at 2.4 s.
+
+    Near the deadline a chunk's wait is what is left of the total, not a
+    whole ``idle`` that would run past it.
+    """
+    fake_provider.script(Step(reply="one two three four five six seven eight", stream_delay=0.3))
+    sync = anthropic.Anthropic(base_url=fake_provider.anthropic_base_url, api_key="k", max_retries=0)
+    aclient = anthropic.AsyncAnthropic(base_url=fake_provider.anthropic_base_url, api_key="k", max_retries=0)
+    read = build(shape, lg.timeout(1.0, idle=0.4), sync, aclient)
+
+    start = time.monotonic()
+    with pytest.raises(lg.GuardTimeout) as info:
+        read()
+    elapsed = time.monotonic() - start
+    sync.close()
+
+    assert "total" == info.value.limit
+    assert 0.95 <= elapsed < 1.0 + 0.8  # the whole stream takes 2.4 s
+
+
+@pytest.mark.parametrize(
+    "guard",
+    [lg.timeout(30), lg.timeout(30, first_token=20), "stacked"],
+    ids=["total alone", "with first_token", "under another guard"],
+)
+async def test_a_long_async_timeout_inside_a_short_plain_with_block_obeys_the_block(
+    guard: Any, async_anthropic_client: anthropic.AsyncAnthropic, fake_provider: FakeProvider
+) -> None:
+    """``@timeout(30)`` on an ``async def`` called in ``with lg.timeout(0.3)``: remaining() <= 0.3 inside, GuardTimeout at 0.3 s.
+
+    A plain ``with`` (not ``async with``) cancels nothing itself: the guard
+    must take the block's deadline. Three ways the guard arms its deadline:
+    ``total`` alone and with ``first_token`` (each its own fast lane), and
+    under another guard (the general path).
+    """
+    fake_provider.script(Step(delay=3.0))
+    seen: list[float | None] = []
+
+    async def ask() -> Any:
+        seen.append(lg.remaining())
+        return await async_anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
+
+    guarded = lg.retry(attempts=1)(lg.timeout(30)(ask)) if guard == "stacked" else guard(ask)
+
+    start = time.monotonic()
+    with lg.timeout(0.3), pytest.raises(lg.GuardTimeout) as info:
+        await guarded()
+    elapsed = time.monotonic() - start
+
+    (left,) = seen
+    assert left is not None
+    assert 0 < left <= 0.3
+    assert "total" == info.value.limit
+    assert elapsed < 0.3 + 1.0  # the request takes 3 s
