@@ -147,6 +147,7 @@ import contextlib
 import inspect
 import math
 import sys
+import threading
 import warnings
 import weakref
 
@@ -158,7 +159,7 @@ from decimal import Decimal
 from typing import Any, ClassVar, Final, Literal, NamedTuple, ParamSpec, TypeVar, cast, overload
 
 from . import _clock, _events, prices, providers
-from ._record import CallRecord, Outcome, Usage
+from ._record import Attempt, CallRecord, Outcome, Usage
 from ._wrap import (
     _F_ARGS,
     _F_KWARGS,
@@ -204,6 +205,7 @@ _PERIODS: Final[dict[str | None, float | None]] = {
     "day": 86400.0,
 }
 _PENDING: Final = Outcome.PENDING
+_CANCELLED: Final = Outcome.CANCELLED
 _UNREAD_ENDS: Final = frozenset({Outcome.CLOSED, Outcome.ABANDONED, Outcome.CANCELLED})
 _MISS: Any = object()
 _FLAT: Final = prices._flat  # worst-case rates per model (cleared, never replaced)
@@ -904,12 +906,19 @@ class _Group:
 
 
 class _Ticket:
-    """One call's reservation, until it settles."""
+    """One call's reservation, until it settles (and, for an attempt still running then, until it ends)."""
 
-    __slots__ = ("groups", "model", "n0", "now", "record", "rid", "settled")
+    __slots__ = ("call", "groups", "model", "n0", "n1", "now", "record", "rid", "settled")
 
     def __init__(
-        self, record: CallRecord, groups: list[_Group], model: str | None, rid: str, now: float, n0: int
+        self,
+        record: CallRecord,
+        groups: list[_Group],
+        model: str | None,
+        rid: str,
+        now: float,
+        n0: int,
+        call: Call,
     ) -> None:
         self.record = record
         self.groups = groups
@@ -917,14 +926,43 @@ class _Ticket:
         self.rid = rid
         self.now = now  # wall time the reservation was made (its window)
         self.n0 = n0  # attempts made before this call's, which are not ours
+        self.n1: int | None = None  # attempts from here on are later calls' (fixed when it settles)
+        self.call = call  # for the input estimate of an attempt that reported no usage
         self.settled = False
+
+
+def _left_unmeasured(att: Attempt) -> bool:
+    """Whether *att* reported no usage although its request is taken to have left.
+
+    "Left" is what can be observed without the HTTP exchange: an attempt
+    still running (a sync worker its timeout abandoned), one cancelled while
+    it ran (an ``async def`` whose task was cancelled once the function had
+    started), and a stream whose request was sent but that ended before a
+    chunk was read (closed, dropped, cancelled). A failure the provider
+    answered (429, 5xx) or a connection that never got a response is not.
+    """
+    outcome = att.outcome
+    return (
+        outcome is _PENDING
+        or outcome is _CANCELLED
+        or (att.sent and att.chunks == 0 and outcome in _UNREAD_ENDS)
+    )
+
+
+def _sent_input(call: Call) -> int:
+    """The input tokens an attempt that reported nothing is charged: `Call.estimated_input_tokens`, never 0."""
+    return max(call.estimated_input_tokens(), 1)
+
+
+# Corrections of settlements made while an attempt still ran (rare: one lock for all).
+_CORRECTING: Final = threading.Lock()
 
 
 # A fast-path reservation: what `_Ticket` holds, as a plain tuple (building
 # a `_Ticket` and a `_Group` on every call costs ~0.4 µs), its one line as
 # its bucket's spec and amounts (a `Line` is built only if a ticket is):
-# (record, n0, model, store, rid, spec, usd, tokens, key, window start, now).
-_Fast = tuple[CallRecord, int, str, BudgetStore, str, BucketSpec, int, int, "str | None", "float | None", float]
+# (record, n0, model, store, rid, spec, usd, tokens, key, window start, now, call).
+_Fast = tuple[CallRecord, int, str, BudgetStore, str, BucketSpec, int, int, "str | None", "float | None", float, Call]
 # A fast reservation made before there is a record (no `Line` yet): (the
 # lane's frame or None, model, store, the reservation id or the refusal,
 # the bucket's spec, usd, tokens, key, window start, now). On the lane it is
@@ -1213,7 +1251,7 @@ class _FunctionBudget(Layer):
             else:
                 groups.append(_Group(store, [line], [b], [key], [start]))
         rid = groups[0].store.new_id() if groups else ""
-        return _Ticket(record, groups, est.model, rid, now, len(record.attempts))
+        return _Ticket(record, groups, est.model, rid, now, len(record.attempts), call)
 
     def _refused(self, ticket: _Ticket, group: _Group, refusal: _stores.Refusal) -> BudgetExceeded:
         b = group.budgets[refusal.index]
@@ -1327,40 +1365,60 @@ class _FunctionBudget(Layer):
     # -- settling ------------------------------------------------------------------
 
     @classmethod
-    def _charges(cls, record: CallRecord, n0: int, model: str | None, groups: Iterable[list[Line]]) -> bool:
-        """Set each line's charge from the attempts since *n0*; True when estimated."""
-        used = cls._used(record, n0, model)
-        for lines in groups:
-            for line in lines:
+    def _charges(cls, ticket: _Ticket) -> tuple[bool, bool]:
+        """Set each line's charge from the ticket's attempts: (estimated, an attempt still running)."""
+        used = cls._used(ticket.record, ticket.n0, ticket.model, ticket.call, ticket.n1)
+        for group in ticket.groups:
+            for line in group.lines:
                 line.charge_usd, line.charge_tokens = cls._charge(used, line.usd, line.tokens)
-        return used[2] or used[4]
+        return used[2], used[4]
 
     @staticmethod
-    def _charge(used: tuple[int, int, bool, bool, bool], usd_held: int, tokens_held: int) -> tuple[int, int]:
-        """What a reservation of *usd_held* / *tokens_held* is charged for *used* (see `_used`)."""
-        usd, tokens, _, unpriced, unread = used
-        return (max(usd, usd_held) if unpriced or unread else usd, max(tokens, tokens_held) if unread else tokens)
+    def _charge(used: tuple[int, int, bool, bool, bool], usd_held: int, tokens_held: int) -> tuple[int, int]:  # noqa: ARG004
+        """What a reservation of *usd_held* / *tokens_held* is charged for *used* (see `_used`).
+
+        The usage, except that an unpriced one keeps its dollar reservation
+        (a cost is never taken to be zero).
+        """
+        usd, tokens, _, unpriced, _ = used
+        return (max(usd, usd_held) if unpriced else usd), tokens
 
     @staticmethod
-    def _used(record: CallRecord, n0: int, model: str | None) -> tuple[int, int, bool, bool, bool]:
-        """What the attempts since *n0* used: (usd, tokens, estimated, unpriced, unread)."""
+    def _used(
+        record: CallRecord, n0: int, model: str | None, call: Call, n1: int | None = None
+    ) -> tuple[int, int, bool, bool, bool]:
+        """What attempts *n0* to *n1* used: (usd, tokens, estimated, unpriced, running).
+
+        The one rule both paths (and the lane) settle by: an attempt's
+        reported usage (for a stream that ended early, the estimate it
+        recorded: the input confirmed or estimated plus the output seen); for
+        an attempt that reported none although its request left
+        (`_left_unmeasured`), its input estimated from the call's arguments
+        plus the output estimated from the text it showed, flagged
+        estimated. *running* says an attempt had not ended yet (a sync worker
+        its timeout abandoned): `_follow` settles it again when it does.
+        """
         usd = 0
         tokens = 0
         estimated = False
         unpriced = False
-        unread = False
-        for att in record.attempts[n0:]:
+        running = False
+        sent_in: int | None = None
+        for att in record.attempts[n0:n1]:
             usage = att.usage
+            cost = att.cost_usd
             if usage is None:
-                if att.outcome is _PENDING or (att.sent and att.chunks == 0 and att.outcome in _UNREAD_ENDS):
-                    # A stream dropped, closed or cancelled before it was read:
-                    # the request was sent and may be billed in full.
-                    unread = True
-                continue
+                if not _left_unmeasured(att):
+                    continue
+                if att.outcome is _PENDING:
+                    running = True
+                if sent_in is None:
+                    sent_in = _sent_input(call)
+                usage = Usage(sent_in, providers.estimate_tokens(att.text), estimated=True)
+                cost = None
             tokens += usage.input_tokens + usage.output_tokens
             if usage.estimated:
                 estimated = True
-            cost = att.cost_usd
             if cost is None:
                 cost = prices.cost_of(usage, att.response_model or att.model or model, att.provider)
                 if cost is None and model:
@@ -1371,13 +1429,14 @@ class _FunctionBudget(Layer):
                 usd += round(cost * PICO)
         if unpriced:
             _events.emit(_events.BUDGET_UNPRICED, record, level="warning", model=record.model, tokens=tokens)
-        return usd, tokens, estimated, unpriced, unread
+        return usd, tokens, estimated, unpriced, running
 
     def _settle(self, ticket: _Ticket) -> None:
         if ticket.settled:
             return
         ticket.settled = True
-        estimated = self._charges(ticket.record, ticket.n0, ticket.model, [g.lines for g in ticket.groups])
+        ticket.n1 = len(ticket.record.attempts)
+        estimated, running = self._charges(ticket)
         for group in ticket.groups:
             try:
                 crossings = group.store.settle(ticket.rid, group.lines, ticket.now, count=True, estimated=estimated)
@@ -1386,6 +1445,8 @@ class _FunctionBudget(Layer):
                 continue
             if crossings:
                 self._alerts(ticket, group, crossings)
+        if running:
+            self._follow(ticket)
         if self._history:
             self._observe(ticket.record, ticket.n0)
 
@@ -1393,7 +1454,8 @@ class _FunctionBudget(Layer):
         if ticket.settled:
             return
         ticket.settled = True
-        estimated = self._charges(ticket.record, ticket.n0, ticket.model, [g.lines for g in ticket.groups])
+        ticket.n1 = len(ticket.record.attempts)
+        estimated, running = self._charges(ticket)
         for group in ticket.groups:
             store = group.store
             try:
@@ -1406,11 +1468,58 @@ class _FunctionBudget(Layer):
                 continue
             if crossings:
                 self._alerts(ticket, group, crossings)
+        if running:
+            self._follow(ticket)
         if self._history:
             self._observe(ticket.record, ticket.n0)
 
-    def _settle_failed(self, ticket: _Ticket, group: _Group, exc: BudgetStoreError) -> None:
-        line = group.lines[0]
+    def _follow(self, ticket: _Ticket) -> None:
+        """Settled while an attempt still ran (a sync worker abandoned at its deadline): correct it when that ends.
+
+        The worker's real usage (or, for a stream it returned, what its
+        closing records) replaces the estimate it was charged; the
+        difference is added to the ledger as it is, not counted as a call.
+        Registered before looking again, so an attempt that ended in between
+        is corrected now (a correction that finds nothing new changes nothing).
+        """
+        ticket.record.on_background_end(lambda: self._correct(ticket))
+        attempts = ticket.record.attempts[ticket.n0 : ticket.n1]
+        if not any(att.outcome is _PENDING for att in attempts):
+            self._correct(ticket)
+
+    def _correct(self, ticket: _Ticket) -> None:
+        """Charge the difference between what *ticket*'s attempts used now and what it was charged."""
+        with _CORRECTING:
+            used = self._used(ticket.record, ticket.n0, ticket.model, ticket.call, ticket.n1)
+            now = _clock.get_clock().time()
+            for group in ticket.groups:
+                changes: list[Line] = []
+                for line in group.lines:
+                    usd, tokens = self._charge(used, line.usd, line.tokens)
+                    ttl = None if line.ttl is None else max(line.ttl - (now - ticket.now), 1.0)
+                    change = Line(
+                        line.bucket, 0, 0, line.usd_limit, line.tokens_limit, ttl, line.usd_alerts, line.tokens_alerts
+                    )
+                    change.charge_usd, change.charge_tokens = usd - line.charge_usd, tokens - line.charge_tokens
+                    changes.append(change)
+                if not any(c.charge_usd or c.charge_tokens for c in changes):
+                    continue
+                try:
+                    # Under an id that holds nothing: it releases no reservation.
+                    crossings = group.store.settle(f"{ticket.rid}~", changes, now, count=False, estimated=False)
+                except BudgetStoreError as exc:
+                    self._settle_failed(ticket, group, exc, changes)
+                    continue
+                for line, change in zip(group.lines, changes, strict=True):
+                    line.charge_usd += change.charge_usd
+                    line.charge_tokens += change.charge_tokens
+                if crossings:
+                    self._alerts(ticket, group, crossings)
+
+    def _settle_failed(
+        self, ticket: _Ticket, group: _Group, exc: BudgetStoreError, lines: list[Line] | None = None
+    ) -> None:
+        line = (lines or group.lines)[0]
         _events.emit(
             _events.BUDGET_STORE_ERROR,
             ticket.record,
@@ -1554,7 +1663,7 @@ class _FunctionBudget(Layer):
         _, model, store, held, spec, usd, tokens, key, start, now = reserved
         record = call.record
         rid = held if isinstance(held, str) else ""
-        fast = (record, len(record.attempts), model, store, rid, spec, usd, tokens, key, start, now)
+        fast = (record, len(record.attempts), model, store, rid, spec, usd, tokens, key, start, now, call)
         if not isinstance(held, str):
             ticket = self._ticket_of(fast)
             raise self._refused(ticket, ticket.groups[0], held)
@@ -1570,37 +1679,50 @@ class _FunctionBudget(Layer):
 
     def _ticket_of(self, fast: _Fast) -> _Ticket:
         """The general `_Ticket` for a fast-path reservation (streams, errors, alerts)."""
-        record, n0, model, store, rid, spec, usd, tokens, key, start, now = fast
+        record, n0, model, store, rid, spec, usd, tokens, key, start, now, call = fast
         group = _Group(store, [spec.line(usd, tokens, now)], [self.budget], [key], [start])
         group.reserved = True
-        return _Ticket(record, [group], model, rid, now, n0)
+        return _Ticket(record, [group], model, rid, now, n0, call)
 
     def _settle_fast(self, fast: _Fast) -> None:
         """`_settle` for a fast-path call that returned a plain result."""
-        record, n0, model, store, rid, spec, usd, tokens, _, _, now = fast
-        used = self._used(record, n0, model)
+        record, n0, model, store, rid, spec, usd, tokens, _, _, now, call = fast
+        n1 = len(record.attempts)
+        used = self._used(record, n0, model, call, n1)
         charge_usd, charge_tokens = self._charge(used, usd, tokens)
         try:
-            crossings: Any = store.release(rid, spec, usd, tokens, charge_usd, charge_tokens, now, used[2] or used[4])
+            crossings: Any = store.release(rid, spec, usd, tokens, charge_usd, charge_tokens, now, used[2])
         except BudgetStoreError as exc:
             crossings = exc
-        if crossings:
-            self._settled(fast, charge_usd, charge_tokens, crossings)
+        if crossings or used[4]:
+            ticket = self._settled(fast, charge_usd, charge_tokens, crossings)
+            if used[4]:  # an earlier attempt (a retry inside this budget) still runs
+                ticket.n1 = n1
+                self._follow(ticket)
         if self._history:
             self._observe(record, n0)
 
     def _settled(
-        self, fast: _Fast, charge_usd: int, charge_tokens: int, crossings: list[_stores.Crossing] | BudgetStoreError
-    ) -> None:
-        """After a fast settlement charging *charge_usd* / *charge_tokens*: its alerts, or what its failure means."""
+        self,
+        fast: _Fast,
+        charge_usd: int,
+        charge_tokens: int,
+        crossings: list[_stores.Crossing] | BudgetStoreError | None,
+    ) -> _Ticket:
+        """After a fast settlement charging *charge_usd* / *charge_tokens*: its alerts, or what its failure means.
+
+        Returns the settled ticket it built.
+        """
         ticket = self._ticket_of(fast)
+        ticket.settled = True
         group = ticket.groups[0]
         line = group.lines[0]
         line.charge_usd, line.charge_tokens = charge_usd, charge_tokens
         if isinstance(crossings, BudgetStoreError):
             self._settle_failed(ticket, group, crossings)
-        else:
+        elif crossings:
             self._alerts(ticket, group, crossings)
+        return ticket
 
     def _run_fast(self, call: Call, fast: _Fast) -> Any:
         """Call, settle (streams: when they finish), for a fast reservation."""
@@ -1710,7 +1832,7 @@ class _FunctionBudget(Layer):
     def _lane_fast(self, state: _LaneState, call: Call) -> _Fast:
         call.note(budget_decision="reserved")
         _, model, store, rid, spec, usd, tokens, key, start, now = state
-        return (call.record, 0, model, store, rid, spec, usd, tokens, key, start, now)
+        return (call.record, 0, model, store, rid, spec, usd, tokens, key, start, now, call)
 
     def _lane_resume(self, call: Call, state: _LaneState) -> Any:
         return self._run_fast(call, self._lane_fast(state, call))

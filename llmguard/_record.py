@@ -13,7 +13,9 @@ over its attempts.
 from __future__ import annotations
 
 import enum
+import warnings
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +155,9 @@ class CallRecord:
     error_kind: ErrorKind | None = None
     ended_at: float | None = None
     span: Any = None  # the OTel span `trace` opened for this call, if any
+    # Hooks run when an attempt the caller stopped waiting for (a sync worker
+    # its timeout abandoned) ends in the background; see `on_background_end`.
+    _background: list[Callable[[], None]] | None = None
 
     def __init__(
         self, function: str, parent: CallRecord | None = None, started_at: float = 0.0
@@ -184,6 +189,26 @@ class CallRecord:
             f"attempts={self.attempt_count}, usage={self.usage!r}, cost_usd={self.cost_usd!r}, "
             f"outcome={self.outcome.value!r})"
         )
+
+    def on_background_end(self, hook: Callable[[], None]) -> None:
+        """Call *hook()* each time an attempt abandoned by a sync `timeout` ends in the background.
+
+        By then the attempt is settled (its usage recorded, a stream it
+        returned closed). `budget` uses it to charge what such an attempt
+        really used once it is known.
+        """
+        if self._background is None:
+            self._background = [hook]
+        else:
+            self._background.append(hook)
+
+    def background_ended(self) -> None:
+        """An abandoned attempt of this call ended: run the `on_background_end` hooks (errors are warned)."""
+        for hook in list(self._background or ()):
+            try:
+                hook()
+            except Exception as exc:  # noqa: BLE001 - a background thread: nobody to raise to
+                warnings.warn(f"llmguard: a background-end hook failed: {exc!r}", RuntimeWarning, stacklevel=2)
 
     @property
     def attempt(self) -> Attempt | None:

@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import contextvars
 import datetime as dt
+import functools
 import heapq
 import itertools
 import math
@@ -393,7 +394,7 @@ class TimeoutLayer(Layer):
                     # Our wait ran out (a TimeoutError of the wait, not one the
                     # function raised): the worker is abandoned.
                     if not future.cancel():
-                        future.add_done_callback(_drop_abandoned)
+                        future.add_done_callback(functools.partial(_drop_abandoned, call))
                     raise self._expired(call, limit, self._fired(limit, allowed)) from None
                 # The function's own error. A timeout of its own at our deadline
                 # (the SDK's, set from lg.remaining(), firing with ours while this
@@ -709,17 +710,20 @@ class _AsyncPulls:
         return getattr(self._t._stream, name)
 
 
-def _drop_abandoned(future: Future[Any]) -> None:
+def _drop_abandoned(call: Call, future: Future[Any]) -> None:
     """An abandoned worker finished: a stream it returned will never be read, so close it.
 
-    Closing runs its finish hooks: spans end, budgets settle (an unread
-    stream at its reservation), caches keep nothing.
+    Closing runs its finish hooks: spans end, caches keep nothing. Then the
+    call's record hears that its abandoned attempt ended
+    (`CallRecord.background_ended`): a `budget` that settled while it ran
+    charges what it really used.
     """
-    if future.cancelled() or future.exception() is not None:
-        return
-    result = future.result()
-    if isinstance(result, GuardedStream):
-        _close_quietly(result)
+    if not future.cancelled() and future.exception() is None:
+        result = future.result()
+        if isinstance(result, GuardedStream):
+            _close_quietly(result)
+    if call.recorded:
+        call.record.background_ended()
 
 
 def _earliest(deadline: float | None, first_by: float | None) -> tuple[float | None, str]:

@@ -23,7 +23,7 @@ import llmguard as lg
 
 from llmguard import providers
 from llmguard._budget import Budget, budget, budget_spend
-from llmguard._fake_provider import FakeProvider, Step
+from llmguard._fake_provider import DEFAULT_REPLY, FakeProvider, Step
 from llmguard.stores.budget import (
     PICO,
     BucketSpec,
@@ -262,10 +262,20 @@ async def test_stream_without_usage_is_charged_an_estimate_never_zero(
     assert 1 == spend.estimated_calls
 
 
-def test_unread_stream_that_is_dropped_is_charged_its_reservation(
+def sent_estimate(model: str, output_text: str = "") -> tuple[int, int]:
+    """What an attempt that reported no usage but whose request left is charged: (tokens, pico-dollars).
+
+    The input estimated from the call's SDK-shaped arguments (here MESSAGES),
+    plus the output estimated from the text it showed (the documented rule).
+    """
+    usage = lg.Usage(providers.estimate_tokens(str(MESSAGES)), providers.estimate_tokens(output_text), estimated=True)
+    return usage.total_tokens, pico(usage, model)
+
+
+def test_unread_stream_that_is_dropped_is_charged_its_input_estimate(
     store: BudgetStore, anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
 ) -> None:
-    """A stream nobody reads was still generated and billed: it keeps its worst case as its charge."""
+    """A stream nobody reads was sent: it is charged its input estimate (flagged estimated), not its worst case."""
 
     @budget(usd=1.0, store=store, model=CLAUDE)
     def ask(messages: Any, max_tokens: int = 100) -> Any:
@@ -279,15 +289,122 @@ def test_unread_stream_that_is_dropped_is_charged_its_reservation(
     spend = budget_spend(ask)
 
     assert reserved > 0
-    assert (reserved, 0.0, 1) == (spend.usd, spend.reserved_usd, spend.estimated_calls)
+    assert sent_estimate(CLAUDE) == (spend.tokens, ledger_pico(ask))
+    assert (0.0, 1, 1) == (spend.reserved_usd, spend.calls, spend.estimated_calls)
 
 
-async def test_cancelled_call_releases_its_reservation(
-    store: BudgetStore, async_openai_client: openai.AsyncOpenAI, fake_provider: FakeProvider
+def _until(condition: Any, seconds: float = 20.0) -> None:
+    """Wait (generously) until *condition()* holds: an abandoned worker finishing in the background."""
+    end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < end, "the abandoned worker did not finish"
+        time.sleep(0.02)
+
+
+def served_pico(model: str, requests: list[Any]) -> tuple[int, int]:
+    """What the fake provider served for *requests* of the default reply: (tokens, pico-dollars)."""
+    tokens = usd = 0
+    for req in requests:
+        words = sum(len(m["content"].split()) for m in req.body["messages"])
+        usage = lg.Usage(words, len(DEFAULT_REPLY.split()))
+        tokens += usage.total_tokens
+        usd += pico(usage, model)
+    return tokens, usd
+
+
+@pytest.mark.parametrize("path", ["fast", "general"])
+def test_sync_attempt_abandoned_at_its_deadline_is_charged_what_it_used(
+    store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider, path: str
 ) -> None:
-    """A task cancelled while waiting for the response gives its reservation back and is charged nothing."""
+    """Budget outside timeout (the README's order): the caller gets GuardTimeout, the worker runs on.
 
+    At once the attempt is charged its input estimate (never its worst
+    case); when the abandoned worker returns, the ledger is corrected to
+    what the server served, to the pico-dollar, and the call counted once.
+    """
+    key = None if path == "fast" else (lambda **_: "k")
+
+    @budget(usd=1.0, store=store, key=key)
+    @lg.timeout(0.1)
+    def ask(messages: Any, max_tokens: int = 500, model: str = GPT) -> Any:
+        return openai_client.chat.completions.create(
+            model=model, max_tokens=max_tokens, messages=messages, extra_headers=script(delay=0.6)
+        )
+
+    k = None if key is None else "k"
+    with pytest.raises(lg.GuardTimeout):
+        ask(MESSAGES)
+    at_deadline = budget_spend(ask, k)
+    if at_deadline.tokens == sent_estimate(GPT)[0]:  # else the worker already finished: nothing to see here
+        assert (at_deadline.calls, at_deadline.estimated_calls, at_deadline.reserved_usd) == (1, 1, 0.0)
+    _until(lambda: budget_spend(ask, k).tokens != sent_estimate(GPT)[0])
+    spend = budget_spend(ask, k)
+
+    assert served_pico(GPT, fake_provider.requests) == (spend.tokens, ledger_pico(ask, k))
+    assert (1, 0.0) == (spend.calls, spend.reserved_usd)
+
+
+def test_abandoned_attempt_corrected_alone_when_a_retry_follows(
+    store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider
+) -> None:
+    """With retry > budget > timeout, the first attempt is abandoned, the second answers; each is charged once.
+
+    The late correction of the first reservation counts its own attempt
+    only, not the retry's that followed on the same record.
+    """
+    fake_provider.script(Step(delay=0.6), Step())
+
+    @lg.retry(attempts=2, initial=0.01)
     @budget(usd=1.0, store=store)
+    @lg.timeout(0.2)
+    def ask(messages: Any, max_tokens: int = 500, model: str = GPT) -> Any:
+        return openai_client.chat.completions.create(model=model, max_tokens=max_tokens, messages=messages)
+
+    ask(MESSAGES)
+    _until(lambda: budget_spend(ask).estimated_calls == 1 and budget_spend(ask).tokens == served_pico(GPT, fake_provider.requests)[0])
+    spend = budget_spend(ask)
+
+    assert 2 == len(fake_provider.requests)
+    assert served_pico(GPT, fake_provider.requests) == (spend.tokens, ledger_pico(ask))
+    assert (2, 0.0) == (spend.calls, spend.reserved_usd)
+
+
+def test_sync_stream_abandoned_at_its_deadline_is_charged_its_input_estimate(
+    store: BudgetStore, anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """An abandoned worker's stream arrives late and is closed unread: it stays at its input estimate."""
+
+    @budget(usd=1.0, store=store, model=CLAUDE)
+    @lg.timeout(0.1)
+    def ask(messages: Any, max_tokens: int = 500) -> Any:
+        return anthropic_client.messages.create(
+            model=CLAUDE, max_tokens=max_tokens, messages=messages, stream=True, extra_headers=script(delay=0.4)
+        )
+
+    with pytest.raises(lg.GuardTimeout):
+        ask(MESSAGES)
+    _until(lambda: bool(fake_provider.requests))
+    time.sleep(0.6)  # past the server's delay: the worker has the stream (and closes it)
+    gc.collect()
+    spend = budget_spend(ask)
+
+    assert sent_estimate(CLAUDE) == (spend.tokens, ledger_pico(ask))
+    assert (1, 1, 0.0) == (spend.calls, spend.estimated_calls, spend.reserved_usd)
+
+
+@pytest.mark.parametrize("path", ["fast", "general"])
+async def test_call_cancelled_after_its_request_left_is_charged_its_input_estimate(
+    store: BudgetStore, async_openai_client: openai.AsyncOpenAI, fake_provider: FakeProvider, path: str
+) -> None:
+    """A task cancelled while waiting for the response releases its reservation and is charged its input estimate.
+
+    The request reached the server (which may bill it), so it is never
+    charged zero; nor its worst case. On the fast path (a lone budget: the
+    lane) and the general one (a key callable), which settle by one rule.
+    """
+    key = None if path == "fast" else (lambda **_: "k")
+
+    @budget(usd=1.0, store=store, key=key)
     async def ask(messages: Any, max_tokens: int = 100, model: str = GPT) -> Any:
         return await async_openai_client.chat.completions.create(
             model=model, max_tokens=max_tokens, messages=messages, extra_headers=script(delay=5)
@@ -296,14 +413,17 @@ async def test_cancelled_call_releases_its_reservation(
     task = asyncio.create_task(ask(MESSAGES))
     while not fake_provider.requests:  # noqa: ASYNC110 - the server is another thread, with no event to await
         await asyncio.sleep(0.01)
-    held = budget_spend(ask).reserved_usd
+    k = None if key is None else "k"
+    held = budget_spend(ask, k).reserved_usd
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    spend = budget_spend(ask)
+    spend = budget_spend(ask, k)
 
     assert held > 0
-    assert (0.0, 0.0, 0, 1) == (spend.usd, spend.reserved_usd, spend.tokens, spend.calls)
+    assert sent_estimate(GPT) == (spend.tokens, ledger_pico(ask, k))
+    assert (0.0, 1, 1) == (spend.reserved_usd, spend.calls, spend.estimated_calls)
+
 
 
 def test_stream_that_fails_midway_is_charged_what_it_consumed(
