@@ -19,12 +19,14 @@ reserved*: ``spent + reserved + worst_case <= limit``. If that does not fit in
 any of them, `BudgetExceeded` is raised before the request leaves, so nothing
 is billed; the refusal says which budget, its limit, the spend, the other
 reservations and what was asked. After the call the reservation is replaced
-by what the call really cost (``settle``); a failed call (429, connection
-error, timeout, cancellation) costs what the provider reported for it, which
-is nothing when no response came back, and a stream ends up costing what it
-really consumed, however it ended. So under any concurrency the real spend
-never exceeds the limit by more than the calls that used *more* than their
-worst case (possible only when the input estimate below was low).
+by what the call really cost (``settle``); a failed call (429, 5xx,
+connection error) costs what the provider reported for it, which is nothing
+when no response came back; an attempt whose request left but that reported
+no usage (see Settling) costs an estimate of it, never zero and never its
+worst case; and a stream ends up costing what it really consumed, however it
+ended. So under any concurrency the real spend never exceeds the limit by
+more than the calls that used *more* than their worst case (possible only
+when the input estimate below was low).
 
 The worst case is estimated from the function's arguments, in this order:
 
@@ -78,10 +80,26 @@ reasoning tokens, priced by `llmguard.prices.cost_of`. A stream settles when
 it finishes in any way (exhaustion, error, ``close``, ``with`` exit,
 cancellation, garbage collection): with the usage the provider reported, or,
 when it ended without one, the usage estimated from the text seen, flagged
-``estimated`` (never zero). An SDK stream never read at all (its request
-was sent) is charged its full reservation; a generator function whose body
-never ran sent nothing and is charged nothing. A response whose model has no price keeps its USD reservation
-as its charge and emits ``llmguard.budget.unpriced``.
+``estimated`` (never zero). A generator function whose body never ran sent
+nothing and is charged nothing. A response whose model has no price keeps
+its USD reservation as its charge and emits ``llmguard.budget.unpriced``.
+
+An attempt whose request *left* but that reported no usage is charged the
+input estimated from the call's arguments (`Call.estimated_input_tokens`:
+the SDK-shaped arguments, ``len / 3.5``; at least 1 token) plus the output
+estimated from any text it showed, flagged ``estimated``. Without seeing
+the HTTP exchange, "left" means: an ``async def`` attempt cancelled once
+the function had started (a caller's cancel, an async `timeout`); a stream
+whose request was sent but that ended before a chunk was read (closed,
+dropped, cancelled); and a sync attempt still running when the budget
+settles (a worker its `timeout` abandoned, with the budget outside the
+timeout as in the README). Such an attempt may in fact have been cancelled
+before its request went out (then it is over-charged by that estimate), and
+the server may have generated output nobody saw (then it is under-charged
+by that output). The abandoned sync worker is followed: when it returns, its
+real usage replaces the estimate (the difference is added to the ledger,
+not counted as another call; a stream it returns is closed unread and stays
+at the estimate).
 
 Windows
 =======
@@ -1545,7 +1563,7 @@ class _FunctionBudget(Layer):
 
         result.on_finish(hook)
         # A stream dropped before anything read it never finishes: settle it
-        # (at the full reservation) when it is collected.
+        # (an unread one at its input estimate) when it is collected.
         weakref.finalize(result, settle, ticket)
         return result
 

@@ -14,9 +14,9 @@ slack, well under 100 ms):
   timeout the caller gets `GuardTimeout` at once; the worker is *abandoned*:
   it finishes in the background and its result is dropped (its usage is still
   recorded on the call's attempt; a stream it returns is closed). A `budget`
-  *outside* this timeout has settled by then, at what it knew when the
-  caller gave up (an unread attempt: its reservation); put the budget inside
-  the timeout to charge what the abandoned request really used. To make the abandoned HTTP request end
+  *outside* this timeout settles when the caller gives up, at the input
+  estimate of the attempt still running, and corrects that to what the
+  abandoned request really used when the worker returns. To make the abandoned HTTP request end
   too, pass ``timeout=lg.remaining()`` to the SDK call inside the function:
   the SDK then stops at the same deadline.
 * Streams (generators, async generators, functions returning SDK streams):
