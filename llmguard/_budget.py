@@ -154,7 +154,13 @@ does not pin the budget. When the store cannot be reached,
 `BudgetExceeded` (``__cause__`` is the store's error);
 ``"fail_open"`` lets them through unchecked and emits
 ``llmguard.budget.store_error``. A settlement that cannot reach the store
-never raises into your code; it emits the same event with the amounts.
+never raises into your code; it emits the same event with the amounts
+(``lost_usd``, ``lost_tokens``) and ``queued``: a `RedisBudgetStore` keeps
+it and applies it on its next successful round trip, so the reservation is
+released and the call charged once Redis is back (exactly once: see
+`llmguard.stores.budget`), not when its lease expires. A correction of an
+abandoned sync attempt's charge that fails is reported the same way and
+not kept.
 Streams settle in their finish hook, which is synchronous, so an async
 stream on a Redis store settles with one blocking round trip.
 """
@@ -1457,7 +1463,10 @@ class _FunctionBudget(Layer):
         estimated, running = self._charges(ticket)
         for group in ticket.groups:
             try:
-                crossings = group.store.settle(ticket.rid, group.lines, ticket.now, count=True, estimated=estimated)
+                if group.reserved:
+                    crossings = group.store.settle(ticket.rid, group.lines, ticket.now, count=True, estimated=estimated)
+                else:  # on_store_error="fail_open" let it through unreserved
+                    crossings = group.store.charge(group.lines, ticket.now, count=True, estimated=estimated)
             except BudgetStoreError as exc:
                 self._settle_failed(ticket, group, exc)
                 continue
@@ -1477,7 +1486,9 @@ class _FunctionBudget(Layer):
         for group in ticket.groups:
             store = group.store
             try:
-                if store.sync_ok:
+                if not group.reserved:  # on_store_error="fail_open" let it through unreserved
+                    crossings = store.charge(group.lines, ticket.now, count=True, estimated=estimated)
+                elif store.sync_ok:
                     crossings = store.settle(ticket.rid, group.lines, ticket.now, count=True, estimated=estimated)
                 else:
                     crossings = await store.asettle(ticket.rid, group.lines, ticket.now, count=True, estimated=estimated)
@@ -1523,8 +1534,7 @@ class _FunctionBudget(Layer):
                 if not any(c.charge_usd or c.charge_tokens for c in changes):
                     continue
                 try:
-                    # Under an id that holds nothing: it releases no reservation.
-                    crossings = group.store.settle(f"{ticket.rid}~", changes, now, count=False, estimated=False)
+                    crossings = group.store.charge(changes, now, count=False, estimated=False)
                 except BudgetStoreError as exc:
                     self._settle_failed(ticket, group, exc, changes)
                     continue
@@ -1547,6 +1557,7 @@ class _FunctionBudget(Layer):
             error=str(exc),
             lost_usd=line.charge_usd / PICO,
             lost_tokens=line.charge_tokens,
+            queued=exc.queued,
         )
 
     def _alerts(self, ticket: _Ticket, group: _Group, crossings: list[_stores.Crossing]) -> None:

@@ -18,7 +18,9 @@ touches:
   ``spent >= limit``), then hold it in all of them, or in none;
 * `BudgetStore.settle` — replace a reservation with what the call really
   cost, and say which alert thresholds the spend has just crossed (each
-  crossing is reported once per bucket, to exactly one caller);
+  crossing is reported once per bucket, to exactly one caller); settling
+  one reservation twice charges it once (`RedisBudgetStore`: a retried or
+  replayed settlement is skipped);
 * `BudgetStore.ledger` — read a bucket (for reports and ``b.spent``).
 
 `BudgetStore.hold` and `BudgetStore.release` are `reserve` and `settle` for
@@ -30,6 +32,19 @@ A reservation is a *lease*: it expires ``lease`` seconds after it was made,
 so a process that dies holding one does not pin the budget forever. A call
 that settles after its lease ran out still has its real cost charged; only
 the (already released) hold is not released twice.
+
+A settlement that cannot reach Redis raises `BudgetStoreError` (the guard
+reports it) and is kept, in a bounded queue of ``pending_settlements``, to
+be applied on the next successful round trip of the same store (any
+reserve, settle or ledger read), so a reservation made before an outage is
+released, and its call charged, once the server is back, not when its lease
+expires. A kept settlement is applied only if its reservation is still
+held: one whose first try did reach the server (its reply was lost) is not
+charged twice, and one whose lease expired and was purged meanwhile is
+dropped (its charge is lost, as it would have been). Alert thresholds it
+crosses are reported by the next ordinary settlement of that bucket. The
+queue lives in the process: a process that exits with settlements pending
+leaves them to the leases.
 
 `MemoryBudgetStore` serves one process (threads and asyncio alike: its lock
 is held for a few dictionary operations, never while user code runs).
@@ -47,6 +62,7 @@ import os
 import threading
 import weakref
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 from urllib.parse import parse_qsl, urlsplit
@@ -73,7 +89,13 @@ PICO: Final = 10**12
 
 
 class BudgetStoreError(Exception):
-    """The store could not be reached or answered nonsense (``__cause__`` says why)."""
+    """The store could not be reached or answered nonsense (``__cause__`` says why).
+
+    ``queued`` is True when the failed operation was a settlement the store
+    kept to apply once it is reachable again (`RedisBudgetStore`).
+    """
+
+    queued: bool = False
 
 
 class Line:
@@ -253,6 +275,15 @@ class BudgetStore(abc.ABC):
         line.charge_usd = charge_usd
         line.charge_tokens = charge_tokens
         return self.settle(rid, [line], now, count=True, estimated=estimated)
+
+    def charge(self, lines: list[Line], now: float, *, count: bool, estimated: bool) -> list[Crossing]:
+        """Add each line's charge to its bucket without a reservation (its ``usd``/``tokens`` are ignored).
+
+        For a call that reserved nothing (``on_store_error="fail_open"``
+        when the store was down) and for a later correction of a charge.
+        The default settles a new id, which holds nothing.
+        """
+        return self.settle(self.new_id(), lines, now, count=count, estimated=estimated)
 
     @abc.abstractmethod
     def ledger(self, bucket: str, now: float) -> Ledger:
@@ -503,26 +534,41 @@ class MemoryBudgetStore(BudgetStore):
 
 # -- redis ---------------------------------------------------------------------
 
+# Expired leases, dropped from bucket *h*'s lease set *z* (before reserving,
+# or reading): their holds are given back, and they move to the set
+# ``<z>x`` (kept as long as the bucket, at most a day), so a settlement that
+# comes after its lease expired still charges, once. A Lua function over
+# (h, z, now); the scripts below start with it.
+_PURGE: Final = """
+local function purge(h, z, now)
+  local old = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'WITHSCORES')
+  if #old == 0 then return end
+  local x = z .. 'x'
+  for j = 1, #old, 2 do
+    local m = old[j]
+    local u, t = string.match(m, '|(%d+)|(%d+)$')
+    if u and u ~= '0' then redis.call('HINCRBY', h, 'ru', '-' .. u) end
+    if t and t ~= '0' then redis.call('HINCRBY', h, 'rt', '-' .. t) end
+    redis.call('ZADD', x, old[j+1], m)
+  end
+  redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', x, '-inf', now - 86400000)
+  local ttl = redis.call('PTTL', h)
+  if ttl > 0 then redis.call('PEXPIRE', x, ttl) end
+end
+"""
+
 # KEYS: per line, the bucket hash and its lease set.
 # ARGV: now (ms), lease end (ms), reservation id, then per line five values:
 #       usd, tokens, usd limit (-1: none), tokens limit (-1: none), ttl (ms, -1: none).
 # Amounts travel as decimal strings and reach the counters through HINCRBY
 # untouched: Lua numbers are doubles, exact only to 2^53, so they are used for
 # comparisons, never for what is stored.
-_RESERVE: Final = """
+_RESERVE: Final = _PURGE + """
 local now = tonumber(ARGV[1])
 local n = #KEYS / 2
 for i = 1, n do
-  local h, z = KEYS[2*i-1], KEYS[2*i]
-  local old = redis.call('ZRANGEBYSCORE', z, '-inf', now)
-  if #old > 0 then
-    for _, m in ipairs(old) do
-      local u, t = string.match(m, '|(%d+)|(%d+)$')
-      if u and u ~= '0' then redis.call('HINCRBY', h, 'ru', '-' .. u) end
-      if t and t ~= '0' then redis.call('HINCRBY', h, 'rt', '-' .. t) end
-    end
-    redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
-  end
+  purge(KEYS[2*i-1], KEYS[2*i], now)
 end
 for i = 1, n do
   local a = 3 + (i-1)*5
@@ -554,9 +600,13 @@ return 0
 """
 
 # KEYS: as for reserve.
-# ARGV: reservation id, count (0/1), estimated (0/1), then per line seven values:
-#       reserved usd, reserved tokens, charged usd, charged tokens, ttl (ms, -1: none),
-#       usd alert levels and tokens alert levels (comma-separated, ascending).
+# ARGV: reservation id, count (0/1), estimated (0/1), held (1: settle the
+#       reservation *id*, exactly once; 0: charge without one), then per line
+#       seven values: reserved usd, reserved tokens, charged usd, charged
+#       tokens, ttl (ms, -1: none), usd alert levels and tokens alert levels
+#       (comma-separated, ascending; empty: report none).
+# A held line whose lease is neither in the lease set nor among the expired
+# ones was settled already (a retried or replayed settlement): it is skipped.
 # Returns, per crossing: line, unit, first level crossed, new level, spend (string).
 _SETTLE: Final = """
 local function level(csv, spent, old)
@@ -572,20 +622,28 @@ local out = {}
 local n = #KEYS / 2
 for i = 1, n do
   local h, z = KEYS[2*i-1], KEYS[2*i]
-  local a = 3 + (i-1)*7
+  local a = 4 + (i-1)*7
   local ru, rt = ARGV[a+1], ARGV[a+2]
-  if redis.call('ZREM', z, ARGV[1] .. '|' .. ru .. '|' .. rt) == 1 then
-    if ru ~= '0' then redis.call('HINCRBY', h, 'ru', '-' .. ru) end
-    if rt ~= '0' then redis.call('HINCRBY', h, 'rt', '-' .. rt) end
+  local charge = true
+  if ARGV[4] == '1' then
+    local m = ARGV[1] .. '|' .. ru .. '|' .. rt
+    if redis.call('ZREM', z, m) == 1 then
+      if ru ~= '0' then redis.call('HINCRBY', h, 'ru', '-' .. ru) end
+      if rt ~= '0' then redis.call('HINCRBY', h, 'rt', '-' .. rt) end
+    elseif redis.call('ZREM', z .. 'x', m) == 0 then
+      charge = false
+    end
   end
-  if ARGV[a+3] ~= '0' then redis.call('HINCRBY', h, 'su', ARGV[a+3]) end
-  if ARGV[a+4] ~= '0' then redis.call('HINCRBY', h, 'st', ARGV[a+4]) end
-  if ARGV[2] == '1' then
-    redis.call('HINCRBY', h, 'n', 1)
-    if ARGV[3] == '1' then redis.call('HINCRBY', h, 'e', 1) end
+  if charge then
+    if ARGV[a+3] ~= '0' then redis.call('HINCRBY', h, 'su', ARGV[a+3]) end
+    if ARGV[a+4] ~= '0' then redis.call('HINCRBY', h, 'st', ARGV[a+4]) end
+    if ARGV[2] == '1' then
+      redis.call('HINCRBY', h, 'n', 1)
+      if ARGV[3] == '1' then redis.call('HINCRBY', h, 'e', 1) end
+    end
+    local ttl = tonumber(ARGV[a+5])
+    if ttl > 0 then redis.call('PEXPIRE', h, ttl) end
   end
-  local ttl = tonumber(ARGV[a+5])
-  if ttl > 0 then redis.call('PEXPIRE', h, ttl) end
   local v = redis.call('HMGET', h, 'su', 'st', 'au', 'at')
   local su, st = v[1] or '0', v[2] or '0'
   if ARGV[a+6] ~= '' then
@@ -611,21 +669,13 @@ return out
 """
 
 # KEYS: bucket hash, lease set. ARGV: now (ms).
-_LEDGER: Final = """
-local h, z = KEYS[1], KEYS[2]
-local old = redis.call('ZRANGEBYSCORE', z, '-inf', tonumber(ARGV[1]))
-if #old > 0 then
-  for _, m in ipairs(old) do
-    local u, t = string.match(m, '|(%d+)|(%d+)$')
-    if u and u ~= '0' then redis.call('HINCRBY', h, 'ru', '-' .. u) end
-    if t and t ~= '0' then redis.call('HINCRBY', h, 'rt', '-' .. t) end
-  end
-  redis.call('ZREMRANGEBYSCORE', z, '-inf', tonumber(ARGV[1]))
-end
-return redis.call('HMGET', h, 'su', 'st', 'ru', 'rt', 'n', 'e')
+_LEDGER: Final = _PURGE + """
+purge(KEYS[1], KEYS[2], tonumber(ARGV[1]))
+return redis.call('HMGET', KEYS[1], 'su', 'st', 'ru', 'rt', 'n', 'e')
 """
 
 _TIMEOUTS: Final = (("socket_timeout", "2"), ("socket_connect_timeout", "2"))
+_RETRY_BATCH: Final = 256  # kept settlements applied per successful round trip
 _POOL_WAIT: Final = 5.0  # seconds a caller waits for a free connection
 
 
@@ -671,15 +721,27 @@ class RedisBudgetStore(BudgetStore):
     so a burst of callers waits for a connection instead of failing. Stream settlements run in the stream's finish
     hook, which is synchronous, and so always use the sync client. Redis
     Cluster is not supported (a call's buckets may hash to different slots).
+
+    A settlement that fails is kept (up to *pending_settlements*, oldest
+    dropped first) and applied on the next successful round trip, only if
+    its reservation is still held (see the module docs).
     """
 
-    def __init__(self, target: Any, *, namespace: str = "default", max_connections: int = 64) -> None:
+    def __init__(
+        self,
+        target: Any,
+        *,
+        namespace: str = "default",
+        max_connections: int = 64,
+        pending_settlements: int = 10_000,
+    ) -> None:
         if not isinstance(namespace, str) or not namespace or ":" in namespace:
             msg = f"RedisBudgetStore(namespace=...) must be a non-empty string without ':', got {namespace!r}"
             raise ValueError(msg)
-        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
-            msg = f"RedisBudgetStore(max_connections=...) must be an int >= 1, got {max_connections!r}"
-            raise ValueError(msg)
+        for name, value, least in (("max_connections", max_connections, 1), ("pending_settlements", pending_settlements, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                msg = f"RedisBudgetStore({name}=...) must be an int >= {least}, got {value!r}"
+                raise ValueError(msg)
         self._url = target if isinstance(target, str) else None
         self._max_connections = max_connections
         if isinstance(target, str):
@@ -689,6 +751,12 @@ class RedisBudgetStore(BudgetStore):
         self._reserve = self._client.register_script(_RESERVE)
         self._settle = self._client.register_script(_SETTLE)
         self._ledger = self._client.register_script(_LEDGER)
+        # Settlements that failed, kept for the next successful round trip:
+        # (keys, settle arguments with the alert levels blanked).
+        self._pending: deque[tuple[list[str], list[Any]]] = deque()
+        self._pending_max = pending_settlements
+        self._retrying = threading.Lock()  # one retrier at a time
+        self.dropped_settlements = 0  # kept settlements pushed out of a full queue
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, ...]] = (
             weakref.WeakKeyDictionary()
         )
@@ -769,8 +837,8 @@ class RedisBudgetStore(BudgetStore):
         return args
 
     @staticmethod
-    def _settle_args(rid: str, lines: list[Line], *, count: bool, estimated: bool) -> list[Any]:
-        args: list[Any] = [rid, int(count), int(estimated)]
+    def _settle_args(rid: str, lines: list[Line], *, count: bool, estimated: bool, held: bool = True) -> list[Any]:
+        args: list[Any] = [rid, int(count), int(estimated), int(held)]
         for line in lines:
             args += (
                 line.usd,
@@ -817,22 +885,86 @@ class RedisBudgetStore(BudgetStore):
     def reserve(self, rid: str, lines: list[Line], now: float, lease: float) -> Refusal | None:
         """One EVALSHA: purge expired leases, check every line, hold all or none."""
         reply = self._run(self._reserve, self._keys(lines), self._reserve_args(rid, lines, now, lease))
+        if self._pending:
+            self._retry_pending()
         return self._refusal(reply, lines)
 
     def settle(
         self, rid: str, lines: list[Line], now: float, *, count: bool, estimated: bool
     ) -> list[Crossing]:
-        """One EVALSHA: release the lease, add the charges, report alert crossings."""
+        """One EVALSHA: release the lease, add the charges, report alert crossings.
+
+        If Redis cannot be reached, the settlement is kept for later (see
+        the class docs) and `BudgetStoreError` is raised with ``queued`` set.
+        """
         del now  # the server needs no clock to settle
-        reply = self._run(
-            self._settle, self._keys(lines), self._settle_args(rid, lines, count=count, estimated=estimated)
-        )
+        keys, args = self._keys(lines), self._settle_args(rid, lines, count=count, estimated=estimated)
+        try:
+            reply = self._run(self._settle, keys, args)
+        except BudgetStoreError as exc:
+            self._keep(keys, args, lines, exc)
+            raise
+        if self._pending:
+            self._retry_pending()
         return self._crossings(reply)
+
+    def charge(self, lines: list[Line], now: float, *, count: bool, estimated: bool) -> list[Crossing]:
+        """One EVALSHA: add each line's charge, holding no reservation (not kept if it fails)."""
+        del now
+        args = self._settle_args("", lines, count=count, estimated=estimated, held=False)
+        return self._crossings(self._run(self._settle, self._keys(lines), args))
 
     def ledger(self, bucket: str, now: float) -> Ledger:
         """One EVALSHA: drop expired leases of *bucket* and read it."""
         h = self._prefix + bucket
-        return self._ledger_of(self._run(self._ledger, [h, h + ":r"], [_ms(now)]))
+        reply = self._run(self._ledger, [h, h + ":r"], [_ms(now)])
+        if self._pending:  # back after an outage: apply what was kept, then read what they changed
+            self._retry_pending()
+            reply = self._run(self._ledger, [h, h + ":r"], [_ms(now)])
+        return self._ledger_of(reply)
+
+    # -- settlements kept through an outage ------------------------------------
+
+    @property
+    def pending_settlements(self) -> int:
+        """How many failed settlements wait for the next successful round trip."""
+        return len(self._pending)
+
+    def _keep(self, keys: list[str], args: list[Any], lines: list[Line], exc: BudgetStoreError) -> None:
+        """Keep a settlement that failed, to apply when Redis answers again."""
+        if self._pending_max == 0:
+            return
+        kept = list(args)
+        for i in range(len(lines)):  # no alerts from the retry: the next settlement reports them
+            kept[4 + 7 * i + 5] = kept[4 + 7 * i + 6] = ""
+        if len(self._pending) >= self._pending_max:
+            with contextlib.suppress(IndexError):
+                self._pending.popleft()
+                self.dropped_settlements += 1
+        self._pending.append((keys, kept))
+        exc.queued = True
+
+    def _take_pending(self, limit: int) -> list[tuple[list[str], list[Any]]]:
+        taken: list[tuple[list[str], list[Any]]] = []
+        with contextlib.suppress(IndexError):
+            while len(taken) < limit:
+                taken.append(self._pending.popleft())
+        return taken
+
+    def _retry_pending(self) -> None:
+        """Apply kept settlements (up to `_RETRY_BATCH`) now that a round trip succeeded."""
+        if not self._retrying.acquire(blocking=False):
+            return  # another thread is at it
+        try:
+            batch = self._take_pending(_RETRY_BATCH)
+            for n, (keys, args) in enumerate(batch):
+                try:
+                    self._settle(keys=keys, args=args)
+                except Exception:  # noqa: BLE001 - still unreachable: keep the rest for the next success
+                    self._pending.extendleft(reversed(batch[n:]))
+                    return
+        finally:
+            self._retrying.release()
 
     # -- async ---------------------------------------------------------------
 
@@ -856,11 +988,36 @@ class RedisBudgetStore(BudgetStore):
         try:
             scripts = self._async_scripts()
             if scripts is None:
-                return (self._reserve, self._settle, self._ledger)[index - 1](keys=keys, args=args)
-            return await scripts[index](keys=keys, args=args)
+                reply = (self._reserve, self._settle, self._ledger)[index - 1](keys=keys, args=args)
+            else:
+                reply = await scripts[index](keys=keys, args=args)
         except Exception as exc:
             msg = f"redis budget store: {exc}"
             raise BudgetStoreError(msg) from exc
+        if self._pending:
+            await self._aretry_pending(scripts)
+        return reply
+
+    async def _aretry_pending(self, scripts: tuple[Any, ...] | None) -> None:
+        """`_retry_pending` on the loop's async client (with a client you passed: the sync one)."""
+        if scripts is None:
+            self._retry_pending()
+            return
+        if not self._retrying.acquire(blocking=False):
+            return
+        try:
+            batch = self._take_pending(_RETRY_BATCH)
+        finally:
+            self._retrying.release()
+        for n, (keys, args) in enumerate(batch):
+            try:
+                await scripts[2](keys=keys, args=args)
+            except Exception:  # noqa: BLE001 - unreachable again: the rest waits for the next success
+                self._pending.extendleft(reversed(batch[n:]))
+                return
+            except BaseException:  # cancelled: kept again (settling twice charges once)
+                self._pending.extendleft(reversed(batch[n:]))
+                raise
 
     async def areserve(
         self, rid: str, lines: list[Line], now: float, lease: float
@@ -872,11 +1029,14 @@ class RedisBudgetStore(BudgetStore):
     async def asettle(
         self, rid: str, lines: list[Line], now: float, *, count: bool, estimated: bool
     ) -> list[Crossing]:
-        """`settle` on the loop's async client."""
+        """`settle` on the loop's async client (kept for later if Redis cannot be reached)."""
         del now
-        reply = await self._arun(
-            2, self._keys(lines), self._settle_args(rid, lines, count=count, estimated=estimated)
-        )
+        keys, args = self._keys(lines), self._settle_args(rid, lines, count=count, estimated=estimated)
+        try:
+            reply = await self._arun(2, keys, args)
+        except BudgetStoreError as exc:
+            self._keep(keys, args, lines, exc)
+            raise
         return self._crossings(reply)
 
     async def aledger(self, bucket: str, now: float) -> Ledger:

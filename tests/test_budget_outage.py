@@ -1,0 +1,219 @@
+"""`budget` on Redis through an outage: a real redis-server, stopped and restarted with its data.
+
+A settlement that cannot reach Redis is kept and applied once the server is
+back, so the reservation it replaces is released then (not when its lease
+expires), and a settlement applied twice (a retry, or a reply lost after the
+server ran it) charges once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+import llmguard as lg
+
+from llmguard._budget import budget, budget_spend
+from llmguard._fake_provider import DEFAULT_REPLY, FakeProvider
+from llmguard.stores.budget import PICO, BucketSpec, BudgetStoreError, RedisBudgetStore
+from llmguard.testing import CapturedEvent
+
+
+GPT = "gpt-4o"
+MESSAGES: Any = [{"role": "user", "content": "say hello to the test"}]
+
+
+class RedisProcess:
+    """A redis-server on a fixed port that can be stopped and started again with its data (AOF)."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("no redis-server: install it (apt-get install redis-server)")
+        self.binary = binary
+        self.workdir = workdir
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(  # noqa: S603 - our own fixed arguments
+            [
+                self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+                "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--enable-debug-command", "yes",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import redis  # noqa: PLC0415 - optional dependency
+
+        client = redis.Redis.from_url(self.url)
+        try:
+            for _ in range(200):
+                try:
+                    if client.ping():
+                        return
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+            pytest.fail(f"redis-server on port {self.port} did not start")
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """SIGTERM: redis-server flushes its append-only file and exits."""
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def restartable_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def served(requests: list[Any]) -> tuple[int, int]:
+    """What the fake provider served for *requests* of the default reply: (tokens, pico-dollars)."""
+    tokens = usd = 0
+    for req in requests:
+        usage = lg.Usage(sum(len(m["content"].split()) for m in req.body["messages"]), len(DEFAULT_REPLY.split()))
+        cost = lg.cost_of(usage, GPT)
+        assert cost is not None
+        tokens += usage.total_tokens
+        usd += round(cost * PICO)
+    return tokens, usd
+
+
+def ledger(target: Any) -> tuple[int, int, float, int]:
+    """(tokens, pico-dollars, reserved dollars, calls) of *target*'s ledger."""
+    spend = budget_spend(target)
+    return spend.tokens, int(spend.exact_usd * PICO), spend.reserved_usd, spend.calls
+
+
+@pytest.mark.parametrize("path", ["fast", "general"])
+def test_settlement_failed_during_an_outage_is_applied_when_redis_is_back(
+    restartable_redis: RedisProcess,
+    openai_client: openai.OpenAI,
+    fake_provider: FakeProvider,
+    llmguard_events: list[CapturedEvent],
+    path: str,
+) -> None:
+    """Redis dies while the request is in flight; back with its data, the reservation is released and charged once."""
+    store = RedisBudgetStore(restartable_redis.url + "?socket_timeout=0.5&socket_connect_timeout=0.5", namespace=uuid.uuid4().hex)
+    key = None if path == "fast" else (lambda **_: None)  # a callable key: the general path
+    stop = [True]
+
+    @budget(usd=1.0, store=store, key=key, name="outage")
+    def ask(messages: Any, max_tokens: int = 100, model: str = GPT) -> Any:
+        answer = openai_client.chat.completions.create(model=model, max_tokens=max_tokens, messages=messages)
+        if stop.pop() if stop else False:
+            restartable_redis.stop()  # the settlement after this return cannot reach Redis
+        return answer
+
+    ask(MESSAGES)
+    failed = [e for e in llmguard_events if e.name == "llmguard.budget.store_error" and e["stage"] == "settle"]
+    restartable_redis.start()  # the reservation comes back held, from the append-only file
+
+    assert (*served(fake_provider.requests), 0.0, 1) == ledger(ask)  # read: a round trip, which applies it
+    assert [True] == [e.fields.get("queued") for e in failed]
+    assert 0 == store.pending_settlements
+    ask(MESSAGES)  # Redis up all along: nothing is applied twice
+    assert (*served(fake_provider.requests), 0.0, 2) == ledger(ask)
+    store.close()
+
+
+async def test_async_settlement_failed_during_an_outage_is_applied_on_the_next_round_trip(
+    restartable_redis: RedisProcess, async_openai_client: openai.AsyncOpenAI, fake_provider: FakeProvider
+) -> None:
+    """The async path keeps its failed settlement too; the next call's reservation applies it, and each call is charged once."""
+    store = RedisBudgetStore(restartable_redis.url + "?socket_timeout=0.5&socket_connect_timeout=0.5", namespace=uuid.uuid4().hex)
+    stop = [True]
+
+    @budget(usd=1.0, store=store, name="outage")
+    async def ask(messages: Any, max_tokens: int = 100, model: str = GPT) -> Any:
+        answer = await async_openai_client.chat.completions.create(model=model, max_tokens=max_tokens, messages=messages)
+        if stop.pop() if stop else False:
+            await asyncio.to_thread(restartable_redis.stop)
+        return answer
+
+    await ask(MESSAGES)
+    await asyncio.to_thread(restartable_redis.start)
+    await ask(MESSAGES)  # its reservation is the first round trip back: the kept settlement goes with it
+
+    assert (*served(fake_provider.requests), 0.0, 2) == ledger(ask)
+    assert 0 == store.pending_settlements
+    await store.aclose()
+
+
+def test_a_settlement_whose_reply_never_came_is_applied_once(restartable_redis: RedisProcess) -> None:
+    """Redis stalls past the client's socket timeout: the settlement is kept and applied once, on the next round trip."""
+    import redis  # noqa: PLC0415 - optional dependency
+
+    store = RedisBudgetStore(restartable_redis.url + "?socket_timeout=0.3&socket_connect_timeout=0.3", namespace=uuid.uuid4().hex)
+    spec = BucketSpec("stall::all", 10 * PICO, None, None)
+    rid = store.hold(spec, 500, 100, time.time(), 600)
+    assert isinstance(rid, str)
+
+    sleeper = redis.Redis.from_url(restartable_redis.url)
+    stall = threading.Thread(target=sleeper.execute_command, args=("DEBUG", "SLEEP", "1.2"))
+    stall.start()
+    time.sleep(0.1)  # the server is asleep
+    with contextlib.suppress(BudgetStoreError):  # the reply never came (whether or not the server ran it)
+        store.release(rid, spec, 500, 100, 300, 60, time.time(), False)
+    stall.join()
+    sleeper.close()
+    store.ledger("stall::all", time.time())
+    bucket = store.ledger("stall::all", time.time())
+
+    assert (300, 60, 0, 0, 1) == (bucket.usd, bucket.tokens, bucket.reserved_usd, bucket.reserved_tokens, bucket.calls)
+    store.close()
+
+
+def test_settling_one_reservation_twice_charges_once(redis_url: str) -> None:
+    """What makes a kept settlement safe to apply: a second settlement of the same reservation is skipped.
+
+    Also after its lease expired and was purged (the hold given back first):
+    the late settlement still charges, once.
+    """
+    store = RedisBudgetStore(redis_url, namespace=uuid.uuid4().hex)
+    spec = BucketSpec("twice::all", 10 * PICO, None, None)
+    now = time.time()
+    live = store.hold(spec, 500, 100, now, 600)
+    late = store.hold(spec, 500, 100, now, 1)
+    assert isinstance(live, str)
+    assert isinstance(late, str)
+    store.ledger("twice::all", now + 5)  # the short lease expires and is purged
+
+    for _ in range(2):
+        store.release(live, spec, 500, 100, 300, 60, now + 5, False)
+        store.release(late, spec, 500, 100, 200, 40, now + 5, False)
+    bucket = store.ledger("twice::all", now + 5)
+
+    assert (500, 100, 0, 0, 2) == (bucket.usd, bucket.tokens, bucket.reserved_usd, bucket.reserved_tokens, bucket.calls)
+    store.close()
+
+
+def test_pending_settlements_is_validated() -> None:
+    with pytest.raises(ValueError, match="pending_settlements"):
+        RedisBudgetStore("redis://127.0.0.1:1/0", pending_settlements=-1)
