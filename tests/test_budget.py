@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import threading
@@ -294,10 +295,12 @@ def test_unread_stream_that_is_dropped_is_charged_its_input_estimate(
 
 
 def _until(condition: Any, seconds: float = 20.0) -> None:
-    """Wait (generously) until *condition()* holds: an abandoned worker finishing in the background."""
+    """Wait (generously) until *condition()* holds, e.g. abandoned workers finishing in the background.
+
+    Returns at the latest after *seconds*: the test's own assertions then say what differs.
+    """
     end = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < end, "the abandoned worker did not finish"
+    while not condition() and time.monotonic() < end:
         time.sleep(0.02)
 
 
@@ -1837,3 +1840,60 @@ def test_a_stream_that_fails_before_any_text_from_a_function_without_arguments_i
     assert (1, 1) == (spend.calls, spend.estimated_calls)
     assert spend.tokens >= len(json.dumps(MESSAGES)) // 4  # the messages were in the body it sent
     assert spend.usd > 0
+
+
+def test_ledger_matches_what_the_server_served_under_faults(
+    store: BudgetStore, openai_client: openai.OpenAI, anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """A small soak: threads through retry > budget > timeout, with 429s, 5xx, dropped connections and deadlines.
+
+    Whole responses are measured, so once the abandoned workers are back
+    the ledger is exactly what the server served (benchmarks/soak_ledger.py
+    is the larger version, streams and cancellations included).
+    """
+    faults = [
+        {"status": 429, "headers": {"retry-after": "0"}},
+        {"status": 500},
+        {"drop": True},
+        {"delay": 0.5},  # past the deadline: the worker is abandoned, then returns
+        {},
+        {},
+    ]
+    calls = iter(range(10**6))
+    lock = threading.Lock()
+
+    @lg.retry(attempts=3, initial=0.01, max_delay=0.02)
+    @budget(usd=10.0, store=store, max_output=200)
+    @lg.timeout(0.25)
+    def ask(messages: Any, model: str) -> Any:
+        with lock:
+            n = next(calls)
+        headers = script(**faults[n % len(faults)])
+        if model == CLAUDE:
+            return anthropic_client.messages.create(model=model, max_tokens=200, messages=messages, extra_headers=headers)
+        return openai_client.chat.completions.create(model=model, max_tokens=200, messages=messages, extra_headers=headers)
+
+    def caller() -> None:
+        for i in range(6):
+            with contextlib.suppress(Exception):
+                ask([{"role": "user", "content": "word " * (i + 1)}], CLAUDE if i % 2 else GPT)
+
+    _in_threads(4, caller)
+
+    def served() -> tuple[int, int]:
+        tokens = usd = 0
+        for req in fake_provider.requests:
+            step = json.loads(req.headers[HEADER])
+            if step.get("status", 200) != 200 or step.get("drop"):
+                continue
+            usage = lg.Usage(sum(len(m["content"].split()) for m in req.body["messages"]), len(DEFAULT_REPLY.split()))
+            tokens += usage.total_tokens
+            usd += pico(usage, req.body["model"])
+        return tokens, usd
+
+    _until(lambda: (budget_spend(ask).tokens, ledger_pico(ask)) == served())
+    spend = budget_spend(ask)
+
+    assert any(json.loads(r.headers[HEADER]).get("delay") for r in fake_provider.requests)
+    assert served() == (spend.tokens, ledger_pico(ask))
+    assert 0.0 == spend.reserved_usd
