@@ -18,6 +18,7 @@ import anthropic
 import openai
 import pytest
 
+from estimates import estimate_tokens, estimated_input
 from sdk_http import httpx
 
 import llmguard as lg
@@ -269,7 +270,7 @@ def sent_estimate(model: str, output_text: str = "") -> tuple[int, int]:
     The input estimated from the call's SDK-shaped arguments (here MESSAGES),
     plus the output estimated from the text it showed (the documented rule).
     """
-    usage = lg.Usage(providers.estimate_tokens(str(MESSAGES)), providers.estimate_tokens(output_text), estimated=True)
+    usage = lg.Usage(estimated_input(MESSAGES), estimate_tokens(output_text), estimated=True)
     return usage.total_tokens, pico(usage, model)
 
 
