@@ -158,9 +158,9 @@ never raises into your code; it emits the same event with the amounts
 (``lost_usd``, ``lost_tokens``) and ``queued``: a `RedisBudgetStore` keeps
 it and applies it on its next successful round trip, so the reservation is
 released and the call charged once Redis is back (exactly once: see
-`llmguard.stores.budget`), not when its lease expires. A correction of an
-abandoned sync attempt's charge that fails is reported the same way and
-not kept.
+`llmguard.stores.budget`), not when its lease expires; so is the charge of
+a call ``"fail_open"`` let through unreserved, and the correction of an
+abandoned sync attempt's charge.
 Streams settle in their finish hook, which is synchronous, so an async
 stream on a Redis store settles with one blocking round trip.
 """

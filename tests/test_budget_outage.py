@@ -217,3 +217,24 @@ def test_settling_one_reservation_twice_charges_once(redis_url: str) -> None:
 def test_pending_settlements_is_validated() -> None:
     with pytest.raises(ValueError, match="pending_settlements"):
         RedisBudgetStore("redis://127.0.0.1:1/0", pending_settlements=-1)
+
+
+def test_a_charge_without_reservation_is_kept_and_added_once(restartable_redis: RedisProcess) -> None:
+    """`charge` (a fail_open call let through unreserved) fails while Redis is down, is kept, and is added once when it is back."""
+    store = RedisBudgetStore(restartable_redis.url + "?socket_timeout=0.5&socket_connect_timeout=0.5", namespace=uuid.uuid4().hex)
+    spec = BucketSpec("charge::all", 10 * PICO, None, None)
+    line = spec.line(0, 0, time.time())
+    line.charge_usd, line.charge_tokens = 300, 60
+    restartable_redis.stop()
+    with pytest.raises(BudgetStoreError) as failed:
+        store.charge([line], time.time(), count=True, estimated=False)
+    kept = list(store._pending)
+    restartable_redis.start()
+    store.ledger("charge::all", time.time())  # applies the kept charge
+    store._pending.extend(kept)  # and once more, as a replay would: Redis remembers its id
+    bucket = store.ledger("charge::all", time.time())
+
+    assert failed.value.queued
+    assert 1 == len(kept)
+    assert (300, 60, 1) == (bucket.usd, bucket.tokens, bucket.calls)
+    store.close()

@@ -38,13 +38,15 @@ reports it) and is kept, in a bounded queue of ``pending_settlements``, to
 be applied on the next successful round trip of the same store (any
 reserve, settle or ledger read), so a reservation made before an outage is
 released, and its call charged, once the server is back, not when its lease
-expires. A kept settlement is applied only if its reservation is still
-held: one whose first try did reach the server (its reply was lost) is not
-charged twice, and one whose lease expired and was purged meanwhile is
-dropped (its charge is lost, as it would have been). Alert thresholds it
-crosses are reported by the next ordinary settlement of that bucket. The
-queue lives in the process: a process that exits with settlements pending
-leaves them to the leases.
+expires; a charge without a reservation (`BudgetStore.charge`: a call
+``fail_open`` let through while Redis was down) is kept the same way.
+Applying one twice is harmless: Redis settles a reservation once (a second
+settlement of it, say one whose first try ran but whose reply was lost, is
+skipped; one that comes after its lease expired and was purged still
+charges, once, for up to a day) and remembers each charge's id. Alert
+thresholds a kept settlement crosses are reported by the next ordinary
+settlement of that bucket. The queue lives in the process: a process that
+exits with settlements pending leaves them to the leases.
 
 `MemoryBudgetStore` serves one process (threads and asyncio alike: its lock
 is held for a few dictionary operations, never while user code runs).
@@ -601,7 +603,8 @@ return 0
 
 # KEYS: as for reserve.
 # ARGV: reservation id, count (0/1), estimated (0/1), held (1: settle the
-#       reservation *id*, exactly once; 0: charge without one), then per line
+#       reservation *id*, exactly once; 0: charge without one, once per id,
+#       remembered among the expired leases as "<id>|c"), then per line
 #       seven values: reserved usd, reserved tokens, charged usd, charged
 #       tokens, ttl (ms, -1: none), usd alert levels and tokens alert levels
 #       (comma-separated, ascending; empty: report none).
@@ -625,7 +628,15 @@ for i = 1, n do
   local a = 4 + (i-1)*7
   local ru, rt = ARGV[a+1], ARGV[a+2]
   local charge = true
-  if ARGV[4] == '1' then
+  if ARGV[4] == '0' then
+    local t = redis.call('TIME')
+    if redis.call('ZADD', z .. 'x', 'NX', t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1] .. '|c') == 0 then
+      charge = false
+    else
+      local ttl = redis.call('PTTL', h)
+      if ttl > 0 then redis.call('PEXPIRE', z .. 'x', ttl) end
+    end
+  elseif ARGV[4] == '1' then
     local m = ARGV[1] .. '|' .. ru .. '|' .. rt
     if redis.call('ZREM', z, m) == 1 then
       if ru ~= '0' then redis.call('HINCRBY', h, 'ru', '-' .. ru) end
@@ -909,10 +920,21 @@ class RedisBudgetStore(BudgetStore):
         return self._crossings(reply)
 
     def charge(self, lines: list[Line], now: float, *, count: bool, estimated: bool) -> list[Crossing]:
-        """One EVALSHA: add each line's charge, holding no reservation (not kept if it fails)."""
+        """One EVALSHA: add each line's charge, holding no reservation; kept for later, like `settle`, if it fails.
+
+        Under a new id that Redis remembers, so a kept or retried charge is added once.
+        """
         del now
-        args = self._settle_args("", lines, count=count, estimated=estimated, held=False)
-        return self._crossings(self._run(self._settle, self._keys(lines), args))
+        keys = self._keys(lines)
+        args = self._settle_args(self.new_id(), lines, count=count, estimated=estimated, held=False)
+        try:
+            reply = self._run(self._settle, keys, args)
+        except BudgetStoreError as exc:
+            self._keep(keys, args, lines, exc)
+            raise
+        if self._pending:
+            self._retry_pending()
+        return self._crossings(reply)
 
     def ledger(self, bucket: str, now: float) -> Ledger:
         """One EVALSHA: drop expired leases of *bucket* and read it."""
@@ -931,7 +953,7 @@ class RedisBudgetStore(BudgetStore):
         return len(self._pending)
 
     def _keep(self, keys: list[str], args: list[Any], lines: list[Line], exc: BudgetStoreError) -> None:
-        """Keep a settlement that failed, to apply when Redis answers again."""
+        """Keep a settlement (or charge) that failed, to apply when Redis answers again."""
         if self._pending_max == 0:
             return
         kept = list(args)
