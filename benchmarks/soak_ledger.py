@@ -14,7 +14,10 @@ Three phases, each on its own budget key:
 * ``async``: ``async def`` functions from 50 tasks, some of them cancelled
   by their caller after the request left;
 * ``deadline``: plain ``def`` functions under a 0.2 s total deadline, half of
-  whose requests the server answers after 0.4 s (the worker is abandoned).
+  whose requests the server answers after 0.4 s (the worker is abandoned);
+* ``outage`` (with ``--redis``): the threads phase on a `RedisBudgetStore`
+  (``on_store_error="fail_open"``) whose redis-server (append-only file) is
+  stopped for 1.5 s mid-phase and started again.
 
 Every request carries its fault as an ``x-fake-script`` header, so what the
 server served is computed from the recorded requests with the fake's own
@@ -28,7 +31,7 @@ Errors and dropped connections serve nothing.
 The figures compare the ledger (`lg.budget_spend`) with what was served, per
 phase, in tokens and dollars::
 
-    .venv/bin/python benchmarks/soak_ledger.py [--calls N] [--seed S]
+    .venv/bin/python benchmarks/soak_ledger.py [--calls N] [--seed S] [--redis]
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ import contextlib
 import gc
 import json
 import random
+import socket
+import subprocess
+import tempfile
 import threading
 import time
 
@@ -127,7 +133,7 @@ def prompt(rng: random.Random) -> list[dict[str, str]]:
     return [{"role": "user", "content": " ".join(rng.choice(["alpha", "beta", "gamma", "delta"]) for _ in range(rng.randrange(4, 30)))}]
 
 
-def build(fake: FakeProvider) -> dict[str, Any]:
+def build(fake: FakeProvider, store: Any = None, name: str = "soak") -> dict[str, Any]:
     sync_a = anthropic.Anthropic(base_url=fake.anthropic_base_url, api_key=KEY, max_retries=0)
     sync_o = openai.OpenAI(base_url=fake.openai_base_url, api_key=KEY, max_retries=0)
     async_a = anthropic.AsyncAnthropic(base_url=fake.anthropic_base_url, api_key=KEY, max_retries=0)
@@ -156,7 +162,14 @@ def build(fake: FakeProvider) -> dict[str, Any]:
             model=model, messages=messages, max_tokens=max_tokens, stream=stream, extra_headers=h, **extra
         )
 
-    budget = lg.budget(usd=100, per="day", key=lambda phase, stream, **_: f"{phase}/{'stream' if stream else 'whole'}", name="soak")
+    budget = lg.budget(
+        usd=100,
+        per="day",
+        key=lambda phase, stream, **_: f"{phase}/{'stream' if stream else 'whole'}",
+        name=name,
+        store=store,
+        on_store_error="fail_open" if store is not None else "fail_closed",
+    )
 
     @lg.retry(attempts=4, initial=0.01, max_delay=0.05)
     @budget
@@ -289,10 +302,72 @@ def report(fns: dict[str, Any], fake: FakeProvider, phases: list[str]) -> list[d
     return rows
 
 
+class RedisServer:
+    """A redis-server with an append-only file, on a fixed port, that can be stopped and started again."""
+
+    def __init__(self, workdir: str) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(  # noqa: S603 - our own fixed arguments
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.workdir,  # noqa: S607
+             "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(200):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.1):
+                return
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+def run_outage(fake: FakeProvider, calls: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The threads phase on a Redis store (fail_open) whose server is stopped for 1.5 s mid-phase, then restarted."""
+    from llmguard.stores.budget import RedisBudgetStore
+
+    with tempfile.TemporaryDirectory() as workdir:
+        server = RedisServer(workdir)
+        server.start()
+        store = RedisBudgetStore(
+            f"redis://127.0.0.1:{server.port}/0?socket_timeout=0.5&socket_connect_timeout=0.5",
+            namespace=f"soak{seed}",
+        )
+        fns = build(fake, store, "soak-redis")
+
+        def outage() -> None:
+            time.sleep(1.0)
+            server.stop()
+            time.sleep(1.5)
+            server.start()
+
+        controller = threading.Thread(target=outage)
+        controller.start()
+        errors = run_threads(fns, "outage", calls, 16, "ask", seed)
+        controller.join()
+        time.sleep(1.0)
+        gc.collect()
+        rows = report(fns, fake, ["outage/whole", "outage/stream"])
+        extra = {"errors": errors, "pending_after": getattr(store, "pending_settlements", "n/a")}
+        store.close()
+        server.stop()
+    return rows, extra
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=40, help="calls per thread / task")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--redis", action="store_true", help="also the outage phase (needs redis-server)")
     args = parser.parse_args()
     with FakeProvider() as fake:
         fns = build(fake)
@@ -306,6 +381,10 @@ def main() -> None:
         gc.collect()
         time.sleep(0.2)
         rows = report(fns, fake, [f"{p}/{k}" for p in ("threads", "async", "deadline") for k in ("whole", "stream")])
+        if args.redis:
+            outage_rows, outage = run_outage(fake, args.calls, args.seed)
+            rows += outage_rows
+            errors["outage"] = outage
     print(f"soak: {time.perf_counter() - started:.1f} s, seed {args.seed}, calls/worker {args.calls}")
     for row in rows:
         row.pop("served_pico")
