@@ -173,7 +173,6 @@ import math
 import sys
 import threading
 import warnings
-import weakref
 
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -1572,10 +1571,11 @@ class _FunctionBudget(Layer):
         def hook(outcome: Outcome, exc: BaseException | None) -> None:  # noqa: ARG001
             settle(ticket)
 
+        # A stream dropped before anything read it finishes when it is collected
+        # (`_StreamBase.__del__`), an unread one at its input estimate. No
+        # weakref.finalize here: its arguments (the ticket, its record) would keep
+        # anything that reaches the stream alive for ever.
         result.on_finish(hook)
-        # A stream dropped before anything read it never finishes: settle it
-        # (an unread one at its input estimate) when it is collected.
-        weakref.finalize(result, settle, ticket)
         return result
 
     # -- the layer ---------------------------------------------------------------
