@@ -181,7 +181,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, ClassVar, Final, Literal, NamedTuple, ParamSpec, TypeVar, cast, overload
 
-from . import _clock, _events, prices, providers
+from . import _check, _clock, _events, prices, providers
 from ._record import Attempt, CallRecord, Outcome, Usage
 from ._wrap import (
     _F_ARGS,
@@ -355,18 +355,12 @@ def _escape(text: str) -> str:
     return text.replace("%", "%25").replace(":", "%3A")
 
 
-def _positive(name: str, value: Any, *, integer: bool = False, maximum: float | None = None) -> None:
-    if value is None:
-        return
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type:
-        kind = "an int" if integer else "a number"
-        msg = f"budget({name}=...) must be {kind} > 0, got {value!r}"
-        raise ValueError(msg)
-    if not math.isfinite(value) or value <= 0:
-        msg = f"budget({name}=...) must be > 0, got {value!r}"
-        raise ValueError(msg)
-    if maximum is not None and value > maximum:
+def _positive(
+    name: str, value: Any, *, integer: bool = False, maximum: float | None = None, kind: str = "", optional: bool = True
+) -> None:
+    """``budget(name=...)``: None (if *optional*), or a finite number (an int if *integer*) > 0, at most *maximum*."""
+    _check.number("budget", name, value, integer=integer, kind=kind, optional=optional)
+    if maximum is not None and value is not None and value > maximum:
         msg = f"budget({name}=...) must be <= {maximum:,} (the ledger counts pico-dollars in 64 bits), got {value!r}"
         raise ValueError(msg)
 
@@ -391,7 +385,7 @@ def _validate(**config: Any) -> tuple[float, ...]:
     _positive("tokens", config["tokens"], integer=True)
     _positive("max_call_usd", config["max_call_usd"], maximum=_MAX_USD)
     _positive("max_output", config["max_output"], integer=True)
-    _positive("reservation_ttl", config["reservation_ttl"])
+    _positive("reservation_ttl", config["reservation_ttl"], kind="a number of seconds", optional=False)
     per = config["per"]
     if per not in _PERIODS:
         msg = f"budget(per=...) must be None, 'call', 'minute', 'hour' or 'day', got {per!r}"
@@ -406,24 +400,25 @@ def _validate(**config: Any) -> tuple[float, ...]:
         msg = f"budget(on_store_error=...) must be 'fail_closed' or 'fail_open', got {on_store_error!r}"
         raise ValueError(msg)
     unknown = config["unknown_cost"]
-    if unknown not in ("reject", "allow") and (
-        isinstance(unknown, (str, bool))
-        or not isinstance(unknown, (int, float))
-        or not math.isfinite(unknown)
-        or unknown <= 0
-    ):
+    if isinstance(unknown, str) and unknown not in ("reject", "allow"):
         msg = f"budget(unknown_cost=...) must be 'reject', 'allow' or a USD amount > 0, got {unknown!r}"
         raise ValueError(msg)
+    if not isinstance(unknown, str):
+        _positive(
+            "unknown_cost", unknown, maximum=_MAX_USD, kind="'reject', 'allow' or a USD amount", optional=False
+        )
     alert_at = config["alert_at"]
-    try:
-        alerts = tuple(sorted({float(a) for a in alert_at}))
-    except (TypeError, ValueError):
+    if isinstance(alert_at, (str, bytes)) or not isinstance(alert_at, Iterable):
         msg = f"budget(alert_at=...) must be fractions of the limit, e.g. (0.5, 0.8, 1.0), got {alert_at!r}"
-        raise ValueError(msg) from None
-    if any(not math.isfinite(a) or a <= 0 for a in alerts):
-        msg = f"budget(alert_at=...) fractions must be > 0, got {alert_at!r}"
-        raise ValueError(msg)
-    return alerts
+        raise TypeError(msg)
+    fractions = tuple(alert_at)
+    for a in fractions:
+        try:
+            _check.number("budget", "alert_at", a)
+        except (TypeError, ValueError) as exc:
+            msg = f"budget(alert_at=...) fractions must be > 0 (finite numbers), got {alert_at!r}"
+            raise type(exc)(msg) from None
+    return tuple(sorted({float(a) for a in fractions}))
 
 
 def _resolve_store(store: Any) -> BudgetStore | None:

@@ -74,7 +74,6 @@ import hashlib
 import inspect
 import json
 import json.encoder
-import math
 import pathlib
 import sys
 import threading
@@ -84,7 +83,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, overload
 
-from . import _clock, _events, prices
+from . import _check, _clock, _events, prices
 from ._context import remaining
 from ._record import Outcome
 from ._semantic import Semantic, rank, split, unit
@@ -1569,14 +1568,8 @@ def _check_options(
     cache_if: object,
 ) -> tuple[frozenset[str], frozenset[str]]:
     """Validate `cache`'s options at decoration time, naming the bad one."""
-    if ttl is not None and (
-        isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < math.inf
-    ):
-        msg = f"cache(ttl=...) must be None or seconds > 0, got {ttl!r}"
-        raise ValueError(msg)
-    if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
-        msg = f"cache(maxsize=...) must be an int >= 1, got {maxsize!r}"
-        raise ValueError(msg)
+    _check.number("cache", "ttl", ttl, kind="None or seconds", optional=True)
+    _check.number("cache", "maxsize", maxsize, integer=True, minimum=1, exclusive=False)
     if key is not None and not callable(key):
         msg = f"cache(key=...) must be a callable of the call's arguments, got {key!r}"
         raise TypeError(msg)

@@ -7,8 +7,16 @@ instant and every duration exact.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import threading
 import time
+
+
+# The longest wait a guard makes: 1e9 s (~31 years), or half of what
+# `threading` can wait where that is less (Windows: ~24 days). Python's
+# runtime refuses longer waits (`threading`, `time.sleep` and socket timeouts
+# all stop at ~9.2e9 s on Linux), so a longer limit waits this long; the
+# margin keeps a deadline computed from it waitable after float rounding.
+MAX_WAIT = min(1e9, threading.TIMEOUT_MAX / 2)
 
 
 class Clock:
@@ -25,9 +33,9 @@ class Clock:
         return time.time()
 
     def sleep(self, seconds: float) -> None:
-        """Block the thread for *seconds*."""
+        """Block the thread for *seconds* (at most `MAX_WAIT`)."""
         if seconds > 0:
-            time.sleep(seconds)
+            time.sleep(min(seconds, MAX_WAIT))
 
     async def asleep(self, seconds: float) -> None:
         """Suspend the task for *seconds*."""
@@ -59,22 +67,3 @@ def set_clock(clock: Clock) -> Clock:
     now = time.monotonic if clock is SYSTEM_CLOCK else clock.monotonic
     wall = time.time if clock is SYSTEM_CLOCK else clock.time
     return previous
-
-
-def seconds(guard: str, name: str, value: object) -> float | None:
-    """A duration parameter (seconds or a timedelta), validated at decoration time.
-
-    None stays None; anything else must be a positive number, or the error
-    names the guard and the parameter: ``retry(initial=...) must be > 0``.
-    """
-    if value is None:
-        return None
-    if isinstance(value, dt.timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        msg = f"{guard}({name}=...) must be a number of seconds or a timedelta, got {value!r}"
-        raise TypeError(msg)
-    if value <= 0:
-        msg = f"{guard}({name}=...) must be > 0, got {value!r}"
-        raise ValueError(msg)
-    return float(value)

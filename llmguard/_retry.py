@@ -36,6 +36,7 @@ warns once when it can see a client that still retries.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import random
 import threading
 import warnings
@@ -43,7 +44,7 @@ import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Final, Literal, ParamSpec, TypeVar, overload
 
-from . import _clock, _events
+from . import _check, _clock, _events
 from ._context import deadline as active_deadline
 from ._record import CallRecord, ErrorKind
 from ._wrap import (
@@ -76,13 +77,6 @@ _NEVER_STATUSES: Final = frozenset({400, 401, 403, 404, 422})
 _NEVER_KINDS: Final = frozenset({ErrorKind.CONTEXT_TOO_LONG, ErrorKind.CONTENT_FILTERED})
 # Exceptions that end a call rather than fail it.
 _NOT_FAILURES: Final = (KeyboardInterrupt, SystemExit, GeneratorExit)
-
-
-def _seconds(name: str, value: object, *, allow_none: bool = False) -> float | None:
-    if value is None and not allow_none:
-        msg = f"retry({name}=...) must be a number of seconds or a timedelta, got None"
-        raise TypeError(msg)
-    return _clock.seconds("retry", name, value)
 
 
 class _RetryBudget:
@@ -156,9 +150,7 @@ class RetryLayer(Layer):
         max_retry_after: float | dt.timedelta = 300.0,
         budget_ratio: float | None = None,
     ) -> None:
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
-            msg = f"retry(attempts=...) must be an int >= 1, got {attempts!r}"
-            raise ValueError(msg)
+        _check.number("retry", "attempts", attempts, integer=True, minimum=1, exclusive=False)
         if on is not None and not _valid_on(on):
             msg = (
                 "retry(on=...) must be an exception class, a tuple of them, or a "
@@ -168,23 +160,19 @@ class RetryLayer(Layer):
         if jitter not in _JITTERS:
             msg = f'retry(jitter=...) must be "full", "equal", "decorrelated" or None, got {jitter!r}'
             raise ValueError(msg)
-        if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)) or multiplier < 1:
-            msg = f"retry(multiplier=...) must be >= 1, got {multiplier!r}"
-            raise ValueError(msg)
-        if budget_ratio is not None and not 0 < budget_ratio <= 1:
-            msg = f"retry(budget_ratio=...) must be in (0, 1], got {budget_ratio!r}"
-            raise ValueError(msg)
+        _check.number("retry", "multiplier", multiplier, minimum=1, exclusive=False)
+        _check.number("retry", "budget_ratio", budget_ratio, maximum=1, optional=True)
         self.max_attempts = attempts
         self.on = on
-        self.initial = _seconds("initial", initial) or 0.5
-        self.max_delay = _seconds("max_delay", max_delay) or 30.0
-        if self.max_delay < self.initial:
-            msg = f"retry(max_delay=...) must be >= initial ({self.initial}), got {self.max_delay}"
+        self.initial = _check.seconds("retry", "initial", initial)
+        self.max_delay = _check.seconds("retry", "max_delay", max_delay)
+        self.max_elapsed = _check.seconds("retry", "max_elapsed", max_elapsed, optional=True)
+        self.max_retry_after = _check.seconds("retry", "max_retry_after", max_retry_after)
+        if self.max_delay < self.initial:  # each checked alone first, so a bad one is named as such
+            msg = f"retry(max_delay=...) must be >= initial (initial={self.initial:g}), got {self.max_delay:g}"
             raise ValueError(msg)
         self.multiplier = float(multiplier)
         self.jitter = jitter
-        self.max_elapsed = _seconds("max_elapsed", max_elapsed, allow_none=True)
-        self.max_retry_after = _seconds("max_retry_after", max_retry_after) or 300.0
         self.budget_ratio = budget_ratio
         self._budget: _RetryBudget | None = None
         self._warned = False
@@ -288,7 +276,11 @@ class RetryLayer(Layer):
 
     def _backoff(self, state: _Attempts) -> float:
         n = state.count  # attempts made so far; the first retry has n == 1
-        cap = min(self.max_delay, self.initial * self.multiplier ** (n - 1))
+        try:
+            grown = self.initial * self.multiplier ** (n - 1)
+        except OverflowError:  # many attempts: past any max_delay long ago
+            grown = math.inf
+        cap = min(self.max_delay, grown)
         if self.jitter == "full":
             wait = random.uniform(0, cap)  # noqa: S311 - jitter, not cryptography
         elif self.jitter == "equal":

@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from . import _check
+
 
 __all__ = ["Semantic"]
 
@@ -66,10 +68,7 @@ class Semantic:
         if not callable(embed):
             msg = f"Semantic(embed=...) must be a callable text -> vector, got {self.embed!r}"
             raise TypeError(msg)
-        t = self.threshold
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
-            msg = f"Semantic(threshold=...) must be a number in (0, 1], got {t!r}"
-            raise ValueError(msg)
+        _check.number("Semantic", "threshold", self.threshold, maximum=1)
         if self.param is not None and (not isinstance(self.param, str) or not self.param):
             msg = f"Semantic(param=...) must be an argument name, got {self.param!r}"
             raise ValueError(msg)

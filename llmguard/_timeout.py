@@ -1,7 +1,11 @@
 """`timeout`: deadlines that propagate, and stall detection for streams.
 
 ``timeout(total, first_token=None, idle=None)`` is a decorator and a context
-manager.
+manager. Each limit is finite seconds (or a timedelta) > 0, checked when the
+guard is built; leave a limit out for none. A limit over 1e9 s (~31 years,
+``_clock.MAX_WAIT``) waits that long: Python's own waits stop at ~9.2e9 s,
+and so every wait made from the deadline (ours, the cache's, an SDK's given
+``lg.remaining()``) is one Python can make.
 
 As a **decorator** it bounds each call: the caller gets control back, with
 `GuardTimeout` (a `TimeoutError`), within ``total`` seconds (plus scheduling
@@ -53,7 +57,7 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Final, cast
 
-from . import _clock, _events
+from . import _check, _clock, _events
 from ._context import _DEADLINE
 from ._record import ErrorKind
 from ._wrap import (
@@ -335,12 +339,19 @@ class TimeoutLayer(Layer):
         first_token: float | dt.timedelta | None = None,
         idle: float | dt.timedelta | None = None,
     ) -> None:
-        self.total = _clock.seconds("timeout", "total", total)
-        self.first_token = _clock.seconds("timeout", "first_token", first_token)
-        self.idle = _clock.seconds("timeout", "idle", idle)
+        self.total = _check.seconds("timeout", "total", total, optional=True)
+        self.first_token = _check.seconds("timeout", "first_token", first_token, optional=True)
+        self.idle = _check.seconds("timeout", "idle", idle, optional=True)
         if self.total is None and self.first_token is None and self.idle is None:
             msg = "timeout() needs at least one of total=, first_token= or idle="
             raise ValueError(msg)
+        # What the deadlines are computed from: a limit longer than the
+        # runtime can wait (`_clock.MAX_WAIT`, ~31 years) waits that long, so
+        # every wait derived from it (ours, the cache's, an SDK's given
+        # lg.remaining()) is one Python can make.
+        self._total = _capped(self.total)
+        self._first_token = _capped(self.first_token)
+        self._idle = _capped(self.idle)
         # Context-manager state per thread/task, so one timeout object can be
         # entered by many tasks at once.
         self._entered: dict[object, list[tuple[contextvars.Token[float | None], asyncio.Timeout | None]]] = {}
@@ -352,9 +363,9 @@ class TimeoutLayer(Layer):
     def _deadline(self) -> float | None:
         """The deadline of a call starting now: ours or the active one, the smaller."""
         outer = _DEADLINE.get()
-        if self.total is None:
+        if self._total is None:
             return outer
-        own = _clock.now() + self.total
+        own = _clock.now() + self._total
         return own if outer is None or own < outer else outer
 
     # -- decorator ---------------------------------------------------------
@@ -366,9 +377,9 @@ class TimeoutLayer(Layer):
         first byte is a slow first token); for one that returns a whole
         response, that response is its first and only chunk.
         """
-        if self.first_token is None:
+        if self._first_token is None:
             return None
-        return _clock.now() + self.first_token
+        return _clock.now() + self._first_token
 
     def around(self, call: Call) -> Any:
         """Run a sync call in a worker, waiting at most until the deadline."""
@@ -416,7 +427,7 @@ class TimeoutLayer(Layer):
 
     def _arm_total(self) -> Callable[[list[Any]], _Armed]:
         """`_arm` for the common configuration, ``total`` alone, as one closure."""
-        total = cast("float", self.total)
+        total = cast("float", self._total)
         clock = _clock
 
         def arm(frame: list[Any]) -> _Armed:
@@ -440,9 +451,9 @@ class TimeoutLayer(Layer):
         """
         outer = _deadline_get()
         now = _clock.now()
-        total = self.total
+        total = self._total
         deadline = outer if total is None else (now + total if outer is None or now + total < outer else outer)
-        first_by = None if self.first_token is None else now + self.first_token
+        first_by = None if self._first_token is None else now + self._first_token
         wait_until: float | None = deadline
         limit = "total"
         if first_by is not None and (deadline is None or first_by < deadline):
@@ -558,6 +569,10 @@ class TimeoutLayer(Layer):
         return item
 
 
+def _capped(limit: float | None) -> float | None:
+    return None if limit is None else min(limit, _clock.MAX_WAIT)
+
+
 def _owner() -> object:
     """Who entered a context manager: the running task, else the thread."""
     try:
@@ -608,12 +623,13 @@ class _TimedStream:
         now = _clock.now()
         if self._stream.delivered == 0:
             first_by = self._first_by
-            if first_by is None and self._layer.first_token is not None:
-                first_by = self._first_by = now + self._layer.first_token
+            if first_by is None and self._layer._first_token is not None:
+                first_by = self._first_by = now + self._layer._first_token
             until, name = _earliest(self._deadline, first_by)
             return (None, name) if until is None else (max(until - now, 0.0), name)
-        if self._layer.idle is not None and (self._deadline is None or now + self._layer.idle <= self._deadline):
-            return self._layer.idle, "idle"
+        idle = self._layer._idle
+        if idle is not None and (self._deadline is None or now + idle <= self._deadline):
+            return idle, "idle"
         if self._deadline is not None:
             return max(self._deadline - now, 0.0), "total"
         return None, "idle"
@@ -748,7 +764,7 @@ def timeout(
     """Bound a call (and its stream) in time; also a deadline for a block.
 
     ``@lg.timeout(30, first_token=5, idle=10)`` or ``with lg.timeout(30):``.
-    All three limits are seconds (or timedeltas) and must be > 0; see the
+    All three limits are finite seconds (or timedeltas) > 0; see the
     module docstring for what happens to abandoned sync work.
     """
     if callable(cast("object", total)):

@@ -70,6 +70,7 @@ from opentelemetry.trace import (
 )
 
 from . import _clock, _events, _semconv, prices, providers
+from ._check import number as check_number
 from ._record import CallRecord, ErrorKind, Outcome
 from ._secrets import SECRET_KEY_NAMES, scrub, scrub_named
 from ._wrap import (
@@ -1664,9 +1665,7 @@ def _check(
     if redact is not None and not callable(redact):
         msg = f"trace(redact=...) must be a callable taking and returning a str, got {redact!r}"
         raise TypeError(msg)
-    if isinstance(max_content_chars, bool) or not isinstance(max_content_chars, int) or max_content_chars < 0:
-        msg = f"trace(max_content_chars=...) must be an int >= 0, got {max_content_chars!r}"
-        raise ValueError(msg)
+    check_number("trace", "max_content_chars", max_content_chars, integer=True, exclusive=False)
     if not isinstance(operation, str) or not operation:
         msg = f"trace(operation=...) must be a non-empty str such as 'chat' or 'embeddings', got {operation!r}"
         raise ValueError(msg)

@@ -116,8 +116,8 @@ def worst(input_tokens: int, output_tokens: int, model: str = GPT) -> float:
     ],
 )
 def test_bad_configuration_fails_at_decoration_naming_the_parameter(kwargs: dict[str, Any], match: str) -> None:
-    """Each bad argument is a ValueError naming it, raised when the budget is built."""
-    with pytest.raises(ValueError, match=match):
+    """Each bad argument is a ValueError (a TypeError for a wrong type) naming it, raised when the budget is built."""
+    with pytest.raises((ValueError, TypeError), match=match):
         budget(**kwargs)
 
 

@@ -301,7 +301,7 @@ def test_a_changed_function_body_is_a_new_key() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"ttl": -1}, r"cache\(ttl=...\) must be None or seconds > 0, got -1"),
+        ({"ttl": -1}, r"cache\(ttl=...\) must be > 0, got -1"),
         ({"ttl": math.inf}, r"cache\(ttl=...\)"),
         ({"maxsize": 0}, r"cache\(maxsize=...\) must be an int >= 1, got 0"),
         ({"key": "model"}, r"cache\(key=...\) must be a callable"),
@@ -333,7 +333,7 @@ def test_unknown_argument_names_fail_when_the_function_is_decorated() -> None:
         lg.cache(exclude=["qq"])(f)
     with pytest.raises(ValueError, match=r"Semantic\(param='prompt'\)\): .*f\(\) has no parameter 'prompt'"):
         lg.cache(semantic=lg.Semantic(embed=len, param="prompt"))(f)
-    with pytest.raises(ValueError, match=r"Semantic\(threshold=...\) must be a number in \(0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"Semantic\(threshold=...\) must be in \(0, 1\], got 1.5"):
         lg.Semantic(embed=len, threshold=1.5)
 
 

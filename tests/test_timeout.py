@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +18,7 @@ import anthropic
 import openai
 import pytest
 
-from shapes import build
+from shapes import SHAPES, build
 
 import llmguard as lg
 import llmguard._wrap
@@ -29,6 +30,15 @@ from llmguard.testing import FakeClock
 MODEL = "claude-sonnet-4-6"
 MESSAGES: Any = [{"role": "user", "content": "hello there"}]
 SLACK = 0.1  # the contract: control back within the deadline + 100 ms
+
+
+@pytest.fixture
+def shape_clients(fake_provider: FakeProvider) -> Iterator[tuple[anthropic.Anthropic, anthropic.AsyncAnthropic]]:
+    """A sync and an async anthropic client on the fake provider, for `shapes.build`."""
+    sync = anthropic.Anthropic(base_url=fake_provider.anthropic_base_url, api_key="k", max_retries=0)
+    aclient = anthropic.AsyncAnthropic(base_url=fake_provider.anthropic_base_url, api_key="k", max_retries=0)
+    yield sync, aclient
+    sync.close()
 
 
 def test_sync_call_returns_control_within_the_deadline(
@@ -798,3 +808,44 @@ async def test_a_long_async_timeout_inside_a_short_plain_with_block_obeys_the_bl
     assert 0 < left <= 0.3
     assert "total" == info.value.limit
     assert elapsed < 0.3 + 1.0  # the request takes 3 s
+# -- huge and non-finite limits ---------------------------------------------------
+
+
+@pytest.mark.parametrize("seconds", [1e10, 1e300, 1e9])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_huge_finite_limit_works_on_every_shape(
+    shape: str, seconds: float, fake_provider: FakeProvider, shape_clients: Any
+) -> None:
+    """A limit past what threading can wait (~9.2e9 s) behaves as "no limit soon", on every call shape.
+
+    Before: a plain def under timeout(1e10) raised GuardTimeout at once ("took longer than 1e+10s").
+    """
+    fake_provider.script(Step(reply="in time"))
+    call = build(shape, lg.timeout(seconds, first_token=seconds, idle=seconds), *shape_clients)
+    assert "in time" == call()
+
+
+@pytest.mark.parametrize("seconds", [1e10, 1e300])
+def test_a_huge_limit_leaves_remaining_usable_as_the_sdk_timeout(
+    seconds: float, fake_provider: FakeProvider, anthropic_client: anthropic.Anthropic
+) -> None:
+    """``timeout=lg.remaining()`` under a huge limit is a wait the SDK (and Python's sockets) can make."""
+    fake_provider.script(Step(reply="in time"), Step(reply="in time"))
+
+    @lg.timeout(seconds)
+    def ask() -> Any:
+        return anthropic_client.messages.create(
+            model=MODEL, max_tokens=8, messages=MESSAGES, timeout=lg.remaining()
+        )
+
+    assert "in time" == ask().content[0].text
+    with lg.timeout(seconds):
+        assert "in time" == ask().content[0].text
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize("name", ["total", "first_token", "idle"])
+def test_non_finite_limits_are_rejected_naming_the_parameter(name: str, value: float) -> None:
+    """Infinities and NaN are refused when the guard is built (no limit: leave the parameter out)."""
+    with pytest.raises(ValueError, match=rf"timeout\({name}=\.\.\.\) must be finite"):
+        lg.timeout(**{name: value})
