@@ -120,7 +120,11 @@ Scopes and keys
 ===============
 ``key=`` is a string, or a callable of the call's arguments by name
 (defaults applied) returning the key (user, tenant, API key): each key has
-its own ledger. ``with lg.budget(...) as b:`` (or ``async with``) applies a
+its own ledger. Take the arguments it does not need with ``**_``
+(``key=lambda user, **_: user``): a key (or ``estimate=``) that could never
+bind the decorated function's arguments is a `TypeError` naming it at
+decoration; a scope's meets its functions only when they are called, and a
+call it cannot bind is then a `TypeError` naming ``budget(key=...)``. ``with lg.budget(...) as b:`` (or ``async with``) applies a
 budget to every budget-guarded call inside it, in this thread or task and
 the tasks it starts; scopes nest and all of them apply, together with the
 decorator's own limit, and one reservation holds in all of them or none.
@@ -371,6 +375,84 @@ def _check_callable(name: str, value: object, *, allow_str: bool = False) -> Non
     what = "a string or a callable of the call's arguments" if allow_str else "callable"
     msg = f"budget({name}=...) must be {what}, got {value!r}"
     raise ValueError(msg)
+
+
+def _passed_names(params: list[inspect.Parameter]) -> tuple[frozenset[str], frozenset[str], bool]:
+    """What ``key(**arguments)`` receives from a call of a function with *params* (see `_FunctionBudget._arguments`).
+
+    (names always passed, names perhaps passed, whether other names may be
+    passed too). A first ``self``/``cls`` is left out for a method; a
+    ``**kwargs`` passes the call's extra keywords on their own names, unless
+    there are also ``*args`` or positional-only parameters (then, as every
+    ``*args``/``**kwargs``, under its own name).
+    """
+    named = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    always = {p.name for p in params if p.kind in named}
+    perhaps: set[str] = set()
+    if params and params[0].kind in named[:2] and params[0].name in ("self", "cls"):
+        always.discard(params[0].name)
+        perhaps.add(params[0].name)
+    simple = not any(p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY) for p in params)
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    if not simple:
+        always |= {p.name for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return frozenset(always), frozenset(perhaps), simple and var_kw
+
+
+def _signature_mismatch(f: Callable[..., Any], params: list[inspect.Parameter]) -> str | None:
+    """Why *f* (a ``key=`` or ``estimate=``), called with the keyword arguments of a function with *params*, cannot bind, or None.
+
+    None too when it cannot be told (no signature).
+    """
+    try:
+        taken = list(inspect.signature(f).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    always, perhaps, open_ended = _passed_names(params)
+    if positional := [p.name for p in taken if p.kind is p.POSITIONAL_ONLY and p.default is p.empty]:
+        return f"it has positional-only parameters {positional}, but is called with keyword arguments only"
+    by_keyword = {p.name for p in taken if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if not any(p.kind is p.VAR_KEYWORD for p in taken) and (unexpected := sorted(always - by_keyword)):
+        return f"it has no parameter for {unexpected} (add **_ to take the arguments it does not need)"
+    required = {
+        p.name for p in taken if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty
+    }
+    if not open_ended and (missing := sorted(required - always - perhaps)):
+        return f"it needs {missing}, which the function has no parameter for"
+    return None
+
+
+def _mismatch_error(option: str, f: Callable[..., Any], where: str, reason: str) -> TypeError:
+    shown = getattr(f, "__qualname__", None) or repr(f)
+    return TypeError(
+        f"budget({option}=...) cannot take the arguments of {where}: {shown} is called with the call's "
+        f"arguments by name, and {reason}"
+    )
+
+
+def _call_with_arguments(option: str, f: Callable[..., Any], arguments: dict[str, Any], where: str) -> Any:
+    """``f(**arguments)`` (a ``key=`` or ``estimate=``); a call that cannot bind is an error naming the option.
+
+    A `TypeError` raised inside *f*, once it has bound, is its own and stays as it is.
+    """
+    try:
+        return f(**arguments)
+    except TypeError as exc:
+        reason = _unbound(f, arguments)
+        if reason is None:
+            raise
+        raise _mismatch_error(option, f, where, reason) from exc
+
+
+def _unbound(f: Callable[..., Any], arguments: dict[str, Any]) -> str | None:
+    """Why ``f(**arguments)`` does not bind, or None if it does (or there is no signature to tell by)."""
+    try:
+        inspect.signature(f).bind(**arguments)
+    except TypeError as exc:
+        return f"it does not bind ({exc})"
+    except ValueError:
+        return None
+    return None
 
 
 def _check_name(name: str, value: object) -> None:
@@ -1073,6 +1155,23 @@ class _FunctionBudget(Layer):
         self._last_model: str | None = None
         self._reserve_fast = self._make_reserver()
         self._check_boundable(fn)
+        if params:
+            self._check_callables(fn, params)
+
+    def _check_callables(self, fn: Callable[..., Any], params: list[inspect.Parameter]) -> None:
+        """Refuse, at decoration, a ``key=`` or ``estimate=`` that cannot take *fn*'s arguments.
+
+        Both are called with the call's arguments by name (`_arguments`); one
+        that could never bind would fail every call. Scopes' (``with
+        lg.budget(key=...)``) meet their functions only on a call: checked then
+        (`_call_with_arguments`).
+        """
+        for option in ("key", "estimate"):
+            f = getattr(self.budget, option)
+            if f is None or isinstance(f, str):
+                continue
+            if (reason := _signature_mismatch(f, params)) is not None:
+                raise _mismatch_error(option, f, getattr(fn, "__qualname__", repr(fn)), reason)
 
     def _check_boundable(self, fn: Callable[..., Any]) -> None:
         """Refuse, at decoration, a budget that would refuse every call forever.
@@ -1138,7 +1237,7 @@ class _FunctionBudget(Layer):
         if estimate is None and scopes:
             estimate = next((s.estimate for s in reversed(scopes) if s.estimate), None)
         if estimate is not None:
-            value = estimate(**self._arguments(call))
+            value = _call_with_arguments("estimate", estimate, self._arguments(call), call.function_name)
             output: int | None
             if isinstance(value, Usage):
                 input_tokens, output = value.input_tokens, value.output_tokens
@@ -1229,7 +1328,7 @@ class _FunctionBudget(Layer):
             return spec or None
         if not arguments:
             arguments.append(self._arguments(call))
-        value = spec(**arguments[0])
+        value = _call_with_arguments("key", spec, arguments[0], call.function_name)
         return None if value is None or value == "" else str(value)
 
     def _plan(self, call: Call) -> _Ticket | None:

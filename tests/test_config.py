@@ -300,3 +300,95 @@ def test_a_huge_wait_sleeps_as_long_as_the_runtime_can(monkeypatch: pytest.Monke
     _clock.Clock().sleep(1e300)
     _clock.Clock().sleep(2.5)
     assert [_clock.MAX_WAIT, 2.5] == slept
+
+
+# -- budget(key=...) and estimate= against the function's signature ---------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        (lambda user: user, r"it has no parameter for \['max_tokens', 'messages', 'model'\]"),
+        (lambda user, **_: user, r"it needs \['user'\], which the function has no parameter for"),
+        (lambda messages, /, **_: messages, r"positional-only parameters \['messages'\]"),
+    ],
+)
+def test_a_key_that_cannot_take_the_arguments_is_refused_at_decoration(key: Any, reason: str) -> None:
+    """``key`` is called with the call's arguments by name: one that could never bind fails when decorated.
+
+    Before: accepted, and every call failed with a bare TypeError from inside the lambda.
+    """
+    with pytest.raises(TypeError, match=r"budget\(key=\.\.\.\) cannot take the arguments of .*ask: .*" + reason):
+
+        @lg.budget(usd=1, per="day", key=key)
+        def ask(messages: Any, max_tokens: int = 16, model: str = MODEL) -> Any:
+            return messages
+
+
+def test_an_estimate_that_cannot_take_the_arguments_is_refused_at_decoration() -> None:
+    """``estimate`` is called as ``key`` is, and checked the same way."""
+    with pytest.raises(TypeError, match=r"budget\(estimate=\.\.\.\) cannot take the arguments of .*ask"):
+
+        @lg.budget(usd=1, estimate=lambda prompt: (10, 10))
+        def ask(messages: Any, max_tokens: int = 16, model: str = MODEL) -> Any:
+            return messages
+
+
+def test_keys_that_can_take_the_arguments_are_accepted_and_used(client: anthropic.Anthropic) -> None:
+    """Keys naming what they need and taking the rest with ``**_``, a method's (self is not passed), and extra keywords."""
+    by_name = lg.budget(usd=1, per="day", key=lambda user, **_: user)
+    by_kwargs = lg.budget(usd=1, per="day", key=lambda **kw: kw["user"])
+    method_budget = lg.budget(usd=1, per="day", key=lambda user, messages, model="m", max_tokens=0: user)
+
+    @by_name
+    def ask(user: str, messages: Any, max_tokens: int = 16, model: str = MODEL) -> Any:
+        return client.messages.create(model=model, max_tokens=max_tokens, messages=messages)
+
+    @by_kwargs
+    def ask_extra(messages: Any, max_tokens: int = 16, model: str = MODEL, **extra: Any) -> Any:
+        return client.messages.create(model=model, max_tokens=max_tokens, messages=messages)
+
+    class Service:
+        @method_budget
+        def ask(self, user: str, messages: Any, max_tokens: int = 16, model: str = MODEL) -> Any:
+            return client.messages.create(model=model, max_tokens=max_tokens, messages=messages)
+
+    ask("ann", MESSAGES)
+    ask_extra(MESSAGES, user="bob")
+    Service().ask("cat", MESSAGES)
+    for budget, key in ((by_name, "ann"), (by_kwargs, "bob"), (method_budget, "cat")):
+        assert 1 == budget.spend(key).calls
+        assert 0 == budget.spend("someone else").calls
+
+
+def test_a_scope_key_that_cannot_take_the_arguments_names_budget_key(client: anthropic.Anthropic) -> None:
+    """A ``with lg.budget(key=...)`` meets its functions only when called: the error then names ``budget(key=...)``."""
+
+    @lg.budget
+    def ask(messages: Any, max_tokens: int = 16, model: str = MODEL) -> Any:
+        return client.messages.create(model=model, max_tokens=max_tokens, messages=messages)
+
+    with lg.budget(usd=1, per="day", key=lambda user: user, name="scope-key"), pytest.raises(
+        TypeError, match=r"budget\(key=\.\.\.\) cannot take the arguments of .*ask: .*does not bind"
+    ) as info:
+        ask(MESSAGES)
+    assert isinstance(info.value.__cause__, TypeError)
+
+
+def test_a_type_error_inside_a_valid_key_is_the_key_s_own(client: anthropic.Anthropic) -> None:
+    """A key that binds but fails inside raises its own TypeError, not one about its signature."""
+
+    def broken(user: str, **_: Any) -> str:
+        return user + 1  # type: ignore[operator]
+
+    @lg.budget(usd=1, per="day", key=broken)
+    def ask(user: str, messages: Any, max_tokens: int = 16, model: str = MODEL) -> Any:
+        return client.messages.create(model=model, max_tokens=max_tokens, messages=messages)
+
+    with pytest.raises(TypeError, match=r"can only concatenate|unsupported operand") as info:
+        ask("ann", MESSAGES)
+    assert "budget(key=" not in str(info.value)
+    with lg.budget(usd=1, per="day", key=broken, name="scope-broken"), pytest.raises(
+        TypeError, match=r"can only concatenate|unsupported operand"
+    ):
+        ask("ann", MESSAGES)
