@@ -8,8 +8,16 @@ and so every wait made from the deadline (ours, the cache's, an SDK's given
 ``lg.remaining()``) is one Python can make.
 
 As a **decorator** it bounds each call: the caller gets control back, with
-`GuardTimeout` (a `TimeoutError`), within ``total`` seconds (plus scheduling
-slack, well under 100 ms):
+`GuardTimeout` (a `TimeoutError`), at ``total`` seconds plus scheduling
+slack. The deadline is a timer (``async def``: one per event loop, which
+cancels the task; ``def``: the caller's own wait on the worker), so the
+slack is whatever delays that loop or thread: a few ms on an idle machine,
+but calls expiring together on one loop unwind one after another (~0.5 ms
+each for an SDK request), and busy threads (the GIL) and a loaded machine
+add their delays. Measured: 66 callers (50 tasks on one loop, 16 threads)
+expiring together, p99 30 ms and max 31 ms late on an idle 2-core machine;
+a soak under load saw p99 87-98 ms and 1 call in 200 at 103-112 ms. It is
+not a real-time bound; keep a margin of ~0.2 s under load.
 
 * ``async def``: the awaited work is cancelled (``asyncio`` cancellation, as
   ``asyncio.timeout`` does), so the HTTP request is abandoned too.

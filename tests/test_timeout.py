@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import threading
 import time
 
 from collections.abc import AsyncIterator, Iterator
@@ -849,3 +850,60 @@ def test_non_finite_limits_are_rejected_naming_the_parameter(name: str, value: f
     """Infinities and NaN are refused when the guard is built (no limit: leave the parameter out)."""
     with pytest.raises(ValueError, match=rf"timeout\({name}=\.\.\.\) must be finite"):
         lg.timeout(**{name: value})
+
+
+# -- how late the deadline arrives under load -------------------------------------
+
+
+def test_deadlines_arrive_on_time_for_many_concurrent_callers(
+    anthropic_client: anthropic.Anthropic, async_anthropic_client: anthropic.AsyncAnthropic, fake_provider: FakeProvider
+) -> None:
+    """40 tasks on one loop and 8 threads, all under ``with lg.timeout(0.5)`` and expiring together, each get control back soon after it.
+
+    Lateness is measured, not timed tightly: on an idle machine the last of
+    50 expiries arrives ~30 ms late (calls expiring together on one loop
+    unwind one after another), and a loaded one adds its delays; the
+    bounds here are far above that and far below what a broken delivery
+    gives (the server answers after 3 s: control back only when the request
+    ends is 2.5 s late).
+    """
+    fake_provider.script(*[Step(delay=3.0)] * 48)
+    limit = 0.5
+
+    @lg.timeout(5)
+    def ask() -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
+
+    @lg.timeout(5)
+    async def aask() -> Any:
+        return await async_anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
+
+    late: list[float] = []
+
+    def thread_caller() -> None:
+        start = time.monotonic()
+        with contextlib.suppress(lg.GuardTimeout), lg.timeout(limit):
+            ask()
+        late.append(time.monotonic() - start - limit)
+
+    async def task_caller() -> None:
+        start = time.monotonic()
+        with contextlib.suppress(lg.GuardTimeout), lg.timeout(limit):
+            await aask()
+        late.append(time.monotonic() - start - limit)
+
+    async def tasks() -> None:
+        await asyncio.gather(*(task_caller() for _ in range(40)))
+
+    threads = [threading.Thread(target=thread_caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    asyncio.run(tasks())
+    for t in threads:
+        t.join()
+
+    late.sort()
+    assert 48 == len(late)
+    assert late[0] >= -0.01, late  # never early
+    assert late[len(late) // 2] < 0.25, late  # the median
+    assert late[-1] < 1.0, late
