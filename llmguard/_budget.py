@@ -237,6 +237,9 @@ _UNREAD_ENDS: Final = frozenset({Outcome.CLOSED, Outcome.ABANDONED, Outcome.CANC
 _MISS: Any = object()
 _FLAT: Final = prices._flat  # worst-case rates per model (cleared, never replaced)
 _MAX_USD: Final = 9_000_000  # pico-dollars in a signed 64-bit counter: $9.2M
+# Token limits and output caps: thousands of worst-case reservations still fit
+# a signed 64-bit counter (Redis's HINCRBY).
+_MAX_TOKENS: Final = 10**15
 _INPUT_NAMES: Final = ("messages", "system", "prompt", "input", "instructions", "contents", "tools")
 _CAP_NAMES: Final = ("max_tokens", "max_output_tokens", "max_completion_tokens")
 _OBSERVED: Final = 100  # outputs remembered per function
@@ -365,7 +368,8 @@ def _positive(
     """``budget(name=...)``: None (if *optional*), or a finite number (an int if *integer*) > 0, at most *maximum*."""
     _check.number("budget", name, value, integer=integer, kind=kind, optional=optional)
     if maximum is not None and value is not None and value > maximum:
-        msg = f"budget({name}=...) must be <= {maximum:,} (the ledger counts pico-dollars in 64 bits), got {value!r}"
+        counts = "tokens" if integer else "pico-dollars"
+        msg = f"budget({name}=...) must be <= {maximum:,} (the ledger counts {counts} in 64 bits), got {value!r}"
         raise ValueError(msg)
 
 
@@ -464,9 +468,9 @@ def _check_name(name: str, value: object) -> None:
 def _validate(**config: Any) -> tuple[float, ...]:
     """Check `Budget`'s arguments, naming the bad one; the sorted alert fractions."""
     _positive("usd", config["usd"], maximum=_MAX_USD)
-    _positive("tokens", config["tokens"], integer=True)
+    _positive("tokens", config["tokens"], integer=True, maximum=_MAX_TOKENS)
     _positive("max_call_usd", config["max_call_usd"], maximum=_MAX_USD)
-    _positive("max_output", config["max_output"], integer=True)
+    _positive("max_output", config["max_output"], integer=True, maximum=_MAX_TOKENS)
     _positive("reservation_ttl", config["reservation_ttl"], kind="a number of seconds", optional=False)
     per = config["per"]
     if per not in _PERIODS:
@@ -582,7 +586,8 @@ class Budget(Layer):
         self.max_output = max_output
         self.estimate = estimate
         self.on_store_error = on_store_error
-        self.reservation_ttl = float(reservation_ttl)
+        # A lease past what a store can count in milliseconds is ~31 years (`_clock.MAX_WAIT`).
+        self.reservation_ttl = min(float(reservation_ttl), _clock.MAX_WAIT)
         self.label = name
         # Created now, not on first use: two threads racing to create it
         # would each get a ledger of their own.

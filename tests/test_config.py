@@ -74,7 +74,7 @@ class Spec:
 SECONDS = Spec(duration=True)
 OPTIONAL_SECONDS = Spec(duration=True, optional=True)
 USD = Spec(maximum=9_000_000, optional=True)
-COUNT = Spec(integer=True, optional=True)
+COUNT = Spec(integer=True, maximum=10**15, optional=True)
 
 # guard -> parameter -> spec: every numeric parameter of every guard.
 SPECS: dict[str, dict[str, Spec]] = {
@@ -392,3 +392,30 @@ def test_a_type_error_inside_a_valid_key_is_the_key_s_own(client: anthropic.Anth
         TypeError, match=r"can only concatenate|unsupported operand"
     ):
         ask("ann", MESSAGES)
+
+
+@pytest.mark.parametrize("seconds", [1e17, 1e300])
+def test_huge_lifetimes_work_on_redis(redis_url: str, seconds: float) -> None:
+    """cache(ttl=) and budget(reservation_ttl=) past what Redis counts in milliseconds still store and reserve.
+
+    Before: the cache's entries were never stored (SET PX refused) and every
+    budgeted call was refused as "the budget store is unavailable".
+    """
+    made: list[str] = []
+    tag = f"{seconds:g}"
+
+    @lg.cache(ttl=seconds, store=redis_url)
+    def cached(q: str) -> str:
+        made.append(q)
+        return q * 2
+
+    q = f"q{tag}"
+    assert [q * 2, q * 2] == [cached(q), cached(q)]
+    assert [q] == made  # the second answer came from Redis
+
+    @lg.budget(tokens=1000, per="day", reservation_ttl=seconds, store=redis_url, name=f"huge-{tag}", max_output=10)
+    def budgeted(q: str) -> str:
+        return q
+
+    assert "y" == budgeted("y")
+    assert 1 == lg.budget_spend(budgeted).calls
