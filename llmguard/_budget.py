@@ -586,8 +586,8 @@ class Budget(Layer):
         self.max_output = max_output
         self.estimate = estimate
         self.on_store_error = on_store_error
-        # A lease past what a store can count in milliseconds is ~31 years (`_clock.MAX_WAIT`).
-        self.reservation_ttl = min(float(reservation_ttl), _clock.MAX_WAIT)
+        # A lease past what a store can count in milliseconds is ~31 years (`_clock.MAX_SECONDS`).
+        self.reservation_ttl = min(float(reservation_ttl), _clock.MAX_SECONDS)
         self.label = name
         # Created now, not on first use: two threads racing to create it
         # would each get a ledger of their own.

@@ -589,8 +589,8 @@ class CacheLayer(Layer):
         include_set, exclude_set = _check_options(
             ttl, maxsize, key, include, exclude, semantic, cache_streams, cache_if
         )
-        # A ttl past what a store can count in milliseconds is ~31 years (`_clock.MAX_WAIT`).
-        self.ttl = None if ttl is None else min(float(ttl), _clock.MAX_WAIT)
+        # A ttl past what a store can count in milliseconds is ~31 years (`_clock.MAX_SECONDS`).
+        self.ttl = None if ttl is None else min(float(ttl), _clock.MAX_SECONDS)
         self.maxsize = maxsize
         self.key = key
         self._key_sig: inspect.Signature | None = None

@@ -11,12 +11,15 @@ import threading
 import time
 
 
-# The longest wait a guard makes: 1e9 s (~31 years), or half of what
-# `threading` can wait where that is less (Windows: ~24 days). Python's
-# runtime refuses longer waits (`threading`, `time.sleep` and socket timeouts
-# all stop at ~9.2e9 s on Linux), so a longer limit waits this long; the
-# margin keeps a deadline computed from it waitable after float rounding.
-MAX_WAIT = min(1e9, threading.TIMEOUT_MAX / 2)
+# The longest duration a guard counts: 1e9 s (~31 years). A longer ttl or
+# lease is kept this long (Redis refuses expiries past 64-bit milliseconds).
+MAX_SECONDS = 1e9
+# The longest wait a guard makes: MAX_SECONDS, or half of what `threading`
+# can wait where that is less (Windows: ~24 days). Python's runtime refuses
+# longer waits (`threading`, `time.sleep` and socket timeouts all stop at
+# ~9.2e9 s on Linux), so a longer limit waits this long; the margin keeps a
+# deadline computed from it waitable after float rounding.
+MAX_WAIT = min(MAX_SECONDS, threading.TIMEOUT_MAX / 2)
 
 
 class Clock:

@@ -353,10 +353,9 @@ class TimeoutLayer(Layer):
         if self.total is None and self.first_token is None and self.idle is None:
             msg = "timeout() needs at least one of total=, first_token= or idle="
             raise ValueError(msg)
-        # What the deadlines are computed from: a limit longer than the
-        # runtime can wait (`_clock.MAX_WAIT`, ~31 years) waits that long, so
-        # every wait derived from it (ours, the cache's, an SDK's given
-        # lg.remaining()) is one Python can make.
+        # What the deadlines are computed from: a limit over `_clock.MAX_WAIT`
+        # (~31 years) waits that long, so every wait derived from it (ours,
+        # the cache's, an SDK's given lg.remaining()) is one Python can make.
         self._total = _capped(self.total)
         self._first_token = _capped(self.first_token)
         self._idle = _capped(self.idle)
