@@ -252,9 +252,7 @@ class RetryLayer(Layer):
                 return None, "on= said no", False
             if verdict is True:
                 return classify(exc).retry_after, "", False
-            if isinstance(verdict, dt.timedelta):
-                return verdict.total_seconds(), "", True
-            return float(verdict), "", True
+            return _predicate_delay(verdict, exc), "", True
         if on is not None:
             # Explicit exception classes replace the default classification,
             # the never-retried statuses included: the caller asked for them.
@@ -508,6 +506,22 @@ def _interrupted(exc: BaseException, stream: _StreamBase) -> BaseException | Non
     )
 
 
+def _predicate_delay(verdict: object, exc: BaseException) -> float:
+    """The wait an ``on=`` predicate asked for: finite seconds >= 0 (or a timedelta), else an error naming ``on=``.
+
+    A NaN wait would retry at once (and stop a fake clock), an infinite one sleep for decades.
+    """
+    seconds = verdict.total_seconds() if isinstance(verdict, dt.timedelta) else verdict
+    try:
+        return float(_check.number("retry", "on", seconds, minimum=0, exclusive=False))
+    except (TypeError, ValueError) as bad:
+        msg = (
+            f"retry(on=...) returned {verdict!r} for {type(exc).__name__}: the predicate must return "
+            "True, False, None or a wait of finite seconds >= 0 (or a timedelta)"
+        )
+        raise type(bad)(msg) from exc
+
+
 def _named(exc: BaseException, on: type[BaseException] | tuple[type[BaseException], ...]) -> bool:
     """Whether *on* names *exc*'s llmguard class itself (not just a base like Exception)."""
     classes = on if isinstance(on, tuple) else (on,)
@@ -572,7 +586,8 @@ def retry(fn_or_attempts: Any = None, /, **kwargs: Any) -> Any:
     max_delay=30, multiplier=2, jitter="full", max_elapsed=None,
     max_retry_after=300, budget_ratio=None)``. ``attempts`` counts the
     first call too. ``on`` replaces the default classification: exception
-    classes, or a predicate returning True/False or a delay in seconds.
+    classes, or a predicate returning True/False or a delay in seconds
+    (finite and >= 0, or a timedelta; anything else is an error naming ``on=``).
     ``budget_ratio`` caps retries, across all callers of the function, at that
     fraction of recent calls. The returned object is also the block form::
 

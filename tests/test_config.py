@@ -419,3 +419,33 @@ def test_huge_lifetimes_work_on_redis(redis_url: str, seconds: float) -> None:
 
     assert "y" == budgeted("y")
     assert 1 == lg.budget_spend(budgeted).calls
+
+
+@pytest.mark.parametrize(
+    ("verdict", "error"),
+    [(math.nan, ValueError), (math.inf, ValueError), (-1.0, ValueError), ("soon", TypeError), ([1], TypeError)],
+)
+def test_a_predicate_asking_for_an_impossible_wait_is_an_error_naming_on(verdict: object, error: type[Exception]) -> None:
+    """``on=`` may return a wait; one that is not finite seconds >= 0 is refused naming ``retry(on=...)``, the failure as its cause.
+
+    Before: NaN retried at once (and turned a fake clock's time into NaN), inf slept for decades.
+    """
+    layer = lg.retry(attempts=3, on=lambda exc: verdict)
+    with fake_clock() as clock, pytest.raises(error, match=r"retry\(on=\.\.\.\) returned .* for ConnectionError") as info:
+        _fail_every_attempt(layer)
+    assert isinstance(info.value.__cause__, ConnectionError)
+    assert [] == clock.sleeps
+
+
+def test_a_predicate_wait_is_used_as_given(fake_provider: FakeProvider, client: anthropic.Anthropic) -> None:
+    """Valid waits from ``on=``: 0, a number and a timedelta, each slept exactly, the call retried."""
+    waits = iter([0, 1.5, dt.timedelta(seconds=2)])
+
+    @lg.retry(attempts=4, on=lambda exc: next(waits))
+    def ask() -> Any:
+        return client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
+
+    fake_provider.script(*[Step(status=429)] * 3, Step(reply="after three waits"))
+    with fake_clock() as clock:
+        assert "after three waits" == ask().content[0].text
+    assert [0.0, 1.5, 2.0] == clock.sleeps
