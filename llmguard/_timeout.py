@@ -9,15 +9,18 @@ and so every wait made from the deadline (ours, the cache's, an SDK's given
 
 As a **decorator** it bounds each call: the caller gets control back, with
 `GuardTimeout` (a `TimeoutError`), at ``total`` seconds plus scheduling
-slack. The deadline is a timer (``async def``: one per event loop, which
-cancels the task; ``def``: the caller's own wait on the worker), so the
-slack is whatever delays that loop or thread: a few ms on an idle machine,
-but calls expiring together on one loop unwind one after another (~0.5 ms
-each for an SDK request), and busy threads (the GIL) and a loaded machine
-add their delays. Measured: 66 callers (50 tasks on one loop, 16 threads)
-expiring together, p99 30 ms and max 31 ms late on an idle 2-core machine;
-a soak under load saw p99 87-98 ms and 1 call in 200 at 103-112 ms. It is
-not a real-time bound; keep a margin of ~0.2 s under load.
+slack. The deadline is delivered on time (``async def``: one timer per event
+loop cancels the task; ``def``: the caller's own wait on the worker); the
+slack is how long the caller's loop or thread then takes to run. An event
+loop runs one thing at a time, so a cancelled call waits behind whatever is
+ready: other calls unwinding, and other tasks building and parsing their
+own requests (~1 ms each for an SDK call, several on a loaded machine);
+threads wait for the GIL. Measured with 50 tasks on one loop and 16 threads
+each calling back to back under ``with lg.timeout(2.5)`` (2 cores): about
+30 ms at p99 on an idle machine; with the machine loaded by other work, p99
+of 100-400 ms on the loop and up to ~250 ms for threads under the full guard
+stack. It is not a real-time bound: leave that margin, or spread the work
+over more loops or processes.
 
 * ``async def``: the awaited work is cancelled (``asyncio`` cancellation, as
   ``asyncio.timeout`` does), so the HTTP request is abandoned too.
