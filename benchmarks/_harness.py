@@ -51,6 +51,11 @@ def per_call_async(
     return asyncio.run(main())
 
 
+def paired_difference(samples: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of *a*'s batch minus *b*'s batch of the same round."""
+    return statistics.median(x - y for x, y in zip(samples[a], samples[b], strict=True))
+
+
 def row(name: str, seconds: float, baseline: float | None = None, ref: str = "") -> str:
     """A result line: the time in µs and, if given, the ratio to a baseline."""
     text = f"  {name:<52} {seconds * 1e6:9.3f} µs"
@@ -80,6 +85,13 @@ def interleaved(
     machine touches every candidate alike, so differences and ratios
     between them hold better than with one timing after another.
     """
+    return {name: statistics.median(s) for name, s in interleaved_samples(fns, number, repeats).items()}
+
+
+def interleaved_samples(
+    fns: dict[str, Callable[[], Any]], number: int = 2_000, repeats: int = REPEATS
+) -> dict[str, list[float]]:
+    """Seconds per call of each of *fns* in each round of `interleaved` (round i at index i)."""
     for fn in fns.values():  # warm up
         for _ in range(min(number, 500)):
             fn()
@@ -90,13 +102,20 @@ def interleaved(
             for _ in range(number):
                 fn()
             samples[name].append((time.perf_counter() - start) / number)
-    return {name: statistics.median(s) for name, s in samples.items()}
+    return samples
 
 
 def interleaved_async(
     fns: dict[str, Callable[[], Awaitable[Any]]], number: int = 2_000, repeats: int = REPEATS
 ) -> dict[str, float]:
     """`interleaved` for coroutine functions, every batch on one event loop."""
+    return {name: statistics.median(s) for name, s in interleaved_samples_async(fns, number, repeats).items()}
+
+
+def interleaved_samples_async(
+    fns: dict[str, Callable[[], Awaitable[Any]]], number: int = 2_000, repeats: int = REPEATS
+) -> dict[str, list[float]]:
+    """`interleaved_samples` for coroutine functions, every batch on one event loop."""
 
     async def batch(fn: Callable[[], Awaitable[Any]], n: int) -> float:
         start = time.perf_counter()
@@ -104,14 +123,14 @@ def interleaved_async(
             await fn()
         return (time.perf_counter() - start) / n
 
-    async def main() -> dict[str, float]:
+    async def main() -> dict[str, list[float]]:
         for fn in fns.values():
             await batch(fn, min(number, 500))
         samples: dict[str, list[float]] = {name: [] for name in fns}
         for _ in range(repeats):
             for name, fn in fns.items():
                 samples[name].append(await batch(fn, number))
-        return {name: statistics.median(s) for name, s in samples.items()}
+        return samples
 
     return asyncio.run(main())
 

@@ -26,11 +26,22 @@ turn about (`interleaved`), medians of batches.
 from __future__ import annotations
 
 import itertools
+import statistics
 import warnings
 
 from typing import Any
 
-from _harness import anthropic_message, interleaved, interleaved_async, overhead, row, stacked
+from _harness import (
+    anthropic_message,
+    interleaved,
+    interleaved_async,
+    interleaved_samples,
+    interleaved_samples_async,
+    overhead,
+    paired_difference,
+    row,
+    stacked,
+)
 
 import llmguard as lg
 
@@ -107,19 +118,23 @@ def _increments(sync: bool) -> None:
         fns[f"stack{i}"] = stacked(fn, *order[len(order) - 1 - i :])
         fns[f"alone{i}"] = stacked(fn, order[len(order) - 1 - i])
     callers = {name: (lambda f=f: f(fresh(), user="ada")) for name, f in fns.items()}
-    t = interleaved(callers, number=NUMBER) if sync else interleaved_async(callers, number=NUMBER)
+    if sync:
+        t = interleaved_samples(callers, number=NUMBER)
+    else:
+        t = interleaved_samples_async(callers, number=NUMBER)
     kind = "sync " if sync else "async"
     print(f"  {kind}: guard added (outermost so far) | stack | increment | that guard alone | increment - alone")
-    previous = t["bare"]
+    print("         (each a median over rounds of the difference within a round)")
     for i in range(len(order)):
         name = order[len(order) - 1 - i]
-        inc = t[f"stack{i}"] - previous
-        alone = t[f"alone{i}"] - t["bare"]
+        inc = paired_difference(t, f"stack{i}", f"stack{i - 1}" if i else "bare")
+        alone = paired_difference(t, f"alone{i}", "bare")
+        rounds = zip(t[f"stack{i}"], t[f"stack{i - 1}"] if i else t["bare"], t[f"alone{i}"], t["bare"], strict=True)
+        extra = statistics.median((s - p) - (a - b) for s, p, a, b in rounds)
         print(
-            f"  {kind} + {name:<8} {(t[f'stack{i}'] - t['bare']) * 1e6:9.3f} µs "
-            f"{inc * 1e6:9.3f} µs {alone * 1e6:9.3f} µs {(inc - alone) * 1e6:9.3f} µs"
+            f"  {kind} + {name:<8} {paired_difference(t, f'stack{i}', 'bare') * 1e6:9.3f} µs "
+            f"{inc * 1e6:9.3f} µs {alone * 1e6:9.3f} µs {extra * 1e6:9.3f} µs"
         )
-        previous = t[f"stack{i}"]
 
 
 def _retries(sync: bool) -> None:
@@ -131,12 +146,15 @@ def _retries(sync: bool) -> None:
         g = lg.retry(attempts=4)(g)
         fns[str(n)] = g
     callers = {name: (lambda f=f: f("q", user="ada")) for name, f in fns.items()}
-    t = interleaved(callers, number=NUMBER * 2) if sync else interleaved_async(callers, number=NUMBER * 2)
+    if sync:
+        t = interleaved_samples(callers, number=NUMBER * 2)
+    else:
+        t = interleaved_samples_async(callers, number=NUMBER * 2)
     kind = "sync " if sync else "async"
-    steps = [t[str(n)] - t[str(n - 1)] for n in range(1, 6)]
+    steps = [paired_difference(t, str(n), str(n - 1)) for n in range(1, 6)]
     print(
         f"  {kind} n x @lg.retry, added per n=1..5: "
-        + ", ".join(f"{(t[str(n)] - t['0']) * 1e6:.2f}" for n in range(1, 6))
+        + ", ".join(f"{paired_difference(t, str(n), '0') * 1e6:.2f}" for n in range(1, 6))
         + " µs; increments: "
         + ", ".join(f"{s * 1e6:.2f}" for s in steps)
         + " µs"
