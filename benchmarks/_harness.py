@@ -51,6 +51,11 @@ def per_call_async(
     return asyncio.run(main())
 
 
+def paired_difference(samples: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of *a*'s batch minus *b*'s batch of the same round."""
+    return statistics.median(x - y for x, y in zip(samples[a], samples[b], strict=True))
+
+
 def row(name: str, seconds: float, baseline: float | None = None, ref: str = "") -> str:
     """A result line: the time in µs and, if given, the ratio to a baseline."""
     text = f"  {name:<52} {seconds * 1e6:9.3f} µs"
@@ -69,3 +74,106 @@ class PassThrough(Layer):
 
     def lane(self, shape: str) -> Lane | None:
         return Lane(None, None, self.resume if shape == SYNC else self.resume_async)
+
+
+def interleaved(
+    fns: dict[str, Callable[[], Any]], number: int = 2_000, repeats: int = REPEATS
+) -> dict[str, float]:
+    """Median seconds per call of each of *fns*, their batches taken turn about.
+
+    One batch of each, then the next round: load drifting on a shared
+    machine touches every candidate alike, so differences and ratios
+    between them hold better than with one timing after another.
+    """
+    return {name: statistics.median(s) for name, s in interleaved_samples(fns, number, repeats).items()}
+
+
+def interleaved_samples(
+    fns: dict[str, Callable[[], Any]], number: int = 2_000, repeats: int = REPEATS
+) -> dict[str, list[float]]:
+    """Seconds per call of each of *fns* in each round of `interleaved` (round i at index i)."""
+    for fn in fns.values():  # warm up
+        for _ in range(min(number, 500)):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(number):
+                fn()
+            samples[name].append((time.perf_counter() - start) / number)
+    return samples
+
+
+def interleaved_async(
+    fns: dict[str, Callable[[], Awaitable[Any]]], number: int = 2_000, repeats: int = REPEATS
+) -> dict[str, float]:
+    """`interleaved` for coroutine functions, every batch on one event loop."""
+    return {name: statistics.median(s) for name, s in interleaved_samples_async(fns, number, repeats).items()}
+
+
+def interleaved_samples_async(
+    fns: dict[str, Callable[[], Awaitable[Any]]], number: int = 2_000, repeats: int = REPEATS
+) -> dict[str, list[float]]:
+    """`interleaved_samples` for coroutine functions, every batch on one event loop."""
+
+    async def batch(fn: Callable[[], Awaitable[Any]], n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            await fn()
+        return (time.perf_counter() - start) / n
+
+    async def main() -> dict[str, list[float]]:
+        for fn in fns.values():
+            await batch(fn, min(number, 500))
+        samples: dict[str, list[float]] = {name: [] for name in fns}
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                samples[name].append(await batch(fn, number))
+        return samples
+
+    return asyncio.run(main())
+
+
+def anthropic_message(model: str = "claude-sonnet-4-6", input_tokens: int = 25, output_tokens: int = 12) -> Any:
+    """A real anthropic ``Message``, parsed from a body like the API's: what ``messages.create`` returns."""
+    import anthropic.types as at
+
+    return at.Message.model_validate({
+        "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": "Hello! How can I help you today?"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "service_tier": "standard",
+        },
+    })
+
+
+# The guards of the README's example, each a fresh decorator per call (a
+# budget or cache keeps its own ledger / entries per decorated function).
+def readme_guards() -> dict[str, Callable[[], Callable[[Any], Any]]]:
+    import llmguard as lg
+
+    return {
+        "trace": lambda: lg.trace,
+        "cache": lambda: lg.cache(ttl=3600),
+        "retry": lambda: lg.retry(attempts=4),
+        "budget": lambda: lg.budget(usd=1000.0, per="day", key=lambda user, **_: user, max_output=512),
+        "timeout": lambda: lg.timeout(30, first_token=5, idle=10),
+    }
+
+
+def stacked(fn: Any, *names: str) -> Any:
+    """*fn* under the README guards *names*, listed outermost first (as written above a ``def``)."""
+    guards = readme_guards()
+    for name in reversed(names):
+        fn = guards[name]()(fn)
+    return fn

@@ -12,6 +12,16 @@
   running total before the call and an add after it, here under a lock. It
   does less (no estimate, no reservation), which is why it overspends under
   concurrency; the ratio shows what the reservation costs.
+* the README's configuration (``usd=``, ``per="day"``, ``key=`` a
+  callable, ``max_output=``) and ``@lg.budget(usd=1000)`` alone, memory
+  store, on a function returning the SDK's own response (a real anthropic
+  ``Message``; a google-genai ``GenerateContentResponse`` for Gemini), for a
+  model with one flat price in genai-prices (``claude-sonnet-4-6``) and two
+  whose price has tiers (``claude-sonnet-4-5``, ``gemini-2.5-pro``: above
+  200k input tokens the rate doubles). Each run checks which kind the
+  prices it measures are. The anchor is pricing alone: genai-prices'
+  ``calc_price`` on the same usage (what any budget must at least do once
+  per call); llmguard's own ``prices.cost_of`` is printed beside it.
 * Redis store: the time per guarded call against a local redis-server, and
   the round trips per call counted by the server (target: 1 to reserve, 1
   to settle). Skipped when no redis-server can be started.
@@ -28,7 +38,15 @@ import time
 
 from typing import Any
 
-from _harness import PassThrough, overhead, per_call, per_call_async, row
+from _harness import (
+    PassThrough,
+    anthropic_message,
+    interleaved,
+    overhead,
+    per_call,
+    per_call_async,
+    row,
+)
 
 from llmguard import prices
 from llmguard._budget import budget
@@ -130,6 +148,7 @@ def _round_trips(client: Any) -> int:
 def run() -> dict[str, float]:
     print("budget: @lg.budget per call (memory store), beside LiteLLM's check-then-record pattern")
     results = _memory_rows()
+    _readme_rows(results)
     _redis_rows(results, per_call(lambda f=PassThrough()(target): f(MESSAGES)))
     return results
 
@@ -168,6 +187,83 @@ def _memory_rows() -> dict[str, float]:
     print(row("async report_usage: budget's own cost (budget - lane)", overhead(aours, acore)))
     results["budget_async_overhead"] = overhead(aours, acore)
     return results
+
+
+def _gemini_response(model: str) -> Any:
+    from google.genai import types as gt
+
+    return gt.GenerateContentResponse.model_validate({
+        "candidates": [{
+            "content": {"role": "model", "parts": [{"text": "Hello! How can I help you today?"}]},
+            "finish_reason": "STOP",
+            "index": 0,
+        }],
+        "usage_metadata": {"prompt_token_count": 25, "candidates_token_count": 12, "total_token_count": 37},
+        "model_version": model,
+        "response_id": "resp_bench",
+    })
+
+
+README_MODELS = (
+    ("claude-sonnet-4-6", "anthropic"),
+    ("claude-sonnet-4-5", "anthropic"),
+    ("gemini-2.5-pro", "google"),
+)
+
+
+def _price_kind(model: str, provider: str) -> str:
+    """"flat" or "tiered": what genai-prices itself says of the model's input price."""
+    import genai_prices
+
+    found = genai_prices.calc_price(genai_prices.Usage(input_tokens=25, output_tokens=12), model, provider_id=provider)
+    return "tiered" if hasattr(found.model_price.input_mtok, "tiers") else "flat"
+
+
+def _readme_rows(results: dict[str, float]) -> None:
+    """@lg.budget in the README's configuration and usd= alone, per model, beside pricing alone."""
+    print("budget: README configuration (usd=, per='day', key=callable, max_output=512) and usd=1000 alone,")
+    print("        memory store, on a function returning the SDK's response; anchor: genai-prices calc_price")
+    for model, provider in README_MODELS:
+        t = _readme_model(model, provider)
+        tag = f"{model} ({_price_kind(model, provider)})"
+        print(row(f"{tag}: genai-prices calc_price", t["calc_price"]))
+        print(row(f"{tag}: llmguard prices.cost_of", t["cost_of"], t["calc_price"], "of calc_price"))
+        for key, label in (("readme", "README config"), ("alone", "usd=1000 alone")):
+            own = overhead(t[key], t["lane"])
+            total = overhead(t[key], t["bare"])
+            print(row(f"{tag}: {label}, added over bare", total, t["calc_price"], "of calc_price"))
+            print(row(f"{tag}: {label}, own (minus lane) <= 3 µs", own, t["calc_price"], "of calc_price"))
+            results[f"budget_{key}_{model}_own"] = own
+            results[f"budget_{key}_{model}_total"] = total
+        results[f"calc_price_{model}"] = t["calc_price"]
+
+
+def _readme_model(model: str, provider: str) -> dict[str, float]:
+    import genai_prices
+
+    from llmguard import budget as lg_budget
+
+    response = anthropic_message(model) if provider == "anthropic" else _gemini_response(model)
+
+    def sdk(messages: Any, user: str = "anon", model: str = model, max_tokens: int = 512) -> Any:
+        return response
+
+    readme = lg_budget(usd=1000.0, per="day", key=lambda user, **_: user, max_output=512)(sdk)
+    alone = lg_budget(usd=1000.0)(sdk)
+    lane = PassThrough()(sdk)
+    usage = genai_prices.Usage(input_tokens=25, output_tokens=12)
+    ours_usage = Usage(25, 12)
+    return interleaved(
+        {
+            "bare": lambda: sdk(MESSAGES, user="ada"),
+            "lane": lambda: lane(MESSAGES, user="ada"),
+            "readme": lambda: readme(MESSAGES, user="ada"),
+            "alone": lambda: alone(MESSAGES, user="ada"),
+            "calc_price": lambda: genai_prices.calc_price(usage, model, provider_id=provider),
+            "cost_of": lambda: prices.cost_of(ours_usage, model, provider),
+        },
+        number=2_000,
+    )
 
 
 def _redis_rows(results: dict[str, float], core: float) -> None:

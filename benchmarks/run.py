@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 HERE = Path(__file__).parent
-ORDER = ["core", "retry", "budget", "cache", "trace"]
+ORDER = ["core", "retry", "budget", "cache", "trace", "stack", "e2e"]
 
 
 def main(selected: list[str]) -> None:
