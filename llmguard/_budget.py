@@ -38,7 +38,7 @@ The worst case is estimated from the function's arguments, in this order:
    ``contents`` and ``tools`` for the input; ``max_tokens``,
    ``max_output_tokens`` or ``max_completion_tokens`` (times ``n``) as the
    output cap.
-3. Otherwise the input is the string content of **all** the arguments, and
+3. Otherwise the input is **all** the arguments (counted as below), and
    the output cap is ``max_output=`` or else the largest output this
    function produced in its last 100 calls (at least its 99th percentile;
    remembered only for functions whose arguments can lack a cap or model).
@@ -46,9 +46,12 @@ The worst case is estimated from the function's arguments, in this order:
 The estimate sees only the arguments: a function that adds a long system
 prompt or tool schemas of its own should say so with ``estimate=``.
 
-Input tokens are estimated as a UTF-8 byte count divided by 3: about
-1.3x the real count for English text (~4 characters a token), about right
-for CJK text (3 bytes and ~1 token a character). What is counted: of a
+Input tokens are reserved as a UTF-8 byte count divided by 3 (the worst
+case of llmguard's one estimate, ``llmguard._estimate``; docs/estimates.md
+gives the formula and its error measured against real tokenizers): about
+1.4-1.6x the real count for English text and code, 1.0-1.3x for CJK text
+on current tokenizers, low for hash-dense JSON and, on older tokenizers,
+for Arabic, Hindi or Korean. What is counted: of a
 chat message ``{"role": ..., "content": "<text>"}`` (those two keys
 exactly; a message with more keys counts its ``str()``), its text plus 40
 bytes for the role and framing (~13 tokens; OpenAI documents 3 a
@@ -56,7 +59,8 @@ message); of a list, each item by these rules (a list inside it: its
 ``str()``); of a string, itself; of anything else
 (content blocks, tool schemas, objects), its ``str()``. Images or other base64
 payloads are counted as text and so hugely overestimated; pass
-``estimate=`` for those. The model whose prices apply is the call's
+``estimate=`` for those. A charge that has to be estimated (see Settling)
+reads the same count as a best guess, bytes / 4. The model whose prices apply is the call's
 ``model`` argument, else ``model=``, else the model this function last
 used. Input is priced at the higher of the input and cache-write rates
 (worst case), output at the output rate, via `llmguard.prices`.
@@ -85,9 +89,10 @@ nothing and is charged nothing. A response whose model has no price keeps
 its USD reservation as its charge and emits ``llmguard.budget.unpriced``.
 
 An attempt whose request *left* but that reported no usage is charged the
-input estimated from the call's arguments (`Call.estimated_input_tokens`:
-the SDK-shaped arguments, ``len / 3.5``; at least 1 token) plus the output
-estimated from any text it showed, flagged ``estimated``. Without seeing
+input estimated from the call's arguments (the best-guess reading of the
+same count the reservation read as a worst case, ``ceil(bytes / 4)``; at
+least 1 token) plus the output estimated from any text it showed, flagged
+``estimated``. Without seeing
 the HTTP exchange, "left" means: an ``async def`` attempt cancelled once
 the function had started (a caller's cancel, an async `timeout`); a stream
 whose request was sent but that ended before a chunk was read (closed,
