@@ -21,7 +21,6 @@ estimate / real per sample (median, and the 5th and 95th percentiles).
 from __future__ import annotations
 
 import gettext
-import glob
 import json
 import statistics
 import sys
@@ -39,13 +38,13 @@ LANGUAGES = ["de", "fr", "es", "ru", "zh_CN", "ja", "ko", "ar", "hi"]
 def translations(lang: str) -> tuple[str, str]:
     """(English msgids, translated msgstrs) of the installed programs' catalogs for *lang*."""
     ids, strs = [], []
-    for path in sorted(glob.glob(f"/usr/share/locale/{lang}/LC_MESSAGES/*.mo")):
-        if "iso_" in path:  # country and language names: not prose
+    for path in sorted(Path(f"/usr/share/locale/{lang}/LC_MESSAGES").glob("*.mo")):
+        if path.name.startswith("iso_"):  # country and language names: not prose
             continue
         try:
-            with open(path, "rb") as fh:
+            with path.open("rb") as fh:
                 catalog = gettext.GNUTranslations(fh)._catalog  # type: ignore[attr-defined]
-        except Exception:  # noqa: BLE001, S112 - a catalog that does not parse is skipped
+        except Exception:  # noqa: S112 - a catalog that does not parse is skipped
             continue
         for key, value in catalog.items():
             if isinstance(key, str) and key and isinstance(value, str):
@@ -65,10 +64,10 @@ def corpora() -> dict[str, str]:
             (stdlib / p).read_text() for p in ["textwrap.py", "json/decoder.py", "asyncio/tasks.py", "dataclasses.py"]
         ),
     }
-    sboms = sorted(glob.glob(str(Path(sys.prefix) / "lib/python3*/site-packages/*/sboms/*.json")))
+    sboms = sorted(Path(sys.prefix).glob("lib/python3*/site-packages/*/sboms/*.json"))
     if sboms:
         out["JSON (SBOMs, compact)"] = "\n".join(
-            json.dumps(json.loads(Path(f).read_text()), separators=(",", ":")) for f in sboms[:4]
+            json.dumps(json.loads(f.read_text()), separators=(",", ":")) for f in sboms[:4]
         )
     for lang in LANGUAGES:
         text = translations(lang)[1]
@@ -78,14 +77,14 @@ def corpora() -> dict[str, str]:
 
 
 def tokenizers(claude_json: str | None) -> dict[str, Callable[[str], int]]:
-    import bpe_openai  # noqa: PLC0415 - optional, measurement only
+    import bpe_openai
 
     out: dict[str, Callable[[str], int]] = {}
     for name in ("o200k_base", "cl100k_base"):
         enc = bpe_openai.get_encoding(name)
         out[name] = lambda s, enc=enc: len(enc.encode(s))
     if claude_json:
-        from tokenizers import Tokenizer  # noqa: PLC0415 - optional, measurement only
+        from tokenizers import Tokenizer
 
         tok = Tokenizer.from_file(claude_json)
         out["claude (legacy)"] = lambda s: len(tok.encode(s).ids)
