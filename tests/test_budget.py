@@ -335,6 +335,29 @@ def test_a_stream_ended_early_is_reserved_and_charged_from_one_input_count(
     assert usage.total_tokens == budget_spend(guarded).tokens
 
 
+def test_a_stream_ended_early_without_input_arguments_is_reserved_and_charged_from_all_its_arguments(
+    store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider
+) -> None:
+    """With none of the input argument names, the one count is of every argument given (docs/estimates.md)."""
+    fake_provider.script(Step(reply="one two three four five six seven"))
+
+    @budget(tokens=100_000, store=store, model=GPT)
+    def ask(question: str, user: str, max_tokens: int = 50) -> Any:
+        return openai_client.chat.completions.create(
+            model=GPT, messages=[{"role": "user", "content": question}], max_tokens=max_tokens, stream=True
+        )
+
+    question = "\u4e2d\u6587\u7684\u95ee\u9898 " * 30
+    stream = ask(question, user="u-42")
+    reserved = budget_spend(ask).reserved_tokens
+    next(iter(stream))
+    stream.close()
+    usage = stream.record.usage
+
+    assert usage is not None
+    assert (reserved_input(question, "u-42") + 50, estimated_input(question, "u-42")) == (reserved, usage.input_tokens)
+
+
 def _until(condition: Any, seconds: float = 20.0) -> None:
     """Wait (generously) until *condition()* holds, e.g. abandoned workers finishing in the background.
 
