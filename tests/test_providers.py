@@ -1556,10 +1556,11 @@ def test_should_retry_header(headers: dict[str, str], expected: bool | None) -> 
 
 
 @pytest.mark.parametrize(
-    ("text", "expected"), [("", 0), ("a", 1), ("abcdefg", 2), ("abcdefgh", 3), ("x" * 350, 100)]
+    ("text", "expected"),
+    [("", 0), ("a", 1), ("abcd", 1), ("abcde", 2), ("x" * 400, 100), ("\u00e9", 1), ("\u4e2d\u6587", 2), ("\u4e2d" * 4, 3)],
 )
-def test_estimate_tokens_is_ceil_len_over_3_5(text: str, expected: int) -> None:
-    """estimate_tokens is ceil(len / 3.5)."""
+def test_estimate_tokens_is_ceil_utf8_bytes_over_4(text: str, expected: int) -> None:
+    """estimate_tokens is ceil(UTF-8 bytes / 4): a CJK character (3 bytes) counts 3/4 of a token."""
     assert expected == providers.estimate_tokens(text)
 
 
