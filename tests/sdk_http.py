@@ -10,6 +10,7 @@ import importlib
 from types import ModuleType
 
 import anthropic._base_client
+import openai
 
 
 def _library() -> ModuleType:
@@ -24,9 +25,11 @@ httpx = _library()
 
 
 # What a stream cut mid-body raises: anthropic < 2.17 lets the transport's RemoteProtocolError
-# through, 2.17 wraps it in APIConnectionError (openai always wraps). llmguard classifies both
-# as a connection error; tests assert that, not one SDK version's class.
+# through, 2.17 wraps it in APIConnectionError; openai wraps it, but releases on httpx (< 3) do
+# not for a chat stream. llmguard classifies all of them as a connection error; tests assert
+# that, not one SDK version's class.
 MID_STREAM_CUT: tuple[type[BaseException], ...] = (
     httpx.RemoteProtocolError,
     anthropic.APIConnectionError,
+    openai.APIConnectionError,
 )
