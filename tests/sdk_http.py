@@ -1,8 +1,11 @@
 """The HTTP client library the installed SDKs are built on.
 
-anthropic >= 2, openai >= 3 and google-genai >= 3 use ``httpx2``; earlier releases use ``httpx``.
+anthropic >= 1.0, openai >= 3 and google-genai >= 3 use ``httpx2``; earlier releases use ``httpx``.
 Tests that build transports, requests or transport errors for an SDK take them from here, so
 the suite runs unchanged on the newest releases and on the lowest versions pyproject declares.
+The library is taken from anthropic and assumed for all three: an environment mixing them
+(anthropic >= 1.0 with openai < 3, as the lowest bounds would give if anthropic's were raised
+past 0.x) fails the openai and google tests that pass a transport.
 """
 
 import importlib
