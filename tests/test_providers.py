@@ -725,6 +725,19 @@ def test_anthropic_raw_stream_usage_is_cumulative() -> None:
     )
 
 
+def test_anthropic_stream_thinking_tokens_are_reasoning_tokens() -> None:
+    """message_delta's output_tokens_details.thinking_tokens (a plain dict on SDKs that predate it) counts."""
+    plain = b'"usage": {"output_tokens": 12}'
+    assert plain in ANTHROPIC_STREAM
+    body = ANTHROPIC_STREAM.replace(
+        plain, b'"usage": {"output_tokens": 12, "output_tokens_details": {"thinking_tokens": 4}}'
+    )
+    acc = StreamAccumulator()
+    for event in create_message(anthropic_client(reply(200, body)), stream=True):
+        acc.feed(event)
+    assert dataclasses.replace(ANTHROPIC_STREAM_USAGE, reasoning_tokens=4) == acc.usage
+
+
 def test_anthropic_message_delta_overrides_only_fields_it_sets() -> None:
     """A message_delta carrying cumulative input/cache counts overrides those; absent ones stay."""
     acc = StreamAccumulator()
