@@ -17,6 +17,9 @@ import anthropic
 import pydantic
 import pytest
 
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from probe import Probe
 
 import llmguard as lg
@@ -184,6 +187,29 @@ def test_a_runtime_error_raised_from_a_400_is_not_retried_and_stays_what_the_cal
         ask()
     assert 1 == api_requests(fake_provider)
     assert lg.ErrorKind.BAD_REQUEST == probe.record.error_kind
+
+
+def test_the_span_keeps_the_outer_error_type_and_gives_the_kind_underneath(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    @lg.trace(tracer_provider=provider)
+    def ask() -> Any:
+        try:
+            return anthropic_client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
+        except anthropic.APIStatusError as exc:
+            raise RuntimeError("x") from exc
+
+    fake_provider.script(Step(status=429))
+    with pytest.raises(RuntimeError):
+        ask()
+
+    [span] = exporter.get_finished_spans()
+    attrs = dict(span.attributes or {})
+    assert ("RuntimeError", "rate_limited") == (attrs["error.type"], attrs["llmguard.error.kind"])
 
 
 # ------------------------------------------------------------- real instructor
