@@ -497,7 +497,103 @@ def classify(exc: BaseException, now: float | None = None) -> ErrorInfo:
 
     *now* (wall-clock epoch seconds, default `time.time()`) is the reference
     for HTTP-date / RFC 3339 retry headers. Never raises.
+
+    An exception that says nothing about itself (kind UNKNOWN: a
+    ``RuntimeError``, instructor's ``InstructorRetryException``, tenacity's
+    ``RetryError``...) is classified by the error underneath it, so a
+    provider's 429 wrapped by another library is still a retryable rate
+    limit. The kind, status, retry advice and provider come from underneath;
+    the message stays the outer error's. The rule:
+
+    * Follow the chain Python's traceback prints: ``__cause__`` when set,
+      else ``__context__`` unless ``__suppress_context__`` (``raise ... from
+      None`` says the context does not matter). An implicit context counts:
+      an error raised while handling a provider error happened *because* of
+      it, so retrying when the provider error is transient is sound.
+    * Stop at the first error with a known kind, GUARD included: an llmguard
+      refusal wrapped in a user's error stays a refusal. An error with a kind
+      of its own (llmguard's errors, a ``TimeoutError``, anything carrying an
+      HTTP status) is never reclassified, and neither is a cancellation or
+      exit (a ``BaseException`` that is not an ``Exception``).
+    * An exception group (``asyncio.TaskGroup``, anyio) is its members' kind
+      when they all agree (with the first member's advice), else unknown.
+    * At most `_CHAIN_LIMIT` links and members are read, each error once, so
+      a cycle ends the walk.
     """
+    found = _classify_one(exc, now)
+    if found.kind is not ErrorKind.UNKNOWN or not isinstance(exc, Exception):
+        return found
+    under = _underneath(exc, now)
+    if under is None:
+        return found
+    # The classification is the underlying error's; the message stays the
+    # one the caller sees.
+    return ErrorInfo(
+        under.kind, under.status, under.retry_after, under.should_retry, under.provider, found.message
+    )
+
+
+# How many links of a chain (and members of a group) `classify` reads underneath an error.
+_CHAIN_LIMIT = 8
+
+
+def _underneath(exc: BaseException, now: float | None) -> ErrorInfo | None:
+    """The classification of the first known error under *exc* (`classify`'s rule), or None."""
+    try:
+        return _known_below(exc, now, {id(exc)}, [_CHAIN_LIMIT])
+    except Exception:  # noqa: BLE001 - classify never raises
+        return None
+
+
+def _known_below(
+    exc: BaseException, now: float | None, seen: set[int], budget: list[int]
+) -> ErrorInfo | None:
+    """The first known classification under *exc* (*exc* itself excluded)."""
+    current = exc
+    while budget[0] > 0:
+        if isinstance(current, BaseExceptionGroup):
+            found = _group_kind(current, now, seen, budget)
+            if found is not None:
+                return found
+        nxt = current.__cause__
+        if nxt is None and not current.__suppress_context__:
+            nxt = current.__context__
+        if nxt is None or id(nxt) in seen or not isinstance(nxt, Exception):
+            return None
+        seen.add(id(nxt))
+        budget[0] -= 1
+        found = _classify_one(nxt, now)
+        if found.kind is not ErrorKind.UNKNOWN:
+            return found
+        current = nxt
+    return None
+
+
+def _group_kind(
+    group: BaseExceptionGroup[Any], now: float | None, seen: set[int], budget: list[int]
+) -> ErrorInfo | None:
+    """The kind all members of *group* agree on (the first's advice), else None."""
+    first: ErrorInfo | None = None
+    for member in group.exceptions:
+        if budget[0] <= 0 or id(member) in seen or not isinstance(member, Exception):
+            return None
+        seen.add(id(member))
+        budget[0] -= 1
+        found = _classify_one(member, now)
+        if found.kind is ErrorKind.UNKNOWN:
+            below = _known_below(member, now, seen, budget)
+            if below is None:
+                return None
+            found = below
+        if first is None:
+            first = found
+        elif found.kind is not first.kind:
+            return None
+    return first
+
+
+def _classify_one(exc: BaseException, now: float | None) -> ErrorInfo:
+    """What *exc* itself says (no chain). Never raises."""
     cls = type(exc)
     classifier = _CLASSIFY_CACHE.get(cls)
     if classifier is None:  # classify never raises: an odd class is unknown

@@ -1,0 +1,314 @@
+"""Classification follows the chain: a provider error wrapped by another library or by user code.
+
+The wrapping exception is what the caller sees; its kind, status and retry
+advice come from the provider error underneath (``__cause__``, else an
+unsuppressed ``__context__``), for retry and for the call record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+
+from types import ModuleType
+from typing import Any
+
+import anthropic
+import pydantic
+import pytest
+
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from probe import Probe
+
+import llmguard as lg
+
+from llmguard import providers
+from llmguard._fake_provider import FakeProvider, Step
+from llmguard.testing import FakeClock
+
+
+MODEL = "claude-sonnet-4-6"
+MESSAGES: Any = [{"role": "user", "content": "hello there"}]
+
+
+class User(pydantic.BaseModel):
+    """What the instructor calls extract."""
+
+    name: str
+
+
+def api_requests(fake: FakeProvider) -> int:
+    return sum(1 for r in fake.requests if r.path.startswith("/v1/"))
+
+
+def provider_error(client: anthropic.Anthropic, fake: FakeProvider, step: Step) -> anthropic.APIStatusError:
+    """A real SDK error: what the anthropic client raises for *step*."""
+    fake.script(step)
+    try:
+        client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
+    except anthropic.APIStatusError as exc:
+        return exc
+    raise AssertionError("the fake provider did not fail")
+
+
+@pytest.fixture
+def rate_limited(anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider) -> anthropic.APIStatusError:
+    return provider_error(anthropic_client, fake_provider, Step(status=429, headers={"retry-after": "7"}))
+
+
+@pytest.fixture
+def bad_request(anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider) -> anthropic.APIStatusError:
+    return provider_error(anthropic_client, fake_provider, Step(status=400))
+
+
+def wrapped(exc: BaseException, outer: BaseException) -> BaseException:
+    """*outer* raised ``from`` *exc*, as the interpreter links them."""
+    try:
+        raise outer from exc  # noqa: TRY301
+    except BaseException as caught:  # noqa: BLE001
+        return caught
+
+
+def raised_while_handling(exc: BaseException, outer: BaseException) -> BaseException:
+    """*outer* raised inside ``except`` for *exc* (an implicit ``__context__``)."""
+    try:
+        try:
+            raise exc  # noqa: TRY301
+        except BaseException:  # noqa: BLE001
+            raise outer  # noqa: B904 - the implicit context is the point
+    except BaseException as caught:  # noqa: BLE001
+        return caught
+
+
+# ------------------------------------------------------------------ the rule
+
+
+def test_an_explicit_cause_gives_the_provider_errors_kind_status_and_advice(rate_limited: Any) -> None:
+    info = providers.classify(wrapped(rate_limited, RuntimeError("x")))
+
+    assert lg.ErrorKind.RATE_LIMITED == info.kind
+    assert 429 == info.status
+    assert 7.0 == info.retry_after
+    assert "anthropic" == info.provider
+    assert "x" == info.message  # the message is the error the caller sees
+
+
+def test_an_implicit_context_counts_but_from_none_does_not(rate_limited: Any) -> None:
+    implicit = raised_while_handling(rate_limited, ValueError("while handling"))
+    suppressed = wrapped(rate_limited, ValueError("unrelated"))
+    suppressed.__cause__ = None
+    suppressed.__suppress_context__ = True  # what `raise ... from None` leaves
+
+    assert lg.ErrorKind.RATE_LIMITED == providers.classify(implicit).kind
+    assert lg.ErrorKind.UNKNOWN == providers.classify(suppressed).kind
+
+
+def test_an_error_with_a_kind_of_its_own_is_never_reclassified(rate_limited: Any, bad_request: Any) -> None:
+    refusal = wrapped(rate_limited, lg.BudgetExceeded("over"))
+    timeout = wrapped(bad_request, TimeoutError("slow"))
+    cancelled = raised_while_handling(rate_limited, asyncio.CancelledError())
+    wrapped_refusal = wrapped(lg.BudgetExceeded("over"), RuntimeError("wrapper"))
+
+    assert lg.ErrorKind.GUARD == providers.classify(refusal).kind
+    assert lg.ErrorKind.TIMEOUT == providers.classify(timeout).kind
+    assert lg.ErrorKind.UNKNOWN == providers.classify(cancelled).kind
+    assert lg.ErrorKind.GUARD == providers.classify(wrapped_refusal).kind  # a refusal stays one
+
+
+def test_the_walk_is_bounded_and_cycle_safe(rate_limited: Any) -> None:
+    near: BaseException = rate_limited
+    for i in range(3):
+        near = wrapped(near, RuntimeError(f"layer {i}"))
+    far: BaseException = rate_limited
+    for i in range(20):
+        far = wrapped(far, RuntimeError(f"layer {i}"))
+    a, b = RuntimeError("a"), RuntimeError("b")
+    a.__cause__, b.__cause__ = b, a
+
+    assert lg.ErrorKind.RATE_LIMITED == providers.classify(near).kind
+    assert lg.ErrorKind.UNKNOWN == providers.classify(far).kind
+    assert lg.ErrorKind.UNKNOWN == providers.classify(a).kind
+
+
+def test_an_exception_group_is_its_members_kind_when_they_agree(rate_limited: Any, bad_request: Any) -> None:
+    single = ExceptionGroup("task group", [rate_limited])
+    nested = ExceptionGroup("outer", [ExceptionGroup("inner", [wrapped(rate_limited, RuntimeError("w"))])])
+    mixed = ExceptionGroup("task group", [rate_limited, bad_request])
+
+    assert lg.ErrorKind.RATE_LIMITED == providers.classify(single).kind
+    assert lg.ErrorKind.RATE_LIMITED == providers.classify(nested).kind
+    assert lg.ErrorKind.UNKNOWN == providers.classify(mixed).kind
+
+
+# -------------------------------------------------------- retry and the record
+
+
+def test_a_runtime_error_raised_from_a_429_is_retried(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    probe = Probe()
+
+    @probe
+    @lg.retry
+    def ask() -> str:
+        try:
+            message = anthropic_client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
+        except anthropic.APIStatusError as exc:
+            raise RuntimeError("x") from exc
+        return message.content[0].text  # type: ignore[union-attr]
+
+    fake_provider.script(Step(status=429, headers={"retry-after": "2"}), Step(reply="ok now"))
+
+    assert "ok now" == ask()
+    assert 2 == api_requests(fake_provider)
+    assert 1 == len(fake_clock.sleeps)
+    assert fake_clock.sleeps[0] >= 2.0  # the server's retry-after, read underneath
+    assert [lg.ErrorKind.RATE_LIMITED, None] == [a.error_kind for a in probe.record.attempts]
+
+
+def test_a_runtime_error_raised_from_a_400_is_not_retried_and_stays_what_the_caller_sees(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    probe = Probe()
+
+    @probe
+    @lg.retry
+    def ask() -> Any:
+        try:
+            return anthropic_client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
+        except anthropic.APIStatusError as exc:
+            raise RuntimeError("x") from exc
+
+    fake_provider.script(Step(status=400), Step(reply="never"))
+
+    with pytest.raises(RuntimeError, match="^x$"):
+        ask()
+    assert 1 == api_requests(fake_provider)
+    assert lg.ErrorKind.BAD_REQUEST == probe.record.error_kind
+
+
+def test_the_span_keeps_the_outer_error_type_and_gives_the_kind_underneath(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    @lg.trace(tracer_provider=provider)
+    def ask() -> Any:
+        try:
+            return anthropic_client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
+        except anthropic.APIStatusError as exc:
+            raise RuntimeError("x") from exc
+
+    fake_provider.script(Step(status=429))
+    with pytest.raises(RuntimeError):
+        ask()
+
+    [span] = exporter.get_finished_spans()
+    attrs = dict(span.attributes or {})
+    assert ("RuntimeError", "rate_limited") == (attrs["error.type"], attrs["llmguard.error.kind"])
+
+
+# ------------------------------------------------------------- real instructor
+
+
+@pytest.fixture
+def instructor() -> ModuleType:
+    return pytest.importorskip("instructor")
+
+
+# Instructor's own retries: older releases (1.7, say) retried any error, a 429 too, at once; newer
+# ones only replies that fail validation. One attempt leaves the request's failures to llmguard.
+ONE_TRY = 1
+
+
+def json_mode(instructor: ModuleType, client: Any) -> Any:
+    """*client* patched by instructor to parse the reply's text as JSON, on every supported version."""
+    with warnings.catch_warnings():
+        # Newer releases deprecate ANTHROPIC_JSON for JSON, which older ones refuse here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return instructor.from_anthropic(client, mode=instructor.Mode.ANTHROPIC_JSON)
+
+
+@pytest.fixture
+def structured(instructor: ModuleType, anthropic_client: anthropic.Anthropic) -> Any:
+    return json_mode(instructor, anthropic_client)
+
+
+@pytest.fixture
+def async_structured(instructor: ModuleType, fake_provider: FakeProvider) -> Any:
+    client = anthropic.AsyncAnthropic(base_url=fake_provider.anthropic_base_url, api_key="k", max_retries=0)
+    return json_mode(instructor, client)
+
+
+def test_instructor_wraps_the_429_it_does_not_retry(
+    instructor: ModuleType, structured: Any, fake_provider: FakeProvider
+) -> None:
+    """The premise: instructor raises its own exception, the 429 underneath; we classify through it."""
+    fake_provider.script(Step(status=429, headers={"retry-after": "0"}))
+
+    with pytest.raises(Exception) as caught:  # noqa: PT011
+        structured.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, response_model=User, max_retries=ONE_TRY)
+
+    assert "InstructorRetryException" == type(caught.value).__name__
+    info = providers.classify(caught.value)
+    assert (lg.ErrorKind.RATE_LIMITED, 429, 0.0) == (info.kind, info.status, info.retry_after)
+
+
+def test_an_instructor_call_whose_first_request_gets_429_is_retried(
+    structured: Any, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    probe = Probe()
+
+    @probe
+    @lg.retry
+    def extract() -> User:
+        return structured.messages.create(  # type: ignore[no-any-return]
+            model=MODEL, max_tokens=64, messages=MESSAGES, response_model=User, max_retries=ONE_TRY
+        )
+
+    fake_provider.script(Step(status=429, headers={"retry-after": "0"}), Step(reply='{"name": "Ada"}'))
+
+    assert "Ada" == extract().name
+    assert 2 == api_requests(fake_provider)
+    assert [lg.ErrorKind.RATE_LIMITED, None] == [a.error_kind for a in probe.record.attempts]
+
+
+async def test_an_async_instructor_call_whose_first_request_gets_429_is_retried(
+    async_structured: Any, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    @lg.retry
+    async def extract() -> User:
+        return await async_structured.messages.create(  # type: ignore[no-any-return]
+            model=MODEL, max_tokens=64, messages=MESSAGES, response_model=User, max_retries=ONE_TRY
+        )
+
+    fake_provider.script(Step(status=429, headers={"retry-after": "0"}), Step(reply='{"name": "Ada"}'))
+
+    assert "Ada" == (await extract()).name
+    assert 2 == api_requests(fake_provider)
+
+
+def test_an_instructor_call_with_a_400_underneath_is_not_retried(
+    instructor: ModuleType, structured: Any, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    probe = Probe()
+
+    @probe
+    @lg.retry
+    def extract() -> User:
+        return structured.messages.create(  # type: ignore[no-any-return]
+            model=MODEL, max_tokens=64, messages=MESSAGES, response_model=User, max_retries=ONE_TRY
+        )
+
+    fake_provider.script(Step(status=400), Step(reply='{"name": "never"}'))
+
+    with pytest.raises(Exception) as caught:  # noqa: PT011
+        extract()
+    assert "InstructorRetryException" == type(caught.value).__name__  # what the caller sees
+    assert 1 == api_requests(fake_provider)
+    assert [] == fake_clock.sleeps
+    assert lg.ErrorKind.BAD_REQUEST == probe.record.error_kind
