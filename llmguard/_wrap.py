@@ -29,7 +29,7 @@ last resort. Layers register callbacks with `GuardedStream.on_finish`.
 Calling a guarded generator function runs nothing, as calling a generator
 function never does: the layers run when the first chunk is asked for.
 
-Each layer of one call shares one `CallRecord` (see `_context` for how it is
+Each layer of one call shares one `CallRecord` (see `_HANDOFF` for how it is
 handed from layer to layer); the innermost layer, the one that calls your
 function, opens an `Attempt` per real call and fills it from the result
 (usage, model, finish reason) through the provider adapters.
@@ -60,7 +60,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, ParamSpec, TypeVar,
 import wrapt
 
 from . import _clock, prices, providers
-from ._context import _CURRENT, _HANDOFF
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 from .errors import StreamFailed
 
@@ -87,6 +86,33 @@ ErrorMap = Callable[["BaseException", "_StreamBase"], "BaseException | None"]
 # Finishing flips one flag; a stream may be ended from two threads at once
 # (a timeout closing it while a worker is still reading), so the flip is locked.
 _FINISH_LOCK = threading.Lock()
+
+# The call's state travels with it in two context variables, never on the
+# function object. Tokens are always reset in the same frame that set them,
+# and never held across a ``yield`` (streams set and reset them around each pull).
+#
+# ``_HANDOFF`` carries the outermost layer's `Call` (which owns the record) to
+# the next layer of the *same* call, set only for the synchronous moment in
+# which the outer layer invokes the inner one. The innermost layer clears it
+# while the user's function runs, so a guarded call made *inside* that
+# function starts a record of its own (with this one as its parent).
+_HANDOFF: contextvars.ContextVar[Call | None] = contextvars.ContextVar("llmguard_handoff", default=None)
+# ``_CURRENT`` is the call whose user code is running now, and the attempt
+# running (report_usage writes there); a fast lane's frame (a list, see
+# `_realize`) while its Call is unbuilt. It is how `report_usage()`,
+# `current_call()` and nested calls find their parent.
+_CURRENT: contextvars.ContextVar[tuple[Call, Attempt | None] | list[Any] | None] = contextvars.ContextVar(
+    "llmguard_current", default=None
+)
+
+
+def current_call() -> CallRecord | None:
+    """The record of the guarded call whose code is running now, if any."""
+    running = _CURRENT.get()
+    if running is None:
+        return None
+    return _call_of(running).record
+
 
 # Argument names whose string content is the request's input, for estimates.
 _INPUT_PARAMS = ("system", "messages", "prompt", "input", "contents", "instructions")
