@@ -26,9 +26,10 @@ everything but the last user message and the model):
   parameter, never a silent ``repr()``;
 * transport-only arguments left out (`TRANSPORT`: ``timeout``,
   ``extra_headers``, ``extra_query``, ``stream_options``, API keys, clients,
-  ``max_retries``...), and for methods the instance (``self``) too, unless
-  ``include=`` names them; ``exclude=`` leaves out more; ``key=`` replaces
-  the arguments with what it returns.
+  ``max_retries``...), and for methods the instance (``self``, whatever it
+  is named; see `_binder`) too, unless ``include=`` names them (a
+  classmethod's class is keyed by name unless excluded); ``exclude=``
+  leaves out more; ``key=`` replaces the arguments with what it returns.
 
 Single flight: concurrent identical misses make one upstream call. Threads
 wait on an `threading.Event`, asyncio tasks on a future of their own loop
@@ -431,6 +432,10 @@ def _closure_parts(fn: Any) -> list[str]:
     return parts
 
 
+# `CacheLayer.key_for` of a method called without ``_instance=``.
+_NO_INSTANCE: Final = object()
+
+
 class _Flight:
     """One in-flight miss that identical calls wait for."""
 
@@ -625,7 +630,7 @@ class CacheLayer(Layer):
             bound = got
             if instance is not None and binder.first and (
                 self._class_in_key if isinstance(instance, type) else self._self_in_key
-            ):
+            ) and instance is not _NO_INSTANCE:
                 bound[binder.first] = instance
         # Excluded parameters have no defaults in the binder: they are here
         # only if passed, by keyword or far enough along positionally.
@@ -1385,6 +1390,8 @@ class CacheLayer(Layer):
         part of the key unless ``include=["self"]`` (then pass ``_instance=``).
         """
         instance = kwargs.pop("_instance", None)
+        if instance is None and self._binder is not None and self._binder.first:
+            instance = _NO_INSTANCE  # a method's arguments, after its (unkeyed) instance
         made = self._key_from(instance, args, kwargs)
         return None if made is None else made[0]
 

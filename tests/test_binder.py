@@ -153,3 +153,19 @@ def test_a_key_taking_only_a_methods_arguments_is_accepted_whatever_the_instance
 
     assert all(call([(service(), "hello there", "alice")]))
     assert 1 == lg.budget_spend(service.ask, key="alice").calls
+
+
+def test_cache_key_for_a_method_takes_the_arguments_after_the_instance(
+    anthropic_client: anthropic.Anthropic, async_anthropic_client: anthropic.AsyncAnthropic
+) -> None:
+    """``key_for(q, user)`` on a method is the key its call ``svc.ask(q, user)`` is stored under."""
+    from llmguard._cache import _layer_of  # noqa: PLC0415
+
+    service, call = build_method("def", lg.cache, anthropic_client, async_anthropic_client)
+    call([(service(), "hello there", "alice")])
+    layer = _layer_of(service.ask)
+
+    key = layer.key_for("hello there", "alice")
+    assert key is not None
+    assert layer.store.get(key) is not None
+    assert key == layer.key_for("hello there", user="alice")
