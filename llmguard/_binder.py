@@ -15,11 +15,24 @@ rule**:
     arguments. A ``staticmethod`` has no instance.
 
 So ``def ask(this, q)`` in a class is a method like ``def ask(self, q)``,
-called as ``obj.ask(q)`` or ``Class.ask(obj, q)``; a static method defined in
-a class, even with ``@staticmethod`` written over the guard, takes no
-instance (its first argument is not one of the class); a module-level
-function is never a method, whatever its first parameter is called. Which
-class a type belongs to is worked out once per type.
+called as ``obj.ask(q)`` or ``Class.ask(obj, q)``, on every call shape (the
+closures of ``def``/``async def`` get the instance from Python's binding,
+wrapt's generator wrappers put it back for the binder: see
+`_wrap._unbound_args`), and so is ``def make(klass, q)`` under
+``@classmethod``. A module-level function is never a method, whatever its
+first parameter is called, nor is one guarded outside a class and assigned
+to it later (define it in the class body). A static method has no instance: the guard is
+told so when written over ``@staticmethod``; written under it, the first
+argument is an argument unless it happens to be an instance of the class
+(the one case the rule cannot tell apart: write the guard over
+``@staticmethod``). Whether a class is the owner is worked out once per
+class (for the first 64 classes seen).
+
+Why not by the parameter's name: ``this`` and ``klass`` are methods too, and
+``def handler(self, event)`` at module level is not. Why not by descriptor
+binding alone: ``def``/``async def`` are guarded by plain closures (a
+function, the cheapest call), which Python binds without telling them; the
+class-body rule gives the same answer on every shape.
 """
 
 from __future__ import annotations
@@ -31,6 +44,8 @@ from typing import Any
 
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+# How many classes of first arguments a method's binder remembers the answer for.
+_REMEMBERED = 64
 
 
 def _owner_of(fn: Callable[..., Any]) -> str | None:
@@ -99,12 +114,22 @@ class Binder:
         kind = type(first)
         owned = self._owned.get(kind)
         if owned is None:
-            owned = self._owned[kind] = self._is_owner(kind)
+            owned = self._remember(self._owned, kind)
         if not owned and isinstance(first, type):  # a classmethod's class
             owned = self._classes.get(first)
             if owned is None:
-                owned = self._classes[first] = self._is_owner(first)
+                owned = self._remember(self._classes, first)
         return (first, args[1:]) if owned else (None, args)
+
+    def _remember(self, seen: dict[type, bool], cls: type) -> bool:
+        """Whether *cls* belongs to the owner, remembered for the first few classes seen.
+
+        Bounded, so classes made on the fly are not kept alive by a method they were passed to.
+        """
+        owned = self._is_owner(cls)
+        if len(seen) < _REMEMBERED:
+            seen[cls] = owned
+        return owned
 
     def _is_owner(self, cls: type) -> bool:
         """Whether *cls* is the class that defined the function, or a subclass of it."""
