@@ -240,9 +240,10 @@ class _FunctionInfo:
 class Call:
     """One invocation of one layer: the arguments, the record, and the way on.
 
-    ``args`` and ``kwargs`` are what the caller passed (a method's instance
-    excluded: it is ``instance``; see `_binder` for the one rule that decides). ``proceed`` calls the next layer, or the
-    function itself, possibly with other arguments (fallback's overrides).
+    ``args`` and ``kwargs`` are what the caller passed, a method's instance
+    excluded: it is ``instance`` (`_binder` has the one rule that decides).
+    ``proceed`` calls the next layer, or the function itself, possibly with
+    other arguments (fallback's overrides).
 
     The `CallRecord` is built on demand: the first time any layer (or
     `report_usage`, or a nested guarded call) reads ``call.record``. Until
