@@ -38,7 +38,7 @@ The worst case is estimated from the function's arguments, in this order:
    ``contents`` and ``tools`` for the input; ``max_tokens``,
    ``max_output_tokens`` or ``max_completion_tokens`` (times ``n``) as the
    output cap.
-3. Otherwise the input is the string content of **all** the arguments, and
+3. Otherwise the input is **all** the arguments (counted as below), and
    the output cap is ``max_output=`` or else the largest output this
    function produced in its last 100 calls (at least its 99th percentile;
    remembered only for functions whose arguments can lack a cap or model).
@@ -46,9 +46,12 @@ The worst case is estimated from the function's arguments, in this order:
 The estimate sees only the arguments: a function that adds a long system
 prompt or tool schemas of its own should say so with ``estimate=``.
 
-Input tokens are estimated as a UTF-8 byte count divided by 3: about
-1.3x the real count for English text (~4 characters a token), about right
-for CJK text (3 bytes and ~1 token a character). What is counted: of a
+Input tokens are reserved as a UTF-8 byte count divided by 3 (the worst
+case of llmguard's one estimate, ``llmguard._estimate``; docs/estimates.md
+gives the formula and its error measured against real tokenizers): about
+1.4-1.6x the real count for English text and code, 1.0-1.3x for CJK text
+on current tokenizers, low for hash-dense JSON and, on older tokenizers,
+for Arabic, Hindi or Korean. What is counted: of a
 chat message ``{"role": ..., "content": "<text>"}`` (those two keys
 exactly; a message with more keys counts its ``str()``), its text plus 40
 bytes for the role and framing (~13 tokens; OpenAI documents 3 a
@@ -56,7 +59,8 @@ message); of a list, each item by these rules (a list inside it: its
 ``str()``); of a string, itself; of anything else
 (content blocks, tool schemas, objects), its ``str()``. Images or other base64
 payloads are counted as text and so hugely overestimated; pass
-``estimate=`` for those. The model whose prices apply is the call's
+``estimate=`` for those. A charge that has to be estimated (see Settling)
+reads the same count as a best guess, bytes / 4. The model whose prices apply is the call's
 ``model`` argument, else ``model=``, else the model this function last
 used. Input is priced at the higher of the input and cache-write rates
 (worst case), output at the output rate, via `llmguard.prices`.
@@ -85,9 +89,10 @@ nothing and is charged nothing. A response whose model has no price keeps
 its USD reservation as its charge and emits ``llmguard.budget.unpriced``.
 
 An attempt whose request *left* but that reported no usage is charged the
-input estimated from the call's arguments (`Call.estimated_input_tokens`:
-the SDK-shaped arguments, ``len / 3.5``; at least 1 token) plus the output
-estimated from any text it showed, flagged ``estimated``. Without seeing
+input estimated from the call's arguments (the best-guess reading of the
+same count the reservation read as a worst case, ``ceil(bytes / 4)``; at
+least 1 token) plus the output estimated from any text it showed, flagged
+``estimated``. Without seeing
 the HTTP exchange, "left" means: an ``async def`` attempt cancelled once
 the function had started (a caller's cancel, an async `timeout`); a stream
 whose request was sent but that ended before a chunk was read (closed,
@@ -185,7 +190,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, ClassVar, Final, Literal, NamedTuple, ParamSpec, TypeVar, cast, overload
 
-from . import _check, _clock, _events, prices, providers
+from . import _check, _clock, _estimate, _events, prices, providers
 from ._binder import Binder
 from ._record import Attempt, CallRecord, Outcome, Usage
 from ._wrap import (
@@ -241,21 +246,10 @@ _MAX_USD: Final = 9_000_000  # pico-dollars in a signed 64-bit counter: $9.2M
 # Token limits and output caps: thousands of worst-case reservations still fit
 # a signed 64-bit counter (Redis's HINCRBY).
 _MAX_TOKENS: Final = 10**15
-_INPUT_NAMES: Final = ("messages", "system", "prompt", "input", "instructions", "contents", "tools")
+_INPUT_NAMES: Final = _estimate.INPUT_NAMES
 _CAP_NAMES: Final = ("max_tokens", "max_output_tokens", "max_completion_tokens")
 _OBSERVED: Final = 100  # outputs remembered per function
 _NEVER: Final = sys.maxsize  # the position of a parameter that is never positional
-
-
-_MESSAGE_BYTES: Final = 40  # what a chat message's role and framing count, beside its text
-
-
-class _Parts(list[Any]):
-    """Several input arguments, sized together (see `_text_size`)."""
-
-
-def _str_size(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _estimated_count(count: Any, what: str, value: Any) -> int:
@@ -270,35 +264,6 @@ def _estimated_count(count: Any, what: str, value: Any) -> int:
     if not math.isfinite(count) or count < 0:
         raise ValueError(msg)
     return math.ceil(count)
-
-
-def _text_size(value: Any) -> int:
-    """What the input estimate counts of *value*, in UTF-8 bytes (see the module docs).
-
-    A chat message ``{"role": ..., "content": "<text>"}`` counts its text
-    plus `_MESSAGE_BYTES`; a list the sum of its items (one level: a nested
-    list counts its ``str()``, which stops at cycles); a `_Parts` the sum of
-    its arguments; a string itself; anything else its ``str()``. Lists are
-    summed item by item because ``str()`` of a long conversation copies and
-    escapes every character (microseconds per kilobyte) where this reads
-    lengths.
-    """
-    cls = value.__class__
-    if cls is str:
-        return _str_size(value)
-    if cls is _Parts:
-        return sum(map(_text_size, value))
-    if cls is not list:
-        return _str_size(str(value))
-    size = 0
-    for item in value:
-        if item.__class__ is dict and len(item) == 2 and "role" in item:
-            text = item.get("content")
-            if text.__class__ is str:  # `_str_size`, inlined: once per message of every call
-                size += (len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))) + _MESSAGE_BYTES
-                continue
-        size += _str_size(item if item.__class__ is str else str(item))
-    return size
 
 
 # The `with lg.budget(...)` scopes active in this context, outermost first.
@@ -1257,11 +1222,8 @@ class _FunctionBudget(Layer):
         if self._var_kw:
             own = {g[0] for g in self._inputs}
             parts += [v for n in _INPUT_NAMES if n not in own and (v := kwargs.get(n)) is not None]
-        if not parts:
-            size = _text_size(f"{call.args}{kwargs}")
-        else:
-            size = _text_size(parts[0] if len(parts) == 1 else _Parts(parts))
-        return (size + 2) // 3
+        size = sum(map(_estimate.size, parts)) if parts else _estimate.arguments_size(call.args, kwargs)
+        return _estimate.reserve_tokens(size)
 
     def _output_cap(self, call: Call, scopes: tuple[Budget, ...]) -> int | None:
         cap: int | None = None
@@ -1527,7 +1489,7 @@ class _FunctionBudget(Layer):
                     running = True
                 if sent_in is None:
                     sent_in = _sent_input(call)
-                usage = Usage(sent_in, providers.estimate_tokens(att.text), estimated=True)
+                usage = Usage(sent_in, _estimate.text_tokens(att.text), estimated=True)
                 cost = None
             tokens += usage.input_tokens + usage.output_tokens
             if usage.estimated:
@@ -1680,7 +1642,7 @@ class _FunctionBudget(Layer):
         or none, no ``estimate=``, a store that answers without I/O,
         SDK-shaped arguments that give an output cap and a priced model, and
         a worst case within ``max_call_usd``. It computes what `_estimate`
-        and `_plan` compute (the same `_text_size`, the same rates) inline:
+        and `_plan` compute (the same `_estimate.size`, the same rates) inline:
         this runs on every call, so what it reads of the budget and the
         function is read once, here, into the closure. A refusal is raised on
         the lane; for the general path it is returned as the
@@ -1689,6 +1651,7 @@ class _FunctionBudget(Layer):
         simple = self._frame_simple
         fast_args = self._fast_args
         flat, flat_rates, miss = _FLAT, prices.flat_rates, _MISS
+        text_size, reserve_bytes = _estimate.size, _estimate.RESERVE_BYTES_PER_TOKEN
         max_call, key, period, store, lease = self._consts
         hold, clock, spec_of = store.hold, _clock, self._spec  # the module: tests swap its `wall`
         scopes, fast_of = _SCOPES.get, self._fast_of
@@ -1722,7 +1685,7 @@ class _FunctionBudget(Layer):
                 rates = flat_rates(model)
             if rates is None:
                 return GENERAL
-            input_tokens = (_text_size(value) + 2) // 3
+            input_tokens = -(-text_size(value) // reserve_bytes)  # `_estimate.reserve_tokens`, inlined
             usd = round(input_tokens * rates[0] + cap * rates[1] + rates[2])
             if max_call is not None and usd > max_call:
                 return GENERAL
@@ -1766,7 +1729,7 @@ class _FunctionBudget(Layer):
                 parts.append(value)
         if not parts:
             return None
-        return cap, model, parts[0] if len(parts) == 1 else _Parts(parts)
+        return cap, model, parts[0] if len(parts) == 1 else _estimate.Parts(parts)
 
     def _spec(self, key: str | None, start: float | None) -> BucketSpec:
         """The `BucketSpec` of *key*'s bucket in the window from *start*, remembered for the next calls."""

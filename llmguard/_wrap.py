@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, ParamSpec, TypeVar,
 
 import wrapt
 
-from . import _clock, prices, providers
+from . import _clock, _estimate, prices, providers
 from ._binder import Binder
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 from .errors import StreamFailed
@@ -113,10 +113,6 @@ def current_call() -> CallRecord | None:
     if running is None:
         return None
     return _call_of(running).record
-
-
-# Argument names whose string content is the request's input, for estimates.
-_INPUT_PARAMS = ("system", "messages", "prompt", "input", "contents", "instructions")
 
 
 class Lane(NamedTuple):
@@ -675,17 +671,24 @@ class Call:
             return AsyncGuardedStream(source=result, record=record, attempt=attempt, call=self)
         return GuardedStream(source=result, record=record, attempt=attempt, call=self)
 
-    def estimated_input_tokens(self) -> int:
-        """A conservative token estimate of the request's input.
+    def estimated_input_size(self) -> int:
+        """The estimate's count of the request's input, in bytes (`llmguard._estimate`).
 
-        From the SDK-shaped arguments when the function has them (``system``,
-        ``messages``, ``prompt``, ``input``...), else from the string content
-        of all its arguments (``ask(question)``).
+        The arguments named in `_estimate.INPUT_NAMES` (``messages``,
+        ``system``, ``prompt``, ``input``, ``instructions``, ``contents``,
+        ``tools``) when the call has any, else all its arguments: the count a
+        budget reserves from, so an estimated charge and the reservation
+        before it are two readings of one number.
         """
-        parts = [str(v) for name in _INPUT_PARAMS if (v := self.param(name)) is not None]
-        if not parts:
-            parts = [v for v in (*self.args, *self.kwargs.values()) if isinstance(v, str)]
-        return providers.estimate_tokens("".join(parts)) if parts else 0
+        param = self.param
+        parts = [v for name in _estimate.INPUT_NAMES if (v := param(name)) is not None]
+        if parts:
+            return sum(map(_estimate.size, parts))
+        return _estimate.arguments_size(self.args, self.kwargs)
+
+    def estimated_input_tokens(self) -> int:
+        """The best-guess input tokens of the request (`_estimate.tokens` of `estimated_input_size`)."""
+        return _estimate.tokens(self.estimated_input_size())
 
 
 def _request_model(info: _FunctionInfo, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
@@ -975,7 +978,7 @@ def _sent_body_tokens(source: object) -> int:
         return 0
     if not isinstance(body, (bytes, bytearray)):
         return 0
-    return providers.estimate_tokens(bytes(body).decode("utf-8", "replace"))
+    return _estimate.tokens(len(body))  # the body is UTF-8 JSON: its length is the count
 
 
 def _inner_of(source: object) -> _StreamBase | None:
@@ -1220,7 +1223,7 @@ class _StreamBase:
         measured = acc.usage
         if outcome is Outcome.OK and measured is not None:
             return measured
-        out_est = providers.estimate_tokens(acc.text)
+        out_est = _estimate.text_tokens(acc.text)
         if measured is not None:
             return Usage(
                 measured.input_tokens,

@@ -18,7 +18,7 @@ import anthropic
 import openai
 import pytest
 
-from estimates import estimate_tokens, estimated_input
+from estimates import estimate_tokens, estimated_input, reserved_input
 from sdk_http import httpx
 
 import llmguard as lg
@@ -293,6 +293,69 @@ def test_unread_stream_that_is_dropped_is_charged_its_input_estimate(
     assert reserved > 0
     assert sent_estimate(CLAUDE) == (spend.tokens, ledger_pico(ask))
     assert (0.0, 1, 1) == (spend.reserved_usd, spend.calls, spend.estimated_calls)
+
+
+@pytest.mark.parametrize("path", ["lane", "stacked"])
+def test_a_stream_ended_early_is_reserved_and_charged_from_one_input_count(
+    path: str, store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider
+) -> None:
+    """Reservation and estimated charge of a stream cut short are two readings of one count (docs/estimates.md).
+
+    The count is the UTF-8 bytes of the input arguments (messages, tools, ...);
+    the budget reserves its worst case (bytes / 3), the stream that ended
+    without usage is charged its best guess (bytes / 4) of the same bytes.
+    """
+    fake_provider.script(Step(reply="one two three four five six seven"))
+    conversation: Any = [
+        {"role": "system", "content": "r\u00e9ponds bri\u00e8vement \u4e2d\u6587"},
+        {"role": "user", "content": "say hello to the test " * 20},
+    ]
+    tools: Any = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+
+    def ask(messages: Any, tools: Any, max_tokens: int = 50) -> Any:
+        return openai_client.chat.completions.create(
+            model=GPT, messages=messages, tools=tools, max_tokens=max_tokens, stream=True
+        )
+
+    guarded = budget(tokens=100_000, store=store, model=GPT)(ask)
+    if path == "stacked":
+        guarded = lg.retry(attempts=1)(guarded)
+    stream = guarded(conversation, tools)
+    reserved = budget_spend(guarded).reserved_tokens
+    next(iter(stream))
+    stream.close()
+    usage = stream.record.usage
+
+    assert usage is not None
+    assert usage.estimated
+    assert (reserved_input(conversation, tools) + 50, estimated_input(conversation, tools)) == (
+        reserved,
+        usage.input_tokens,
+    )
+    assert usage.total_tokens == budget_spend(guarded).tokens
+
+
+def test_a_stream_ended_early_without_input_arguments_is_reserved_and_charged_from_all_its_arguments(
+    store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider
+) -> None:
+    """With none of the input argument names, the one count is of every argument given (docs/estimates.md)."""
+    fake_provider.script(Step(reply="one two three four five six seven"))
+
+    @budget(tokens=100_000, store=store, model=GPT)
+    def ask(question: str, user: str, max_tokens: int = 50) -> Any:
+        return openai_client.chat.completions.create(
+            model=GPT, messages=[{"role": "user", "content": question}], max_tokens=max_tokens, stream=True
+        )
+
+    question = "\u4e2d\u6587\u7684\u95ee\u9898 " * 30
+    stream = ask(question, user="u-42")
+    reserved = budget_spend(ask).reserved_tokens
+    next(iter(stream))
+    stream.close()
+    usage = stream.record.usage
+
+    assert usage is not None
+    assert (reserved_input(question, "u-42") + 50, estimated_input(question, "u-42")) == (reserved, usage.input_tokens)
 
 
 def _until(condition: Any, seconds: float = 20.0) -> None:
@@ -688,7 +751,7 @@ async def test_every_shape_settles_exactly_and_refuses_before_sending(
 def test_reservation_uses_sdk_shaped_arguments_as_documented(
     store: BudgetStore, anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
 ) -> None:
-    """Input: UTF-8 bytes / 3 of the messages' text (+40 each) and system; output: max_tokens; worst input rate."""
+    """Input: the worst-case reading of the documented count of messages and system; output: max_tokens; worst input rate."""
     messages = [{"role": "user", "content": "x" * 300}]
     system = "be brief"
 
@@ -699,7 +762,7 @@ def test_reservation_uses_sdk_shaped_arguments_as_documented(
     stream = ask(messages, system, 400)
     held = budget_spend(ask)
     stream.close()
-    input_tokens = (300 + 40 + len(system) + 2) // 3
+    input_tokens = reserved_input(messages, system)
 
     assert input_tokens + 400 == held.reserved_tokens
     # Input at the cache-write rate ($3.75), the worst Claude can bill it at.
@@ -743,7 +806,7 @@ def test_openai_n_multiplies_max_tokens_in_the_worst_case(
                 return ask(n)
         return ask(n)
 
-    input_tokens = (len("say hello to the test") + 40 + 2) // 3
+    input_tokens = reserved_input(MESSAGES)
     with pytest.raises(lg.BudgetExceeded) as info:
         run(2)
 
@@ -757,6 +820,8 @@ def test_openai_n_multiplies_max_tokens_in_the_worst_case(
 @pytest.mark.parametrize("path", ["lane", "stacked", "scoped"])
 def test_input_estimate_counts_message_text_list_items_and_str_of_the_rest(path: str) -> None:
     """A text message: its UTF-8 bytes + 40; a list: its items; content blocks and the rest: str(); all / 3.
+
+    (Spelled out here, and in tests/estimates.py, independently.)
 
     The same figure on the lane, on the general path's shortcut (budget
     under another guard) and on the full general path (inside a scope).
@@ -788,6 +853,7 @@ def test_input_estimate_counts_message_text_list_items_and_str_of_the_rest(path:
         guarded(conversation, system)
 
     assert [(size + 2) // 3 + 100] == seen
+    assert [reserved_input(conversation, system) + 100] == seen
 
 
 def test_input_estimate_of_a_list_containing_itself_is_its_str() -> None:
@@ -841,7 +907,7 @@ def test_unknown_output_cap_follows_unknown_cost(store: BudgetStore, openai_clie
 
         return ask
 
-    input_tokens = (len(str(("hello",)) + str({})) + 2) // 3
+    input_tokens = reserved_input("hello")  # no input argument: every argument
     # With reject, no call could ever run: refused when decorated, naming the fix.
     with pytest.raises(ValueError, match=r"budget\(max_output=...\) is needed .*unknown_cost='reject'"):
         make(1.0)
@@ -871,7 +937,7 @@ def test_observed_output_bounds_later_reservations(openai_client: openai.OpenAI)
     with pytest.raises(lg.BudgetExceeded) as info, budget(tokens=10):
         ask("hello")
 
-    input_tokens = (len(str(("hello",)) + str({})) + 2) // 3
+    input_tokens = reserved_input("hello")  # no input argument: every argument
     assert ("tokens", input_tokens + 77) == (info.value.unit, info.value.requested)
 
 

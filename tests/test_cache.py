@@ -32,6 +32,7 @@ import pydantic
 import pytest
 
 from probe import Probe
+from sdk_http import MID_STREAM_CUT
 
 import llmguard as lg
 
@@ -207,7 +208,8 @@ def test_not_given_is_the_same_as_not_passed() -> None:
 
     f("a")
     f("a", temperature=anthropic.NOT_GIVEN)
-    f("a", top_p=openai.omit)
+    # openai < 1.101 exports no `omit` instance, only the Omit class it is made from
+    f("a", top_p=getattr(openai, "omit", None) or openai._types.Omit())
     f("a", temperature=0.5)
 
     assert ["a", "a"] == calls
@@ -692,7 +694,7 @@ def test_a_stream_that_fails_midway_is_not_stored(
     def chat(q: str) -> Any:
         return openai_client.chat.completions.create(model="gpt-4o", messages=user(q), stream=True)
 
-    with pytest.raises(openai.APIError):
+    with pytest.raises(MID_STREAM_CUT):
         list(chat("hi"))
     assert len(list(chat("hi"))) > 3
     assert 2 == len(fake_provider.requests)
@@ -795,7 +797,7 @@ def test_waiters_share_the_leaders_error_which_is_not_cached(
     with ThreadPoolExecutor(10) as pool:
         results = list(pool.map(lambda _: go(), range(10)))
 
-    assert [anthropic.OverloadedError] * 10 == results
+    assert ["OverloadedError"] * 10 == [r.__name__ for r in results]  # one class, shared
     assert 1 == len(fake_provider.requests)
     ask("same")
     assert 2 == len(fake_provider.requests)

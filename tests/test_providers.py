@@ -725,6 +725,19 @@ def test_anthropic_raw_stream_usage_is_cumulative() -> None:
     )
 
 
+def test_anthropic_stream_thinking_tokens_are_reasoning_tokens() -> None:
+    """message_delta's output_tokens_details.thinking_tokens (a plain dict on SDKs that predate it) counts."""
+    plain = b'"usage": {"output_tokens": 12}'
+    assert plain in ANTHROPIC_STREAM
+    body = ANTHROPIC_STREAM.replace(
+        plain, b'"usage": {"output_tokens": 12, "output_tokens_details": {"thinking_tokens": 4}}'
+    )
+    acc = StreamAccumulator()
+    for event in create_message(anthropic_client(reply(200, body)), stream=True):
+        acc.feed(event)
+    assert dataclasses.replace(ANTHROPIC_STREAM_USAGE, reasoning_tokens=4) == acc.usage
+
+
 def test_anthropic_message_delta_overrides_only_fields_it_sets() -> None:
     """A message_delta carrying cumulative input/cache counts overrides those; absent ones stay."""
     acc = StreamAccumulator()
@@ -1556,10 +1569,11 @@ def test_should_retry_header(headers: dict[str, str], expected: bool | None) -> 
 
 
 @pytest.mark.parametrize(
-    ("text", "expected"), [("", 0), ("a", 1), ("abcdefg", 2), ("abcdefgh", 3), ("x" * 350, 100)]
+    ("text", "expected"),
+    [("", 0), ("a", 1), ("abcd", 1), ("abcde", 2), ("x" * 400, 100), ("\u00e9", 1), ("\u4e2d\u6587", 2), ("\u4e2d" * 4, 3)],
 )
-def test_estimate_tokens_is_ceil_len_over_3_5(text: str, expected: int) -> None:
-    """estimate_tokens is ceil(len / 3.5)."""
+def test_estimate_tokens_is_ceil_utf8_bytes_over_4(text: str, expected: int) -> None:
+    """estimate_tokens is ceil(UTF-8 bytes / 4): a CJK character (3 bytes) counts 3/4 of a token."""
     assert expected == providers.estimate_tokens(text)
 
 

@@ -41,6 +41,7 @@ from ._generic import (
     resolve_duck_result,
     s,
     simple,
+    wrap,
 )
 
 
@@ -132,7 +133,7 @@ def _set_usage(acc: StreamAccumulator, u: Any, *, override: bool) -> None:
         value = getattr(u, name, None)
         if value is not None:
             raw[i] = n(value)
-    details = getattr(u, "output_tokens_details", None)
+    details = wrap(getattr(u, "output_tokens_details", None))  # a dict on older SDKs
     if details is not None:
         raw[4] = n(getattr(details, "thinking_tokens", 0))
     acc.usage = Usage(raw[0] + raw[2] + raw[3], raw[1], raw[2], raw[3], raw[4])
@@ -222,7 +223,10 @@ def _classify_status(exc: BaseException, now: float | None) -> ErrorInfo:
     etype = s(getattr(e, "type", None)) or (
         s(err.get("type")) if isinstance(err, Mapping) else None
     )
-    code = s(getattr(e, "error_code", None))
+    details = err.get("details") if isinstance(err, Mapping) else None
+    code = s(getattr(e, "error_code", None)) or (  # anthropic < 2 has no .error_code
+        s(details.get("error_code")) if isinstance(details, Mapping) else None
+    )
     api_message = s(getattr(e, "api_message", None)) or (
         s(err.get("message")) if isinstance(err, Mapping) else None
     )

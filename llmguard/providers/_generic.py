@@ -142,7 +142,8 @@ def anthropic_usage(u: Any) -> Usage | None:
     cache_write = getattr(u, "cache_creation_input_tokens", None)
     if type(cache_write) is not int:
         cache_write = 0 if cache_write is None else n(cache_write)
-    details = getattr(u, "output_tokens_details", None)
+    # wrap: SDKs older than a field keep it as a plain dict (extra="allow").
+    details = wrap(getattr(u, "output_tokens_details", None))
     reasoning = n(details.thinking_tokens) if details is not None else 0
     inp = u.input_tokens
     out = u.output_tokens
