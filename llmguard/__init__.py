@@ -6,14 +6,14 @@ have; see the README for what each promises.
 
 from ._budget import BudgetAlert, BudgetSpend, budget, budget_spend
 from ._cache import CacheInfo, cache, cache_clear, cache_info
-from ._context import current_call, remaining
+from ._context import remaining
 from ._describe import GuardInfo, describe
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 from ._retry import RetryAttempt, retry
 from ._semantic import Semantic
 from ._timeout import timeout
 from ._trace import trace
-from ._wrap import AsyncGuardedStream, GuardedStream, report_usage
+from ._wrap import AsyncGuardedStream, GuardedStream, current_call, report_usage
 from .errors import (
     AllFailed,
     BudgetExceeded,

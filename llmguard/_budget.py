@@ -191,6 +191,7 @@ from decimal import Decimal
 from typing import Any, ClassVar, Final, Literal, NamedTuple, ParamSpec, TypeVar, cast, overload
 
 from . import _check, _clock, _estimate, _events, prices, providers
+from ._binder import Binder
 from ._record import Attempt, CallRecord, Outcome, Usage
 from ._wrap import (
     _F_ARGS,
@@ -346,11 +347,11 @@ def _check_callable(name: str, value: object, *, allow_str: bool = False) -> Non
     raise ValueError(msg)
 
 
-def _passed_names(params: list[inspect.Parameter]) -> tuple[frozenset[str], frozenset[str], bool]:
+def _passed_names(params: list[inspect.Parameter], first: str | None) -> tuple[frozenset[str], frozenset[str], bool]:
     """What ``key(**arguments)`` receives from a call of a function with *params* (see `_FunctionBudget._arguments`).
 
     (names always passed, names perhaps passed, whether other names may be
-    passed too). A first ``self``/``cls`` is left out for a method; a
+    passed too). A method's instance (*first*, the `Binder`'s rule) is left out; a
     ``**kwargs`` passes the call's extra keywords on their own names, unless
     there are also ``*args`` or positional-only parameters (then, as every
     ``*args``/``**kwargs``, under its own name).
@@ -358,9 +359,9 @@ def _passed_names(params: list[inspect.Parameter]) -> tuple[frozenset[str], froz
     named = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     always = {p.name for p in params if p.kind in named}
     perhaps: set[str] = set()
-    if params and params[0].kind in named[:2] and params[0].name in ("self", "cls"):
-        always.discard(params[0].name)
-        perhaps.add(params[0].name)
+    if first is not None:
+        always.discard(first)
+        perhaps.add(first)
     simple = not any(p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY) for p in params)
     var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
     if not simple:
@@ -368,7 +369,7 @@ def _passed_names(params: list[inspect.Parameter]) -> tuple[frozenset[str], froz
     return frozenset(always), frozenset(perhaps), simple and var_kw
 
 
-def _signature_mismatch(f: Callable[..., Any], params: list[inspect.Parameter]) -> str | None:
+def _signature_mismatch(f: Callable[..., Any], params: list[inspect.Parameter], first: str | None) -> str | None:
     """Why *f* (a ``key=`` or ``estimate=``), called with the keyword arguments of a function with *params*, cannot bind, or None.
 
     None too when it cannot be told (no signature).
@@ -377,7 +378,7 @@ def _signature_mismatch(f: Callable[..., Any], params: list[inspect.Parameter]) 
         taken = list(inspect.signature(f).parameters.values())
     except (TypeError, ValueError):
         return None
-    always, perhaps, open_ended = _passed_names(params)
+    always, perhaps, open_ended = _passed_names(params, first)
     if positional := [p.name for p in taken if p.kind is p.POSITIONAL_ONLY and p.default is p.empty]:
         return f"it has positional-only parameters {positional}, but is called with keyword arguments only"
     by_keyword = {p.name for p in taken if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
@@ -607,14 +608,14 @@ class Budget(Layer):
         """The store holding this budget's ledgers."""
         return self._store
 
-    def for_function(self, fn: Callable[..., Any], shape: str) -> Layer:  # noqa: ARG002
+    def for_function(self, fn: Callable[..., Any], shape: str, binder: Binder) -> Layer:  # noqa: ARG002
         """The per-function layer (it remembers the function's outputs and model)."""
         if self.label is None:
             module = getattr(fn, "__module__", None) or "?"
             qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or "fn"
             self.label = f"{module}.{qualname}"
             self._enc_label = _escape(self.label)
-        return _FunctionBudget(self, fn)
+        return _FunctionBudget(self, fn, binder)
 
     # -- ledgers -----------------------------------------------------------
 
@@ -1054,22 +1055,17 @@ class _FunctionBudget(Layer):
 
     name: ClassVar[str] = "budget"
 
-    def __init__(self, budget: Budget, fn: Callable[..., Any]) -> None:
+    def __init__(self, budget: Budget, fn: Callable[..., Any], binder: Binder) -> None:
         self.budget = budget
         self.function = fn
-        try:
-            params = list(inspect.signature(fn).parameters.values())
-        except (TypeError, ValueError):
-            params = []
+        # The function's one argument binder (names, positions, defaults, the
+        # instance rule): read at decoration into the positions the fast path
+        # reads from a frame, whose arguments keep the instance.
+        params = list(binder.signature.parameters.values()) if binder.signature else []
         self._var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
-        self._simple = not any(p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY) for p in params)
-        positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        self._positional = positional
-        bound = positional[1:] if positional and positional[0] in ("self", "cls") else positional
-        self._positional_bound = bound
-        self._defaults = {
-            p.name: p.default for p in params if p.default is not p.empty and p.kind is not p.VAR_KEYWORD
-        }
+        positional = list(binder.positional)
+        bound = positional[1:] if binder.first else positional
+        self._defaults = binder.defaults
         names = {p.name for p in params}
 
         def getter(name: str) -> tuple[str, int | None, int | None, Any]:
@@ -1126,9 +1122,9 @@ class _FunctionBudget(Layer):
         self._reserve_fast = self._make_reserver()
         self._check_boundable(fn)
         if params:
-            self._check_callables(fn, params)
+            self._check_callables(fn, params, binder.first)
 
-    def _check_callables(self, fn: Callable[..., Any], params: list[inspect.Parameter]) -> None:
+    def _check_callables(self, fn: Callable[..., Any], params: list[inspect.Parameter], first: str | None) -> None:
         """Refuse, at decoration, a ``key=`` or ``estimate=`` that cannot take *fn*'s arguments.
 
         Both are called with the call's arguments by name (`_arguments`); one
@@ -1140,7 +1136,7 @@ class _FunctionBudget(Layer):
             f = getattr(self.budget, option)
             if f is None or isinstance(f, str):
                 continue
-            if (reason := _signature_mismatch(f, params)) is not None:
+            if (reason := _signature_mismatch(f, params, first)) is not None:
                 raise _mismatch_error(option, f, getattr(fn, "__qualname__", repr(fn)), reason)
 
     def _check_boundable(self, fn: Callable[..., Any]) -> None:
@@ -1178,15 +1174,10 @@ class _FunctionBudget(Layer):
 
     # -- arguments and estimates ---------------------------------------------
 
-    def _arguments(self, call: Call) -> dict[str, Any]:
-        """The call's arguments by parameter name, defaults applied."""
-        if not self._simple:
-            return call.bound_arguments()
-        out = dict(self._defaults)
-        names = self._positional_bound if call.instance is not None else self._positional
-        out.update(zip(names, call.args, strict=False))
-        out.update(call.kwargs)
-        return out
+    @staticmethod
+    def _arguments(call: Call) -> dict[str, Any]:
+        """The call's arguments by parameter name, defaults applied (the binder's `Binder.arguments`)."""
+        return call.arguments()
 
     @staticmethod
     def _get(call: Call, getter: tuple[str, int | None, int | None, Any]) -> Any:

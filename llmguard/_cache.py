@@ -26,9 +26,10 @@ everything but the last user message and the model):
   parameter, never a silent ``repr()``;
 * transport-only arguments left out (`TRANSPORT`: ``timeout``,
   ``extra_headers``, ``extra_query``, ``stream_options``, API keys, clients,
-  ``max_retries``...), and for methods the instance (``self``) too, unless
-  ``include=`` names them; ``exclude=`` leaves out more; ``key=`` replaces
-  the arguments with what it returns.
+  ``max_retries``...), and for methods the instance (``self``, whatever it
+  is named; see `_binder`) too, unless ``include=`` names them (a
+  classmethod's class is keyed by name unless excluded); ``exclude=``
+  leaves out more; ``key=`` replaces the arguments with what it returns.
 
 Single flight: concurrent identical misses make one upstream call. Threads
 wait on an `threading.Event`, asyncio tasks on a future of their own loop
@@ -84,6 +85,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, overload
 
 from . import _check, _clock, _events, prices
+from ._binder import Binder, Binding
 from ._context import remaining
 from ._record import Outcome
 from ._semantic import Semantic, rank, split, unit
@@ -104,7 +106,6 @@ from ._wrap import (
     _realize,
     _StreamBase,
     layers_of,
-    split_self,
 )
 from .errors import GuardTimeout, LLMGuardError
 from .stores import is_redis_target, redis_client
@@ -431,106 +432,8 @@ def _closure_parts(fn: Any) -> list[str]:
     return parts
 
 
-# -- binding arguments to names, fast ----------------------------------------
-
-
-class _Binder:
-    """Binds a call's arguments to parameter names, defaults applied.
-
-    `inspect.Signature.bind` costs microseconds per call; this does the
-    common shapes with a few dict operations and returns None for anything
-    it cannot bind exactly as Python would (then the call is not cached and
-    the function raises its own TypeError).
-    """
-
-    __slots__ = (
-        "defaults",
-        "drop_extra",
-        "first",
-        "keywordable",
-        "pos_after_first",
-        "positional",
-        "required",
-        "required_after_first",
-        "var_kw",
-        "var_pos",
-    )
-
-    def __init__(self, sig: inspect.Signature, excluded: frozenset[str] = frozenset()) -> None:
-        params = list(sig.parameters.values())
-        positional_kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        self.positional = tuple(p.name for p in params if p.kind in positional_kinds)
-        self.first = (
-            self.positional[0]
-            if self.positional and self.positional[0] in ("self", "cls")
-            else None
-        )
-        self.pos_after_first = self.positional[1:] if self.first else self.positional
-        self.keywordable = frozenset(
-            p.name
-            for p in params
-            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-        )
-        var_pos = next((p.name for p in params if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
-        # An excluded *args is bound to nothing (and no default is filled in
-        # for an excluded parameter): what is left out never enters the key.
-        self.var_pos = None if var_pos in excluded else var_pos
-        self.drop_extra = var_pos is not None and var_pos in excluded
-        self.var_kw = next((p.name for p in params if p.kind is inspect.Parameter.VAR_KEYWORD), None)
-        self.defaults = {
-            p.name: p.default for p in params if p.default is not p.empty and p.name not in excluded
-        }
-        self.required = frozenset(
-            p.name
-            for p in params
-            if p.default is p.empty
-            and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-        )
-        self.required_after_first = self.required - {self.first} if self.first else self.required
-
-    def bind(self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
-        """``{name: value}`` for the call, or None if it would not bind."""
-        if instance is not None and self.first:
-            names, required = self.pos_after_first, self.required_after_first
-        else:
-            names, required = self.positional, self.required
-        out = self.defaults.copy()
-        n = len(args)
-        if n > len(names):
-            if self.var_pos is not None:
-                out[self.var_pos] = list(args[len(names) :])
-            elif not self.drop_extra:
-                return None
-        elif self.var_pos is not None:
-            out[self.var_pos] = []
-        if n == 1 and names:
-            out[names[0]] = args[0]  # the usual ask(prompt, **options), without a zip
-        elif n:
-            out.update(zip(names, args, strict=False))
-        if kwargs and not self._add_kwargs(out, kwargs, names[:n]):
-            return None
-        return out if required <= out.keys() else None
-
-    def _add_kwargs(self, out: dict[str, Any], kwargs: dict[str, Any], passed: Sequence[str]) -> bool:
-        keys = kwargs.keys()
-        if keys <= self.keywordable and (not passed or keys.isdisjoint(passed)):
-            out.update(kwargs)
-            return True
-        if self.var_kw is None:
-            return False  # an unknown keyword, or "got multiple values": let Python say so
-        for k, v in kwargs.items():
-            if k in self.keywordable:
-                if k in passed:
-                    return False
-                out[k] = v
-            elif k in out:  # a positional-only name also passed in **kwargs
-                out["**" + k] = v
-            else:
-                out[k] = v
-        return True
-
-
-# -- single flight -----------------------------------------------------------
+# `CacheLayer.key_for` of a method called without ``_instance=``.
+_NO_INSTANCE: Final = object()
 
 
 class _Flight:
@@ -608,11 +511,12 @@ class CacheLayer(Layer):
         self._fn_label = ""
         self._prefix = ""
         self._hasher: Any = None
-        self._binder: _Binder | None = None
+        self._binder: Binding | None = None
         self._excluded: frozenset[str] = frozenset()
         self._excluded_from = -1
         self._first_excluded = False
         self._self_in_key = False
+        self._class_in_key = False
         self._sem_param = ""
         self._shape = ""
         self._streams_seen = False
@@ -644,7 +548,7 @@ class CacheLayer(Layer):
             out["cache_if"] = getattr(self.cache_if, "__qualname__", repr(self.cache_if))
         return out
 
-    def for_function(self, fn: Callable[..., Any], shape: str) -> Layer:
+    def for_function(self, fn: Callable[..., Any], shape: str, binder: Binder) -> Layer:
         """A copy with this function's key maker, store, flights and counters."""
         layer = copy.copy(self)
         layer.store = self._shared_store or MemoryCacheStore(self.maxsize)
@@ -661,10 +565,7 @@ class CacheLayer(Layer):
                 "utf-8", "surrogatepass"
             )
         )
-        try:
-            sig: inspect.Signature | None = inspect.signature(fn)
-        except (TypeError, ValueError):
-            sig = None
+        sig = binder.signature
         names = list(sig.parameters) if sig else []
         has_var_kw = bool(sig) and any(
             p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()  # type: ignore[union-attr]
@@ -674,14 +575,16 @@ class CacheLayer(Layer):
             if unknown and not has_var_kw:
                 msg = f"cache({option}=...) names {unknown}, which {layer._fn_label}() has no parameter for"
                 raise ValueError(msg)
-        first = names[0] if names and names[0] in ("self", "cls") else None
+        # A method's instance (the binder's rule, whatever its parameter is
+        # called) is never an argument: it is keyed only when included (an
+        # instance usually holds a client, not the request), a classmethod's
+        # class (by name) unless excluded.
+        first = binder.first
         excluded = (TRANSPORT - self.include) | self.exclude
-        if first == "self" and "self" not in self.include:
-            excluded |= {"self"}  # an instance usually holds a client, not the request
         layer._excluded = frozenset(excluded)
-        # A classmethod's class is keyed (by name); an instance only when included.
-        layer._self_in_key = first is not None and first not in layer._excluded
-        layer._binder = _Binder(sig, layer._excluded) if sig is not None else None
+        layer._self_in_key = first is not None and bool({"self", first} & self.include)
+        layer._class_in_key = first is not None and first not in layer._excluded
+        layer._binder = binder.binding(layer._excluded) if sig is not None else None
         # From which positional argument on an excluded parameter may be passed
         # positionally (self/cls, the instance, is handled by the binder).
         positions = layer._binder.pos_after_first if layer._binder else ()
@@ -725,7 +628,9 @@ class CacheLayer(Layer):
             if got is None:
                 return None
             bound = got
-            if self._self_in_key and instance is not None and binder.first:
+            if instance is not None and binder.first and (
+                self._class_in_key if isinstance(instance, type) else self._self_in_key
+            ) and instance is not _NO_INSTANCE:
                 bound[binder.first] = instance
         # Excluded parameters have no defaults in the binder: they are here
         # only if passed, by keyword or far enough along positionally.
@@ -1033,7 +938,7 @@ class CacheLayer(Layer):
         return Lane(self._lane_enter, None, resume, needs_call=False, answers=True)
 
     def _lane_enter(self, frame: list[Any]) -> Any:
-        instance, args = split_self(frame[_F_INFO], frame[_F_ARGS])
+        instance, args = frame[_F_INFO].binder.split(frame[_F_ARGS])
         made = self._key_from(instance, args, frame[_F_KWARGS])
         if made is not None:
             try:
@@ -1485,6 +1390,8 @@ class CacheLayer(Layer):
         part of the key unless ``include=["self"]`` (then pass ``_instance=``).
         """
         instance = kwargs.pop("_instance", None)
+        if instance is None and self._binder is not None and self._binder.first:
+            instance = _NO_INSTANCE  # a method's arguments, after its (unkeyed) instance
         made = self._key_from(instance, args, kwargs)
         return None if made is None else made[0]
 

@@ -1,50 +1,22 @@
-"""Per-call state that travels with the call, never on the function object.
+"""The active deadline, which travels with the call (a context variable).
 
-Three context variables:
-
-* ``_HANDOFF`` carries the call (its `CallRecord`) from one guard layer to the next
-  layer of the *same* call, set only for the synchronous moment in which the
-  outer layer invokes the inner one. The innermost layer clears it while the
-  user's function runs, so a guarded call made *inside* that function starts
-  a record of its own (with this one as its parent).
-* ``_CURRENT`` is the call whose user code is running now; it
-  is how `report_usage()` and nested calls find their parent.
-* ``_DEADLINE`` is the active deadline (monotonic seconds) set by
-  ``with lg.timeout(...)`` and by `timeout` layers; `remaining()` reads it.
+``_DEADLINE`` is the active deadline (monotonic seconds) set by
+``with lg.timeout(...)`` and by `timeout` layers; `remaining()` reads it.
+The call's own state (``_HANDOFF``, ``_CURRENT``, `current_call`) lives with
+the call machinery in `_wrap`; this module imports nothing of it.
 
 Tokens are always reset in the same frame that set them, and never held
-across a ``yield`` (streams set and reset them around each pull).
+across a ``yield``.
 """
 
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
 
 from ._clock import get_clock
 
 
-if TYPE_CHECKING:
-    from ._record import Attempt, CallRecord
-    from ._wrap import Call
-
-
-# The outermost layer's `Call` of a call, which owns its record.
-_HANDOFF: ContextVar[Call | None] = ContextVar("llmguard_handoff", default=None)
-# That call, and the attempt whose code is running (report_usage writes there);
-# a fast lane's frame (a list, see `_wrap._realize`) while its Call is unbuilt.
-_CURRENT: ContextVar[tuple[Call, Attempt | None] | list[Any] | None] = ContextVar("llmguard_current", default=None)
 _DEADLINE: ContextVar[float | None] = ContextVar("llmguard_deadline", default=None)
-
-
-def current_call() -> CallRecord | None:
-    """The record of the guarded call whose code is running now, if any."""
-    running = _CURRENT.get()
-    if running is None:
-        return None
-    from ._wrap import _call_of  # noqa: PLC0415 - _wrap imports this module
-
-    return _call_of(running).record
 
 
 def deadline() -> float | None:

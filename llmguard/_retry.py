@@ -45,6 +45,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Final, Literal, ParamSpec, TypeVar, overload
 
 from . import _check, _clock, _events
+from ._binder import Binder
 from ._context import deadline as active_deadline
 from ._record import CallRecord, ErrorKind
 from ._wrap import (
@@ -192,7 +193,7 @@ class RetryLayer(Layer):
             "budget_ratio": self.budget_ratio,
         }
 
-    def for_function(self, fn: Callable[..., Any], shape: str) -> RetryLayer:  # noqa: ARG002
+    def for_function(self, fn: Callable[..., Any], shape: str, binder: Binder) -> RetryLayer:  # noqa: ARG002
         """A copy for *fn*: its own retry budget and SDK-retries warning."""
         layer = _copy(self)
         layer._budget = _RetryBudget(self.budget_ratio) if self.budget_ratio else None

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextvars
 import copy
-import inspect
 import json
 import os
 import threading
@@ -70,6 +69,7 @@ from opentelemetry.trace import (
 )
 
 from . import _clock, _events, _semconv, prices, providers
+from ._binder import Binder
 from ._check import number as check_number
 from ._record import CallRecord, ErrorKind, Outcome
 from ._secrets import SECRET_KEY_NAMES, scrub, scrub_named
@@ -86,7 +86,6 @@ from ._wrap import (
     GuardedStream,
     Lane,
     Layer,
-    _arg,
     _FunctionInfo,
     _realize,
     _request_model,
@@ -94,7 +93,6 @@ from ._wrap import (
     _StreamBase,
     outcome_of,
     returned_call,
-    split_self,
     with_reported,
 )
 from .errors import BudgetExceeded, CircuitOpen, InputRejected, RateLimited
@@ -764,10 +762,10 @@ class _CallTrace:
             info: _FunctionInfo = frame[_F_INFO]
             args: tuple[Any, ...] = frame[_F_ARGS]
             kwargs: dict[str, Any] = frame[_F_KWARGS]
-            model = self.request_model = _request_model(info, args, kwargs, 0)
-            stream = self.start_stream = _requests_stream(info, args, kwargs, 0)
+            instance, args = info.binder.split(args)
+            model = self.request_model = _request_model(info, instance, args, kwargs)
+            stream = self.start_stream = _requests_stream(info, instance, args, kwargs)
             function = info.name
-            instance, args = split_self(info, args)
         else:
             call = cast("Call", call)
             self.call = call
@@ -820,7 +818,7 @@ class _CallTrace:
                     if param in kwargs
                     else call.param(param)
                     if call is not None
-                    else _arg(info, frame[_F_ARGS], kwargs, param, None, 0)  # type: ignore[index]
+                    else info.binder.arg(instance, args, kwargs, param)
                 )
                 if value is not None and (type(value) in _INT_FLOAT or _number(value)):
                     attrs[key] = value
@@ -1416,15 +1414,14 @@ class TraceLayer(Layer):
             "semconv": _semconv.LATEST_EXPERIMENTAL if self._names.latest else "v1.41",
         }
 
-    def for_function(self, fn: Callable[..., Any], shape: str) -> TraceLayer:  # noqa: ARG002
+    def for_function(self, fn: Callable[..., Any], shape: str, binder: Binder) -> TraceLayer:  # noqa: ARG002
         """A copy that knows *fn*: its client, and which request parameters it takes."""
         layer = copy.copy(self)
         layer._finder = _ClientFinder(fn)
         layer._open = []
-        try:
-            params = inspect.signature(fn).parameters
-        except (TypeError, ValueError):
+        if binder.signature is None:
             return layer
+        params = binder.signature.parameters
         if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
             layer._params = tuple(pair for pair in layer._params if pair[0] in params)
         return layer

@@ -29,7 +29,7 @@ last resort. Layers register callbacks with `GuardedStream.on_finish`.
 Calling a guarded generator function runs nothing, as calling a generator
 function never does: the layers run when the first chunk is asked for.
 
-Each layer of one call shares one `CallRecord` (see `_context` for how it is
+Each layer of one call shares one `CallRecord` (see `_HANDOFF` for how it is
 handed from layer to layer); the innermost layer, the one that calls your
 function, opens an `Attempt` per real call and fills it from the result
 (usage, model, finish reason) through the provider adapters.
@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, ParamSpec, TypeVar,
 import wrapt
 
 from . import _clock, _estimate, prices, providers
-from ._context import _CURRENT, _HANDOFF
+from ._binder import Binder
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 from .errors import StreamFailed
 
@@ -88,6 +88,31 @@ ErrorMap = Callable[["BaseException", "_StreamBase"], "BaseException | None"]
 # (a timeout closing it while a worker is still reading), so the flip is locked.
 _FINISH_LOCK = threading.Lock()
 
+# The call's state travels with it in two context variables, never on the
+# function object. Tokens are always reset in the same frame that set them,
+# and never held across a ``yield`` (streams set and reset them around each pull).
+#
+# ``_HANDOFF`` carries the outermost layer's `Call` (which owns the record) to
+# the next layer of the *same* call, set only for the synchronous moment in
+# which the outer layer invokes the inner one. The innermost layer clears it
+# while the user's function runs, so a guarded call made *inside* that
+# function starts a record of its own (with this one as its parent).
+_HANDOFF: contextvars.ContextVar[Call | None] = contextvars.ContextVar("llmguard_handoff", default=None)
+# ``_CURRENT`` is the call whose user code is running now, and the attempt
+# running (report_usage writes there); a fast lane's frame (a list, see
+# `_realize`) while its Call is unbuilt. It is how `report_usage()`,
+# `current_call()` and nested calls find their parent.
+_CURRENT: contextvars.ContextVar[tuple[Call, Attempt | None] | list[Any] | None] = contextvars.ContextVar(
+    "llmguard_current", default=None
+)
+
+
+def current_call() -> CallRecord | None:
+    """The record of the guarded call whose code is running now, if any."""
+    running = _CURRENT.get()
+    if running is None:
+        return None
+    return _call_of(running).record
 
 
 class Lane(NamedTuple):
@@ -153,8 +178,11 @@ class Layer:
         """The layer's configuration, for `describe`."""
         return {}
 
-    def for_function(self, fn: Callable[..., Any], shape: str) -> Layer:  # noqa: ARG002
-        """The layer to use for *fn* (override to keep per-function state)."""
+    def for_function(self, fn: Callable[..., Any], shape: str, binder: Binder) -> Layer:  # noqa: ARG002
+        """The layer to use for *fn* (override to keep per-function state).
+
+        *binder* is the function's one argument `Binder` (also ``call.info.binder``).
+        """
         return self
 
     def around(self, call: Call) -> Any:
@@ -186,49 +214,32 @@ class _FunctionInfo:
     """What `wrap` learns once about a function, so calls don't redo it."""
 
     __slots__ = (
-        "defaults",
+        "binder",
         "has_model",
         "has_stream",
         "inner_is_guard",
         "name",
-        "plain",
-        "positions",
-        "self_offset",
         "shape",
-        "signature",
     )
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], *, static: bool = False) -> None:
         self.shape = shape_of(fn)
-        # def and async def get a plain closure (see `wrap`); their `wrapped`
-        # is the unbound function, so a method's self is passed back in.
-        self.plain = self.shape in (SYNC, ASYNC)
         self.name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
         self.inner_is_guard = layer_of(fn) is not None
-        try:
-            self.signature: inspect.Signature | None = inspect.signature(fn)
-        except (TypeError, ValueError):
-            self.signature = None
-        params = list(self.signature.parameters.values()) if self.signature else []
-        self.positions = {
-            p.name: i
-            for i, p in enumerate(params)
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        }
-        self.defaults = {p.name: p.default for p in params if p.default is not p.empty}
-        # wrapt hands a bound method's arguments without self/cls.
-        self.self_offset = 1 if params and params[0].name in ("self", "cls") else 0
+        # The one argument binder: names, positions, defaults, the instance rule.
+        self.binder = binder = Binder(fn, static=static)
         # Read positionally / from defaults only when the function names them.
-        self.has_model = "model" in self.positions or "model" in self.defaults
-        self.has_stream = "stream" in self.positions or "stream" in self.defaults
+        self.has_model = "model" in binder.positions or "model" in binder.defaults
+        self.has_stream = "stream" in binder.positions or "stream" in binder.defaults
 
 
 class Call:
     """One invocation of one layer: the arguments, the record, and the way on.
 
-    ``args`` and ``kwargs`` are what the caller passed (``self`` excluded for
-    methods; it is ``instance``). ``proceed`` calls the next layer, or the
-    function itself, possibly with other arguments (fallback's overrides).
+    ``args`` and ``kwargs`` are what the caller passed, a method's instance
+    excluded: it is ``instance`` (`_binder` has the one rule that decides).
+    ``proceed`` calls the next layer, or the function itself, possibly with
+    other arguments (fallback's overrides).
 
     The `CallRecord` is built on demand: the first time any layer (or
     `report_usage`, or a nested guarded call) reads ``call.record``. Until
@@ -387,15 +398,11 @@ class Call:
 
     def request_model(self) -> str | None:
         """The model the call asks for (its ``model`` argument), if it names one."""
-        return _request_model(self.info, self.args, self.kwargs, self._shift())
+        return _request_model(self.info, self.instance, self.args, self.kwargs)
 
     def requests_stream(self) -> bool:
         """Whether the call is a stream by its shape or asks for one (``stream=True``)."""
-        return _requests_stream(self.info, self.args, self.kwargs, self._shift())
-
-    def _shift(self) -> int:
-        # ``args`` lack a method's self: positions move down by one.
-        return self.info.self_offset if self.instance is not None else 0
+        return _requests_stream(self.info, self.instance, self.args, self.kwargs)
 
     @property
     def recorded(self) -> bool:
@@ -447,22 +454,15 @@ class Call:
 
     def param(self, name: str, default: Any = None) -> Any:
         """The argument passed for parameter *name* (keyword or positional)."""
-        return _arg(self.info, self.args, self.kwargs, name, default, self._shift())
+        return self.info.binder.arg(self.instance, self.args, self.kwargs, name, default)
 
     def bound_arguments(self) -> dict[str, Any]:
-        """All arguments by parameter name, defaults applied (self excluded)."""
-        sig = self.info.signature
-        if sig is None:
-            return {**{f"*{i}": a for i, a in enumerate(self.args)}, **self.kwargs}
-        args = self.args
-        if self.instance is not None and self.info.self_offset:
-            args = (self.instance, *args)
-        bound = sig.bind(*args, **self.kwargs)
-        bound.apply_defaults()
-        out = dict(bound.arguments)
-        if self.instance is not None and self.info.self_offset:
-            out.pop(next(iter(sig.parameters)), None)
-        return out
+        """All arguments by parameter name, defaults applied (the instance excluded)."""
+        return self.info.binder.bound(self.instance, self.args, self.kwargs)
+
+    def arguments(self) -> dict[str, Any]:
+        """All arguments by name, defaults applied, ``**kwargs`` flat (as ``key=`` and ``estimate=`` get them)."""
+        return self.info.binder.arguments(self.instance, self.args, self.kwargs)
 
     # -- going on to the next layer, or to the function ---------------------
 
@@ -475,7 +475,7 @@ class Call:
         a = self.args if args is None else args
         k = self.kwargs if kwargs is None else kwargs
         owner = self._owner
-        if self.info.plain and self.instance is not None:
+        if self.instance is not None:
             a = (self.instance, *a)
         if self.info.inner_is_guard:
             handoff = _HANDOFF.set(owner)
@@ -613,7 +613,7 @@ class Call:
         a = self.args if args is None else args
         k = self.kwargs if kwargs is None else kwargs
         owner = self._owner
-        if self.info.plain and self.instance is not None:
+        if self.instance is not None:
             a = (self.instance, *a)
         if self.info.inner_is_guard:
             # The next layer claims the call when it starts running, which for
@@ -691,27 +691,15 @@ class Call:
         return _estimate.tokens(self.estimated_input_size())
 
 
-def _arg(info: _FunctionInfo, args: tuple[Any, ...], kwargs: dict[str, Any], name: str, default: Any, shift: int) -> Any:
-    """The argument for parameter *name*; *shift* is 1 when *args* lack a method's self."""
-    if name in kwargs:
-        return kwargs[name]
-    pos = info.positions.get(name)
-    if pos is not None:
-        pos -= shift
-        if 0 <= pos < len(args):
-            return args[pos]
-    return info.defaults.get(name, default)
-
-
-def _request_model(info: _FunctionInfo, args: tuple[Any, ...], kwargs: dict[str, Any], shift: int) -> str | None:
-    model = kwargs.get("model") if "model" in kwargs or not info.has_model else _arg(info, args, kwargs, "model", None, shift)
+def _request_model(info: _FunctionInfo, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    model = kwargs.get("model") if "model" in kwargs or not info.has_model else info.binder.arg(instance, args, kwargs, "model")
     return model if isinstance(model, str) else None
 
 
-def _requests_stream(info: _FunctionInfo, args: tuple[Any, ...], kwargs: dict[str, Any], shift: int) -> bool:
+def _requests_stream(info: _FunctionInfo, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     if info.shape in _STREAM_SHAPES:
         return True
-    stream = kwargs.get("stream") if "stream" in kwargs or not info.has_stream else _arg(info, args, kwargs, "stream", None, shift)
+    stream = kwargs.get("stream") if "stream" in kwargs or not info.has_stream else info.binder.arg(instance, args, kwargs, "stream")
     return stream is True
 
 
@@ -1556,12 +1544,15 @@ def _end_with_result(call: Call, result: Any) -> Any:
     return result
 
 
-def wrap(layer: Layer, fn: Callable[P, R]) -> Callable[P, R]:
-    """Put *layer* around *fn*, for every call shape; see the module docs."""
+def wrap(layer: Layer, fn: Callable[P, R], *, static: bool = False) -> Callable[P, R]:
+    """Put *layer* around *fn*, for every call shape; see the module docs.
+
+    *static* says *fn* is a ``staticmethod``'s function (it takes no instance).
+    """
     if isinstance(fn, (staticmethod, classmethod)):
         # Wrap the function and re-apply the descriptor, so `cls` arrives
         # as an ordinary first argument and binding stays Python's.
-        inner = wrap(layer, fn.__func__)
+        inner = wrap(layer, fn.__func__, static=isinstance(fn, staticmethod))
         return cast("Callable[P, R]", type(fn)(inner))
     if not callable(cast("object", fn)):
         msg = (
@@ -1569,8 +1560,8 @@ def wrap(layer: Layer, fn: Callable[P, R]) -> Callable[P, R]:
             f"got {type(fn).__name__}: {fn!r}"
         )
         raise TypeError(msg)
-    info = _FunctionInfo(fn)
-    layer = layer.for_function(fn, info.shape)
+    info = _FunctionInfo(fn, static=static)
+    layer = layer.for_function(fn, info.shape, info.binder)
     shape = info.shape
 
     if shape in (SYNC, ASYNC):
@@ -1584,8 +1575,8 @@ def wrap(layer: Layer, fn: Callable[P, R]) -> Callable[P, R]:
         return cast("Callable[P, R]", made)
     if shape == GEN:
 
-        def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-            call = Call(layer, info, wrapped, instance, args, kwargs)
+        def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:  # noqa: ARG001
+            call = Call(layer, info, fn, *info.binder.split(_unbound_args(instance, args)), kwargs)
             stream = GuardedStream(start=lambda: layer.around(call), record=call.record)
             if call._owner is call:
                 stream.on_finish(_end_record_hook(call.record))
@@ -1593,8 +1584,8 @@ def wrap(layer: Layer, fn: Callable[P, R]) -> Callable[P, R]:
 
     else:
 
-        def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-            call = Call(layer, info, wrapped, instance, args, kwargs)
+        def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:  # noqa: ARG001
+            call = Call(layer, info, fn, *info.binder.split(_unbound_args(instance, args)), kwargs)
             stream = AsyncGuardedStream(start=lambda: layer.around_async(call), record=call.record)
             if call._owner is call:
                 stream.on_finish(_end_record_hook(call.record))
@@ -1604,30 +1595,32 @@ def wrap(layer: Layer, fn: Callable[P, R]) -> Callable[P, R]:
     return cast("Callable[P, R]", wrapt.FunctionWrapper(fn, wrapper))
 
 
+def _unbound_args(instance: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The arguments the function itself receives, from wrapt's descriptor-bound *instance* and *args*.
+
+    wrapt splits off what it bound the function to; putting it back lets the
+    function's `Binder` decide, by the one rule every shape follows, and the
+    call go to the unbound function (``Call.proceed`` passes the instance
+    back in).
+    """
+    return args if instance is None else (instance, *args)
+
+
 # def and async def are wrapped in plain closures rather than wrapt's proxy:
 # measured here, the proxy's dispatch alone costs ~0.35 µs a call more than a
 # closure, a fifth of the whole guard. A closure is a function, so Python
-# binds it to instances itself; a method's self arrives as the first argument
-# and is split off as `Call.instance` (`split_self`), so layers see the same
-# `Call` either way. Generator functions keep wrapt: only its proxy keeps
-# `inspect.isgeneratorfunction` true.
-
-
-def split_self(info: _FunctionInfo, args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
-    """``(instance, the other arguments)``: a method's self split off its positional arguments.
-
-    Split when the first parameter is named self or cls and the argument is
-    not None, so `Call.instance` is None exactly when nothing was split off
-    (a None there is an argument like any other).
-    """
-    if info.self_offset and args and args[0] is not None:
-        return args[0], args[1:]
-    return None, args
+# binds it to instances itself; a method's instance arrives as the first
+# argument and is split off as `Call.instance` by the function's `Binder`
+# (``info.binder.split``), as for wrapt's shapes (`_unbound_args`), so layers
+# see the same `Call` either way. Generator functions keep wrapt: only its
+# proxy keeps `inspect.isgeneratorfunction` true.
 
 
 def _plain_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any]) -> Callable[..., Any]:
+    split = info.binder.split
+
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        instance, args = split_self(info, args)
+        instance, args = split(args)
         call = Call(layer, info, fn, instance, args, kwargs)
         if call._owner is not call:
             return layer.around(call)
@@ -1642,8 +1635,10 @@ def _plain_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any]) -> Ca
 
 
 def _plain_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any]) -> Callable[..., Any]:
+    split = info.binder.split
+
     async def guarded(*args: Any, **kwargs: Any) -> Any:
-        instance, args = split_self(info, args)
+        instance, args = split(args)
         call = Call(layer, info, fn, instance, args, kwargs)
         if call._owner is not call:
             return await layer.around_async(call)
@@ -1683,7 +1678,7 @@ def _realize(frame: Frame[Any]) -> Call:
     if call is not None:
         return call
     info: _FunctionInfo = frame[_F_INFO]
-    instance, args = split_self(info, frame[_F_ARGS])
+    instance, args = info.binder.split(frame[_F_ARGS])
     call = Call.__new__(Call)
     call.layer, call.info, call.wrapped = frame[_F_LAYER], info, frame[_F_FN]
     call.instance, call.args, call.kwargs = instance, args, frame[_F_KWARGS]
@@ -1749,7 +1744,7 @@ def _lane_sync(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane: 
 
     def guarded(*args: Any, **kwargs: Any) -> Any:
         if handoff_get() is not None:  # the inner layer of another guard's call
-            instance, rest = split_self(info, args)
+            instance, rest = info.binder.split(args)
             return layer.around(Call(layer, info, fn, instance, rest, kwargs))
         frame: Frame[Any] = [None, layer, info, fn, args, kwargs, clock.now(), None, None, None, None]
         try:
@@ -1799,7 +1794,7 @@ def _lane_async(layer: Layer, info: _FunctionInfo, fn: Callable[..., Any], lane:
 
     async def guarded(*args: Any, **kwargs: Any) -> Any:
         if handoff_get() is not None:
-            instance, rest = split_self(info, args)
+            instance, rest = info.binder.split(args)
             return await layer.around_async(Call(layer, info, fn, instance, rest, kwargs))
         frame: Frame[Any] = [None, layer, info, fn, args, kwargs, clock.now(), None, None, None, None]
         try:

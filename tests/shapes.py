@@ -89,3 +89,93 @@ def build(shape: str, decorate: Callable[[Any], Any], sync: anthropic.Anthropic,
 
     svc = Service()
     return lambda: svc.ask().content[0].text
+
+
+METHOD_SHAPES = ["def", "async def", "def->stream", "async def->stream", "generator", "async generator"]
+
+
+def build_method(
+    shape: str, decorate: Callable[[Any], Any], sync: anthropic.Anthropic, aclient: anthropic.AsyncAnthropic
+) -> tuple[type, Callable[[list[tuple[Any, str, str]]], list[str]]]:
+    """A class whose method ``ask`` of *shape* takes ``(this, q, user)``, and a caller.
+
+    The caller takes ``[(instance, q, user), ...]`` and returns their texts,
+    made in one event loop for the async shapes.
+
+    Its first parameter is deliberately not named ``self``: what makes it the
+    instance is that the function is a method, not its name.
+    """
+
+    class Service:
+        client = sync
+        aclient_ = aclient
+
+        if shape == "def":
+
+            @decorate
+            def ask(this, q: str, user: str) -> Any:  # noqa: N805
+                return this.client.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": q}])
+
+        elif shape == "async def":
+
+            @decorate
+            async def ask(this, q: str, user: str) -> Any:  # noqa: N805
+                return await this.aclient_.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": q}])
+
+        elif shape == "def->stream":
+
+            @decorate
+            def ask(this, q: str, user: str) -> Any:  # noqa: N805
+                return this.client.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": q}], stream=True)
+
+        elif shape == "async def->stream":
+
+            @decorate
+            async def ask(this, q: str, user: str) -> Any:  # noqa: N805
+                return await this.aclient_.messages.create(
+                    model=MODEL, max_tokens=64, messages=[{"role": "user", "content": q}], stream=True
+                )
+
+        elif shape == "generator":
+
+            @decorate
+            def ask(this, q: str, user: str) -> Iterator[str]:  # noqa: N805
+                for e in this.client.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": q}], stream=True):
+                    if e.type == "content_block_delta":
+                        yield e.delta.text
+
+        else:
+
+            @decorate
+            async def ask(this, q: str, user: str) -> AsyncIterator[str]:  # noqa: N805
+                stream = await this.aclient_.messages.create(
+                    model=MODEL, max_tokens=64, messages=[{"role": "user", "content": q}], stream=True
+                )
+                async for e in stream:
+                    if e.type == "content_block_delta":
+                        yield e.delta.text
+
+    def one(svc: Any, q: str, user: str) -> str:
+        if shape == "def":
+            return str(svc.ask(q, user).content[0].text)
+        if shape == "def->stream":
+            return text_of_events(list(svc.ask(q, user)))
+        return "".join(svc.ask(q, user))
+
+    async def aone(svc: Any, q: str, user: str) -> str:
+        if shape == "async def":
+            return str((await svc.ask(q, user)).content[0].text)
+        if shape == "async def->stream":
+            return text_of_events([e async for e in await svc.ask(q, user)])
+        return "".join([t async for t in svc.ask(q, user)])
+
+    def call(calls: list[tuple[Any, str, str]]) -> list[str]:
+        if not shape.startswith("async"):
+            return [one(*c) for c in calls]
+
+        async def all_in_one_loop() -> list[str]:  # an async client lives on one loop
+            return [await aone(*c) for c in calls]
+
+        return asyncio.run(all_in_one_loop())
+
+    return Service, call

@@ -20,9 +20,8 @@ import llmguard as lg
 import llmguard._wrap
 
 from llmguard import GuardedStream, Outcome
-from llmguard._context import _CURRENT, _HANDOFF
 from llmguard._fake_provider import FakeProvider, Step
-from llmguard._wrap import Layer, wrap
+from llmguard._wrap import _CURRENT, _HANDOFF, Layer, wrap
 
 
 MODEL = "claude-sonnet-4-6"
