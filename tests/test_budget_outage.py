@@ -238,3 +238,34 @@ def test_a_charge_without_reservation_is_kept_and_added_once(restartable_redis: 
     assert 1 == len(kept)
     assert (300, 60, 1) == (bucket.usd, bucket.tokens, bucket.calls)
     store.close()
+
+
+def test_the_ids_redis_remembers_are_dropped_after_a_day(redis_url: str) -> None:
+    """The charges (fail_open calls, corrections) and expired leases Redis remembers, to apply each once, go after a day.
+
+    Also on a budget without a window (its bucket never expires) and while
+    no lease expires: every call that settles in time must not leave the set
+    growing for ever.
+    """
+    import redis  # noqa: PLC0415 - optional dependency
+
+    store = RedisBudgetStore(redis_url, namespace=uuid.uuid4().hex)
+    spec = BucketSpec("ids::all", 10 * PICO, None, None)
+    now = time.time()
+    for _ in range(20):
+        line = spec.line(0, 0, now)
+        line.charge_usd, line.charge_tokens = 3, 1
+        store.charge([line], now, count=False, estimated=False)
+    remembered = store._prefix + "ids::all:rx"
+    client = redis.Redis.from_url(redis_url)
+    assert 20 == client.zcard(remembered)
+
+    later = now + 2 * 86400  # two days on: calls reserve and settle in time, as usual
+    rid = store.hold(spec, 5, 1, later, 600)
+    assert isinstance(rid, str)
+    store.release(rid, spec, 5, 1, 5, 1, later, False)
+    store.ledger("ids::all", later)
+
+    assert 0 == client.zcard(remembered)
+    client.close()
+    store.close()
