@@ -539,13 +539,16 @@ class MemoryBudgetStore(BudgetStore):
 # Expired leases, dropped from bucket *h*'s lease set *z* (before reserving,
 # or reading): their holds are given back, and they move to the set
 # ``<z>x`` (kept as long as the bucket, at most a day), so a settlement that
-# comes after its lease expired still charges, once. A Lua function over
+# comes after its lease expired still charges, once. The charge ids settle
+# remembers there go after a day too: every purge drops what is older, so the
+# set stays bounded whether or not a lease expires. A Lua function over
 # (h, z, now); the scripts below start with it.
 _PURGE: Final = """
 local function purge(h, z, now)
+  local x = z .. 'x'
+  redis.call('ZREMRANGEBYSCORE', x, '-inf', now - 86400000)
   local old = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'WITHSCORES')
   if #old == 0 then return end
-  local x = z .. 'x'
   for j = 1, #old, 2 do
     local m = old[j]
     local u, t = string.match(m, '|(%d+)|(%d+)$')
@@ -554,7 +557,6 @@ local function purge(h, z, now)
     redis.call('ZADD', x, old[j+1], m)
   end
   redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
-  redis.call('ZREMRANGEBYSCORE', x, '-inf', now - 86400000)
   local ttl = redis.call('PTTL', h)
   if ttl > 0 then redis.call('PEXPIRE', x, ttl) end
 end
