@@ -269,3 +269,54 @@ def test_the_ids_redis_remembers_are_dropped_after_a_day(redis_url: str) -> None
     assert 0 == client.zcard(remembered)
     client.close()
     store.close()
+
+
+def test_a_correction_kept_through_an_outage_is_charged_once(
+    restartable_redis: RedisProcess, openai_client: openai.OpenAI, fake_provider: FakeProvider
+) -> None:
+    """Two sync attempts abandoned at their deadline; the first one's correction fails (Redis down) and is kept.
+
+    When the second worker ends (Redis back), every correction hook of the
+    call runs again: the first attempt's correction, already kept, must not
+    be charged a second time. The ledger ends at what the server served.
+    """
+    store = RedisBudgetStore(restartable_redis.url + "?socket_timeout=0.5&socket_connect_timeout=0.5", namespace=uuid.uuid4().hex)
+    gates = [threading.Event(), threading.Event()]
+    started: list[int] = []
+    records: list[lg.CallRecord] = []
+
+    @lg.retry(attempts=2, initial=0.01, max_delay=0.01)
+    @budget(usd=1.0, store=store, name="corrected")
+    @lg.timeout(0.3)
+    def ask(messages: Any, max_tokens: int = 100, model: str = GPT) -> Any:
+        record = lg.current_call()
+        assert record is not None
+        records.append(record)
+        i = len(started)
+        started.append(i)
+        answer = openai_client.chat.completions.create(model=model, max_tokens=max_tokens, messages=messages)
+        gates[i].wait(30)  # the worker returns when the test says so
+        return answer
+
+    with pytest.raises(lg.GuardTimeout):
+        ask(MESSAGES)
+    assert 2 == len(started)
+    restartable_redis.stop()
+    gates[0].set()  # the first worker ends: its correction cannot reach Redis, and is kept
+    until = time.monotonic() + 20
+    while store.pending_settlements < 1 and time.monotonic() < until:
+        time.sleep(0.02)
+    assert 1 == store.pending_settlements
+    restartable_redis.start()
+    gates[1].set()  # the second ends with Redis back: its correction, and the kept one, are applied
+    record = records[0]
+    while (
+        any(a.outcome is lg.Outcome.PENDING for a in record.attempts) or store.pending_settlements
+    ) and time.monotonic() < until:
+        time.sleep(0.02)
+    time.sleep(0.5)  # the hooks run once the worker's future is done
+
+    assert 2 == len(fake_provider.requests)
+    tokens, usd, reserved, _ = ledger(ask)
+    assert (*served(fake_provider.requests), 0.0) == (tokens, usd, reserved)
+    store.close()
