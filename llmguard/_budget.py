@@ -1615,7 +1615,12 @@ class _FunctionBudget(Layer):
             self._correct(ticket)
 
     def _correct(self, ticket: _Ticket) -> None:
-        """Charge the difference between what *ticket*'s attempts used now and what it was charged."""
+        """Charge the difference between what *ticket*'s attempts used now and what it was charged.
+
+        Runs each time an abandoned attempt of the call ends, so it must be
+        idempotent: a difference the store kept through an outage (it applies
+        it once it is back) counts as charged, and is not charged again.
+        """
         with _CORRECTING:
             used = self._used(ticket.record, ticket.n0, ticket.model, ticket.call, ticket.n1)
             now = _clock.get_clock().time()
@@ -1635,7 +1640,9 @@ class _FunctionBudget(Layer):
                     crossings = group.store.charge(changes, now, count=False, estimated=False)
                 except BudgetStoreError as exc:
                     self._settle_failed(ticket, group, exc, changes)
-                    continue
+                    if not exc.queued:
+                        continue  # lost: the next correction of this ticket tries the difference again
+                    crossings = []  # kept by the store, applied once it is back: charged as far as we go
                 for line, change in zip(group.lines, changes, strict=True):
                     line.charge_usd += change.charge_usd
                     line.charge_tokens += change.charge_tokens
