@@ -320,3 +320,26 @@ def test_a_correction_kept_through_an_outage_is_charged_once(
     tokens, usd, reserved, _ = ledger(ask)
     assert (*served(fake_provider.requests), 0.0) == (tokens, usd, reserved)
     store.close()
+
+
+def test_a_charge_to_a_new_bucket_remembers_its_id_only_as_long_as_the_bucket(redis_url: str) -> None:
+    """A charge without a reservation (a fail_open call) to a bucket nobody reserved in yet: nothing it leaves outlives the bucket.
+
+    Its id is remembered next to the bucket, to be added once; that set must
+    expire with the bucket (a window's buckets are never touched again).
+    """
+    import redis  # noqa: PLC0415 - optional dependency
+
+    store = RedisBudgetStore(redis_url, namespace=uuid.uuid4().hex)
+    now = time.time()
+    spec = BucketSpec("fresh::60", 10 * PICO, None, now + 120)
+    line = spec.line(0, 0, now)
+    line.charge_usd, line.charge_tokens = 3, 1
+    store.charge([line], now, count=True, estimated=False)
+    client = redis.Redis.from_url(redis_url)
+    bucket = store._prefix + "fresh::60"
+
+    assert 1 == client.zcard(bucket + ":rx")
+    assert 0 < client.pttl(bucket + ":rx") <= client.pttl(bucket)
+    client.close()
+    store.close()
