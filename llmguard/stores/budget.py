@@ -634,9 +634,6 @@ for i = 1, n do
     local t = redis.call('TIME')
     if redis.call('ZADD', z .. 'x', 'NX', t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1] .. '|c') == 0 then
       charge = false
-    else
-      local ttl = redis.call('PTTL', h)
-      if ttl > 0 then redis.call('PEXPIRE', z .. 'x', ttl) end
     end
   elseif ARGV[4] == '1' then
     local m = ARGV[1] .. '|' .. ru .. '|' .. rt
@@ -656,6 +653,9 @@ for i = 1, n do
     end
     local ttl = tonumber(ARGV[a+5])
     if ttl > 0 then redis.call('PEXPIRE', h, ttl) end
+    -- the id just remembered goes with the bucket (which may have been made just now)
+    local left = redis.call('PTTL', h)
+    if ARGV[4] == '0' and left > 0 then redis.call('PEXPIRE', z .. 'x', left) end
   end
   local v = redis.call('HMGET', h, 'su', 'st', 'au', 'at')
   local su, st = v[1] or '0', v[2] or '0'
