@@ -96,9 +96,11 @@ least 1 token) plus the output estimated from any text it showed, flagged
 the HTTP exchange, "left" means: an ``async def`` attempt cancelled once
 the function had started (a caller's cancel, an async `timeout`); a stream
 whose request was sent but that ended before a chunk was read (closed,
-dropped, cancelled); and a sync attempt still running when the budget
+dropped, cancelled); a sync attempt still running when the budget
 settles (a worker its `timeout` abandoned, with the budget outside the
-timeout as in the README). Such an attempt may in fact have been cancelled
+timeout as in the README); and an attempt whose SDK timed out *reading*
+the response (its ``APITimeoutError`` raised from an HTTP read timeout: its
+own ``timeout=``, ``lg.remaining()`` included). Such an attempt may in fact have been cancelled
 before its request went out (then it is over-charged by that estimate), and
 the server may have generated output nobody saw (then it is under-charged
 by that output). The abandoned sync worker is followed: when it returns, its
@@ -192,7 +194,7 @@ from typing import Any, ClassVar, Final, Literal, NamedTuple, ParamSpec, TypeVar
 
 from . import _check, _clock, _estimate, _events, prices, providers
 from ._binder import Binder
-from ._record import Attempt, CallRecord, Outcome, Usage
+from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 from ._wrap import (
     _F_ARGS,
     _F_KWARGS,
@@ -1008,15 +1010,18 @@ def _left_unmeasured(att: Attempt) -> bool:
     "Left" is what can be observed without the HTTP exchange: an attempt
     still running (a sync worker its timeout abandoned), one cancelled while
     it ran (an ``async def`` whose task was cancelled once the function had
-    started), and a stream whose request was sent but that ended before a
-    chunk was read (closed, dropped, cancelled). A failure the provider
-    answered (429, 5xx) or a connection that never got a response is not.
+    started), a stream whose request was sent but that ended before a
+    chunk was read (closed, dropped, cancelled), and one whose SDK timed out
+    reading the response (`providers.response_timed_out`: its own timeout,
+    ``timeout=lg.remaining()`` included). A failure the provider answered
+    (429, 5xx) or a connection that never got a response is not.
     """
     outcome = att.outcome
     return (
         outcome is _PENDING
         or outcome is _CANCELLED
         or (att.sent and att.chunks == 0 and outcome in _UNREAD_ENDS)
+        or (att.error_kind is ErrorKind.TIMEOUT and providers.response_timed_out(att.error))
     )
 
 
@@ -1568,7 +1573,12 @@ class _FunctionBudget(Layer):
             self._correct(ticket)
 
     def _correct(self, ticket: _Ticket) -> None:
-        """Charge the difference between what *ticket*'s attempts used now and what it was charged."""
+        """Charge the difference between what *ticket*'s attempts used now and what it was charged.
+
+        Runs each time an abandoned attempt of the call ends, so it must be
+        idempotent: a difference the store kept through an outage (it applies
+        it once it is back) counts as charged, and is not charged again.
+        """
         with _CORRECTING:
             used = self._used(ticket.record, ticket.n0, ticket.model, ticket.call, ticket.n1)
             now = _clock.get_clock().time()
@@ -1588,7 +1598,9 @@ class _FunctionBudget(Layer):
                     crossings = group.store.charge(changes, now, count=False, estimated=False)
                 except BudgetStoreError as exc:
                     self._settle_failed(ticket, group, exc, changes)
-                    continue
+                    if not exc.queued:
+                        continue  # lost: the next correction of this ticket tries the difference again
+                    crossings = []  # kept by the store, applied once it is back: charged as far as we go
                 for line, change in zip(group.lines, changes, strict=True):
                     line.charge_usd += change.charge_usd
                     line.charge_tokens += change.charge_tokens

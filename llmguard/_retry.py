@@ -38,6 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
+import sys
 import threading
 import warnings
 
@@ -370,7 +371,7 @@ class RetryLayer(Layer):
                 _clock.get_clock().sleep(delay)
                 # Gone past: it stays on the record, never raised, and must not
                 # keep the frames of this call (and what they will hold) alive.
-                release_frames(exc)
+                release_frames(exc, sys._getframe())
                 continue
             return result
 
@@ -401,7 +402,7 @@ class RetryLayer(Layer):
                 await _clock.get_clock().asleep(delay)
                 # Gone past: it stays on the record, never raised, and must not
                 # keep the frames of this call (and what they will hold) alive.
-                release_frames(exc)
+                release_frames(exc, sys._getframe())
                 continue
             return result
 

@@ -767,8 +767,8 @@ def _fail_attempt(attempt: Attempt, exc: BaseException, ended: float) -> None:
     _price(attempt)
 
 
-def release_frames(exc: BaseException) -> None:
-    """Drop the tracebacks of *exc* and of every error chained to it.
+def release_frames(exc: BaseException, caller: types.FrameType) -> None:
+    """Drop the tracebacks of *exc* and of every error chained to it that is the call's own.
 
     For an error that stays on the record but is not raised (an attempt
     `retry` went past). A traceback holds its frames, and each frame the
@@ -776,7 +776,18 @@ def release_frames(exc: BaseException) -> None:
     return (the stream a later attempt returned, say) would stay alive with
     the record: a stream the caller drops would never finish. Type, message
     and notes stay; an error that is raised keeps its traceback.
+
+    *caller* is the frame running the call (retry's loop). An error caught in
+    a frame that called it is not the call's: it is one the caller was
+    handling when it made the call (Python chains it as the ``__context__``
+    of the call's errors), which the caller may still log or re-raise. It
+    keeps its traceback, and so does what it chains.
     """
+    above: set[types.FrameType] = set()
+    frame = caller.f_back
+    while frame is not None:
+        above.add(frame)
+        frame = frame.f_back
     todo: list[BaseException] = [exc]
     seen: set[int] = set()
     while todo:
@@ -784,6 +795,9 @@ def release_frames(exc: BaseException) -> None:
         if id(err) in seen:
             continue
         seen.add(id(err))
+        tb = err.__traceback__
+        if tb is not None and tb.tb_frame in above:
+            continue  # the caller's own error
         err.__traceback__ = None
         todo.extend(e for e in (err.__cause__, err.__context__) if e is not None)
         if isinstance(err, BaseExceptionGroup):

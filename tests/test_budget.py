@@ -493,6 +493,49 @@ async def test_call_cancelled_after_its_request_left_is_charged_its_input_estima
 
 
 
+@pytest.mark.parametrize("shape", ["def", "async def"])
+async def test_attempt_whose_sdk_timed_out_waiting_for_the_response_is_charged_its_input_estimate(
+    store: BudgetStore,
+    openai_client: openai.OpenAI,
+    async_openai_client: openai.AsyncOpenAI,
+    fake_provider: FakeProvider,
+    shape: str,
+) -> None:
+    """The SDK's own timeout (the README's ``timeout=lg.remaining()``, or any) ends an attempt whose request left.
+
+    The request was sent and the SDK gave up *reading* the response (an HTTP
+    read timeout under the SDK's APITimeoutError): the provider may bill it,
+    so it is charged its input estimate like any attempt whose request left,
+    never zero. (With ``lg.remaining()`` and a sync `timeout` outside, which of
+    the two fires first is a race: when ours does, the abandoned worker's
+    correction must not bring it to zero either.)
+    """
+
+    @budget(usd=1.0, store=store)
+    def ask(messages: Any, max_tokens: int = 100, model: str = GPT) -> Any:
+        return openai_client.chat.completions.create(
+            model=model, max_tokens=max_tokens, messages=messages, timeout=0.3, extra_headers=script(delay=2)
+        )
+
+    @budget(usd=1.0, store=store)
+    async def aask(messages: Any, max_tokens: int = 100, model: str = GPT) -> Any:
+        return await async_openai_client.chat.completions.create(
+            model=model, max_tokens=max_tokens, messages=messages, timeout=0.3, extra_headers=script(delay=2)
+        )
+
+    target: Any = ask if shape == "def" else aask
+
+    async def call() -> Any:
+        return ask(MESSAGES) if shape == "def" else await aask(MESSAGES)
+
+    with pytest.raises(openai.APITimeoutError):
+        await call()
+    spend = budget_spend(target)
+
+    assert 1 == len(fake_provider.requests)
+    assert sent_estimate(GPT) == (spend.tokens, ledger_pico(target))
+    assert (0.0, 1, 1) == (spend.reserved_usd, spend.calls, spend.estimated_calls)
+
 def test_stream_that_fails_midway_is_charged_what_it_consumed(
     store: BudgetStore, anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
 ) -> None:

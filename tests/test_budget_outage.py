@@ -238,3 +238,108 @@ def test_a_charge_without_reservation_is_kept_and_added_once(restartable_redis: 
     assert 1 == len(kept)
     assert (300, 60, 1) == (bucket.usd, bucket.tokens, bucket.calls)
     store.close()
+
+
+def test_the_ids_redis_remembers_are_dropped_after_a_day(redis_url: str) -> None:
+    """The charges (fail_open calls, corrections) and expired leases Redis remembers, to apply each once, go after a day.
+
+    Also on a budget without a window (its bucket never expires) and while
+    no lease expires: every call that settles in time must not leave the set
+    growing for ever.
+    """
+    import redis  # noqa: PLC0415 - optional dependency
+
+    store = RedisBudgetStore(redis_url, namespace=uuid.uuid4().hex)
+    spec = BucketSpec("ids::all", 10 * PICO, None, None)
+    now = time.time()
+    for _ in range(20):
+        line = spec.line(0, 0, now)
+        line.charge_usd, line.charge_tokens = 3, 1
+        store.charge([line], now, count=False, estimated=False)
+    remembered = store._prefix + "ids::all:rx"
+    client = redis.Redis.from_url(redis_url)
+    assert 20 == client.zcard(remembered)
+
+    later = now + 2 * 86400  # two days on: calls reserve and settle in time, as usual
+    rid = store.hold(spec, 5, 1, later, 600)
+    assert isinstance(rid, str)
+    store.release(rid, spec, 5, 1, 5, 1, later, False)
+    store.ledger("ids::all", later)
+
+    assert 0 == client.zcard(remembered)
+    client.close()
+    store.close()
+
+
+def test_a_correction_kept_through_an_outage_is_charged_once(
+    restartable_redis: RedisProcess, openai_client: openai.OpenAI, fake_provider: FakeProvider
+) -> None:
+    """Two sync attempts abandoned at their deadline; the first one's correction fails (Redis down) and is kept.
+
+    When the second worker ends (Redis back), every correction hook of the
+    call runs again: the first attempt's correction, already kept, must not
+    be charged a second time. The ledger ends at what the server served.
+    """
+    store = RedisBudgetStore(restartable_redis.url + "?socket_timeout=0.5&socket_connect_timeout=0.5", namespace=uuid.uuid4().hex)
+    gates = [threading.Event(), threading.Event()]
+    started: list[int] = []
+    records: list[lg.CallRecord] = []
+
+    @lg.retry(attempts=2, initial=0.01, max_delay=0.01)
+    @budget(usd=1.0, store=store, name="corrected")
+    @lg.timeout(0.3)
+    def ask(messages: Any, max_tokens: int = 100, model: str = GPT) -> Any:
+        record = lg.current_call()
+        assert record is not None
+        records.append(record)
+        i = len(started)
+        started.append(i)
+        answer = openai_client.chat.completions.create(model=model, max_tokens=max_tokens, messages=messages)
+        gates[i].wait(30)  # the worker returns when the test says so
+        return answer
+
+    with pytest.raises(lg.GuardTimeout):
+        ask(MESSAGES)
+    assert 2 == len(started)
+    restartable_redis.stop()
+    gates[0].set()  # the first worker ends: its correction cannot reach Redis, and is kept
+    until = time.monotonic() + 20
+    while store.pending_settlements < 1 and time.monotonic() < until:
+        time.sleep(0.02)
+    assert 1 == store.pending_settlements
+    restartable_redis.start()
+    gates[1].set()  # the second ends with Redis back: its correction, and the kept one, are applied
+    record = records[0]
+    while (
+        any(a.outcome is lg.Outcome.PENDING for a in record.attempts) or store.pending_settlements
+    ) and time.monotonic() < until:
+        time.sleep(0.02)
+    time.sleep(0.5)  # the hooks run once the worker's future is done
+
+    assert 2 == len(fake_provider.requests)
+    tokens, usd, reserved, _ = ledger(ask)
+    assert (*served(fake_provider.requests), 0.0) == (tokens, usd, reserved)
+    store.close()
+
+
+def test_a_charge_to_a_new_bucket_remembers_its_id_only_as_long_as_the_bucket(redis_url: str) -> None:
+    """A charge without a reservation (a fail_open call) to a bucket nobody reserved in yet: nothing it leaves outlives the bucket.
+
+    Its id is remembered next to the bucket, to be added once; that set must
+    expire with the bucket (a window's buckets are never touched again).
+    """
+    import redis  # noqa: PLC0415 - optional dependency
+
+    store = RedisBudgetStore(redis_url, namespace=uuid.uuid4().hex)
+    now = time.time()
+    spec = BucketSpec("fresh::60", 10 * PICO, None, now + 120)
+    line = spec.line(0, 0, now)
+    line.charge_usd, line.charge_tokens = 3, 1
+    store.charge([line], now, count=True, estimated=False)
+    client = redis.Redis.from_url(redis_url)
+    bucket = store._prefix + "fresh::60"
+
+    assert 1 == client.zcard(bucket + ":rx")
+    assert 0 < client.pttl(bucket + ":rx") <= client.pttl(bucket)
+    client.close()
+    store.close()

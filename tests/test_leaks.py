@@ -163,3 +163,43 @@ def test_an_error_retried_past_lets_go_of_its_frames_and_the_one_raised_keeps_th
     assert "(fake provider)" in str(first.error)
     assert last.error is raised.value
     assert "in ask" in "".join(traceback.format_exception(raised.value))
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["def", "async def"])
+def test_a_retry_inside_an_except_block_leaves_the_callers_error_its_traceback(
+    sync: bool,  # noqa: FBT001
+    anthropic_client: anthropic.Anthropic,
+    async_anthropic_client: anthropic.AsyncAnthropic,
+    fake_provider: FakeProvider,
+    fake_clock: FakeClock,  # noqa: ARG001 - every wait instant
+) -> None:
+    """A guarded call made while the caller handles its own error (a fallback) does not strip that error.
+
+    Python chains the caller's error as ``__context__`` of every attempt's
+    error; retry drops the tracebacks of the attempts it goes past, and must
+    stop at errors that are not the call's own: the caller still logs or
+    re-raises its error, and the error finally raised shows it as its context.
+    """
+    fake_provider.script(Step(status=429, headers={"retry-after": "0"}), Step(reply="the answer"))
+    messages: Any = [{"role": "user", "content": "hi"}]
+
+    @lg.retry(attempts=3)
+    def ask() -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=64, messages=messages)
+
+    @lg.retry(attempts=3)
+    async def aask() -> Any:
+        return await async_anthropic_client.messages.create(model=MODEL, max_tokens=64, messages=messages)
+
+    def primary() -> None:
+        raise KeyError("primary failed")
+
+    try:
+        primary()
+    except KeyError as own:
+        answer = ask() if sync else asyncio.run(aask())
+        handled = own
+
+    assert "the answer" in answer.content[0].text
+    assert handled.__traceback__ is not None
+    assert "in primary" in "".join(traceback.format_exception(handled))

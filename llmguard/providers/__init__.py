@@ -45,6 +45,7 @@ from ._generic import (
     duck_usage,
     httpx_classifier,
     message_of,
+    mro_names,
     observe_dict,
     resolve_duck_result,
     simple,
@@ -606,6 +607,23 @@ def _classify_one(exc: BaseException, now: float | None) -> ErrorInfo:
         except Exception:  # noqa: BLE001 # pragma: no cover - message_of already guards str()
             message = cls.__name__
         return ErrorInfo(ErrorKind.UNKNOWN, None, None, None, None, message)
+
+
+def response_timed_out(exc: BaseException | None) -> bool:
+    """Whether *exc* is, or wraps, an HTTP *read* timeout (``httpx``/``httpx2`` ``ReadTimeout``).
+
+    The request was sent and the wait for its response ran out (an SDK's
+    ``APITimeoutError`` raised from one, say): the provider may have served
+    and billed it, unlike a request whose connection or send timed out.
+    """
+    seen: set[int] = set()
+    err = exc
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if "ReadTimeout" in mro_names(type(err), ("httpx", "httpx2")):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 # ------------------------------------------------------------------ estimates

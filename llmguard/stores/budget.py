@@ -539,13 +539,16 @@ class MemoryBudgetStore(BudgetStore):
 # Expired leases, dropped from bucket *h*'s lease set *z* (before reserving,
 # or reading): their holds are given back, and they move to the set
 # ``<z>x`` (kept as long as the bucket, at most a day), so a settlement that
-# comes after its lease expired still charges, once. A Lua function over
+# comes after its lease expired still charges, once. The charge ids settle
+# remembers there go after a day too: every purge drops what is older, so the
+# set stays bounded whether or not a lease expires. A Lua function over
 # (h, z, now); the scripts below start with it.
 _PURGE: Final = """
 local function purge(h, z, now)
+  local x = z .. 'x'
+  redis.call('ZREMRANGEBYSCORE', x, '-inf', now - 86400000)
   local old = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'WITHSCORES')
   if #old == 0 then return end
-  local x = z .. 'x'
   for j = 1, #old, 2 do
     local m = old[j]
     local u, t = string.match(m, '|(%d+)|(%d+)$')
@@ -554,7 +557,6 @@ local function purge(h, z, now)
     redis.call('ZADD', x, old[j+1], m)
   end
   redis.call('ZREMRANGEBYSCORE', z, '-inf', now)
-  redis.call('ZREMRANGEBYSCORE', x, '-inf', now - 86400000)
   local ttl = redis.call('PTTL', h)
   if ttl > 0 then redis.call('PEXPIRE', x, ttl) end
 end
@@ -632,9 +634,6 @@ for i = 1, n do
     local t = redis.call('TIME')
     if redis.call('ZADD', z .. 'x', 'NX', t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1] .. '|c') == 0 then
       charge = false
-    else
-      local ttl = redis.call('PTTL', h)
-      if ttl > 0 then redis.call('PEXPIRE', z .. 'x', ttl) end
     end
   elseif ARGV[4] == '1' then
     local m = ARGV[1] .. '|' .. ru .. '|' .. rt
@@ -654,6 +653,9 @@ for i = 1, n do
     end
     local ttl = tonumber(ARGV[a+5])
     if ttl > 0 then redis.call('PEXPIRE', h, ttl) end
+    -- the id just remembered goes with the bucket (which may have been made just now)
+    local left = redis.call('PTTL', h)
+    if ARGV[4] == '0' and left > 0 then redis.call('PEXPIRE', z .. 'x', left) end
   end
   local v = redis.call('HMGET', h, 'su', 'st', 'au', 'at')
   local su, st = v[1] or '0', v[2] or '0'
