@@ -1004,7 +1004,7 @@ class _Ticket:
         self.settled = False
 
 
-def _left_unmeasured(att: Attempt) -> bool:
+def _left_unmeasured(att: Attempt, outcome: Outcome) -> bool:
     """Whether *att* reported no usage although its request is taken to have left.
 
     "Left" is what can be observed without the HTTP exchange: an attempt
@@ -1015,8 +1015,9 @@ def _left_unmeasured(att: Attempt) -> bool:
     reading the response (`providers.response_timed_out`: its own timeout,
     ``timeout=lg.remaining()`` included). A failure the provider answered
     (429, 5xx) or a connection that never got a response is not.
+    *outcome* is ``att.outcome`` as the caller read it, before the usage
+    (see `_FunctionBudget._used`).
     """
-    outcome = att.outcome
     return (
         outcome is _PENDING
         or outcome is _CANCELLED
@@ -1485,13 +1486,17 @@ class _FunctionBudget(Layer):
         running = False
         sent_in: int | None = None
         for att in record.attempts[n0:n1]:
+            # The outcome first: a worker sets the usage (and cost) before the
+            # outcome, so one that ends after this read is seen running (and
+            # followed), never as ended without usage (charged 0, not followed).
+            outcome = att.outcome
             usage = att.usage
             cost = att.cost_usd
+            if outcome is _PENDING:
+                running = True  # usage it reported so far may grow: followed either way
             if usage is None:
-                if not _left_unmeasured(att):
+                if not _left_unmeasured(att, outcome):
                     continue
-                if att.outcome is _PENDING:
-                    running = True
                 if sent_in is None:
                     sent_in = _sent_input(call)
                 usage = Usage(sent_in, _estimate.text_tokens(att.text), estimated=True)

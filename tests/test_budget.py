@@ -8,6 +8,7 @@ import gc
 import json
 import threading
 import time
+import types
 import uuid
 
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +25,7 @@ from sdk_http import httpx
 import llmguard as lg
 
 from llmguard import providers
-from llmguard._budget import Budget, budget, budget_spend
+from llmguard._budget import Budget, _FunctionBudget, budget, budget_spend
 from llmguard._fake_provider import DEFAULT_REPLY, FakeProvider, Step
 from llmguard.stores.budget import (
     PICO,
@@ -409,6 +410,42 @@ def test_sync_attempt_abandoned_at_its_deadline_is_charged_what_it_used(
 
     assert served_pico(GPT, fake_provider.requests) == (spend.tokens, ledger_pico(ask, k))
     assert (1, 0.0) == (spend.calls, spend.reserved_usd)
+
+
+class _EndsAfterItsUsageIsRead(lg.Attempt):
+    """A sync worker that ends (usage, then outcome, as `_wrap` sets them) just after the budget reads its usage."""
+
+    _usage: lg.Usage | None = None
+
+    @property  # type: ignore[override]
+    def usage(self) -> lg.Usage | None:
+        seen = self._usage
+        if self.outcome is lg.Outcome.PENDING:  # the worker returns now, between the budget's two reads
+            self._usage = lg.Usage(1000, 200)
+            self.outcome = lg.Outcome.OK
+        return seen
+
+    @usage.setter
+    def usage(self, value: lg.Usage | None) -> None:
+        self._usage = value
+
+
+def test_attempt_ending_while_settled_is_followed_not_charged_zero() -> None:
+    """An abandoned worker that ends between the budget's reads of its usage and its outcome.
+
+    Read usage-then-outcome, it looked ended without usage: charged 0 and
+    never corrected. The outcome is read first, so it is seen running
+    (charged its input estimate, followed) and the correction charges
+    what it used.
+    """
+    record = lg.CallRecord("ask")
+    record.attempts.append(_EndsAfterItsUsageIsRead(1, GPT))
+    call: Any = types.SimpleNamespace(estimated_input_tokens=lambda: 7)
+
+    usd, tokens, estimated, unpriced, running = _FunctionBudget._used(record, 0, GPT, call, 1)
+    assert (tokens, estimated, unpriced, running) == (7, True, False, True)
+    assert usd > 0
+    assert _FunctionBudget._used(record, 0, GPT, call, 1)[1:] == (1200, False, False, False)
 
 
 def test_abandoned_attempt_corrected_alone_when_a_retry_follows(
