@@ -55,11 +55,12 @@ def number(
     *optional* lets None through; *kind* names what is expected in the
     `TypeError` ("a number of seconds or a timedelta"); *real* also takes
     any other `numbers.Real` (``Fraction``, a numpy number) and a ``Decimal``
-    (not a `numbers.Real` to Python), as a ``float``. Returns the value (an ``int`` stays an ``int``).
+    (not a `numbers.Real` to Python), as a ``float``. Returns the value (an
+    ``int`` stays an ``int``).
     """
     if value is None and optional:
         return None
-    if real and isinstance(value, (numbers.Real, Decimal)) and not isinstance(value, (bool, int, float)):
+    if real and not isinstance(value, (int, float)) and isinstance(value, (numbers.Real, Decimal)):  # bool: an int
         try:
             value = float(value)
         except (ValueError, OverflowError):  # Decimal('sNaN'), a Fraction beyond a float
