@@ -1031,10 +1031,6 @@ def _sent_input(call: Call) -> int:
     return max(call.estimated_input_tokens(), 1)
 
 
-# Corrections of settlements made while an attempt still ran (rare: one lock for all).
-_CORRECTING: Final = threading.Lock()
-
-
 # A fast-path reservation: what `_Ticket` holds, as a plain tuple (building
 # a `_Ticket` and a `_Group` on every call costs ~0.4 µs), its one line as
 # its bucket's spec and amounts (a `Line` is built only if a ticket is):
@@ -1572,19 +1568,24 @@ class _FunctionBudget(Layer):
         Registered before looking again, so an attempt that ended in between
         is corrected now (a correction that finds nothing new changes nothing).
         """
-        ticket.record.on_background_end(lambda: self._correct(ticket))
+        lock = threading.Lock()  # this ticket's corrections, one at a time
+        ticket.record.on_background_end(lambda: self._correct(ticket, lock))
         attempts = ticket.record.attempts[ticket.n0 : ticket.n1]
         if not any(att.outcome is _PENDING for att in attempts):
-            self._correct(ticket)
+            self._correct(ticket, lock)
 
-    def _correct(self, ticket: _Ticket) -> None:
+    def _correct(self, ticket: _Ticket, lock: threading.Lock) -> None:
         """Charge the difference between what *ticket*'s attempts used now and what it was charged.
 
         Runs each time an abandoned attempt of the call ends, so it must be
         idempotent: a difference the store kept through an outage (it applies
         it once it is back) counts as charged, and is not charged again.
+        *lock* is the ticket's own, held across the store's round trip: it
+        keeps two corrections of one ticket from charging one difference
+        twice, and stalls no other call's (a lock for all would, for a whole
+        Redis timeout).
         """
-        with _CORRECTING:
+        with lock:
             used = self._used(ticket.record, ticket.n0, ticket.model, ticket.call, ticket.n1)
             now = _clock.get_clock().time()
             for group in ticket.groups:
