@@ -1004,7 +1004,7 @@ class _Ticket:
         self.settled = False
 
 
-def _left_unmeasured(att: Attempt) -> bool:
+def _left_unmeasured(att: Attempt, outcome: Outcome) -> bool:
     """Whether *att* reported no usage although its request is taken to have left.
 
     "Left" is what can be observed without the HTTP exchange: an attempt
@@ -1015,8 +1015,9 @@ def _left_unmeasured(att: Attempt) -> bool:
     reading the response (`providers.response_timed_out`: its own timeout,
     ``timeout=lg.remaining()`` included). A failure the provider answered
     (429, 5xx) or a connection that never got a response is not.
+    *outcome* is ``att.outcome`` as the caller read it, before the usage
+    (see `_FunctionBudget._used`).
     """
-    outcome = att.outcome
     return (
         outcome is _PENDING
         or outcome is _CANCELLED
@@ -1028,10 +1029,6 @@ def _left_unmeasured(att: Attempt) -> bool:
 def _sent_input(call: Call) -> int:
     """The input tokens an attempt that reported nothing is charged: `Call.estimated_input_tokens`, never 0."""
     return max(call.estimated_input_tokens(), 1)
-
-
-# Corrections of settlements made while an attempt still ran (rare: one lock for all).
-_CORRECTING: Final = threading.Lock()
 
 
 # A fast-path reservation: what `_Ticket` holds, as a plain tuple (building
@@ -1485,13 +1482,17 @@ class _FunctionBudget(Layer):
         running = False
         sent_in: int | None = None
         for att in record.attempts[n0:n1]:
+            # The outcome first: a worker sets the usage (and cost) before the
+            # outcome, so one that ends after this read is seen running (and
+            # followed), never as ended without usage (charged 0, not followed).
+            outcome = att.outcome
             usage = att.usage
             cost = att.cost_usd
+            if outcome is _PENDING:
+                running = True  # usage it reported so far may grow: followed either way
             if usage is None:
-                if not _left_unmeasured(att):
+                if not _left_unmeasured(att, outcome):
                     continue
-                if att.outcome is _PENDING:
-                    running = True
                 if sent_in is None:
                     sent_in = _sent_input(call)
                 usage = Usage(sent_in, _estimate.text_tokens(att.text), estimated=True)
@@ -1567,19 +1568,24 @@ class _FunctionBudget(Layer):
         Registered before looking again, so an attempt that ended in between
         is corrected now (a correction that finds nothing new changes nothing).
         """
-        ticket.record.on_background_end(lambda: self._correct(ticket))
+        lock = threading.Lock()  # this ticket's corrections, one at a time
+        ticket.record.on_background_end(lambda: self._correct(ticket, lock))
         attempts = ticket.record.attempts[ticket.n0 : ticket.n1]
         if not any(att.outcome is _PENDING for att in attempts):
-            self._correct(ticket)
+            self._correct(ticket, lock)
 
-    def _correct(self, ticket: _Ticket) -> None:
+    def _correct(self, ticket: _Ticket, lock: threading.Lock) -> None:
         """Charge the difference between what *ticket*'s attempts used now and what it was charged.
 
         Runs each time an abandoned attempt of the call ends, so it must be
         idempotent: a difference the store kept through an outage (it applies
         it once it is back) counts as charged, and is not charged again.
+        *lock* is the ticket's own, held across the store's round trip: it
+        keeps two corrections of one ticket from charging one difference
+        twice, and stalls no other call's (a lock for all would, for a whole
+        Redis timeout).
         """
-        with _CORRECTING:
+        with lock:
             used = self._used(ticket.record, ticket.n0, ticket.model, ticket.call, ticket.n1)
             now = _clock.get_clock().time()
             for group in ticket.groups:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import numbers
 
+from decimal import Decimal
 from typing import overload
 
 
@@ -27,12 +29,12 @@ def _bound(minimum: float, exclusive: bool, maximum: float | None) -> str:
 @overload
 def number(
     guard: str, name: str, value: object, *, integer: bool = ..., minimum: float = ...,
-    exclusive: bool = ..., maximum: float | None = ..., kind: str = ..., optional: bool,
+    exclusive: bool = ..., maximum: float | None = ..., kind: str = ..., optional: bool, real: bool = ...,
 ) -> float | None: ...
 @overload
 def number(
     guard: str, name: str, value: object, *, integer: bool = ..., minimum: float = ...,
-    exclusive: bool = ..., maximum: float | None = ..., kind: str = ...,
+    exclusive: bool = ..., maximum: float | None = ..., kind: str = ..., real: bool = ...,
 ) -> float: ...
 def number(
     guard: str,
@@ -45,16 +47,24 @@ def number(
     maximum: float | None = None,
     kind: str = "",
     optional: bool = False,
+    real: bool = False,
 ) -> float | None:
     """*value* checked as ``guard(name=...)``: a finite number above *minimum* (and at most *maximum*).
 
     *integer* asks for an ``int``; *exclusive* False allows *minimum* itself;
     *optional* lets None through; *kind* names what is expected in the
-    `TypeError` ("a number of seconds or a timedelta"). Returns the value
-    (an ``int`` stays an ``int``).
+    `TypeError` ("a number of seconds or a timedelta"); *real* also takes
+    any other `numbers.Real` (``Fraction``, a numpy number) and a ``Decimal``
+    (not a `numbers.Real` to Python), as a ``float``. Returns the value (an
+    ``int`` stays an ``int``).
     """
     if value is None and optional:
         return None
+    if real and not isinstance(value, (int, float)) and isinstance(value, (numbers.Real, Decimal)):  # bool: an int
+        try:
+            value = float(value)
+        except (ValueError, OverflowError):  # Decimal('sNaN'), a Fraction beyond a float
+            value = math.nan
     bound = _bound(minimum, exclusive, maximum)
     what = kind or ("an int" if integer else "a number")
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))

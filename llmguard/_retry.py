@@ -511,11 +511,12 @@ def _interrupted(exc: BaseException, stream: _StreamBase) -> BaseException | Non
 def _predicate_delay(verdict: object, exc: BaseException) -> float:
     """The wait an ``on=`` predicate asked for: finite seconds >= 0 (or a timedelta), else an error naming ``on=``.
 
-    A NaN wait would retry at once (and stop a fake clock), an infinite one sleep for decades.
+    Any real number is a wait (``Decimal``, ``Fraction``, a numpy number: as a ``float``). A NaN wait
+    would retry at once (and stop a fake clock), an infinite one sleep for decades.
     """
     seconds = verdict.total_seconds() if isinstance(verdict, dt.timedelta) else verdict
     try:
-        return float(_check.number("retry", "on", seconds, minimum=0, exclusive=False))
+        return float(_check.number("retry", "on", seconds, minimum=0, exclusive=False, real=True))
     except (TypeError, ValueError) as bad:
         msg = (
             f"retry(on=...) returned {verdict!r} for {type(exc).__name__}: the predicate must return "

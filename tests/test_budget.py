@@ -8,6 +8,7 @@ import gc
 import json
 import threading
 import time
+import types
 import uuid
 
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +25,7 @@ from sdk_http import httpx
 import llmguard as lg
 
 from llmguard import providers
-from llmguard._budget import Budget, budget, budget_spend
+from llmguard._budget import Budget, _FunctionBudget, budget, budget_spend
 from llmguard._fake_provider import DEFAULT_REPLY, FakeProvider, Step
 from llmguard.stores.budget import (
     PICO,
@@ -411,6 +412,92 @@ def test_sync_attempt_abandoned_at_its_deadline_is_charged_what_it_used(
     assert (1, 0.0) == (spend.calls, spend.reserved_usd)
 
 
+class _EndsAfterItsUsageIsRead(lg.Attempt):
+    """A sync worker that ends (usage, then outcome, as `_wrap` sets them) just after the budget reads its usage."""
+
+    _usage: lg.Usage | None = None
+
+    @property  # type: ignore[override]
+    def usage(self) -> lg.Usage | None:
+        seen = self._usage
+        if self.outcome is lg.Outcome.PENDING:  # the worker returns now, between the budget's two reads
+            self._usage = lg.Usage(1000, 200)
+            self.outcome = lg.Outcome.OK
+        return seen
+
+    @usage.setter
+    def usage(self, value: lg.Usage | None) -> None:
+        self._usage = value
+
+
+def test_attempt_ending_while_settled_is_followed_not_charged_zero() -> None:
+    """An abandoned worker that ends between the budget's reads of its usage and its outcome.
+
+    Read usage-then-outcome, it looked ended without usage: charged 0 and
+    never corrected. The outcome is read first, so it is seen running
+    (charged its input estimate, followed) and the correction charges
+    what it used.
+    """
+    record = lg.CallRecord("ask")
+    record.attempts.append(_EndsAfterItsUsageIsRead(1, GPT))
+    call: Any = types.SimpleNamespace(estimated_input_tokens=lambda: 7)
+
+    usd, tokens, estimated, unpriced, running = _FunctionBudget._used(record, 0, GPT, call, 1)
+    assert (tokens, estimated, unpriced, running) == (7, True, False, True)
+    assert usd > 0
+    assert _FunctionBudget._used(record, 0, GPT, call, 1)[1:] == (1200, False, False, False)
+
+
+class _SlowCorrections(MemoryBudgetStore):
+    """A memory store whose first correction stalls (a slow round trip) until another one reaches it (at most 5 s)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inside = 0
+        self.overlapped = threading.Event()
+        self._count = threading.Lock()
+
+    def charge(self, lines: list[Line], now: float, *, count: bool, estimated: bool) -> Any:
+        if not count:  # a correction
+            with self._count:
+                self.inside += 1
+                if self.inside == 2:
+                    self.overlapped.set()
+            self.overlapped.wait(5)
+            with self._count:
+                self.inside -= 1
+        return super().charge(lines, now, count=count, estimated=estimated)
+
+
+def test_a_slow_correction_does_not_hold_up_another_calls(
+    openai_client: openai.OpenAI, fake_provider: FakeProvider
+) -> None:
+    """Two calls abandoned at their deadline: the second one's correction reaches the store while the first's is in it.
+
+    Before: one lock for every correction was held across the store's round
+    trip (for Redis: up to its socket timeout, plus the replay of kept
+    settlements), so every other call's correction waited. The ledger still
+    ends at what the server served.
+    """
+    store = _SlowCorrections()
+
+    @budget(usd=1.0, store=store)
+    @lg.timeout(0.1)
+    def ask(messages: Any, max_tokens: int = 500, model: str = GPT) -> Any:
+        return openai_client.chat.completions.create(
+            model=model, max_tokens=max_tokens, messages=messages, extra_headers=script(delay=0.8)
+        )
+
+    for _ in range(2):
+        with pytest.raises(lg.GuardTimeout):
+            ask(MESSAGES)
+    _until(lambda: budget_spend(ask).tokens == served_pico(GPT, fake_provider.requests)[0] and not store.inside)
+
+    assert store.overlapped.is_set()
+    assert 2 == len(fake_provider.requests)
+    assert served_pico(GPT, fake_provider.requests)[1] == ledger_pico(ask)
+
+
 def test_abandoned_attempt_corrected_alone_when_a_retry_follows(
     store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider
 ) -> None:
@@ -445,7 +532,7 @@ def test_sync_stream_abandoned_at_its_deadline_is_charged_its_input_estimate(
     @lg.timeout(0.1)
     def ask(messages: Any, max_tokens: int = 500) -> Any:
         return anthropic_client.messages.create(
-            model=CLAUDE, max_tokens=max_tokens, messages=messages, stream=True, extra_headers=script(delay=0.4)
+            model=CLAUDE, max_tokens=max_tokens, messages=messages, stream=True, extra_headers=script(delay=0.8)
         )
 
     with pytest.raises(lg.GuardTimeout):

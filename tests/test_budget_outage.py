@@ -343,3 +343,70 @@ def test_a_charge_to_a_new_bucket_remembers_its_id_only_as_long_as_the_bucket(re
     assert 0 < client.pttl(bucket + ":rx") <= client.pttl(bucket)
     client.close()
     store.close()
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_a_kept_settlement_redis_refuses_is_dropped_and_the_rest_applied(
+    restartable_redis: RedisProcess, llmguard_events: list[CapturedEvent], path: str
+) -> None:
+    """A kept charge Redis refuses on replay (its bucket became a string: WRONGTYPE) is dropped, reported and counted.
+
+    Before: it stayed at the head of the queue, failed on every round trip,
+    and the charge behind it was never applied.
+    """
+    import redis  # noqa: PLC0415 - optional dependency
+
+    store = RedisBudgetStore(restartable_redis.url + "?socket_timeout=0.5&socket_connect_timeout=0.5", namespace=uuid.uuid4().hex)
+    lines = []
+    for name in ("broken::all", "fine::all"):
+        line = BucketSpec(name, 10 * PICO, None, None).line(0, 0, time.time())
+        line.charge_usd, line.charge_tokens = 300, 60
+        lines.append(line)
+    restartable_redis.stop()
+    for line in lines:
+        with pytest.raises(BudgetStoreError):
+            store.charge([line], time.time(), count=True, estimated=False)
+    assert 2 == store.pending_settlements
+    restartable_redis.start()
+    admin = redis.Redis.from_url(restartable_redis.url)
+    admin.set(store._prefix + "broken::all", "not a hash")  # HINCRBY on it: WRONGTYPE
+    admin.close()
+
+    if path == "sync":
+        bucket = store.ledger("fine::all", time.time())  # a round trip: replays both
+    else:
+        async def replay() -> None:
+            await store.aledger("fine::all", time.time())  # the async client's round trip replays them
+            await store.aclose()
+
+        asyncio.run(replay())
+        bucket = store.ledger("fine::all", time.time())
+    dropped = [e for e in llmguard_events if e.name == "llmguard.budget.store_error" and e["stage"] == "replay"]
+
+    assert (0, 1) == (store.pending_settlements, store.dropped_settlements)
+    assert (300, 60, 1) == (bucket.usd, bucket.tokens, bucket.calls)
+    assert 1 == len(dropped)
+    assert ("broken::all", 300 / PICO, 60, True) == (
+        dropped[0]["buckets"], dropped[0]["lost_usd"], dropped[0]["lost_tokens"], dropped[0]["dropped"]
+    )
+    assert "WRONGTYPE" in dropped[0]["error"]
+    store.close()
+
+
+def test_a_kept_settlement_still_unreachable_on_replay_waits(restartable_redis: RedisProcess) -> None:
+    """Only a refusal drops a kept settlement: Redis gone again during the replay keeps it (and the rest) queued."""
+    store = RedisBudgetStore(restartable_redis.url + "?socket_timeout=0.5&socket_connect_timeout=0.5", namespace=uuid.uuid4().hex)
+    line = BucketSpec("wait::all", 10 * PICO, None, None).line(0, 0, time.time())
+    line.charge_usd, line.charge_tokens = 300, 60
+    restartable_redis.stop()
+    for _ in range(2):
+        with pytest.raises(BudgetStoreError):
+            store.charge([line], time.time(), count=True, estimated=False)
+    store._retry_pending()  # the replay itself finds Redis unreachable
+
+    assert (2, 0) == (store.pending_settlements, store.dropped_settlements)
+    restartable_redis.start()
+    bucket = store.ledger("wait::all", time.time())
+    assert (0, 0) == (store.pending_settlements, store.dropped_settlements)
+    assert (600, 120, 2) == (bucket.usd, bucket.tokens, bucket.calls)
+    store.close()

@@ -15,6 +15,8 @@ import math
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import anthropic
@@ -423,7 +425,11 @@ def test_huge_lifetimes_work_on_redis(redis_url: str, seconds: float) -> None:
 
 @pytest.mark.parametrize(
     ("verdict", "error"),
-    [(math.nan, ValueError), (math.inf, ValueError), (-1.0, ValueError), ("soon", TypeError), ([1], TypeError)],
+    [
+        (math.nan, ValueError), (math.inf, ValueError), (-1.0, ValueError), ("soon", TypeError), ([1], TypeError),
+        (Decimal("NaN"), ValueError), (Decimal("sNaN"), ValueError), (Decimal("-Infinity"), ValueError),
+        (Fraction(-1, 2), ValueError), (Fraction(10**400), ValueError), (1j, TypeError),
+    ],
 )
 def test_a_predicate_asking_for_an_impossible_wait_is_an_error_naming_on(verdict: object, error: type[Exception]) -> None:
     """``on=`` may return a wait; one that is not finite seconds >= 0 is refused naming ``retry(on=...)``, the failure as its cause.
@@ -435,6 +441,29 @@ def test_a_predicate_asking_for_an_impossible_wait_is_an_error_naming_on(verdict
         _fail_every_attempt(layer)
     assert isinstance(info.value.__cause__, ConnectionError)
     assert [] == clock.sleeps
+
+
+def test_a_predicate_wait_may_be_any_real_number(fake_provider: FakeProvider, client: anthropic.Anthropic) -> None:
+    """A ``Decimal``, a ``Fraction`` (and a numpy number, where numpy is installed) is a wait, as a float.
+
+    Before: a TypeError naming ``retry(on=...)``, though ``float()`` takes them all.
+    """
+    given: list[object] = [Decimal("0.25"), Fraction(3, 2)]
+    with contextlib.suppress(ImportError):
+        import numpy as np  # noqa: PLC0415 - optional: not a dependency
+
+        given += [np.float32(0.5), np.int64(2)]
+    waits = iter(given)
+
+    @lg.retry(attempts=len(given) + 1, on=lambda exc: next(waits))
+    def ask() -> Any:
+        return client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
+
+    fake_provider.script(*[Step(status=429)] * len(given), Step(reply="after the waits"))
+    with fake_clock() as clock:
+        assert "after the waits" == ask().content[0].text
+    assert [0.25, 1.5, 0.5, 2.0][: len(given)] == clock.sleeps
+    assert all(type(s) is float for s in clock.sleeps)
 
 
 def test_a_predicate_wait_is_used_as_given(fake_provider: FakeProvider, client: anthropic.Anthropic) -> None:
