@@ -931,15 +931,7 @@ class RedisBudgetStore(BudgetStore):
         the class docs) and `BudgetStoreError` is raised with ``queued`` set.
         """
         del now  # the server needs no clock to settle
-        keys, args = self._keys(lines), self._settle_args(rid, lines, count=count, estimated=estimated)
-        try:
-            reply = self._run(self._settle, keys, args)
-        except BudgetStoreError as exc:
-            self._keep(keys, args, lines, exc)
-            raise
-        if self._pending:
-            self._retry_pending()
-        return self._crossings(reply)
+        return self._settle_or_keep(lines, self._settle_args(rid, lines, count=count, estimated=estimated))
 
     def charge(self, lines: list[Line], now: float, *, count: bool, estimated: bool) -> list[Crossing]:
         """One EVALSHA: add each line's charge, holding no reservation; kept for later, like `settle`, if it fails.
@@ -947,8 +939,13 @@ class RedisBudgetStore(BudgetStore):
         Under a new id that Redis remembers, so a kept or retried charge is added once.
         """
         del now
+        return self._settle_or_keep(
+            lines, self._settle_args(self.new_id(), lines, count=count, estimated=estimated, held=False)
+        )
+
+    def _settle_or_keep(self, lines: list[Line], args: list[Any]) -> list[Crossing]:
+        """Run the settle script for `settle` and `charge`; keep it for later if Redis is away."""
         keys = self._keys(lines)
-        args = self._settle_args(self.new_id(), lines, count=count, estimated=estimated, held=False)
         try:
             reply = self._run(self._settle, keys, args)
         except BudgetStoreError as exc:
