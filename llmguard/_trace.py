@@ -10,7 +10,10 @@ facts the record gathered: models, usage, cost, attempts, cache status,
 error. It records the spec's metrics and llmguard's counters, and emits one
 ``llmguard.call`` event through `_events` (structlog and in-process
 listeners) with the same facts. ``with lg.trace("pipeline"):`` opens a
-parent span around many calls instead.
+parent span around many calls instead. The span, the time to first chunk,
+the duration metric and the event all time a call from one start on the
+guards' clock (`_clock`): the span starts at the wall-clock time of that
+start and lasts what the metric says (`_start_time`, `_end_time`).
 
 Three rules come from other libraries' bugs (``research/llm_anchors.md``
 §(b) 7, 8, 18):
@@ -43,8 +46,10 @@ from __future__ import annotations
 import contextvars
 import copy
 import json
+import math
 import os
 import threading
+import time
 import traceback
 import types
 import warnings
@@ -630,10 +635,14 @@ class _Scope:
         "owner",
         "scope_token",
         "span",
+        "t0",
+        "t0_ns",
     )
 
-    def __init__(self, span: Span, owner: TraceLayer) -> None:
+    def __init__(self, span: Span, owner: TraceLayer, t0: float, t0_ns: int) -> None:
         self.span = span
+        self.t0 = t0
+        self.t0_ns = t0_ns
         self.owner = owner
         self.calls = 0
         self.cost = 0.0
@@ -704,6 +713,33 @@ _REQUEST_PARAMS: Final = (
 )
 
 
+def _end_time(start_ns: int, t0: float, t1: float) -> int:
+    """A span's end (ns since the epoch): its start plus the duration on the guards' clock.
+
+    The span's start is the wall-clock time read at *t0*, and its duration is
+    ``t1 - t0`` on `_clock`, the clock that times the first chunk, the
+    duration metric and the call event: so a span is never shorter than the
+    time to first chunk it reports (two clocks, or two starts, could make it
+    so), a stepped wall clock cannot stretch it, and under
+    `llmguard.testing.FakeClock` its duration is the fake one. Rounded up,
+    so that a first chunk at the very end still fits.
+    """
+    return start_ns + math.ceil(max(t1 - t0, 0.0) * 1e9)
+
+
+def _start_time(scope: _Scope | None, t0: float) -> int:
+    """The start (ns since the epoch) of a span that starts at *t0* on the guards' clock.
+
+    Inside a ``with lg.trace(...)`` block it is the block's start plus the
+    time since on the guards' clock (rounded down, as `_end_time` rounds
+    up), so the calls' spans lie within the block's whichever clock runs;
+    else the wall-clock time now.
+    """
+    if scope is not None:
+        return scope.t0_ns + math.floor(max(t0 - scope.t0, 0.0) * 1e9)
+    return time.time_ns()
+
+
 def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -741,16 +777,22 @@ class _CallTrace:
     usage: Usage | None = None
     cost: float | None = None
     ttfc: float | None = None
+    t0_ns: int = 0  # the wall-clock time (ns) of `t0`, read when there is a span to start
 
     def __init__(  # noqa: C901, PLR0912, PLR0915 - every call's start, kept in one frame
         self, layer: TraceLayer, call: Call | None, tel: _Telemetry | None, *, frame: list[Any] | None = None
     ) -> None:
         self.layer = layer
         self.tel = tel
-        self.t0 = _clock.now()
+        # The start of everything this call reports (the span, time to first
+        # chunk, duration metric, event), on the guards' clock; the span's
+        # start is the wall-clock time of the same instant (see `_end_time`).
+        self.t0 = t0 = _clock.now()
         scopes = _SCOPES.get()
         if scopes:
             self.scope = scopes[-1]
+        if tel is not None and tel.tracer is not None:
+            self.t0_ns = _start_time(self.scope, t0)
         record: CallRecord | None
         if frame is not None:
             # On the fast lane: read from the frame, no Call, and no record
@@ -832,6 +874,7 @@ class _CallTrace:
             parent,
             kind=_CLIENT,
             attributes=attrs,
+            start_time=self.t0_ns,
         )
         self.span = span
         if span.is_recording():  # sampled out: inner guards' events need go nowhere
@@ -895,7 +938,7 @@ class _CallTrace:
             warnings.warn(f"llmguard.trace: could not record a call: {bug!r}", RuntimeWarning, stacklevel=3)
             span = self.span
             if span is not None and span.is_recording():
-                span.end()
+                span.end(_end_time(self.t0_ns, self.t0, _clock.now()))
         finally:
             if self.record is not None:
                 self.record.span = self.prev_span
@@ -905,6 +948,7 @@ class _CallTrace:
     ) -> None:
         # One method on purpose: this runs on every call, and each Python
         # call or attribute round-trip saved shows beside the SDK's own cost.
+        t1 = _clock.now()  # the call's end, for the span, the metrics and the event alike
         tel = self.tel
         record = self.record
         layer = self.layer
@@ -980,10 +1024,9 @@ class _CallTrace:
                 span.set_attributes(attrs)
                 if error_type is not None:
                     _set_error_status(span, error_type, outcome, exc)
-            span.end()
+            span.end(_end_time(self.t0_ns, self.t0, t1))
         if self.scope is not None:
             self.scope.add(usage, cost)
-        t1 = _clock.now()
         if tel is not None and tel.instruments is not None:
             self._record_metrics(tel.instruments, tel.names, t1, error_type, exc)
         if _events.listening():
@@ -1026,7 +1069,7 @@ class _CallTrace:
                     self.finish_reasons = finish_reasons
                     self._content(attrs, n, result)
                 span.set_attributes(attrs)
-            span.end()
+            span.end(_end_time(self.t0_ns, self.t0, _clock.now()))
         if self.scope is not None:
             self.scope.add(usage, cost)
 
@@ -1552,6 +1595,9 @@ class TraceLayer(Layer):
 
     def __enter__(self) -> Span:
         """Open a parent span (kind INTERNAL) and make it current; returns it."""
+        t0 = _clock.now()
+        scopes = _SCOPES.get()
+        t0_ns = _start_time(scopes[-1] if scopes else None, t0)
         tel = self._telemetry()
         tracer = tel.tracer if tel is not None else None
         span: Span
@@ -1559,9 +1605,9 @@ class TraceLayer(Layer):
             span = NonRecordingSpan(otel_trace.get_current_span().get_span_context())
         else:
             span = tracer.start_span(
-                self.span_name or "llmguard", kind=SpanKind.INTERNAL, attributes=self._attributes
+                self.span_name or "llmguard", kind=SpanKind.INTERNAL, attributes=self._attributes, start_time=t0_ns
             )
-        scope = _Scope(span, self)
+        scope = _Scope(span, self, t0, t0_ns)
         scope.ctx_token = otel_context.attach(otel_trace.set_span_in_context(span))
         scope.scope_token = _SCOPES.set((*_SCOPES.get(), scope))
         self._open.append(scope)
@@ -1616,7 +1662,7 @@ class TraceLayer(Layer):
                 if outcome is Outcome.ERROR:
                     _add_exception_event(span, exc)
                 span.set_status(Status(StatusCode.ERROR, error_type))
-        span.end()
+        span.end(_end_time(scope.t0_ns, scope.t0, _clock.now()))
 
     async def __aenter__(self) -> Span:
         """``async with lg.trace("pipeline"):``, as `__enter__`."""

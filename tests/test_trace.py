@@ -7,6 +7,7 @@ import gc
 import io
 import json
 import logging
+import time
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -24,7 +25,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler, SamplingResult
 from opentelemetry.trace import (
     NonRecordingSpan,
     NoOpTracerProvider,
@@ -42,7 +43,7 @@ from llmguard import _events, _semconv
 from llmguard._fake_provider import FakeProvider, Step
 from llmguard._wrap import Call, Layer
 from llmguard.stores.budget import BudgetStoreError, MemoryBudgetStore
-from llmguard.testing import CapturedEvent
+from llmguard.testing import CapturedEvent, FakeClock
 
 
 MODEL = "claude-sonnet-4-6"
@@ -226,6 +227,114 @@ def test_anthropic_stream_span_has_time_to_first_chunk_and_stream_usage(
         "server.address": "127.0.0.1",
     }.items() <= attrs.items()
     assert 0.05 <= attrs["gen_ai.response.time_to_first_chunk"] < (span.end_time - span.start_time) / 1e9  # type: ignore[operator]
+
+
+def test_stream_span_times_the_call_on_the_clock_of_its_time_to_first_chunk(
+    traced: Any,
+    exporter: InMemorySpanExporter,
+    reader: InMemoryMetricReader,
+    fake_provider: FakeProvider,
+    anthropic_client: anthropic.Anthropic,
+    fake_clock: FakeClock,
+    llmguard_events: list[CapturedEvent],
+) -> None:
+    """The span, the metrics and the event time a stream on one clock from one start: the first chunk fits in the span."""
+    fake_provider.script(Step(usage={"input_tokens": 30, "output_tokens": 5}))
+
+    @traced
+    def ask(model: str = MODEL) -> Any:
+        fake_clock.advance(30)  # 30 s before the request goes out
+        return anthropic_client.messages.create(model=model, max_tokens=64, messages=MESSAGES, stream=True)
+
+    before = time.time_ns()
+    for i, _event in enumerate(ask()):
+        if i == 0:
+            fake_clock.advance(5)  # 5 s more to read the rest
+    after = time.time_ns()
+
+    span = one_span(exporter)
+    assert span.start_time is not None
+    assert span.end_time is not None
+    assert before <= span.start_time <= after  # the span starts at the wall-clock time of the call
+    assert 30.0 == (span.attributes or {})["gen_ai.response.time_to_first_chunk"]
+    assert 35_000_000_000 == span.end_time - span.start_time
+    found = metrics(reader)
+    assert (35.0, 30.0) == (
+        points(found["gen_ai.client.operation.duration"])[0].sum,
+        points(found["gen_ai.client.operation.time_to_first_chunk"])[0].sum,
+    )
+    (event,) = [e for e in llmguard_events if e.name == "llmguard.call"]
+    assert (35.0, 30.0) == (event["duration_s"], event["ttft_s"])
+
+
+class _SlowSampler(Sampler):
+    """Samples every span, slowly: time passes between the call's start and the span's."""
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        time.sleep(0.3)
+        return ALWAYS_ON.should_sample(*args, **kwargs)
+
+    def get_description(self) -> str:
+        return "slow"
+
+
+def test_stream_span_starts_when_the_call_does_however_long_the_span_takes_to_start(
+    exporter: InMemorySpanExporter,
+    reader: InMemoryMetricReader,
+    meter_provider: MeterProvider,
+    fake_provider: FakeProvider,
+    anthropic_client: anthropic.Anthropic,
+) -> None:
+    """On the real clock, the span lasts what the duration metric says, and so holds the time to first chunk.
+
+    (A span started by the SDK's own clock when it was made missed the time
+    spent before that, which the time to first chunk counts: 0.088 s to the
+    first chunk in a 0.081 s span, once, on a loaded machine.)
+    """
+    fake_provider.script(Step(usage={"input_tokens": 30, "output_tokens": 5}))
+    tracer_provider = TracerProvider(sampler=_SlowSampler())
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    @lg.trace(tracer_provider=tracer_provider, meter_provider=meter_provider)
+    def ask(model: str = MODEL) -> Any:
+        return anthropic_client.messages.create(model=model, max_tokens=64, messages=MESSAGES, stream=True)
+
+    assert "Hello from the fake provider." == text_of_events(ask())
+
+    span = one_span(exporter)
+    assert span.start_time is not None
+    assert span.end_time is not None
+    found = metrics(reader)
+    duration = points(found["gen_ai.client.operation.duration"])[0].sum
+    ttfc = (span.attributes or {})["gen_ai.response.time_to_first_chunk"]
+    assert 0.3 <= ttfc <= (span.end_time - span.start_time) / 1e9  # type: ignore[operator]  # the sampler's wait is in both
+    assert abs((span.end_time - span.start_time) - duration * 1e9) <= 1  # the metric's duration, to the nanosecond
+
+
+def test_parent_span_holds_its_calls_spans_on_the_guards_clock(
+    traced: Any, exporter: InMemorySpanExporter, fake_clock: FakeClock
+) -> None:
+    """`with lg.trace(...)` times its span as its calls' spans are timed, so they lie within it, to the nanosecond."""
+
+    @traced
+    def ask(model: str = MODEL) -> str:
+        fake_clock.advance(3)
+        return "ok"
+
+    with traced("pipeline"):
+        assert "ok" == ask()  # first thing in the block
+        fake_clock.advance(2)
+        assert "ok" == ask()  # last thing in the block
+
+    pipeline = spans_named(exporter, "pipeline")[0]
+    first, second = spans_named(exporter)
+    assert pipeline.start_time is not None
+    assert pipeline.end_time is not None
+    assert 8_000_000_000 == pipeline.end_time - pipeline.start_time
+    assert [3_000_000_000, 3_000_000_000] == [s.end_time - s.start_time for s in (first, second)]  # type: ignore[operator]
+    assert pipeline.start_time <= first.start_time  # type: ignore[operator]
+    assert 5_000_000_000 <= second.start_time - first.start_time  # type: ignore[operator]
+    assert second.end_time <= pipeline.end_time  # type: ignore[operator]
 
 
 async def test_async_openai_stream_span_records_usage_and_ttfc(
