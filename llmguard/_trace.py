@@ -36,6 +36,27 @@ Three rules come from other libraries' bugs (``research/llm_anchors.md``
   llmguard records (user attributes, content, error messages, other guards'
   span events), content or not. Headers are never read.
 
+**One call's usage is counted once across all GenAI spans.** anthropic ≥ 2
+traces itself: with a recording tracer provider it opens a CLIENT span per
+API call (scope ``com.anthropic.sdk.python``, a child of llmguard's span;
+the SDK's own retries inside it, so a call llmguard retries has several),
+carrying that request's ``gen_ai.usage.*``; it records no metrics, and openai and
+google-genai trace nothing. So the spans divide the work: llmguard's span
+is the *operation* (attempts, retries, cache, budget, fallback, cost), the
+SDK's span is the *request* and owns its usage. When the client the call
+uses (the one `_ClientFinder` finds) says it traces itself — its public,
+resolved ``open_telemetry`` option is enabled (``ANTHROPIC_OPEN_TELEMETRY``
+or ``open_telemetry=`` not false) and the tracer provider it uses records —
+llmguard's span leaves out ``gen_ai.usage.*`` for the attempts answered
+through that SDK and keeps the call's totals as ``llmguard.usage.input_tokens``
+/ ``llmguard.usage.output_tokens`` (and ``llmguard.cost_usd``); attempts
+answered elsewhere keep their usage on llmguard's span, so summing
+``gen_ai.usage.*`` over a trace gives what the servers sent, once. llmguard
+asks the SDK's own switch rather than watching spans start (that would need
+a SpanProcessor in the user's pipeline, which is theirs); the GenAI metrics
+stay llmguard's, since no SDK records them. A client llmguard cannot find
+(built inside the function) is taken as not tracing itself.
+
 With no OpenTelemetry SDK configured (the API's proxy or no-op providers)
 and nobody listening for events, a call costs two attribute reads and a
 comparison on top of the core: the decision is cached per provider object.
@@ -404,8 +425,30 @@ def _address_of_url(url: Any) -> tuple[str, int] | None:
     return str(host), int(port)
 
 
-_Endpoint = tuple["tuple[str, int] | None", "str | None"]
-_NOWHERE: _Endpoint = (None, None)
+# (server address, llmguard's name for the client's SDK, `_sdk_span_provider` of the client)
+_Endpoint = tuple["tuple[str, int] | None", "str | None", Any]
+_NOWHERE: _Endpoint = (None, None, None)
+_GLOBAL_PROVIDER: Final = object()  # an SDK span from the global tracer provider
+
+
+def _sdk_span_provider(client: Any) -> Any:
+    """Where *client*'s own GenAI span of each request goes, or None when it opens none.
+
+    anthropic ≥ 2 opens a CLIENT span per API call (every SDK retry and the
+    stream's reading included), with ``gen_ai.usage.*``, unless its tracing
+    is off (``ANTHROPIC_OPEN_TELEMETRY=false`` or ``open_telemetry=False``,
+    resolved when the client is built and public as ``client.open_telemetry``).
+    The answer is its tracer provider (`_GLOBAL_PROVIDER` for the global one,
+    read at the end of each call: it may be set later); whether that provider
+    records is asked then. openai and google-genai trace nothing themselves.
+    """
+    try:
+        options = client.open_telemetry
+        if not options["traces"]["enabled"]:
+            return None
+        return options.get("tracer_provider") or _GLOBAL_PROVIDER
+    except Exception:  # noqa: BLE001 - an SDK without self-tracing (or an odd option) opens no span
+        return None
 
 
 class _ClientFinder:
@@ -470,12 +513,12 @@ class _ClientFinder:
             return last[1]
         address = _address_of_url(getattr(client, "base_url", None))
         sdk = providers.provider_of(client)
-        found = (address, sdk)
+        found = (address, sdk, _sdk_span_provider(client))
         self._last = (client, found)
         return found
 
     def find(self, args: tuple[Any, ...], kwargs: dict[str, Any], instance: Any) -> _Endpoint:
-        """(server address, llmguard provider name) of the client the call will use."""
+        """(server address, llmguard provider name, SDK span provider) of the client the call will use."""
         for cell in self._cells:
             try:
                 value = cell.cell_contents
@@ -765,6 +808,7 @@ class _CallTrace:
     last_chunk: float = 0.0
     address: tuple[str, int] | None = None
     client_provider: str | None = None  # llmguard's name for the client's SDK
+    sdk_spans: Any = None  # the client opens its own GenAI spans: `_sdk_span_provider`
     start_provider: str | None = None  # gen_ai.provider.name set at the start
     start_address: bool = False
     start_stream: bool = False
@@ -822,11 +866,13 @@ class _CallTrace:
         address = client = None
         finder = layer._finder
         if finder is not None:
-            address, client = finder.find(args, kwargs, instance)
+            address, client, sdk_spans = finder.find(args, kwargs, instance)
             if address is not None:  # else the class defaults, None
                 self.address = address
             if client is not None:
                 self.client_provider = client
+            if sdk_spans is not None:
+                self.sdk_spans = sdk_spans
         tracer = tel.tracer
         if tracer is None:
             return
@@ -1005,9 +1051,10 @@ class _CallTrace:
                     attrs[n.request_stream] = stream
                 if provider and provider != self.start_provider:
                     attrs[n.provider] = provider
+                own = usage if self.sdk_spans is None else self._own_usage(attrs, n, usage, record.attempts)
                 _answer_attributes(
                     attrs, n, span, layer, record.request_model, record.operation,
-                    (response_model, response_id, finish_reasons, usage, cost),
+                    (response_model, response_id, finish_reasons, own, cost),
                 )
                 if ttfc is not None:
                     attrs[n.response_ttfc] = ttfc
@@ -1061,9 +1108,10 @@ class _CallTrace:
                 attrs: dict[str, Any] = {n.lg_attempts: 1}
                 if provider and provider != self.start_provider:
                     attrs[n.provider] = provider
+                own = usage if self.sdk_spans is None else self._own_usage(attrs, n, usage, ((provider, usage),))
                 _answer_attributes(
                     attrs, n, span, layer, self.request_model, CallRecord.operation,
-                    (response_model, response_id, finish_reasons, usage, cost),
+                    (response_model, response_id, finish_reasons, own, cost),
                 )
                 if layer.capture_content:
                     self.finish_reasons = finish_reasons
@@ -1072,6 +1120,38 @@ class _CallTrace:
             span.end(_end_time(self.t0_ns, self.t0, _clock.now()))
         if self.scope is not None:
             self.scope.add(usage, cost)
+
+    def _own_usage(
+        self,
+        attrs: dict[str, Any],
+        n: _semconv.Semconv,
+        usage: Usage | None,
+        parts: Sequence[Attempt] | tuple[tuple[str | None, Usage | None], ...],
+    ) -> Usage | None:
+        """The usage this span carries as ``gen_ai.usage.*``: what no SDK span of the call carries.
+
+        The client opens its own GenAI span per request, a child of this one
+        (`_sdk_span_provider`): when that span records, each attempt answered
+        through that SDK (*parts*: each attempt's provider and usage) has its
+        usage there, once, and this span keeps the call's totals under
+        ``llmguard.usage.*`` instead. Attempts answered elsewhere (a fallback
+        to another SDK) stay here, so the sum over the trace is the server's.
+        """
+        sdk_spans = self.sdk_spans
+        tp = otel_trace.get_tracer_provider() if sdk_spans is _GLOBAL_PROVIDER else sdk_spans
+        if usage is None or not _records_spans(tp):
+            return usage
+        sdk = self.client_provider
+        own: Usage | None = None
+        for part in parts:
+            provider, used = part if isinstance(part, tuple) else (part.provider, part.usage)
+            if used is not None and provider is not None and provider != sdk:
+                own = used if own is None else own + used
+        attrs[n.lg_total_input] = usage.input_tokens
+        attrs[n.lg_total_output] = usage.output_tokens
+        if usage.estimated:
+            attrs[n.lg_usage_estimated] = True
+        return own
 
     def _provider(self, provider: str | None) -> str | None:
         """The span's provider name: the answer's, else the client's, else the configured one."""
