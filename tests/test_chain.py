@@ -320,3 +320,30 @@ def test_an_instructor_call_with_a_400_underneath_is_not_retried(
     assert 1 == api_requests(fake_provider)
     assert [] == fake_clock.sleeps
     assert lg.ErrorKind.BAD_REQUEST == probe.record.error_kind
+
+
+def test_a_users_own_error_raised_while_handling_a_429_is_not_retried(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    # The user turns a 429 into their own error, on purpose, inside the except
+    # block (no ``from``): Python records the 429 only as the context the new
+    # error happened *during*, not its cause. tenacity's and stamina's ``on=``
+    # read the raised error's own type; retrying here re-sends a request the
+    # user's code decided to give up on (and hides a bug in an except block
+    # behind the server's retry-after).
+    probe = Probe()
+
+    @probe
+    @lg.retry
+    def ask() -> Any:
+        try:
+            return anthropic_client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
+        except anthropic.RateLimitError:
+            raise ValueError("this user's quota is used up")  # noqa: B904
+
+    fake_provider.script(Step(status=429, headers={"retry-after": "2"}), Step(reply="never"))
+
+    with pytest.raises(ValueError, match="quota is used up"):
+        ask()
+    assert 1 == api_requests(fake_provider)
+    assert [] == fake_clock.sleeps
