@@ -2094,3 +2094,34 @@ def test_ledger_matches_what_the_server_served_under_faults(
     assert any(json.loads(r.headers[HEADER]).get("delay") for r in fake_provider.requests)
     assert served() == (spend.tokens, ledger_pico(ask))
     assert 0.0 == spend.reserved_usd
+
+
+# -- images ---------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review2: _estimate.size counts str() of content blocks, base64 included (300 KB image -> 100k tokens reserved); needs a per-block rule (images a fixed allowance, documents by pages?)",
+)
+def test_an_image_sent_as_base64_is_not_reserved_as_text(store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider) -> None:
+    """A 225 KB PNG (300 KB of base64) is at most ~1,600 input tokens to any provider, not 100,000.
+
+    The estimate counts ``str()`` of a content-block message, base64 included,
+    at 3 bytes a token: a vision call under a 20,000-token budget is refused
+    before it is sent although it would have used ~800.
+    """
+    image = "data:image/png;base64," + "iVBORw0KGgo" * 27_300  # ~300 KB, the size of a 225 KB PNG
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "what is in this picture?"}, {"type": "image_url", "image_url": {"url": image}}]}
+    ]
+
+    @budget(tokens=20_000, store=store)
+    def ask(messages: Any, max_tokens: int = 100) -> Any:
+        return openai_client.chat.completions.create(
+            model=GPT, max_tokens=max_tokens, messages=messages, extra_headers=script(usage={"input_tokens": 790, "output_tokens": 20})
+        )
+
+    ask(messages)
+
+    assert 810 == budget_spend(ask).tokens
+    assert 1 == len(fake_provider.requests)
