@@ -623,6 +623,38 @@ async def test_attempt_whose_sdk_timed_out_waiting_for_the_response_is_charged_i
     assert sent_estimate(GPT) == (spend.tokens, ledger_pico(target))
     assert (0.0, 1, 1) == (spend.reserved_usd, spend.calls, spend.estimated_calls)
 
+
+@pytest.mark.parametrize("handled", ["raise inside except", "raise from None"])
+def test_a_read_timeout_the_function_turns_into_its_own_error_is_still_charged(
+    store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider, handled: str
+) -> None:
+    """Whether the request left is a fact about the request, not about how the error reads.
+
+    The function catches the SDK's APITimeoutError and raises its own error
+    (no ``from``, or ``from None``): the attempt's error is not a timeout,
+    but its request was sent and may be billed, so it is charged its input
+    estimate like the bare timeout above.
+    """
+
+    @budget(usd=1.0, store=store)
+    def ask(messages: Any, max_tokens: int = 100, model: str = GPT) -> Any:
+        try:
+            return openai_client.chat.completions.create(
+                model=model, max_tokens=max_tokens, messages=messages, timeout=0.3, extra_headers=script(delay=2)
+            )
+        except openai.APITimeoutError:
+            if handled == "raise from None":
+                raise LookupError("no answer in time") from None
+            raise LookupError("no answer in time")  # noqa: B904 - the implicit context is the point
+
+    with pytest.raises(LookupError):
+        ask(MESSAGES)
+    spend = budget_spend(ask)
+
+    assert 1 == len(fake_provider.requests)
+    assert sent_estimate(GPT) == (spend.tokens, ledger_pico(ask))
+    assert (0.0, 1, 1) == (spend.reserved_usd, spend.calls, spend.estimated_calls)
+
 def test_stream_that_fails_midway_is_charged_what_it_consumed(
     store: BudgetStore, anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
 ) -> None:
