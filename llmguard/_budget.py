@@ -194,7 +194,7 @@ from typing import Any, ClassVar, Final, Literal, NamedTuple, ParamSpec, TypeVar
 
 from . import _check, _clock, _estimate, _events, prices, providers
 from ._binder import Binder
-from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
+from ._record import Attempt, CallRecord, Outcome, Usage
 from ._wrap import (
     _F_ARGS,
     _F_KWARGS,
@@ -1013,7 +1013,8 @@ def _left_unmeasured(att: Attempt, outcome: Outcome) -> bool:
     started), a stream whose request was sent but that ended before a
     chunk was read (closed, dropped, cancelled), and one whose SDK timed out
     reading the response (`providers.response_timed_out`: its own timeout,
-    ``timeout=lg.remaining()`` included). A failure the provider answered
+    ``timeout=lg.remaining()`` included, whatever error the function turned
+    it into -- the request left either way). A failure the provider answered
     (429, 5xx) or a connection that never got a response is not.
     *outcome* is ``att.outcome`` as the caller read it, before the usage
     (see `_FunctionBudget._used`).
@@ -1022,7 +1023,7 @@ def _left_unmeasured(att: Attempt, outcome: Outcome) -> bool:
         outcome is _PENDING
         or outcome is _CANCELLED
         or (att.sent and att.chunks == 0 and outcome in _UNREAD_ENDS)
-        or (att.error_kind is ErrorKind.TIMEOUT and providers.response_timed_out(att.error))
+        or (att.error is not None and providers.response_timed_out(att.error))
     )
 
 
