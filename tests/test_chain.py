@@ -347,3 +347,28 @@ def test_a_users_own_error_raised_while_handling_a_429_is_not_retried(
         ask()
     assert 1 == api_requests(fake_provider)
     assert [] == fake_clock.sleeps
+
+
+def test_an_error_of_a_call_made_while_the_caller_handles_a_429_is_not_that_429(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    # A fallback made in the caller's ``except`` block: Python chains the
+    # caller's 429 as the implicit context of *any* error raised inside the
+    # guarded call, related or not. The function's own ValueError is not a
+    # rate limit, and is not retried with the other call's retry-after.
+    attempts = []
+
+    @lg.retry
+    def parse(text: str) -> int:
+        attempts.append(text)
+        return int(text)
+
+    fake_provider.script(Step(status=429, headers={"retry-after": "30"}))
+    with pytest.raises(ValueError, match="invalid literal"):  # noqa: PT012 - the fallback runs in the handler
+        try:
+            anthropic_client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
+        except anthropic.RateLimitError:
+            parse("not a number")
+
+    assert ["not a number"] == attempts
+    assert [] == fake_clock.sleeps
