@@ -194,7 +194,7 @@ from typing import Any, ClassVar, Final, Literal, NamedTuple, ParamSpec, TypeVar
 
 from . import _check, _clock, _estimate, _events, prices, providers
 from ._binder import Binder
-from ._record import Attempt, CallRecord, Outcome, Usage
+from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 from ._wrap import (
     _F_ARGS,
     _F_KWARGS,
@@ -1023,8 +1023,14 @@ def _left_unmeasured(att: Attempt, outcome: Outcome) -> bool:
         outcome is _PENDING
         or outcome is _CANCELLED
         or (att.sent and att.chunks == 0 and outcome in _UNREAD_ENDS)
-        or (att.error is not None and providers.response_timed_out(att.error))
+        or (att.error_kind in _TIMED_OUT_KINDS and providers.response_timed_out(att.error))
     )
+
+
+# The kinds of an attempt's error that may be a read timeout the function raised
+# as its own error: one with a kind of its own (a 429...) answered for itself,
+# whatever its implicit context (the caller's own timed-out request, say).
+_TIMED_OUT_KINDS: Final = frozenset({ErrorKind.TIMEOUT, ErrorKind.UNKNOWN})
 
 
 def _sent_input(call: Call) -> int:

@@ -655,6 +655,28 @@ def test_a_read_timeout_the_function_turns_into_its_own_error_is_still_charged(
     assert sent_estimate(GPT) == (spend.tokens, ledger_pico(ask))
     assert (0.0, 1, 1) == (spend.reserved_usd, spend.calls, spend.estimated_calls)
 
+
+def test_a_429_of_a_call_made_while_the_caller_handles_a_read_timeout_is_charged_nothing(
+    store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider
+) -> None:
+    """The caller's own timed-out request (its ``except`` block) is not the guarded call's: a 429 it got is free."""
+
+    @budget(usd=1.0, store=store)
+    def ask(messages: Any, max_tokens: int = 100, model: str = GPT) -> Any:
+        return openai_client.chat.completions.create(
+            model=model, max_tokens=max_tokens, messages=messages, extra_headers=script(status=429)
+        )
+
+    with pytest.raises(openai.RateLimitError):  # noqa: PT012 - the fallback runs in the handler
+        try:
+            openai_client.chat.completions.create(
+                model=GPT, max_tokens=100, messages=MESSAGES, timeout=0.3, extra_headers=script(delay=2)
+            )
+        except openai.APITimeoutError:
+            ask(MESSAGES)
+
+    assert (0, 0) == (budget_spend(ask).tokens, ledger_pico(ask))
+
 def test_stream_that_fails_midway_is_charged_what_it_consumed(
     store: BudgetStore, anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
 ) -> None:
