@@ -2155,7 +2155,7 @@ def test_ledger_matches_what_the_server_served_under_faults(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="review2: _estimate.size counts str() of content blocks, base64 included (300 KB image -> 100k tokens reserved); needs a per-block rule (images a fixed allowance, documents by pages?)",
+    reason="review2: _estimate.size counts str() of content blocks, base64 included (300 KB image -> 100k tokens reserved; docs/estimates.md admits it, estimate= is the workaround); needs a per-block rule",
 )
 def test_an_image_sent_as_base64_is_not_reserved_as_text(store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider) -> None:
     """A 225 KB PNG (300 KB of base64) is at most ~1,600 input tokens to any provider, not 100,000.
