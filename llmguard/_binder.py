@@ -68,6 +68,7 @@ class Binder:
     __slots__ = (
         "_classes",
         "_module",
+        "_name",
         "_owned",
         "defaults",
         "first",
@@ -88,6 +89,7 @@ class Binder:
         self.positional = tuple(p.name for p in params if p.kind in _POSITIONAL)
         self.owner = None if static or not self.positional else _owner_of(fn)
         self._module = getattr(fn, "__module__", None)
+        self._name = getattr(fn, "__name__", None)
         self.first = self.positional[0] if self.owner is not None else None
         # name -> index in the arguments as passed (instance included), and
         # in the arguments after a method's instance.
@@ -112,29 +114,37 @@ class Binder:
             return None, args
         first = args[0]
         kind = type(first)
-        owned = self._owned.get(kind)
-        if owned is None:
-            owned = self._remember(self._owned, kind)
+        owned = self._recall(self._owned, kind)
         if not owned and isinstance(first, type):  # a classmethod's class
-            owned = self._classes.get(first)
-            if owned is None:
-                owned = self._remember(self._classes, first)
+            owned = self._recall(self._classes, first)
         return (first, args[1:]) if owned else (None, args)
 
-    def _remember(self, seen: dict[type, bool], cls: type) -> bool:
+    def _recall(self, seen: dict[type, bool], cls: type) -> bool:
         """Whether *cls* belongs to the owner, remembered for the first few classes seen.
 
         Bounded, so classes made on the fly are not kept alive by a method they were passed to.
+        A class that cannot be hashed (its metaclass defines ``__eq__`` only) is worked out each time.
         """
-        owned = self._is_owner(cls)
-        if len(seen) < _REMEMBERED:
-            seen[cls] = owned
+        try:
+            owned = seen.get(cls)
+        except TypeError:
+            return self._is_owner(cls)
+        if owned is None:
+            owned = self._is_owner(cls)
+            if len(seen) < _REMEMBERED:
+                seen[cls] = owned
         return owned
 
     def _is_owner(self, cls: type) -> bool:
-        """Whether *cls* is the class that defined the function, or a subclass of it."""
+        """Whether *cls* is the class that defined the function, or a subclass of it.
+
+        The class is known by its qualified name, and by its module, or when
+        that was rewritten (``Class.__module__ = "pkg"``, a package showing
+        its public path) by holding an attribute of the function's name.
+        """
         return any(
-            getattr(c, "__qualname__", None) == self.owner and getattr(c, "__module__", None) == self._module
+            getattr(c, "__qualname__", None) == self.owner
+            and (getattr(c, "__module__", None) == self._module or self._name in getattr(c, "__dict__", ()))
             for c in cls.__mro__
         )
 

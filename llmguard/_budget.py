@@ -1013,7 +1013,8 @@ def _left_unmeasured(att: Attempt, outcome: Outcome) -> bool:
     started), a stream whose request was sent but that ended before a
     chunk was read (closed, dropped, cancelled), and one whose SDK timed out
     reading the response (`providers.response_timed_out`: its own timeout,
-    ``timeout=lg.remaining()`` included). A failure the provider answered
+    ``timeout=lg.remaining()`` included, whatever error the function turned
+    it into -- the request left either way). A failure the provider answered
     (429, 5xx) or a connection that never got a response is not.
     *outcome* is ``att.outcome`` as the caller read it, before the usage
     (see `_FunctionBudget._used`).
@@ -1022,8 +1023,14 @@ def _left_unmeasured(att: Attempt, outcome: Outcome) -> bool:
         outcome is _PENDING
         or outcome is _CANCELLED
         or (att.sent and att.chunks == 0 and outcome in _UNREAD_ENDS)
-        or (att.error_kind is ErrorKind.TIMEOUT and providers.response_timed_out(att.error))
+        or (att.error_kind in _TIMED_OUT_KINDS and providers.response_timed_out(att.error))
     )
+
+
+# The kinds of an attempt's error that may be a read timeout the function raised
+# as its own error: one with a kind of its own (a 429...) answered for itself,
+# whatever its implicit context (the caller's own timed-out request, say).
+_TIMED_OUT_KINDS: Final = frozenset({ErrorKind.TIMEOUT, ErrorKind.UNKNOWN})
 
 
 def _sent_input(call: Call) -> int:

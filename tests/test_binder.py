@@ -169,3 +169,51 @@ def test_cache_key_for_a_method_takes_the_arguments_after_the_instance(
     assert key is not None
     assert layer.store.get(key) is not None
     assert key == layer.key_for("hello there", user="alice")
+
+
+@pytest.mark.parametrize("shape", METHOD_SHAPES)
+def test_a_method_of_a_class_whose_module_was_rewritten_is_still_a_method(
+    shape: str, anthropic_client: anthropic.Anthropic, async_anthropic_client: anthropic.AsyncAnthropic
+) -> None:
+    """``Service.__module__ = "mypkg"`` (a package showing its public path, as numpy's set_module or trio do): still a method.
+
+    The function keeps the module it was written in; the class says another.
+    Before: the instance was an argument, so key= got ``this=`` and every call
+    raised TypeError, and a cache raised on every call (an instance cannot be keyed).
+    """
+    seen: list[dict[str, Any]] = []
+    service, call = build_method(shape, lambda f: lg.cache(_recording_budget(seen)(f)), anthropic_client, async_anthropic_client)
+    service.__module__ = "mypkg"
+
+    first, second = call([(service(), "hello there", "alice"), (service(), "hello there", "alice")])
+
+    assert first == second
+    assert [{"q": "hello there", "user": "alice"}] == seen
+    assert (1, 1) == (lg.cache_info(service.ask).hits, lg.cache_info(service.ask).misses)
+
+
+class _ComparedByName(type):  # noqa: PLW1641 - unhashable on purpose
+    """A metaclass with ``__eq__`` and so no ``__hash__``: its classes are unhashable."""
+
+    def __eq__(cls, other: object) -> bool:
+        return isinstance(other, type) and cls.__qualname__ == other.__qualname__
+
+
+def test_a_method_of_a_class_that_cannot_be_hashed_is_called(anthropic_client: anthropic.Anthropic) -> None:
+    """The binder remembers classes by hash: an unhashable class is worked out each time, not a TypeError on every call."""
+    seen: list[dict[str, Any]] = []
+
+    class Service(metaclass=_ComparedByName):
+        @_recording_budget(seen)
+        @lg.trace
+        def ask(this, q: str, user: str) -> Any:  # noqa: N805
+            return anthropic_client.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": q}])
+
+        @classmethod
+        @lg.trace
+        def make(klass, q: str) -> str:  # noqa: N804
+            return f"{klass.__name__}: {q}"
+
+    assert Service().ask("hello there", "alice").content
+    assert "Service: hi" == Service.make("hi")
+    assert [{"q": "hello there", "user": "alice"}] == seen

@@ -623,6 +623,60 @@ async def test_attempt_whose_sdk_timed_out_waiting_for_the_response_is_charged_i
     assert sent_estimate(GPT) == (spend.tokens, ledger_pico(target))
     assert (0.0, 1, 1) == (spend.reserved_usd, spend.calls, spend.estimated_calls)
 
+
+@pytest.mark.parametrize("handled", ["raise inside except", "raise from None"])
+def test_a_read_timeout_the_function_turns_into_its_own_error_is_still_charged(
+    store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider, handled: str
+) -> None:
+    """Whether the request left is a fact about the request, not about how the error reads.
+
+    The function catches the SDK's APITimeoutError and raises its own error
+    (no ``from``, or ``from None``): the attempt's error is not a timeout,
+    but its request was sent and may be billed, so it is charged its input
+    estimate like the bare timeout above.
+    """
+
+    @budget(usd=1.0, store=store)
+    def ask(messages: Any, max_tokens: int = 100, model: str = GPT) -> Any:
+        try:
+            return openai_client.chat.completions.create(
+                model=model, max_tokens=max_tokens, messages=messages, timeout=0.3, extra_headers=script(delay=2)
+            )
+        except openai.APITimeoutError:
+            if handled == "raise from None":
+                raise LookupError("no answer in time") from None
+            raise LookupError("no answer in time")  # noqa: B904 - the implicit context is the point
+
+    with pytest.raises(LookupError):
+        ask(MESSAGES)
+    spend = budget_spend(ask)
+
+    assert 1 == len(fake_provider.requests)
+    assert sent_estimate(GPT) == (spend.tokens, ledger_pico(ask))
+    assert (0.0, 1, 1) == (spend.reserved_usd, spend.calls, spend.estimated_calls)
+
+
+def test_a_429_of_a_call_made_while_the_caller_handles_a_read_timeout_is_charged_nothing(
+    store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider
+) -> None:
+    """The caller's own timed-out request (its ``except`` block) is not the guarded call's: a 429 it got is free."""
+
+    @budget(usd=1.0, store=store)
+    def ask(messages: Any, max_tokens: int = 100, model: str = GPT) -> Any:
+        return openai_client.chat.completions.create(
+            model=model, max_tokens=max_tokens, messages=messages, extra_headers=script(status=429)
+        )
+
+    with pytest.raises(openai.RateLimitError):  # noqa: PT012 - the fallback runs in the handler
+        try:
+            openai_client.chat.completions.create(
+                model=GPT, max_tokens=100, messages=MESSAGES, timeout=0.3, extra_headers=script(delay=2)
+            )
+        except openai.APITimeoutError:
+            ask(MESSAGES)
+
+    assert (0, 0) == (budget_spend(ask).tokens, ledger_pico(ask))
+
 def test_stream_that_fails_midway_is_charged_what_it_consumed(
     store: BudgetStore, anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
 ) -> None:
@@ -2094,3 +2148,34 @@ def test_ledger_matches_what_the_server_served_under_faults(
     assert any(json.loads(r.headers[HEADER]).get("delay") for r in fake_provider.requests)
     assert served() == (spend.tokens, ledger_pico(ask))
     assert 0.0 == spend.reserved_usd
+
+
+# -- images ---------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review2: _estimate.size counts str() of content blocks, base64 included (300 KB image -> 100k tokens reserved; docs/estimates.md admits it, estimate= is the workaround); needs a per-block rule",
+)
+def test_an_image_sent_as_base64_is_not_reserved_as_text(store: BudgetStore, openai_client: openai.OpenAI, fake_provider: FakeProvider) -> None:
+    """A 225 KB PNG (300 KB of base64) is at most ~1,600 input tokens to any provider, not 100,000.
+
+    The estimate counts ``str()`` of a content-block message, base64 included,
+    at 3 bytes a token: a vision call under a 20,000-token budget is refused
+    before it is sent although it would have used ~800.
+    """
+    image = "data:image/png;base64," + "iVBORw0KGgo" * 27_300  # ~300 KB, the size of a 225 KB PNG
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "what is in this picture?"}, {"type": "image_url", "image_url": {"url": image}}]}
+    ]
+
+    @budget(tokens=20_000, store=store)
+    def ask(messages: Any, max_tokens: int = 100) -> Any:
+        return openai_client.chat.completions.create(
+            model=GPT, max_tokens=max_tokens, messages=messages, extra_headers=script(usage={"input_tokens": 790, "output_tokens": 20})
+        )
+
+    ask(messages)
+
+    assert 810 == budget_spend(ask).tokens
+    assert 1 == len(fake_provider.requests)

@@ -1,8 +1,8 @@
 """Classification follows the chain: a provider error wrapped by another library or by user code.
 
 The wrapping exception is what the caller sees; its kind, status and retry
-advice come from the provider error underneath (``__cause__``, else an
-unsuppressed ``__context__``), for retry and for the call record.
+advice come from the provider error underneath (its
+explicit ``__cause__``; an implicit ``__context__`` does not count), for retry and for the call record.
 """
 
 from __future__ import annotations
@@ -96,13 +96,13 @@ def test_an_explicit_cause_gives_the_provider_errors_kind_status_and_advice(rate
     assert "x" == info.message  # the message is the error the caller sees
 
 
-def test_an_implicit_context_counts_but_from_none_does_not(rate_limited: Any) -> None:
+def test_only_an_explicit_cause_counts_not_an_implicit_context_nor_from_none(rate_limited: Any) -> None:
     implicit = raised_while_handling(rate_limited, ValueError("while handling"))
     suppressed = wrapped(rate_limited, ValueError("unrelated"))
     suppressed.__cause__ = None
     suppressed.__suppress_context__ = True  # what `raise ... from None` leaves
 
-    assert lg.ErrorKind.RATE_LIMITED == providers.classify(implicit).kind
+    assert lg.ErrorKind.UNKNOWN == providers.classify(implicit).kind
     assert lg.ErrorKind.UNKNOWN == providers.classify(suppressed).kind
 
 
@@ -320,3 +320,55 @@ def test_an_instructor_call_with_a_400_underneath_is_not_retried(
     assert 1 == api_requests(fake_provider)
     assert [] == fake_clock.sleeps
     assert lg.ErrorKind.BAD_REQUEST == probe.record.error_kind
+
+
+def test_a_users_own_error_raised_while_handling_a_429_is_not_retried(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    # The user turns a 429 into their own error, on purpose, inside the except
+    # block (no ``from``): Python records the 429 only as the context the new
+    # error happened *during*, not its cause. tenacity's and stamina's ``on=``
+    # read the raised error's own type; retrying here re-sends a request the
+    # user's code decided to give up on (and hides a bug in an except block
+    # behind the server's retry-after).
+    probe = Probe()
+
+    @probe
+    @lg.retry
+    def ask() -> Any:
+        try:
+            return anthropic_client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
+        except anthropic.RateLimitError:
+            raise ValueError("this user's quota is used up")  # noqa: B904
+
+    fake_provider.script(Step(status=429, headers={"retry-after": "2"}), Step(reply="never"))
+
+    with pytest.raises(ValueError, match="quota is used up"):
+        ask()
+    assert 1 == api_requests(fake_provider)
+    assert [] == fake_clock.sleeps
+
+
+def test_an_error_of_a_call_made_while_the_caller_handles_a_429_is_not_that_429(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    # A fallback made in the caller's ``except`` block: Python chains the
+    # caller's 429 as the implicit context of *any* error raised inside the
+    # guarded call, related or not. The function's own ValueError is not a
+    # rate limit, and is not retried with the other call's retry-after.
+    attempts = []
+
+    @lg.retry
+    def parse(text: str) -> int:
+        attempts.append(text)
+        return int(text)
+
+    fake_provider.script(Step(status=429, headers={"retry-after": "30"}))
+    with pytest.raises(ValueError, match="invalid literal"):  # noqa: PT012 - the fallback runs in the handler
+        try:
+            anthropic_client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
+        except anthropic.RateLimitError:
+            parse("not a number")
+
+    assert ["not a number"] == attempts
+    assert [] == fake_clock.sleeps

@@ -506,11 +506,14 @@ def classify(exc: BaseException, now: float | None = None) -> ErrorInfo:
     limit. The kind, status, retry advice and provider come from underneath;
     the message stays the outer error's. The rule:
 
-    * Follow the chain Python's traceback prints: ``__cause__`` when set,
-      else ``__context__`` unless ``__suppress_context__`` (``raise ... from
-      None`` says the context does not matter). An implicit context counts:
-      an error raised while handling a provider error happened *because* of
-      it, so retrying when the provider error is transient is sound.
+    * Follow the explicit causes, ``__cause__`` (``raise ... from err``, as
+      instructor and tenacity raise their wrappers). An implicit
+      ``__context__`` does not count: an error raised inside an ``except``
+      block without ``from`` happened *while* handling the provider error,
+      not because of it -- user code turning a 429 into its own error, or a
+      bug in the handler -- and retrying would re-send a request the code
+      gave up on (tenacity's and stamina's ``on=`` read the raised error
+      only).
     * Stop at the first error with a known kind, GUARD included: an llmguard
       refusal wrapped in a user's error stays a refusal. An error with a kind
       of its own (llmguard's errors, a ``TimeoutError``, anything carrying an
@@ -556,9 +559,7 @@ def _known_below(
             found = _group_kind(current, now, seen, budget)
             if found is not None:
                 return found
-        nxt = current.__cause__
-        if nxt is None and not current.__suppress_context__:
-            nxt = current.__context__
+        nxt = current.__cause__  # explicit causes only: see `classify`
         if nxt is None or id(nxt) in seen or not isinstance(nxt, Exception):
             return None
         seen.add(id(nxt))
