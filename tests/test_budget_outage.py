@@ -410,3 +410,128 @@ def test_a_kept_settlement_still_unreachable_on_replay_waits(restartable_redis: 
     assert (0, 0) == (store.pending_settlements, store.dropped_settlements)
     assert (600, 120, 2) == (bucket.usd, bucket.tokens, bucket.calls)
     store.close()
+
+
+def _stall(url: str, seconds: float) -> threading.Thread:
+    """A thread that puts the redis-server at *url* to sleep for *seconds* (started; join it)."""
+    import redis  # noqa: PLC0415 - optional dependency
+
+    sleeper = redis.Redis.from_url(url)
+
+    def sleep() -> None:
+        try:
+            sleeper.execute_command("DEBUG", "SLEEP", str(seconds))
+        finally:
+            sleeper.close()
+
+    thread = threading.Thread(target=sleep)
+    thread.start()
+    time.sleep(0.3)  # the server is asleep
+    return thread
+
+
+def test_a_reservation_whose_reply_never_came_is_released_and_the_call_charged_once(
+    restartable_redis: RedisProcess,
+    openai_client: openai.OpenAI,
+    fake_provider: FakeProvider,
+    llmguard_events: list[CapturedEvent],
+) -> None:
+    """Redis stalls past the socket timeout while it has the reserve: the server holds it, the caller was told it failed.
+
+    ``fail_open`` lets the call through and charges it without a
+    reservation; the reservation the server did make is released on the
+    next round trip (not when its lease ends), and the call is charged once.
+    """
+    store = RedisBudgetStore(restartable_redis.url + "?socket_timeout=0.3&socket_connect_timeout=0.3", namespace=uuid.uuid4().hex)
+
+    @budget(usd=1.0, store=store, name="lost_reserve", on_store_error="fail_open")
+    def ask(messages: Any, max_tokens: int = 100, model: str = GPT) -> Any:
+        return openai_client.chat.completions.create(model=model, max_tokens=max_tokens, messages=messages)
+
+    ask(MESSAGES)  # the scripts are loaded: the stalled reserve is one the server runs when it wakes
+    stall = _stall(restartable_redis.url, 1.5)
+    ask(MESSAGES)
+    stall.join()
+    assert ["reserve"] == [e["stage"] for e in llmguard_events if e.name == "llmguard.budget.store_error"][:1]
+
+    assert (*served(fake_provider.requests), 0.0, 2) == ledger(ask)  # a round trip: what was kept is applied
+    assert 0 == store.pending_settlements
+    ask(MESSAGES)  # nothing applied twice
+    assert (*served(fake_provider.requests), 0.0, 3) == ledger(ask)
+    store.close()
+
+
+async def test_async_a_reservation_whose_reply_never_came_is_released_and_the_call_charged_once(
+    restartable_redis: RedisProcess,
+    async_openai_client: openai.AsyncOpenAI,
+    fake_provider: FakeProvider,
+    llmguard_events: list[CapturedEvent],
+) -> None:
+    """The async reserve keeps its release too: the next call's round trip gives the orphaned hold back."""
+    store = RedisBudgetStore(restartable_redis.url + "?socket_timeout=0.3&socket_connect_timeout=0.3", namespace=uuid.uuid4().hex)
+
+    @budget(usd=1.0, store=store, name="lost_reserve", on_store_error="fail_open")
+    async def ask(messages: Any, max_tokens: int = 100, model: str = GPT) -> Any:
+        return await async_openai_client.chat.completions.create(model=model, max_tokens=max_tokens, messages=messages)
+
+    await ask(MESSAGES)
+    stall = await asyncio.to_thread(_stall, restartable_redis.url, 1.5)
+    await ask(MESSAGES)
+    await asyncio.to_thread(stall.join)
+    assert ["reserve"] == [e["stage"] for e in llmguard_events if e.name == "llmguard.budget.store_error"][:1]
+    await ask(MESSAGES)  # its reservation is the first round trip back: what was kept goes with it
+
+    assert (*served(fake_provider.requests), 0.0, 3) == ledger(ask)
+    assert 0 == store.pending_settlements
+    await store.aclose()
+
+
+def test_a_reserve_that_never_left_keeps_no_release(restartable_redis: RedisProcess) -> None:
+    """Redis down (no connection can be made): the reserve surely did not run, so only the call's charge is kept.
+
+    And a release of a reservation that was never made changes nothing.
+    """
+    store = RedisBudgetStore(restartable_redis.url + "?socket_timeout=0.3&socket_connect_timeout=0.3", namespace=uuid.uuid4().hex)
+    spec = BucketSpec("never::all", 10 * PICO, None, None)
+    restartable_redis.stop()
+    with pytest.raises(BudgetStoreError):
+        store.hold(spec, 500, 100, time.time(), 600)
+    assert 0 == store.pending_settlements
+    restartable_redis.start()
+
+    lines = [spec.line(500, 100, time.time())]
+    store._keep_release("never-made", store._keys(lines), lines, _lost_reply())  # as if its reply were lost
+    assert 1 == store.pending_settlements
+    bucket = store.ledger("never::all", time.time())
+    assert (0, 0, 0, 0, 0, 0) == (bucket.usd, bucket.tokens, bucket.reserved_usd, bucket.reserved_tokens, bucket.calls, store.pending_settlements)
+    store.close()
+
+
+def _lost_reply() -> BudgetStoreError:
+    import redis  # noqa: PLC0415 - optional dependency
+
+    exc = BudgetStoreError("redis budget store: Timeout reading from socket")
+    exc.__cause__ = redis.TimeoutError("Timeout reading from socket")
+    return exc
+
+
+def test_a_reserve_sent_twice_holds_once(redis_url: str) -> None:
+    """A client that resends a reserve whose reply it lost (redis-py's own retries, on a client you built) holds it once.
+
+    Else the second run adds its amounts to the bucket's reserved total
+    under the same lease, and settling the one lease gives back half: the
+    other half stays reserved until the bucket expires.
+    """
+    store = RedisBudgetStore(redis_url, namespace=uuid.uuid4().hex)
+    spec = BucketSpec("resent::all", 10 * PICO, None, None)
+    now = time.time()
+    rid = store.new_id()
+    for _ in range(2):
+        assert store.reserve(rid, [spec.line(500, 100, now)], now, 600) is None
+    held = store.ledger("resent::all", now)
+    store.release(rid, spec, 500, 100, 300, 60, now, False)
+    bucket = store.ledger("resent::all", now)
+
+    assert (500, 100) == (held.reserved_usd, held.reserved_tokens)
+    assert (300, 60, 0, 0, 1) == (bucket.usd, bucket.tokens, bucket.reserved_usd, bucket.reserved_tokens, bucket.calls)
+    store.close()

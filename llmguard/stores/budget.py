@@ -52,6 +52,16 @@ one Redis refuses (a script error, ``WRONGTYPE``: it would fail every time) is
 dropped, with a ``llmguard.budget.store_error`` event (``stage="replay"``),
 and counted in ``dropped_settlements``, and the replay goes on.
 
+A reserve whose reply is lost after it left (a socket timeout, the server
+stopped or the connection dropped after the script ran) raises
+`BudgetStoreError` too, though Redis may hold the reservation: a release of
+it (a settlement charging nothing, applied only if the lease is there) is
+kept in the same queue, so the hold is given back on the next successful
+round trip, not when its lease expires, and the call (``fail_open``:
+charged without a reservation) is charged once. A reserve that never left
+(no connection could be made) keeps nothing. A reserve run twice under one
+id (a client that resent it, as redis-py's own retries do) holds once.
+
 `MemoryBudgetStore` serves one process (threads and asyncio alike: its lock
 is held for a few dictionary operations, never while user code runs).
 `RedisBudgetStore` serves many processes and machines: every operation is one
@@ -579,6 +589,11 @@ local n = #KEYS / 2
 for i = 1, n do
   purge(KEYS[2*i-1], KEYS[2*i], now)
 end
+-- Already held (the client sent this reserve again after losing its reply,
+-- as redis-py's own retries do): hold it once.
+if n > 0 and redis.call('ZSCORE', KEYS[2], ARGV[3] .. '|' .. ARGV[4] .. '|' .. ARGV[5]) then
+  return 0
+end
 for i = 1, n do
   local a = 3 + (i-1)*5
   local v = redis.call('HMGET', KEYS[2*i-1], 'su', 'st', 'ru', 'rt')
@@ -735,6 +750,18 @@ def _unreachable(exc: Exception) -> bool:
     return isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OSError))
 
 
+def _never_sent(exc: Exception) -> bool:
+    """Whether *exc* (unreachable) says the request never left: no connection was made or lent.
+
+    redis-py raises these before sending anything ("Error 111 connecting
+    to ...", "Timeout connecting to server", the pool's "No connection
+    available."); any other error may come after the server ran the request.
+    An error not recognized here is taken to be one that may have.
+    """
+    text = str(exc)
+    return "connecting to" in text or "No connection available" in text
+
+
 class RedisBudgetStore(BudgetStore):
     """Ledgers in Redis, shared by every process and machine using it.
 
@@ -757,7 +784,8 @@ class RedisBudgetStore(BudgetStore):
     dropped first) and applied on the next successful round trip (up to 32
     per round trip), only if its reservation is still held (see the module
     docs). One Redis refuses then is dropped; ``dropped_settlements`` counts
-    both.
+    both. A reserve whose reply was lost keeps a release of its reservation
+    in the same queue.
     """
 
     def __init__(
@@ -916,8 +944,17 @@ class RedisBudgetStore(BudgetStore):
             raise BudgetStoreError(msg) from exc
 
     def reserve(self, rid: str, lines: list[Line], now: float, lease: float) -> Refusal | None:
-        """One EVALSHA: purge expired leases, check every line, hold all or none."""
-        reply = self._run(self._reserve, self._keys(lines), self._reserve_args(rid, lines, now, lease))
+        """One EVALSHA: purge expired leases, check every line, hold all or none.
+
+        If the reply is lost (see `_keep_release`), a release of *rid* is kept
+        for later, as a failed settlement is.
+        """
+        keys = self._keys(lines)
+        try:
+            reply = self._run(self._reserve, keys, self._reserve_args(rid, lines, now, lease))
+        except BudgetStoreError as exc:
+            self._keep_release(rid, keys, lines, exc)
+            raise
         if self._pending:
             self._retry_pending()
         return self._refusal(reply, lines)
@@ -973,17 +1010,44 @@ class RedisBudgetStore(BudgetStore):
 
     def _keep(self, keys: list[str], args: list[Any], lines: list[Line], exc: BudgetStoreError) -> None:
         """Keep a settlement (or charge) that failed, to apply when Redis answers again."""
-        if self._pending_max == 0:
-            return
         kept = list(args)
         for i in range(len(lines)):  # no alerts from the retry: the next settlement reports them
             kept[4 + 7 * i + 5] = kept[4 + 7 * i + 6] = ""
+        if self._queue(keys, kept):
+            exc.queued = True
+
+    def _queue(self, keys: list[str], args: list[Any]) -> bool:
+        """Append settle-script *args* to the queue (the oldest dropped when full); False when it holds none."""
+        if self._pending_max == 0:
+            return False
         if len(self._pending) >= self._pending_max:
             with contextlib.suppress(IndexError):
                 self._pending.popleft()
                 self.dropped_settlements += 1
-        self._pending.append((keys, kept))
-        exc.queued = True
+        self._pending.append((keys, args))
+        return True
+
+    def _keep_release(self, rid: str, keys: list[str], lines: list[Line], exc: BudgetStoreError) -> None:
+        """A reserve of *rid* failed: keep a release of it if Redis may have made it.
+
+        A reply lost after the request left (a socket timeout, the server
+        stopped or the connection dropped after the script ran) leaves the
+        caller without a reservation while the server holds one until its
+        lease ends. The release kept here is an uncounted settlement of
+        *rid* charging nothing: the settle script gives the hold back if the
+        lease is there, and does nothing if the reserve never ran or the
+        lease was already settled or expired; so the caller's own
+        settlement (``fail_open``: a `charge` under another id) is charged
+        once. Not kept when the request never left (no connection could be
+        made): the reserve surely did not run.
+        """
+        cause = exc.__cause__
+        if not isinstance(cause, Exception) or not _unreachable(cause) or _never_sent(cause):
+            return
+        args: list[Any] = [rid, 0, 0, 1]
+        for line in lines:
+            args += (line.usd, line.tokens, 0, 0, "-1", "", "")
+        self._queue(keys, args)
 
     def _take_pending(self, limit: int) -> list[tuple[list[str], list[Any]]]:
         taken: list[tuple[list[str], list[Any]]] = []
@@ -1088,8 +1152,13 @@ class RedisBudgetStore(BudgetStore):
     async def areserve(
         self, rid: str, lines: list[Line], now: float, lease: float
     ) -> Refusal | None:
-        """`reserve` on the loop's async client."""
-        reply = await self._arun(1, self._keys(lines), self._reserve_args(rid, lines, now, lease))
+        """`reserve` on the loop's async client (a lost reply: a release kept, as by `reserve`)."""
+        keys = self._keys(lines)
+        try:
+            reply = await self._arun(1, keys, self._reserve_args(rid, lines, now, lease))
+        except BudgetStoreError as exc:
+            self._keep_release(rid, keys, lines, exc)
+            raise
         return self._refusal(reply, lines)
 
     async def asettle(
