@@ -42,6 +42,14 @@ def async_anthropic_client(fake_provider: FakeProvider) -> anthropic.AsyncAnthro
 
 
 @pytest.fixture
+def clients(
+    anthropic_client: anthropic.Anthropic, async_anthropic_client: anthropic.AsyncAnthropic
+) -> tuple[anthropic.Anthropic, anthropic.AsyncAnthropic]:
+    """A sync and an async anthropic client on the fake provider, for `shapes.build`."""
+    return anthropic_client, async_anthropic_client
+
+
+@pytest.fixture
 def openai_client(fake_provider: FakeProvider) -> Iterator[openai.OpenAI]:
     """A real openai client (no SDK retries) pointed at the fake provider."""
     with openai.OpenAI(

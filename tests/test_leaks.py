@@ -88,14 +88,6 @@ async def _open(guarded: Any, shape: str) -> Any:
     return stream
 
 
-@pytest.fixture
-def clients(fake_provider: FakeProvider) -> Iterator[tuple[anthropic.Anthropic, anthropic.AsyncAnthropic]]:
-    sync = anthropic.Anthropic(base_url=fake_provider.anthropic_base_url, api_key="k", max_retries=0)
-    aclient = anthropic.AsyncAnthropic(base_url=fake_provider.anthropic_base_url, api_key="k", max_retries=0)
-    yield sync, aclient
-    sync.close()
-
-
 @pytest.mark.parametrize("retried", [True, False], ids=["retried", "first-try"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("stack", STACKS)

@@ -28,14 +28,6 @@ MESSAGES: Any = [{"role": "user", "content": "hello there"}]
 
 
 
-@pytest.fixture
-def clients(fake_provider: FakeProvider) -> Iterator[tuple[anthropic.Anthropic, anthropic.AsyncAnthropic]]:
-    sync = anthropic.Anthropic(base_url=fake_provider.anthropic_base_url, api_key="k", max_retries=0)
-    aclient = anthropic.AsyncAnthropic(base_url=fake_provider.anthropic_base_url, api_key="k", max_retries=0)
-    yield sync, aclient
-    sync.close()
-
-
 def api_requests(fake: FakeProvider) -> int:
     return sum(1 for r in fake.requests if r.path.startswith("/v1/"))
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import gc
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import anthropic
 import pytest
 
 from opentelemetry.sdk.trace import TracerProvider
@@ -39,14 +38,6 @@ def stack(exporter: InMemorySpanExporter) -> Callable[[Any], Any]:
         return lg.trace(tracer_provider=provider)(guarded)
 
     return decorate
-
-
-@pytest.fixture
-def clients(fake_provider: FakeProvider) -> Iterator[tuple[anthropic.Anthropic, anthropic.AsyncAnthropic]]:
-    sync = anthropic.Anthropic(base_url=fake_provider.anthropic_base_url, api_key="k", max_retries=0)
-    aclient = anthropic.AsyncAnthropic(base_url=fake_provider.anthropic_base_url, api_key="k", max_retries=0)
-    yield sync, aclient
-    sync.close()
 
 
 def sent(fake: FakeProvider) -> int:

@@ -33,15 +33,6 @@ MESSAGES: Any = [{"role": "user", "content": "hello there"}]
 SLACK = 0.1  # the contract: control back within the deadline + 100 ms
 
 
-@pytest.fixture
-def shape_clients(fake_provider: FakeProvider) -> Iterator[tuple[anthropic.Anthropic, anthropic.AsyncAnthropic]]:
-    """A sync and an async anthropic client on the fake provider, for `shapes.build`."""
-    sync = anthropic.Anthropic(base_url=fake_provider.anthropic_base_url, api_key="k", max_retries=0)
-    aclient = anthropic.AsyncAnthropic(base_url=fake_provider.anthropic_base_url, api_key="k", max_retries=0)
-    yield sync, aclient
-    sync.close()
-
-
 def test_sync_call_returns_control_within_the_deadline(
     anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
 ) -> None:
@@ -815,14 +806,14 @@ async def test_a_long_async_timeout_inside_a_short_plain_with_block_obeys_the_bl
 @pytest.mark.parametrize("seconds", [1e10, 1e300, 1e9])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_a_huge_finite_limit_works_on_every_shape(
-    shape: str, seconds: float, fake_provider: FakeProvider, shape_clients: Any
+    shape: str, seconds: float, fake_provider: FakeProvider, clients: Any
 ) -> None:
     """A limit past what threading can wait (~9.2e9 s) behaves as "no limit soon", on every call shape.
 
     Before: a plain def under timeout(1e10) raised GuardTimeout at once ("took longer than 1e+10s").
     """
     fake_provider.script(Step(reply="in time"))
-    call = build(shape, lg.timeout(seconds, first_token=seconds, idle=seconds), *shape_clients)
+    call = build(shape, lg.timeout(seconds, first_token=seconds, idle=seconds), *clients)
     assert "in time" == call()
 
 
