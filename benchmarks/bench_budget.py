@@ -69,21 +69,7 @@ async def atarget(messages: Any, model: str = MODEL, max_tokens: int = 256) -> s
     return "ok"
 
 
-def _message() -> Any:
-    import anthropic.types as at
-
-    return at.Message.model_validate({
-        "id": "msg_bench",
-        "type": "message",
-        "role": "assistant",
-        "model": MODEL,
-        "content": [{"type": "text", "text": "Ledgers balance"}],
-        "stop_reason": "end_turn",
-        "usage": {"input_tokens": 12, "output_tokens": 34},
-    })
-
-
-MESSAGE = _message()
+MESSAGE = anthropic_message(MODEL, input_tokens=12, output_tokens=34)
 
 
 def sdk_target(messages: Any, model: str = MODEL, max_tokens: int = 256) -> Any:
