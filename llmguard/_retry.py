@@ -49,16 +49,8 @@ from . import _check, _clock, _events
 from ._binder import Binder
 from ._context import deadline as active_deadline
 from ._record import CallRecord, ErrorKind
-from ._wrap import (
-    SYNC,
-    AsyncGuardedStream,
-    Call,
-    GuardedStream,
-    Lane,
-    Layer,
-    _StreamBase,
-    release_frames,
-)
+from ._runner import PROCEED, Call, Guard, GuardRun, io, sleep
+from ._wrap import _StreamBase, release_frames
 from .errors import GuardTimeout, LLMGuardError, StreamInterrupted
 from .providers import classify
 
@@ -134,7 +126,7 @@ class _Attempts:
         self.stopped_by = ""
 
 
-class RetryLayer(Layer):
+class RetryLayer(Guard):
     """The `retry` guard. Build it with `retry`, not directly."""
 
     name = "retry"
@@ -330,76 +322,28 @@ class RetryLayer(Layer):
 
     # -- the guard ---------------------------------------------------------
 
-    def lane(self, shape: str) -> Lane | None:
-        """The fast path: nothing to do until the function fails or returns a stream."""
-        if self._budget is not None:  # every call deposits: the general path
-            return None
-        return Lane(None, None, self.resume if shape == SYNC else self.resume_async)
-
-    def resume(self, call: Call, state: Any) -> Any:  # noqa: ARG002
-        """The lane's first attempt failed (or streamed): go on, timed from when the call started."""
-        return self._run(call, call._owner.started_at)
-
-    async def resume_async(self, call: Call, state: Any) -> Any:  # noqa: ARG002
-        """`resume` for ``async def``."""
-        return await self._run_async(call, call._owner.started_at)
-
-    def around(self, call: Call) -> Any:
-        """Run the call, retrying transient failures."""
+    def run(self, call: Call) -> GuardRun:
+        """Run the call, retrying transient failures (one decision for every call shape)."""
         if self._budget is not None:
             self._budget.deposit()
-        return self._run(call, _clock.now())
-
-    def _run(self, call: Call, started: float) -> Any:
-        """`around`'s loop; *started* is when its first attempt began (``max_elapsed`` counts from it)."""
         state: _Attempts | None = None  # built on the first failure only
         while True:
             try:
-                result = call.proceed()
-                if isinstance(result, GuardedStream):
-                    result.prime()
+                result = yield PROCEED
+                if isinstance(result, _StreamBase):
+                    # A failure before the first chunk reaches the caller is retried here.
+                    yield io(result.prime)
                     result.map_errors(_interrupted)
             except BaseException as exc:
                 if state is None:
-                    state = _Attempts(started)
+                    state = _Attempts(call.started_at)
                 state.count += 1
                 delay = self._delay(exc, state)
                 if delay is None:
                     self._give_up(call.record, state, exc)
                     raise
                 self._scheduled(call.record, state, delay)
-                _clock.get_clock().sleep(delay)
-                # Gone past: it stays on the record, never raised, and must not
-                # keep the frames of this call (and what they will hold) alive.
-                release_frames(exc, sys._getframe())
-                continue
-            return result
-
-    async def around_async(self, call: Call) -> Any:
-        """Run the call, retrying transient failures, without blocking the loop."""
-        if self._budget is not None:
-            self._budget.deposit()
-        return await self._run_async(call, _clock.now())
-
-    async def _run_async(self, call: Call, started: float) -> Any:
-        """`_run` for ``async def``."""
-        state: _Attempts | None = None  # built on the first failure only
-        while True:
-            try:
-                result = await call.proceed_async()
-                if isinstance(result, AsyncGuardedStream):
-                    await result.prime()
-                    result.map_errors(_interrupted)
-            except BaseException as exc:
-                if state is None:
-                    state = _Attempts(started)
-                state.count += 1
-                delay = self._delay(exc, state)
-                if delay is None:
-                    self._give_up(call.record, state, exc)
-                    raise
-                self._scheduled(call.record, state, delay)
-                await _clock.get_clock().asleep(delay)
+                yield sleep(delay)
                 # Gone past: it stays on the record, never raised, and must not
                 # keep the frames of this call (and what they will hold) alive.
                 release_frames(exc, sys._getframe())
