@@ -1,37 +1,40 @@
 """The one guard protocol and the one runner every guarded function gets.
 
-A guard is a `Guard`: one class whose ``run(call)`` is a generator, the
-guard's whole decision, written once for every call shape::
+A guard is a `Guard`: one class with the hooks it needs, and nothing else.
+Every hook is optional; the runner skips those a guard leaves out at no
+cost::
 
     class CountAttempts(Guard):
         name = "count"
 
-        def run(self, call):
+        def enter(self, call):          # before the inside runs
             self.n += 1
-            return (yield PROCEED)
 
-What ``run`` yields is an instruction to the runner; what the runner sends
-back is its outcome (an exception is thrown in at the ``yield``):
-
-- `PROCEED`: run the guards inside this one, then the function; the value
-  is the result (a `GuardedStream` / `AsyncGuardedStream` for streams).
-  Yield it again to run the inside again (a retry): each real call of the
-  function is one `Attempt` on the record.
-- ``proceed(args=, kwargs=, via=)``: the same with other arguments, or run
-  through *via* (sync `timeout` runs the inside in a worker thread).
-- ``io(fn, afn, *args)``: I/O, ``fn(*args)`` when the call is synchronous
-  and ``await afn(*args)`` when it runs on an event loop (a Redis store).
-- ``sleep(seconds)``: on llmguard's clock, blocking or awaited.
-
-Returning without yielding `PROCEED` answers the call (a cache hit);
-raising refuses it (a budget). Everything else a guard does is plain code
-between yields.
+- ``enter(call)``: before the inside (the guards within, then the
+  function) runs. What it returns is the guard's *state* for this call,
+  handed to the other hooks. It may raise (a budget refusing), return
+  `Answer` (a cache hit: the call's result, nothing below runs), or return
+  `Run` (the inside runs with other arguments: a route).
+- ``leave(call, state, result)``: after the inside returned; it returns
+  what the caller gets. A stream result is a `GuardedStream`: the guard
+  attaches its per-chunk and finish hooks there.
+- ``fail(call, state, exc)``: after the inside raised. None re-raises;
+  `Run` runs the inside again, after a delay and/or with other arguments
+  (retry, fallback and a re-ask are all this one decision).
+- ``aenter`` / ``aleave`` / ``afail``: the same for calls on an event loop,
+  only for guards that await I/O (a Redis store); else the sync hook runs.
+- ``via(call, state, inside)``: runs the inside itself (sync `timeout`
+  runs it in a worker thread).
+- ``primes = True``: a stream result's first chunk is fetched before
+  ``leave``, so a failure before anything reached the caller goes to
+  ``fail``; a failure after it is raised as `StreamInterrupted` (chunks
+  cannot be taken back).
 
 `@a @b @c def f` builds *one* runner with guards ``[a, b, c]`` (``a``
 outermost) and one wrapper: a decorator applied to an already guarded
-function extends its runner. The runner drives the guards' generators the
-same way for every shape; only the innermost step (calling the function)
-and awaiting differ between `_Runner.run_sync` and `_Runner.run_async`.
+function extends its runner. The runner's decision loop (enter, inside,
+leave or fail, again or re-raise) is written once, driven by
+`_Runner.run_sync` and `_Runner.run_async`, which differ only in awaiting.
 
 Every guard of one call shares one `Call`: the arguments, the instance of a
 method, and the `CallRecord`, built only when something reads it.
@@ -41,9 +44,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 
-from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, ParamSpec, TypeVar, cast
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, NamedTuple, ParamSpec, TypeVar, cast
 
 import wrapt
 
@@ -54,6 +58,7 @@ from ._wrap import (
     _CURRENT,
     _STREAM_TYPES,
     _UNSEEN,
+    ASYNC,
     ASYNCGEN,
     GEN,
     SYNC,
@@ -66,81 +71,58 @@ from ._wrap import (
     _fail_attempt,
     _settle_attempt,
     _StreamBase,
+    release_frames,
     shape_of,
     stream_kind,
 )
-
-
-if TYPE_CHECKING:
-    from collections.abc import Awaitable
+from .errors import StreamInterrupted
 
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 _STREAM_SHAPES = frozenset({GEN, ASYNCGEN})
-
-# -- what a guard may yield --------------------------------------------------
-
-
-class _Proceed(NamedTuple):
-    args: tuple[Any, ...] | None
-    kwargs: dict[str, Any] | None
-    via: Callable[[Callable[[], Any]], Any] | None
+_KEEP: Any = object()
 
 
-class _Io(NamedTuple):
-    fn: Callable[..., Any]
-    afn: Callable[..., Awaitable[Any]] | None
-    args: tuple[Any, ...]
+class Answer(NamedTuple):
+    """What `Guard.enter` returns to answer the call itself (a cache hit): *value* is the result."""
+
+    value: Any
 
 
-PROCEED: Any = _Proceed(None, None, None)
-"""Yield it from `Guard.run` to run the inside (the guards within, then the function)."""
+class Run(NamedTuple):
+    """Run the inside (again): from `Guard.fail`, or from `Guard.enter` with other arguments.
 
-
-def proceed(
-    args: tuple[Any, ...] | None = None,
-    kwargs: dict[str, Any] | None = None,
-    via: Callable[[Callable[[], Any]], Any] | None = None,
-) -> Any:
-    """`PROCEED` with other arguments (None keeps the call's), or run through *via*.
-
-    While the inside runs, ``call.args`` / ``call.kwargs`` are the ones
-    given; they are restored after. *via(thunk)* runs the inside for the
-    runner: ``thunk()`` runs it (synchronous calls) or returns its awaitable
-    (async calls, where ``via`` is awaited).
+    *delay* seconds first (on llmguard's clock; `fail` only); *args* /
+    *kwargs* replace the call's while the inside runs (None keeps them);
+    *state* replaces the guard's state for this call (left out: kept).
     """
-    return _Proceed(args, kwargs, via)
 
-
-def io(fn: Callable[..., Any], afn: Callable[..., Awaitable[Any]] | None = None, *args: Any) -> Any:
-    """I/O for `Guard.run`: ``fn(*args)`` in a synchronous call, ``await afn(*args)`` in an async one.
-
-    Without *afn*, an async call gets ``fn(*args)``, awaited if it is awaitable.
-    """
-    return _Io(fn, afn, args)
-
-
-def sleep(seconds: float) -> Any:
-    """Wait *seconds* on llmguard's clock (`llmguard.testing` can fake it)."""
-    clock = _clock.get_clock()
-    return _Io(clock.sleep, clock.asleep, (seconds,))
-
-
-# -- the protocol ------------------------------------------------------------
-
-GuardRun = Generator[Any, Any, Any]
+    delay: float = 0.0
+    args: tuple[Any, ...] | None = None
+    kwargs: dict[str, Any] | None = None
+    state: Any = _KEEP
 
 
 class Guard:
     """One guard's behaviour around a call. Subclass it once per guard.
 
-    Override `run`. A guard object may decorate many functions; what it
-    keeps per function it creates in `for_function`.
+    Define the hooks the guard needs (see the module docs); a guard object
+    may decorate many functions, and what it keeps per function it creates
+    in `for_function`. Per-call state lives in the value ``enter`` returns,
+    never on the guard.
     """
 
     name: ClassVar[str] = "guard"
+    primes: ClassVar[bool] = False
+    enter: Callable[[Call], Any] | None = None
+    leave: Callable[[Call, Any, Any], Any] | None = None
+    fail: Callable[[Call, Any, BaseException], Run | None] | None = None
+    aenter: Callable[[Call], Awaitable[Any]] | None = None
+    aleave: Callable[[Call, Any, Any], Awaitable[Any]] | None = None
+    afail: Callable[[Call, Any, BaseException], Awaitable[Run | None]] | None = None
+    via: Callable[[Call, Any, Callable[[], Any]], Any] | None = None
 
     def settings(self) -> dict[str, Any]:
         """The guard's configuration, for `describe`."""
@@ -154,10 +136,6 @@ class Guard:
         """
         return self
 
-    def run(self, call: Call) -> GuardRun:  # noqa: ARG002 - a guard that does nothing
-        """The guard's decision for one call: a generator (see the module docs)."""
-        return (yield PROCEED)
-
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         """Decorate *fn* with this guard."""
         return wrap(self, fn)
@@ -166,7 +144,7 @@ class Guard:
 class Layer(Guard):
     """A guard written as ``around(call)`` / ``around_async(call)`` calling ``call.proceed()``.
 
-    The shape the guards had before `Guard.run`; kept while they move over.
+    The shape the guards had before the hooks; kept while they move over.
     """
 
     name: ClassVar[str] = "layer"
@@ -222,56 +200,40 @@ class Call:
     reading it later gives the same facts as reading it early.
     """
 
-    __slots__ = (
-        "_args0",
-        "_deadline",
-        "_end",
-        "_inflight",
-        "_kwargs0",
-        "_model",
-        "_notes",
-        "_parent",
-        "_pending",
-        "_pos",
-        "_record",
-        "args",
-        "entered",
-        "info",
-        "instance",
-        "is_async",
-        "kwargs",
-        "runner",
-        "started_at",
-    )
+    # Not __slots__: one is built on every call, and class-level defaults with
+    # a short __init__ build fastest (an instance stores only what it sets).
+    _record: CallRecord | None = None
+    _parent: Call | None = None
+    # The attempts begun before anyone asked for the record, in order, each a
+    # *slot* (see `_begin`) until the record is built and makes it an `Attempt`.
+    _attempts: list[list[Any]] | None = None
+    _end: tuple[float, BaseException | None] | None = None
+    _deadline: float | None = None
+    _notes: dict[str, Any] | None = None
+    _model: Any = None  # the model a guard's proceed(kwargs=) asks for, while it runs
+    _given: tuple[tuple[Any, ...], dict[str, Any]] | None = None  # the caller's arguments, while a guard's replace them
+    _pos = 0  # the running `Layer`'s index, for its ``call.proceed()``
+    entered: Any = None  # read by the cache's lane, going away (#13)
 
-    def __init__(
-        self,
-        runner: _Runner,
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        is_async: bool,
-    ) -> None:
+    def __init__(self, runner: _Runner, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.runner = runner
-        self.info = runner.info
         self.instance = instance
-        self.args = self._args0 = args
-        self.kwargs = self._kwargs0 = kwargs
-        self.is_async = is_async
+        self.args = args
+        self.kwargs = kwargs
         running = _CURRENT.get()
-        self._parent: Call | None = None if running is None else running[0]
+        if running is not None:
+            self._parent = running[0]
         self.started_at = _clock.now()
-        self._record: CallRecord | None = None
-        # Attempts made before anyone asked for the record: finished ones
-        # with their result or error, and those still running.
-        self._pending: list[tuple[Attempt, float, Any, BaseException | None]] | None = None
-        self._inflight: list[Attempt] | None = None
-        self._end: tuple[float, BaseException | None] | None = None
-        self._deadline: float | None = None
-        self._notes: dict[str, Any] | None = None
-        self._model: Any = None  # the model a guard's proceed(kwargs=) asks for, while it runs
-        self._pos = 0  # the running `Layer`'s index, for its ``call.proceed()``
-        self.entered: Any = None  # read by the cache's lane, going away (#13)
+
+    @property
+    def info(self) -> _FunctionInfo:
+        """What the runner knows of the function: ``binder``, ``shape``, ``name``."""
+        return self.runner.info
+
+    @property
+    def is_async(self) -> bool:
+        """Whether the call runs on an event loop (``async def``, async generator function)."""
+        return self.runner.is_async
 
     # -- the record ---------------------------------------------------------
 
@@ -284,40 +246,35 @@ class Call:
     def _materialize(self) -> CallRecord:
         """Build the record, replaying what happened so far."""
         parent = self._parent
-        record = CallRecord(self.info.name, parent.record if parent is not None else None, self.started_at)
-        info, instance, args, kwargs = self.info, self.instance, self._args0, self._kwargs0
-        model = _request_model(info, instance, args, kwargs)
+        info = self.runner.info
+        record = CallRecord(info.name, parent.record if parent is not None else None, self.started_at)
+        args, kwargs = self._given or (self.args, self.kwargs)
+        model = _request_model(info, self.instance, args, kwargs)
         if model is not None:
             record.request_model = model
-        if _requests_stream(info, instance, args, kwargs):
+        if _requests_stream(info, self.instance, args, kwargs):
             record.stream = True
         record.deadline = self._deadline
         self._record = record
-        if self._pending is not None or self._inflight is not None:
-            self._replay_attempts(record)
+        slots, self._attempts = self._attempts, None
+        for slot in slots or ():
+            _, started, model, ended, result, exc, _ = slot
+            attempt = Attempt(len(record.attempts) + 1, model if isinstance(model, str) else record.request_model, started)
+            slot[4] = slot[5] = None  # the attempt has what it needs of them
+            slot[6] = attempt
+            record.attempts.append(attempt)
+            if ended is None:
+                continue  # still running: it settles itself
+            if exc is not None:
+                _fail_attempt(attempt, exc, ended)
+            else:
+                _settle_attempt(attempt, providers.observe_result(result), ended)
         if self._notes is not None:
             _apply_notes(record, self._notes)
         if self._end is not None:
             ended_at, exc = self._end
             _end_record(record, exc, ended_at)
         return record
-
-    def _replay_attempts(self, record: CallRecord) -> None:
-        """Put the attempts made before the record existed on it, in order, settled as they ended."""
-        done = self._pending or []
-        running = self._inflight or []
-        self._pending = None
-        attempts = sorted([a for a, *_ in done] + running, key=lambda a: a.started_at)
-        for attempt in attempts:
-            attempt.number = len(record.attempts) + 1
-            if not isinstance(attempt.model, str):
-                attempt.model = record.request_model
-            record.attempts.append(attempt)
-        for attempt, ended, result, exc in done:
-            if exc is not None:
-                _fail_attempt(attempt, exc, ended)
-            else:
-                _settle_attempt(attempt, providers.observe_result(result), ended)
 
     @property
     def recorded(self) -> bool:
@@ -410,43 +367,52 @@ class Call:
 
     def proceed(self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None) -> Any:
         """Run the inside, for a `Layer`'s ``around`` (a `Guard` yields `PROCEED` instead)."""
-        return self.runner.inside_sync(self, self._pos + 1, _Proceed(args, kwargs, None))
+        run = None if args is None and kwargs is None else Run(0.0, args, kwargs)
+        return self.runner._inside_sync(self, self._pos + 1, run, None, None)
 
     async def proceed_async(self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None) -> Any:
         """For a `Layer`'s ``around_async``: run the inside."""
-        return await self.runner.inside_async(self, self._pos + 1, _Proceed(args, kwargs, None))
+        run = None if args is None and kwargs is None else Run(0.0, args, kwargs)
+        return await self.runner._inside_async(self, self._pos + 1, run)
 
-    # -- attempts before the record exists ------------------------------------
+    # -- attempts --------------------------------------------------------------
+    # Each attempt has a *slot*, a list ``[call, started, model, ended,
+    # result, error, attempt]``, which is also what `_CURRENT` holds while
+    # it runs. Before the record exists the slot is all there is (cheaper
+    # than an `Attempt`); building the record makes its ``Attempt``.
 
-    def _begin_unrecorded(self, model: Any) -> Attempt:
-        """An attempt not yet on a record; it is kept as running."""
-        attempt = Attempt(0, model, _clock.now())
-        if self._inflight is None:
-            self._inflight = [attempt]
+    def _begin(self) -> list[Any]:
+        """A new attempt's slot, with its `Attempt` at once if the record exists."""
+        record = self._record
+        if record is not None:
+            attempt = _begin_attempt(record, self._model, _clock.now())
+            return [self, attempt.started_at, attempt.model, None, None, None, attempt]
+        slot = [self, _clock.now(), self._model, None, None, None, None]
+        attempts = self._attempts
+        if attempts is None:
+            self._attempts = [slot]
         else:
-            self._inflight.append(attempt)
-        return attempt
+            attempts.append(slot)
+        return slot
 
-    def _attempt_done(self, attempt: Attempt, result: Any, exc: BaseException | None) -> bool:
-        """Settle *attempt*; False if it must still be observed in full (a stream)."""
-        if not attempt.number and exc is None and _STREAM_TYPES.get(type(result), _UNSEEN) is not None:
+    def _failed(self, slot: list[Any], exc: BaseException) -> None:
+        """The attempt of *slot* raised *exc*: settled now if it is on the record, else when it is built."""
+        attempt = slot[6]
+        if attempt is not None:
+            _fail_attempt(attempt, exc, _clock.now())
+        else:
+            slot[5] = exc
+            slot[3] = _clock.now()
+
+    def _returned(self, slot: list[Any], result: Any) -> Any:
+        """The attempt of *slot* returned a stream or an unseen type, or is on the record: observe it."""
+        attempt = slot[6]
+        if attempt is None:
             # A stream, or a type not seen before: it needs the record. Built
             # while the attempt is still running, it takes the attempt on.
-            self.record  # noqa: B018 - builds the record, numbering this attempt
-        running = self._inflight
-        if running is not None:
-            running.remove(attempt)
-        if attempt.number:  # on the record (built while it ran, or just now)
-            if exc is not None:
-                _fail_attempt(attempt, exc, _clock.now())
-                return True
-            return False
-        entry = (attempt, _clock.now(), result, exc)
-        if self._pending is None:
-            self._pending = [entry]
-        else:
-            self._pending.append(entry)
-        return True
+            self.record  # noqa: B018
+            attempt = slot[6]
+        return self._observe(attempt, result)
 
     def _observe(self, attempt: Attempt, result: Any) -> Any:
         """Settle *attempt* from *result*, or wrap a stream result in a guarded stream."""
@@ -467,11 +433,6 @@ class Call:
         if kind == "async":
             return AsyncGuardedStream(source=result, record=record, attempt=attempt, call=self)
         return GuardedStream(source=result, record=record, attempt=attempt, call=self)
-
-    def _returned(self, attempt: Attempt, result: Any) -> Any:
-        if self._attempt_done(attempt, result, None):
-            return result
-        return self._observe(attempt, result)
 
 
 def _request_model(info: _FunctionInfo, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
@@ -496,9 +457,9 @@ def current_call() -> CallRecord | None:
 
 
 class _Runner:
-    """The guards on one function, composed: drives their generators, then calls the function."""
+    """The guards on one function, composed: runs their hooks in order, then the function."""
 
-    __slots__ = ("fn", "guards", "info", "legacy", "n", "static")
+    __slots__ = ("async_hooks", "fn", "guards", "info", "is_async", "legacy", "n", "static", "stream_shape", "sync_hooks")
 
     def __init__(self, guards: tuple[Guard, ...], info: _FunctionInfo, fn: Callable[..., Any], *, static: bool) -> None:
         self.guards = guards
@@ -507,167 +468,236 @@ class _Runner:
         self.info = info
         self.fn = fn
         self.static = static
+        self.stream_shape = info.shape in _STREAM_SHAPES
+        self.is_async = info.shape in (ASYNC, ASYNCGEN)
+        # Each guard's hooks, looked up once: (enter, leave, fail, via, primes),
+        # the async runner's hooks each with whether it must be awaited.
+        self.sync_hooks: tuple[tuple[Any, ...], ...] = tuple((g.enter, g.leave, g.fail, g.via, g.primes) for g in guards)
+        self.async_hooks: tuple[tuple[Any, ...], ...] = tuple(
+            (
+                g.aenter or g.enter,
+                g.aenter is not None,
+                g.aleave or g.leave,
+                g.aleave is not None,
+                g.afail or g.fail,
+                g.afail is not None,
+                g.primes,
+            )
+            for g in guards
+        )
 
-    # One decision core, two drivers: they differ only in awaiting.
+    # One decision loop, two drivers: they differ only in awaiting.
 
-    def run_sync(self, call: Call, i: int = 0) -> Any:
+    def run_sync(self, call: Call, i: int = 0) -> Any:  # noqa: PLR0912 - the decision loop, in one frame
         """Run guard *i* (and everything inside it) of a synchronous call."""
         if i == self.n:
             return self._invoke_sync(call)
-        guard = self.guards[i]
         if self.legacy[i]:
             saved, call._pos = call._pos, i
             try:
-                return cast("Layer", guard).around(call)
+                return cast("Layer", self.guards[i]).around(call)
             finally:
                 call._pos = saved
-        gen = guard.run(call)
-        send: Any = None
-        error: BaseException | None = None
+        enter, leave, fail, via, primes = self.sync_hooks[i]
+        state: Any = None
+        run: Run | None = None
+        if enter is not None:
+            state = enter(call)
+            if type(state) is Answer:
+                return state.value
+            if type(state) is Run:
+                run, state = state, (None if state.state is _KEEP else state.state)
         while True:
             try:
-                op = gen.send(send) if error is None else gen.throw(error)
-            except StopIteration as stop:
-                return stop.value
-            finally:
-                error = None
-            try:
-                if type(op) is _Proceed:
-                    send = self.inside_sync(call, i + 1, op)
+                if run is None and via is None:
+                    result = self._invoke_sync(call) if i + 1 == self.n else self.run_sync(call, i + 1)
                 else:
-                    send = op.fn(*op.args)
-            except BaseException as exc:  # noqa: BLE001 - thrown into the guard, which decides
-                error, send = exc, None
+                    result = self._inside_sync(call, i + 1, run, via, state)
+                if primes and isinstance(result, GuardedStream):
+                    result.prime()
+                    result.map_errors(_interrupted)
+            except BaseException as exc:
+                if fail is None:
+                    raise
+                again = fail(call, state, exc)
+                if again is None:
+                    raise
+                if again.state is not _KEEP:
+                    state = again.state
+                if again.args is not None or again.kwargs is not None:
+                    run = again
+                if again.delay > 0:
+                    _clock.get_clock().sleep(again.delay)
+                # Gone past: it stays on the record, never raised, and must not
+                # keep the frames of this call (and what they will hold) alive.
+                release_frames(exc, sys._getframe())
+                continue
+            return result if leave is None else leave(call, state, result)
 
-    async def run_async(self, call: Call, i: int = 0) -> Any:
+    async def run_async(self, call: Call, i: int = 0) -> Any:  # noqa: PLR0912 - the decision loop, in one frame
         """`run_sync` for an ``async def`` or async generator function."""
         if i == self.n:
             return await self._invoke_async(call)
-        guard = self.guards[i]
         if self.legacy[i]:
             saved, call._pos = call._pos, i
             try:
-                return await cast("Layer", guard).around_async(call)
+                return await cast("Layer", self.guards[i]).around_async(call)
             finally:
                 call._pos = saved
-        gen = guard.run(call)
-        send: Any = None
-        error: BaseException | None = None
+        enter, enter_awaits, leave, leave_awaits, fail, fail_awaits, primes = self.async_hooks[i]
+        state: Any = None
+        run: Run | None = None
+        if enter is not None:
+            state = (await enter(call)) if enter_awaits else enter(call)
+            if type(state) is Answer:
+                return state.value
+            if type(state) is Run:
+                run, state = state, (None if state.state is _KEEP else state.state)
         while True:
             try:
-                op = gen.send(send) if error is None else gen.throw(error)
-            except StopIteration as stop:
-                return stop.value
-            finally:
-                error = None
-            try:
-                if type(op) is _Proceed:
-                    send = await self.inside_async(call, i + 1, op)
-                elif op.afn is not None:
-                    send = await op.afn(*op.args)
+                if run is None:
+                    result = await self.run_async(call, i + 1)
                 else:
-                    send = op.fn(*op.args)
-                    if inspect.isawaitable(send):
-                        send = await send
-            except BaseException as exc:  # noqa: BLE001 - thrown into the guard, which decides
-                error, send = exc, None
+                    result = await self._inside_async(call, i + 1, run)
+                if primes and isinstance(result, _StreamBase):
+                    await _prime(result)
+                    result.map_errors(_interrupted)
+            except BaseException as exc:
+                if fail is None:
+                    raise
+                again = (await fail(call, state, exc)) if fail_awaits else fail(call, state, exc)
+                if again is None:
+                    raise
+                if again.state is not _KEEP:
+                    state = again.state
+                if again.args is not None or again.kwargs is not None:
+                    run = again
+                if again.delay > 0:
+                    await _clock.get_clock().asleep(again.delay)
+                release_frames(exc, sys._getframe())
+                continue
+            if leave is None:
+                return result
+            return (await leave(call, state, result)) if leave_awaits else leave(call, state, result)
 
-    def inside_sync(self, call: Call, i: int, op: _Proceed) -> Any:
-        """Run guards *i*.. and the function, with *op*'s arguments and through its ``via``."""
-        if op is PROCEED:
-            return self.run_sync(call, i)
-        saved = call.args, call.kwargs, call._model
-        if op.args is not None:
-            call.args = op.args
-        if op.kwargs is not None:
-            call.kwargs = op.kwargs
-            call._model = op.kwargs.get("model")
+    def _inside_sync(self, call: Call, i: int, run: Run | None, via: Any, state: Any) -> Any:
+        """Run guards *i*.. and the function with *run*'s arguments, through *via* if given."""
+        if run is None:
+            return self.run_sync(call, i) if via is None else via(call, state, lambda: self.run_sync(call, i))
+        saved = call.args, call.kwargs, call._model, call._given
+        if call._given is None:
+            call._given = call.args, call.kwargs
+        if run.args is not None:
+            call.args = run.args
+        if run.kwargs is not None:
+            call.kwargs = run.kwargs
+            call._model = run.kwargs.get("model")
         try:
-            if op.via is not None:
-                return op.via(lambda: self.run_sync(call, i))
+            if via is not None:
+                return via(call, state, lambda: self.run_sync(call, i))
             return self.run_sync(call, i)
         finally:
-            call.args, call.kwargs, call._model = saved
+            call.args, call.kwargs, call._model, call._given = saved
 
-    async def inside_async(self, call: Call, i: int, op: _Proceed) -> Any:
-        """`inside_sync` for async calls."""
-        if op is PROCEED:
+    async def _inside_async(self, call: Call, i: int, run: Run | None) -> Any:
+        """`_inside_sync` for async calls (no ``via``)."""
+        if run is None:
             return await self.run_async(call, i)
-        saved = call.args, call.kwargs, call._model
-        if op.args is not None:
-            call.args = op.args
-        if op.kwargs is not None:
-            call.kwargs = op.kwargs
-            call._model = op.kwargs.get("model")
+        saved = call.args, call.kwargs, call._model, call._given
+        if call._given is None:
+            call._given = call.args, call.kwargs
+        if run.args is not None:
+            call.args = run.args
+        if run.kwargs is not None:
+            call.kwargs = run.kwargs
+            call._model = run.kwargs.get("model")
         try:
-            if op.via is not None:
-                return await op.via(lambda: self.run_async(call, i))
             return await self.run_async(call, i)
         finally:
-            call.args, call.kwargs, call._model = saved
+            call.args, call.kwargs, call._model, call._given = saved
 
     # -- the innermost step: one attempt, the function itself ---------------------
 
     def _invoke_sync(self, call: Call) -> Any:
-        a = call.args if call.instance is None else (call.instance, *call.args)
-        if self.info.shape == GEN:
+        instance = call.instance
+        a = call.args if instance is None else (instance, *call.args)
+        if self.stream_shape:
             record = call.record
             attempt = _begin_attempt(record, call._model, _clock.now())
             return GuardedStream(source=self.fn(*a, **call.kwargs), record=record, attempt=attempt, call=call)
-        if call._record is not None:
-            attempt = _begin_attempt(call._record, call._model, _clock.now())
-            token = _CURRENT.set((call, attempt))
-            try:
-                result = self.fn(*a, **call.kwargs)
-            except BaseException as exc:
-                _fail_attempt(attempt, exc, _clock.now())
-                raise
-            finally:
-                _CURRENT.reset(token)
-            return call._observe(attempt, result)
-        # No one has asked for the record: the attempt waits, unnumbered and
-        # unsettled, until someone does (or forever, for free).
-        attempt = call._begin_unrecorded(call._model)
-        token = _CURRENT.set((call, attempt))
+        if call._record is None:
+            slot = [call, _clock.now(), call._model, None, None, None, None]
+            if call._attempts is None:
+                call._attempts = [slot]
+            else:
+                call._attempts.append(slot)
+        else:
+            slot = call._begin()
+        token = _CURRENT.set(slot)
         try:
             result = self.fn(*a, **call.kwargs)
         except BaseException as exc:
-            call._attempt_done(attempt, None, exc)
+            call._failed(slot, exc)
             raise
         finally:
             _CURRENT.reset(token)
-        return call._returned(attempt, result)
+        if slot[6] is None and _STREAM_TYPES.get(type(result), _UNSEEN) is None:
+            # A plain result, nobody has read the record: settled from it if and when somebody does.
+            slot[4] = result
+            slot[3] = _clock.now()
+            return result
+        return call._returned(slot, result)
 
     async def _invoke_async(self, call: Call) -> Any:
-        a = call.args if call.instance is None else (call.instance, *call.args)
-        if self.info.shape == ASYNCGEN:
+        instance = call.instance
+        a = call.args if instance is None else (instance, *call.args)
+        if self.stream_shape:
             record = call.record
             attempt = _begin_attempt(record, call._model, _clock.now())
             return AsyncGuardedStream(source=self.fn(*a, **call.kwargs), record=record, attempt=attempt, call=call)
-        if call._record is not None:
-            attempt = _begin_attempt(call._record, call._model, _clock.now())
-            token = _CURRENT.set((call, attempt))
-            try:
-                result = await self.fn(*a, **call.kwargs)
-            except BaseException as exc:
-                _fail_attempt(attempt, exc, _clock.now())
-                raise
-            finally:
-                _CURRENT.reset(token)
-            return call._observe(attempt, result)
-        attempt = call._begin_unrecorded(call._model)
-        token = _CURRENT.set((call, attempt))
+        if call._record is None:
+            slot = [call, _clock.now(), call._model, None, None, None, None]
+            if call._attempts is None:
+                call._attempts = [slot]
+            else:
+                call._attempts.append(slot)
+        else:
+            slot = call._begin()
+        token = _CURRENT.set(slot)
         try:
             result = await self.fn(*a, **call.kwargs)
         except BaseException as exc:
-            call._attempt_done(attempt, None, exc)
+            call._failed(slot, exc)
             raise
         finally:
             _CURRENT.reset(token)
-        return call._returned(attempt, result)
+        if slot[6] is None and _STREAM_TYPES.get(type(result), _UNSEEN) is None:
+            slot[4] = result
+            slot[3] = _clock.now()
+            return result
+        return call._returned(slot, result)
 
 
-# -- wrapping ------------------------------------------------------------------
+def _interrupted(exc: BaseException, stream: _StreamBase) -> BaseException | None:
+    """A primed stream's failure after chunks reached the caller becomes `StreamInterrupted`."""
+    if stream.delivered == 0 or not isinstance(exc, Exception) or isinstance(exc, StreamInterrupted):
+        return None
+    return StreamInterrupted(
+        f"the stream failed after {stream.delivered} chunk{'s' * (stream.delivered != 1)} "
+        f"reached the caller ({type(exc).__name__}: {exc}); nothing was replayed",
+        text=stream.text,
+        usage=stream.usage_so_far(),
+    )
+
+
+# -- wrapping ----------------------------------------------------------------
+
+
+async def _prime(stream: _StreamBase) -> None:
+    if isinstance(stream, AsyncGuardedStream):
+        await stream.prime()
+    elif isinstance(stream, GuardedStream):
+        stream.prime()
 
 
 def _end_with_result(call: Call, result: Any) -> Any:
@@ -715,7 +745,7 @@ def _wrapper(runner: _Runner, fn: Callable[..., Any]) -> Callable[..., Any]:
         start = runner.run_async if is_async else runner.run_sync
 
         def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:  # noqa: ARG001
-            call = Call(runner, *split(args if instance is None else (instance, *args)), kwargs, is_async)
+            call = Call(runner, *split(args if instance is None else (instance, *args)), kwargs)
             record = call.record
             stream = stream_type(start=lambda: start(call), record=record)
             stream.on_finish(_end_record_hook(record))
@@ -730,10 +760,11 @@ def _wrapper(runner: _Runner, fn: Callable[..., Any]) -> Callable[..., Any]:
     # first argument and the function's `Binder` splits it off.
     run_sync = runner.run_sync
     run_async = runner.run_async
+    plain = info.binder.owner is None  # no instance to split off
     if shape == SYNC:
 
         def guarded(*args: Any, **kwargs: Any) -> Any:
-            call = Call(runner, *split(args), kwargs, False)
+            call = Call(runner, None, args, kwargs) if plain else Call(runner, *split(args), kwargs)
             try:
                 result = run_sync(call)
             except BaseException as exc:
@@ -745,7 +776,7 @@ def _wrapper(runner: _Runner, fn: Callable[..., Any]) -> Callable[..., Any]:
     else:
 
         async def guarded_async(*args: Any, **kwargs: Any) -> Any:
-            call = Call(runner, *split(args), kwargs, True)
+            call = Call(runner, None, args, kwargs) if plain else Call(runner, *split(args), kwargs)
             try:
                 result = await run_async(call)
             except BaseException as exc:

@@ -55,12 +55,14 @@ ErrorMap = Callable[["BaseException", "_StreamBase"], "BaseException | None"]
 # Finishing flips one flag; a stream may be ended from two threads at once
 # (a timeout closing it while a worker is still reading), so the flip is locked.
 _FINISH_LOCK = threading.Lock()
-# ``_CURRENT`` is the call whose user code is running now and its attempt
+# ``_CURRENT`` is the call whose user code is running now and its attempt:
+# ``(call, attempt)``, or the attempt's slot (`_runner.Call._begin`) whose
+# first item is the call and last the attempt, None until the record exists
 # (report_usage writes there): how `report_usage()`, `current_call()` and
 # nested guarded calls find it. Tokens are always reset in the same frame
 # that set them, and never held across a ``yield`` (streams set and reset it
 # around each pull).
-_CURRENT: contextvars.ContextVar[tuple[Call, Attempt] | None] = contextvars.ContextVar("llmguard_current", default=None)
+_CURRENT: contextvars.ContextVar[tuple[Call, Attempt] | list[Any] | None] = contextvars.ContextVar("llmguard_current", default=None)
 
 
 def _apply_notes(record: CallRecord, notes: dict[str, Any]) -> None:
@@ -212,7 +214,11 @@ def report_usage(
         reasoning_tokens,
         estimated,
     )
-    _report_on(running[1], usage, model, provider)
+    attempt = running[-1]
+    if attempt is None:  # a runner's slot before the record exists (see `_runner.Call._begin`)
+        running[0].record  # noqa: B018 - built now; it makes the slot's attempt
+        attempt = running[-1]
+    _report_on(attempt, usage, model, provider)
     return True
 
 

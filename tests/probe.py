@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from llmguard import AsyncGuardedStream, CallRecord, GuardedStream, Outcome
-from llmguard._runner import PROCEED, Call, Guard, GuardRun
+from llmguard._runner import Call, Guard
 
 
 class Probe(Guard):
@@ -31,10 +31,12 @@ class Probe(Guard):
             result.on_finish(lambda outcome, exc: self.finishes.append(outcome))
         return result
 
-    def run(self, call: Call) -> GuardRun:
+    def enter(self, call: Call) -> None:
         self.calls += 1
         self.records.append(call.record)
-        return self._watch((yield PROCEED))
+
+    def leave(self, call: Call, state: None, result: Any) -> Any:
+        return self._watch(result)
 
     @property
     def record(self) -> CallRecord:
@@ -50,18 +52,22 @@ class LaneProbe(Probe):
     read before.
     """
 
-    def run(self, call: Call) -> GuardRun:
-        try:
-            result = yield PROCEED
-        finally:
-            self.calls += 1
-            self.records.append(call.record)
+    enter = None
+
+    def _seen(self, call: Call) -> None:
+        self.calls += 1
+        self.records.append(call.record)
+
+    def leave(self, call: Call, state: None, result: Any) -> Any:
+        self._seen(call)
         return self._watch(result)
+
+    def fail(self, call: Call, state: None, exc: BaseException) -> None:
+        self._seen(call)
 
 
 class EarlyLaneProbe(LaneProbe):
     """A `LaneProbe` that also builds the record before the function runs."""
 
-    def run(self, call: Call) -> GuardRun:
+    def enter(self, call: Call) -> None:
         call.record  # noqa: B018 - built early on purpose: the attempt must still land on it
-        return (yield from super().run(call))

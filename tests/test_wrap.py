@@ -21,7 +21,7 @@ import llmguard._wrap
 
 from llmguard import GuardedStream, Outcome
 from llmguard._fake_provider import FakeProvider, Step
-from llmguard._runner import PROCEED, Call, Guard, GuardRun, io, wrap
+from llmguard._runner import Answer, Call, Guard, wrap
 from llmguard._wrap import _CURRENT
 
 
@@ -815,8 +815,7 @@ class ReadsLate(Guard):
     def __init__(self) -> None:
         self.calls: list[Any] = []
 
-    def run(self, call: Call) -> GuardRun:
-        result = yield PROCEED
+    def leave(self, call: Call, state: None, result: Any) -> Any:
         self.calls.append(call)
         return result
 
@@ -866,14 +865,10 @@ def test_a_chunk_hook_added_after_prime_still_sees_the_first_chunk(probe: Probe)
     seen: list[int] = []
 
     class Primes(Guard):
-        def run(self, call: Call) -> GuardRun:
-            stream = yield PROCEED
-            yield io(stream.prime)
-            return stream
+        primes = True
 
     class Records(Guard):
-        def run(self, call: Call) -> GuardRun:
-            stream = yield PROCEED
+        def leave(self, call: Call, state: None, stream: Any) -> Any:
             stream.on_chunk(seen.append)
             return stream
 
@@ -940,17 +935,17 @@ class _Answering(Guard):
         self.build_record = build_record
         self.records: list[lg.CallRecord] = []
 
-    def run(self, call: Call) -> GuardRun:
+    def enter(self, call: Call) -> Answer | None:
         if call.args[0] != "known":
-            return (yield PROCEED)
+            return None
         if self.build_record:
             self.records.append(call.record)
-        return "answered"
+        return Answer("answered")
 
 
 @pytest.mark.parametrize("build_record", [False, True])
 async def test_an_answer_skips_the_function_and_ends_a_record_it_built(build_record: bool) -> None:
-    """A guard returning without PROCEED answers the call; a record built for it is ended once."""
+    """A guard's enter returning Answer answers the call; a record built for it is ended once."""
     ran: list[str] = []
     layer = _Answering(build_record)
 
