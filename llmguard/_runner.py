@@ -53,7 +53,7 @@ import wrapt
 
 from . import _clock, _estimate, providers
 from ._binder import Binder
-from ._record import Attempt, CallRecord
+from ._record import Attempt, CallRecord, Usage
 from ._wrap import (
     _CURRENT,
     _STREAM_TYPES,
@@ -312,6 +312,40 @@ class Call:
         else:
             _end_record(record, exc, _clock.now())
 
+    # -- facts of the attempts, without the record --------------------------------
+
+    def attempt_count(self) -> int:
+        """How many attempts (real calls of the function) this call has begun so far."""
+        record = self._record
+        if record is not None:
+            return len(record.attempts)
+        return 0 if self._attempts is None else len(self._attempts)
+
+    def plain_usage(self, since: int = 0) -> list[tuple[Usage | None, str | None, str | None]] | None:
+        """``(usage, model, provider)`` of each attempt from the *since*-th (0-based) on, without building the record.
+
+        Read from each attempt's result by the provider adapters
+        (`providers.observe_usage`); the model is the one the provider
+        named, else the one asked for. None when that cannot be read this
+        cheaply: the record exists, or one of those attempts raised, is still
+        running, or returned a stream. Then read ``call.record``. (The model
+        asked for is given only when a guard's `Run` named one.)
+        """
+        slots = self._attempts
+        if self._record is not None or slots is None:
+            return None
+        out: list[tuple[Usage | None, str | None, str | None]] = []
+        for _, _, model, ended, result, exc, _ in slots[since:]:
+            if ended is None or exc is not None:
+                return None
+            found = providers.observe_usage(result)
+            if found is None:
+                out.append((None, model if isinstance(model, str) else None, None))
+            else:
+                usage, response_model, provider = found
+                out.append((usage, response_model or (model if isinstance(model, str) else None), provider))
+        return out
+
     # -- the arguments ------------------------------------------------------
 
     @property
@@ -526,8 +560,7 @@ class _Runner:
                     state = again.state
                 if again.args is not None or again.kwargs is not None:
                     run = again
-                if again.delay > 0:
-                    _clock.get_clock().sleep(again.delay)
+                _clock.get_clock().sleep(again.delay)
                 # Gone past: it stays on the record, never raised, and must not
                 # keep the frames of this call (and what they will hold) alive.
                 release_frames(exc, sys._getframe())
@@ -572,8 +605,7 @@ class _Runner:
                     state = again.state
                 if again.args is not None or again.kwargs is not None:
                     run = again
-                if again.delay > 0:
-                    await _clock.get_clock().asleep(again.delay)
+                await _clock.get_clock().asleep(again.delay)
                 release_frames(exc, sys._getframe())
                 continue
             if leave is None:
