@@ -208,6 +208,7 @@ class Call:
     # *slot* (see `_begin`) until the record is built and makes it an `Attempt`.
     _attempts: list[list[Any]] | None = None
     _end: tuple[float, BaseException | None] | None = None
+    _returned_at: float | None = None  # when the runner returned a plain result (`_end` without building a tuple)
     _deadline: float | None = None
     _notes: dict[str, Any] | None = None
     _model: Any = None  # the model a guard's proceed(kwargs=) asks for, while it runs
@@ -274,6 +275,8 @@ class Call:
         if self._end is not None:
             ended_at, exc = self._end
             _end_record(record, exc, ended_at)
+        elif self._returned_at is not None:
+            _end_record(record, None, self._returned_at)
         return record
 
     @property
@@ -802,6 +805,9 @@ def _wrapper(runner: _Runner, fn: Callable[..., Any]) -> Callable[..., Any]:
             except BaseException as exc:
                 call._finish_call(exc)
                 raise
+            if call._record is None and not isinstance(result, _StreamBase):
+                call._returned_at = _clock.now()  # the record, if ever built, ends then
+                return result
             return _end_with_result(call, result)
 
         made: Callable[..., Any] = guarded
@@ -814,6 +820,9 @@ def _wrapper(runner: _Runner, fn: Callable[..., Any]) -> Callable[..., Any]:
             except BaseException as exc:
                 call._finish_call(exc)
                 raise
+            if call._record is None and not isinstance(result, _StreamBase):
+                call._returned_at = _clock.now()  # the record, if ever built, ends then
+                return result
             return _end_with_result(call, result)
 
         made = guarded_async
