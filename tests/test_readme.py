@@ -15,7 +15,7 @@ ROOT = Path(__file__).parent.parent
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 # `print(...)  # X` promises X: what follows the `#`, up to two spaces (a remark) or the end.
-PROMISE = re.compile(r"^\s*print\(.*\)\s+#\s*(.*?)(?:\s{2,}.*)?$", flags=re.MULTILINE)
+PROMISE = re.compile(r"^[ \t]*print\(.*\)[ \t]+#[ \t]*(.*?)(?:[ \t]{2,}.*)?$", flags=re.MULTILINE)
 
 
 def python_blocks(page: Path) -> list[str]:
@@ -51,8 +51,8 @@ def test_every_example_runs_and_prints_the_promised_output(page: Path) -> None:
 
 def test_the_promise_is_the_whole_line_up_to_a_remark() -> None:
     """A promise is what follows `#`, spaces included, up to a remark after two spaces."""
-    block = "print(a)  # Hello!  (from the cache)\nprint(b)  # [1.0, 1.0]\nx = 1  # not a print\n"
-    assert ["Hello!", "[1.0, 1.0]"] == promises(block)
+    block = "print(a)  # Hello!  (from the cache)\n    print(b)  # [1.0, 1.0]\n    print(c)  # 3\nx = 1  # not a print\n"
+    assert ["Hello!", "[1.0, 1.0]", "3"] == promises(block)
 
 
 def test_every_page_in_docs_is_linked_from_the_readme() -> None:
