@@ -190,7 +190,7 @@ class Call:
 
     ``args`` and ``kwargs`` are what the caller passed, a method's instance
     excluded: it is ``instance`` (`_binder` has the one rule that decides).
-    A guard's ``proceed(args=, kwargs=)`` changes them while the inside runs.
+    A guard's ``Run(args=, kwargs=)`` changes them while the inside runs.
 
     The `CallRecord` is built on demand: the first time anything reads
     ``call.record`` (a guard, `report_usage`, `current_call`, a nested
@@ -403,7 +403,7 @@ class Call:
     # -- a `Layer`'s way on --------------------------------------------------
 
     def proceed(self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None) -> Any:
-        """Run the inside, for a `Layer`'s ``around`` (a `Guard` yields `PROCEED` instead)."""
+        """Run the inside, for a `Layer`'s ``around`` (a `Guard` has hooks instead)."""
         run = None if args is None and kwargs is None else Run(0.0, args, kwargs)
         return self.runner._inside_sync(self, self._pos + 1, run, None, None)
 
