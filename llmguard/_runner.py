@@ -42,6 +42,7 @@ method, and the `CallRecord`, built only when something reads it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import sys
@@ -211,7 +212,7 @@ class Call:
     _returned_at: float | None = None  # when the runner returned a plain result (`_end` without building a tuple)
     _deadline: float | None = None
     _notes: dict[str, Any] | None = None
-    _model: Any = None  # the model a guard's proceed(kwargs=) asks for, while it runs
+    _model: Any = None  # the model the inside asks for while a guard's `Run` changes the arguments
     _given: tuple[tuple[Any, ...], dict[str, Any]] | None = None  # the caller's arguments, while a guard's replace them
     _pos = 0  # the running `Layer`'s index, for its ``call.proceed()``
     entered: Any = None  # read by the cache's lane, going away (#13)
@@ -299,7 +300,8 @@ class Call:
             extra = facts.pop("extra", None)
             self._notes.update(facts)
             if extra:
-                self._notes.setdefault("extra", {}).update(extra)
+                # A new dict: the one a guard passed first is its own, never written into.
+                self._notes["extra"] = {**self._notes.get("extra", {}), **extra}
 
     def set_deadline(self, deadline: float | None) -> None:
         """Note the call's deadline on its record (without building the record)."""
@@ -411,6 +413,19 @@ class Call:
         """For a `Layer`'s ``around_async``: run the inside."""
         run = None if args is None and kwargs is None else Run(0.0, args, kwargs)
         return await self.runner._inside_async(self, self._pos + 1, run)
+
+    def _use(self, run: Run) -> tuple[Any, ...]:
+        """Make *run*'s arguments the call's while the inside runs; returns what to restore."""
+        saved = self.args, self.kwargs, self._model, self._given
+        if self._given is None:
+            self._given = self.args, self.kwargs
+        if run.args is not None:
+            self.args = run.args
+        if run.kwargs is not None:
+            self.kwargs = run.kwargs
+        # The model the inside asks for, by keyword or by position (a route may pass either).
+        self._model = _request_model(self.runner.info, self.instance, self.args, self.kwargs)
+        return saved
 
     # -- attempts --------------------------------------------------------------
     # Each attempt has a *slot*, a list ``[call, started, model, ended,
@@ -544,8 +559,12 @@ class _Runner:
                 return state.value
             if type(state) is Run:
                 run, state = state, (None if state.state is _KEEP else state.state)
+        delay = 0.0
         while True:
             try:
+                if delay:
+                    # In the try: an interrupt while waiting reaches `fail` like one from the inside.
+                    _clock.get_clock().sleep(delay)
                 if run is None and via is None:
                     result = self._invoke_sync(call) if i + 1 == self.n else self.run_sync(call, i + 1)
                 else:
@@ -563,12 +582,19 @@ class _Runner:
                     state = again.state
                 if again.args is not None or again.kwargs is not None:
                     run = again
-                _clock.get_clock().sleep(again.delay)
+                delay = again.delay
                 # Gone past: it stays on the record, never raised, and must not
                 # keep the frames of this call (and what they will hold) alive.
                 release_frames(exc, sys._getframe())
                 continue
-            return result if leave is None else leave(call, state, result)
+            if leave is None:
+                return result
+            try:
+                return leave(call, state, result)
+            except BaseException:
+                if isinstance(result, _StreamBase):
+                    _close_quietly(result)  # nobody will read it: end it now, not when collected
+                raise
 
     async def run_async(self, call: Call, i: int = 0) -> Any:  # noqa: PLR0912 - the decision loop, in one frame
         """`run_sync` for an ``async def`` or async generator function."""
@@ -589,8 +615,11 @@ class _Runner:
                 return state.value
             if type(state) is Run:
                 run, state = state, (None if state.state is _KEEP else state.state)
+        delay = 0.0
         while True:
             try:
+                if delay:
+                    await _clock.get_clock().asleep(delay)
                 if run is None:
                     result = await self.run_async(call, i + 1)
                 else:
@@ -608,25 +637,28 @@ class _Runner:
                     state = again.state
                 if again.args is not None or again.kwargs is not None:
                     run = again
-                await _clock.get_clock().asleep(again.delay)
+                delay = again.delay
                 release_frames(exc, sys._getframe())
                 continue
             if leave is None:
                 return result
-            return (await leave(call, state, result)) if leave_awaits else leave(call, state, result)
+            try:
+                return (await leave(call, state, result)) if leave_awaits else leave(call, state, result)
+            except BaseException:
+                if isinstance(result, _StreamBase):
+                    await _aclose_quietly(result)
+                raise
 
     def _inside_sync(self, call: Call, i: int, run: Run | None, via: Any, state: Any) -> Any:
         """Run guards *i*.. and the function with *run*'s arguments, through *via* if given."""
+        if via is not None and call._record is None:
+            # `via` may run the inside on another thread and give up on it
+            # (sync timeout): the attempt it begins or ends there must not race
+            # the caller's thread building the record from the attempts' slots.
+            call._materialize()
         if run is None:
             return self.run_sync(call, i) if via is None else via(call, state, lambda: self.run_sync(call, i))
-        saved = call.args, call.kwargs, call._model, call._given
-        if call._given is None:
-            call._given = call.args, call.kwargs
-        if run.args is not None:
-            call.args = run.args
-        if run.kwargs is not None:
-            call.kwargs = run.kwargs
-            call._model = run.kwargs.get("model")
+        saved = call._use(run)
         try:
             if via is not None:
                 return via(call, state, lambda: self.run_sync(call, i))
@@ -638,14 +670,7 @@ class _Runner:
         """`_inside_sync` for async calls (no ``via``)."""
         if run is None:
             return await self.run_async(call, i)
-        saved = call.args, call.kwargs, call._model, call._given
-        if call._given is None:
-            call._given = call.args, call.kwargs
-        if run.args is not None:
-            call.args = run.args
-        if run.kwargs is not None:
-            call.kwargs = run.kwargs
-            call._model = run.kwargs.get("model")
+        saved = call._use(run)
         try:
             return await self.run_async(call, i)
         finally:
@@ -723,6 +748,21 @@ def _interrupted(exc: BaseException, stream: _StreamBase) -> BaseException | Non
         text=stream.text,
         usage=stream.usage_so_far(),
     )
+
+
+def _close_quietly(stream: _StreamBase) -> None:
+    """End *stream*, which a raising ``leave`` hands nobody; that hook's error is the one raised."""
+    with contextlib.suppress(Exception):
+        cast("GuardedStream", stream).close()
+
+
+async def _aclose_quietly(stream: _StreamBase) -> None:
+    """`_close_quietly` for the async runner (whose result may be either kind of stream)."""
+    if not isinstance(stream, AsyncGuardedStream):
+        _close_quietly(stream)
+        return
+    with contextlib.suppress(Exception):
+        await stream.aclose()
 
 
 # -- wrapping ----------------------------------------------------------------
