@@ -43,6 +43,7 @@ method, and the `CallRecord`, built only when something reads it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import inspect
 import sys
@@ -651,20 +652,35 @@ class _Runner:
 
     def _inside_sync(self, call: Call, i: int, run: Run | None, via: Any, state: Any) -> Any:
         """Run guards *i*.. and the function with *run*'s arguments, through *via* if given."""
-        if via is not None and call._record is None:
-            # `via` may run the inside on another thread and give up on it
-            # (sync timeout): the attempt it begins or ends there must not race
-            # the caller's thread building the record from the attempts' slots.
-            call._materialize()
+        if via is not None:
+            return self._via(call, i, run, via, state)
         if run is None:
-            return self.run_sync(call, i) if via is None else via(call, state, lambda: self.run_sync(call, i))
+            return self.run_sync(call, i)
         saved = call._use(run)
         try:
-            if via is not None:
-                return via(call, state, lambda: self.run_sync(call, i))
             return self.run_sync(call, i)
         finally:
             call.args, call.kwargs, call._model, call._given = saved
+
+    def _via(self, call: Call, i: int, run: Run | None, via: Any, state: Any) -> Any:
+        """Hand guards *i*.. and the function to *via*, which may run them on another thread.
+
+        `via` may give up on that thread (sync timeout) while it goes on
+        running. So the record is built first (an attempt begun or ended there
+        never races the caller's thread building it from the attempts' slots),
+        and the inside runs on its own copy of the call: the caller restoring
+        its arguments, or a guard outside running again with others, never
+        changes the arguments of a run it already handed over.
+        """
+        if call._record is None:
+            call._materialize()
+        saved = None if run is None else call._use(run)
+        try:
+            handed = copy.copy(call)  # shares the record; its own arguments
+            return via(call, state, lambda: self.run_sync(handed, i))
+        finally:
+            if saved is not None:
+                call.args, call.kwargs, call._model, call._given = saved
 
     async def _inside_async(self, call: Call, i: int, run: Run | None) -> Any:
         """`_inside_sync` for async calls (no ``via``)."""

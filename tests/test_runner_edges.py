@@ -125,6 +125,38 @@ def test_an_abandoned_workers_attempt_is_on_the_record_built_while_it_runs(
     assert lg.Usage(21, 5) == record.attempts[0].usage
 
 
+def test_an_abandoned_worker_calls_the_function_with_the_runs_arguments(gate: _Gate) -> None:
+    """A guard outside a `via` guard ran the inside with other arguments; the worker starts late, after the caller gave up.
+
+    The worker must still call the function with the arguments its run was
+    given (and the attempt must name the model it was called with).
+    """
+
+    class Routes(Guard):
+        def enter(self, call: Call) -> Run:
+            return Run(kwargs={**call.kwargs, "model": "alternate"})
+
+    guard = _GivesUp(gate, arm_at_start=True)
+    guard.give_up = True
+    probe = LaneProbe()
+    seen: list[str] = []
+
+    @Routes()
+    @probe
+    @guard
+    def ask(model: str = "primary") -> str:
+        seen.append(model)
+        return model
+
+    with pytest.raises(TimeoutError):
+        ask(model="primary")
+    gate.go.set()
+    guard.workers[-1].join(10)
+
+    assert ["alternate"] == [a.model for a in probe.record.attempts]
+    assert ["alternate"] == seen
+
+
 # -- hooks: an interrupted delay, a leave that raises on a stream ----------------------
 
 
