@@ -814,13 +814,18 @@ def wrap(guard: Guard, fn: Callable[P, R], *, static: bool = False) -> Callable[
     if not callable(cast("object", fn)):
         msg = f"llmguard.{guard.name}() can only decorate a callable, got {type(fn).__name__}: {fn!r}"
         raise TypeError(msg)
-    below = runner_of(fn)
+    # A bound method (``service.ask``) is already bound: it has no instance
+    # to split off, and if it is a guarded method, extending its function's
+    # runner would drop the instance, so it is guarded like any callable.
+    bound = inspect.ismethod(fn) or isinstance(fn, wrapt.BoundFunctionWrapper)
+    below = None if bound else runner_of(fn)
     if below is not None:
         base, static, info, guards = below.fn, below.static, below.info, below.guards
     else:
+        static = static or bound
         base, info, guards = fn, _FunctionInfo(fn, static=static), ()
-    bound = guard.for_function(base, info.shape, info.binder)
-    runner = _Runner((bound, *guards), info, base, static=static)
+    made = guard.for_function(base, info.shape, info.binder)
+    runner = _Runner((made, *guards), info, base, static=static)
     return cast("Callable[P, R]", _wrapper(runner, base))
 
 
@@ -834,9 +839,12 @@ def _wrapper(runner: _Runner, fn: Callable[..., Any]) -> Callable[..., Any]:
         is_async = shape == ASYNCGEN
         stream_type = AsyncGuardedStream if is_async else GuardedStream
         start = runner.run_async if is_async else runner.run_sync
+        # wrapt hands a bound method's ``__self__`` as *instance*; a bound
+        # method (the only static callable wrapt binds) already passes it.
+        keeps_instance = not runner.static
 
         def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:  # noqa: ARG001
-            call = Call(runner, *split(args if instance is None else (instance, *args)), kwargs)
+            call = Call(runner, *split(args if instance is None or not keeps_instance else (instance, *args)), kwargs)
             record = call.record
             stream = stream_type(start=lambda: start(call), record=record)
             stream.on_finish(_end_record_hook(record))

@@ -288,3 +288,66 @@ def test_note_does_not_write_into_a_dict_a_guard_passed() -> None:
 
     assert 1 == Notes()(lambda: 1)()
     assert {"first": 1} == shared
+
+
+# -- decorating a bound method ---------------------------------------------------------
+
+
+class _Peek(Guard):
+    """Notes what the guards of a call see: the instance and the arguments by name."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[Any, dict[str, Any]]] = []
+
+    def enter(self, call: Call) -> None:
+        self.seen.append((call.instance, call.arguments()))
+
+
+def test_a_guard_on_a_bound_guarded_method_keeps_the_instance() -> None:
+    """``lg.timeout(5)(service.ask)`` where ``ask`` is already guarded: the call still reaches ``ask`` bound to *service*.
+
+    Before: the new guard extended the runner of the class's function and
+    dropped the instance (TypeError: missing an argument).
+    """
+    inner = _Peek()
+
+    class Service:
+        @inner
+        def ask(self, q: str) -> tuple[Any, str]:
+            return self, q
+
+        @inner
+        def chunks(self, q: str) -> Iterator[tuple[Any, str]]:
+            yield self, q
+
+        def plain_chunks(self, q: str) -> Iterator[tuple[Any, str]]:
+            yield self, q
+
+    service = Service()
+    outer = _Peek()
+    ask = outer(service.ask)
+    chunks = outer(service.chunks)
+    plain_chunks = outer(service.plain_chunks)
+
+    assert (service, "q") == ask("q")
+    assert [(service, "q")] == list(chunks("q"))
+    assert [(service, "q")] == list(plain_chunks("q"))  # not guarded before: wrapt's instance was passed twice
+    assert [(service, {"q": "q"})] * 2 == inner.seen
+
+
+def test_a_guard_on_a_bound_method_sees_an_argument_of_the_methods_class_as_an_argument() -> None:
+    """A bound method is already bound: its first argument is an argument even when it is an instance of the class.
+
+    Before: it was taken for the instance and left out of ``call.arguments()``
+    (a cache key would not tell ``a.similarity(b)`` from ``a.similarity(c)``).
+    """
+
+    class Doc:
+        def similarity(self, other: Doc, scale: int) -> int:
+            return scale
+
+    a, b = Doc(), Doc()
+    peek = _Peek()
+
+    assert 3 == peek(a.similarity)(b, 3)
+    assert [(None, {"other": b, "scale": 3})] == peek.seen
