@@ -351,3 +351,65 @@ def test_a_guard_on_a_bound_method_sees_an_argument_of_the_methods_class_as_an_a
 
     assert 3 == peek(a.similarity)(b, 3)
     assert [(None, {"other": b, "scale": 3})] == peek.seen
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="review: a guard over @staticmethod extends the runner a guard under it built without knowing it is "
+    "static (its Binder, and the binders guards kept from for_function, take an argument of the class for the "
+    "instance); not fixed: the guards below hold the old binder",
+)
+def test_a_guard_over_staticmethod_tells_the_guards_under_it_there_is_no_instance() -> None:
+    """``@a @staticmethod @b def f(x, y)``: a guard is over ``@staticmethod``, so the runner knows ``x`` is an argument."""
+    over, under = _Peek(), _Peek()
+
+    class Tool:
+        @over
+        @staticmethod
+        @under
+        def f(x: Any, y: int) -> int:
+            return y
+
+    tool = Tool()
+    assert 2 == Tool.f(tool, 2)
+    assert [(None, {"x": tool, "y": 2})] == over.seen == under.seen
+
+
+# -- a guarded call returning another guarded call's stream ------------------------------
+
+
+_NESTED_STREAM = pytest.mark.xfail(
+    strict=True,
+    reason="review: pre-existing (same before #13): a guarded stream from a nested guarded call is taken for a "
+    "plain result by the outer call (usage None, settled at once), while a nested plain result is counted; "
+    "not fixed",
+)
+
+
+@pytest.mark.parametrize("stream", [False, pytest.param(True, marks=_NESTED_STREAM)])
+def test_a_call_returning_a_nested_guarded_calls_stream_counts_its_usage_as_for_a_plain_result(
+    stream: bool, fake_provider: FakeProvider, anthropic_client: anthropic.Anthropic
+) -> None:
+    """``ask`` (guarded) returns what ``helper`` (guarded) returned: its record has the usage either way.
+
+    A plain Message is read on both records; a stream was seen only by the
+    helper's, so a budget on ``ask`` charged nothing for it.
+    """
+    fake_provider.script(Step(reply="hi there", usage=USAGE))
+    outer = LaneProbe()
+
+    @lg.retry
+    def helper() -> Any:
+        return anthropic_client.messages.create(
+            model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "hi"}], stream=stream
+        )
+
+    @outer
+    def ask() -> Any:
+        return helper()
+
+    result = ask()
+    if stream:
+        list(result)
+    assert lg.Usage(21, 5) == outer.record.usage
+    assert stream == outer.record.stream
