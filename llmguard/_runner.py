@@ -335,7 +335,7 @@ class Call:
         named, else the one asked for. None when that cannot be read this
         cheaply: the record exists, or one of those attempts raised, is still
         running, or returned a stream. Then read ``call.record``. (The model
-        asked for is given only when a guard's `Run` named one.)
+        asked for is given only when a guard's `Run` changed the arguments.)
         """
         slots = self._attempts
         if self._record is not None or slots is None:

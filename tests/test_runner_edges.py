@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anthropic
@@ -248,6 +248,29 @@ def test_a_leave_that_raises_on_a_stream_closes_it() -> None:
     assert [lg.Outcome.CLOSED] == probe.finishes
     assert [lg.Outcome.CLOSED] == [a.outcome for a in probe.record.attempts]
     assert sources[0].gi_frame is None  # type: ignore[attr-defined]  # the source generator closed
+
+
+async def test_an_aleave_that_raises_on_an_async_stream_closes_it() -> None:
+    """The async runner: the same for ``aleave`` and an async stream."""
+
+    class Refuses(Guard):
+        async def aleave(self, call: Call, state: None, result: Any) -> Any:
+            raise RuntimeError("refused")
+
+    probe = Probe()
+
+    async def chunks() -> AsyncIterator[str]:
+        yield "a"
+
+    @Refuses()
+    @probe
+    async def ask() -> AsyncIterator[str]:
+        return chunks()
+
+    with pytest.raises(RuntimeError):
+        await ask()
+    assert [lg.Outcome.CLOSED] == probe.finishes
+    assert [lg.Outcome.CLOSED] == [a.outcome for a in probe.record.attempts]
 
 
 # -- what a guard changes --------------------------------------------------------------
