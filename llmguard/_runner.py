@@ -560,10 +560,10 @@ class _Runner:
                 return state.value
             if type(state) is Run:
                 run, state = state, (None if state.state is _KEEP else state.state)
-        delay = 0.0
+        delay: float | None = None  # a Run's, slept before running again (0 too: async yields once)
         while True:
             try:
-                if delay:
+                if delay is not None:
                     # In the try: an interrupt while waiting reaches `fail` like one from the inside.
                     _clock.get_clock().sleep(delay)
                 if run is None and via is None:
@@ -616,10 +616,10 @@ class _Runner:
                 return state.value
             if type(state) is Run:
                 run, state = state, (None if state.state is _KEEP else state.state)
-        delay = 0.0
+        delay: float | None = None  # a Run's, slept before running again (0 too: async yields once)
         while True:
             try:
-                if delay:
+                if delay is not None:
                     await _clock.get_clock().asleep(delay)
                 if run is None:
                     result = await self.run_async(call, i + 1)
