@@ -53,26 +53,28 @@ import wrapt
 
 from . import _clock, _estimate, providers
 from ._binder import Binder
-from ._record import Attempt, CallRecord, Usage
-from ._wrap import (
+from ._facts import (
     _CURRENT,
-    _STREAM_TYPES,
-    _UNSEEN,
     ASYNC,
     ASYNCGEN,
     GEN,
     SYNC,
-    AsyncGuardedStream,
-    GuardedStream,
     _apply_notes,
     _begin_attempt,
     _end_record,
     _end_record_hook,
     _fail_attempt,
     _settle_attempt,
-    _StreamBase,
     release_frames,
     shape_of,
+)
+from ._record import Attempt, CallRecord, Usage
+from ._stream import (
+    _STREAM_TYPES,
+    _UNSEEN,
+    AsyncGuardedStream,
+    GuardedStream,
+    _StreamBase,
     stream_kind,
 )
 from .errors import StreamInterrupted
