@@ -1,19 +1,24 @@
 """What @lg.timeout adds to a call of its own: async (the loop's timer wheel) and sync (the worker hop).
 
 An ``async def`` returning a constant under ``@lg.timeout(5)`` beside the
-same function bare, batches taken turn about (`interleaved_samples_async`);
-each figure is the median over rounds of the paired difference, and the
-ratio is guarded over bare. Sync ``def`` likewise: there the call runs in a
-worker thread (the caller waits on it), which is most of the figure.
+same function bare and under a guard that does nothing (the runner's own
+share), batches taken turn about (`interleaved_samples_async`); each figure
+is the median over rounds of the paired difference, the ratio guarded over
+bare. Sync ``def`` likewise: there the call runs in a worker thread (the
+caller waits on it), which is most of the figure.
 """
 
 from __future__ import annotations
 
 import statistics
 
+from typing import Any
+
 from _harness import interleaved_samples, interleaved_samples_async, paired_difference, row
 
 import llmguard as lg
+
+from llmguard._runner import Guard
 
 
 def target(q: str, n: int = 1) -> str:
@@ -26,16 +31,21 @@ async def atarget(q: str, n: int = 1) -> str:
 
 def run() -> dict[str, float]:
     print("timeout: what @lg.timeout(5) adds to a call (median of paired batch differences)")
-    timed = lg.timeout(5)(atarget)
+    nothing = Guard()  # a guard whose run only proceeds: the runner's share of any guard
+    timed: Any = lg.timeout(5)(atarget)
+    passed: Any = nothing(atarget)
     a = interleaved_samples_async(
-        {"bare": lambda: atarget("q", n=2), "timeout": lambda: timed("q", n=2)}, number=5_000
+        {"bare": lambda: atarget("q", n=2), "guard": lambda: passed("q", n=2), "timeout": lambda: timed("q", n=2)},
+        number=5_000,
     )
     abare, adiff = statistics.median(a["bare"]), paired_difference(a, "timeout", "bare")
     print(row("async bare call", abare))
+    print(row("async a guard that only proceeds, added (the runner)", paired_difference(a, "guard", "bare")))
     print(row("async @lg.timeout(5), added (target <= 2 µs)", adiff))
+    print(row("async @lg.timeout(5), over the runner (its own work)", paired_difference(a, "timeout", "guard")))
     print(row("async @lg.timeout(5), whole call", abare + adiff, abare, "of bare"))
 
-    stimed = lg.timeout(5)(target)
+    stimed: Any = lg.timeout(5)(target)
     s = interleaved_samples({"bare": lambda: target("q", n=2), "timeout": lambda: stimed("q", n=2)}, number=500)
     sbare, sdiff = statistics.median(s["bare"]), paired_difference(s, "timeout", "bare")
     print(row("sync  bare call", sbare))

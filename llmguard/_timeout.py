@@ -59,27 +59,31 @@ import datetime as dt
 import functools
 import threading
 
+from collections.abc import Callable
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, cast
 
 from . import _check, _clock, _events
+from ._binder import Binder
 from ._context import _DEADLINE
 from ._record import ErrorKind
+from ._runner import Call, Guard
 from ._timers import _WORKERS, _arm_at, _Entry, _fired_alone, _release, _Wheel
-from ._wrap import ASYNCGEN, GEN, AsyncGuardedStream, Call, GuardedStream, Layer, error_kind_of
+from ._wrap import ASYNC, SYNC, AsyncGuardedStream, GuardedStream, _StreamBase, error_kind_of
 from .errors import GuardTimeout
 
 
-# What an async timed call holds while it runs (`TimeoutLayer._arm`):
-# (deadline token, deadline, first-chunk deadline, limit name, seconds
-# allowed, wheel, entry); the last two None when nothing is bounded yet.
-_Armed = tuple[
-    "contextvars.Token[float | None]", "float | None", "float | None", str, float, "_Wheel | None", "_Entry[Any] | None"
-]
+# A call's limits as it starts (`TimeoutLayer._limits`): (deadline,
+# first-chunk deadline, the earlier of the two, its limit's name, now).
+_Limits = tuple["float | None", "float | None", "float | None", str, float]
+# What an ``async def`` call holds while it runs (`TimeoutLayer._arm`): its
+# limits, the deadline's context token, and its timer on the loop's wheel
+# (`_arm_at`; None when nothing is bounded yet).
+_Armed = tuple[_Limits, "contextvars.Token[float | None]", "tuple[_Wheel, _Entry[Any]] | None"]
 
 
-class TimeoutLayer(Layer):
+class TimeoutLayer(Guard):
     """The `timeout` guard and context manager. Build it with `timeout`."""
 
     name = "timeout"
@@ -112,7 +116,7 @@ class TimeoutLayer(Layer):
         return {"total": self.total, "first_token": self.first_token, "idle": self.idle}
 
     def _deadline(self) -> float | None:
-        """The deadline of a call starting now: ours or the active one, the smaller."""
+        """The deadline of a block starting now: ours or the active one, the smaller."""
         outer = _DEADLINE.get()
         if self._total is None:
             return outer
@@ -121,116 +125,115 @@ class TimeoutLayer(Layer):
 
     # -- decorator ---------------------------------------------------------
 
-    def _first_chunk_by(self) -> float | None:
-        """When the first chunk must have arrived.
+    def for_function(self, fn: Callable[..., Any], shape: str, binder: Binder) -> TimeoutLayer:  # noqa: ARG002
+        """A copy with the hooks of *fn*'s shape.
 
-        For a call that returns a stream, the request itself counts (a slow
-        first byte is a slow first token); for one that returns a whole
-        response, that response is its first and only chunk.
+        ``async def``: `_arm` sets the deadline and puts it on the loop's
+        wheel, which cancels the task when it passes; `_disarm` takes it off,
+        and `_cancelled` turns the wheel's cancel into `GuardTimeout`.
+        ``def``: the inside runs in a worker the caller waits on
+        (`_in_worker`). Generator functions: the stream's pulls are bounded,
+        not its start. Whatever the shape, a stream result is handed on with
+        its pulls bounded (`_timed`).
         """
-        if self._first_token is None:
-            return None
-        return _clock.now() + self._first_token
-
-    def around(self, call: Call) -> Any:
-        """Run a sync call in a worker, waiting at most until the deadline."""
-        deadline = self._deadline()
-        first_by = self._first_chunk_by()
-        if call.shape == GEN:
-            call.set_deadline(deadline)
-            return _TimedStream.wrap(call.proceed(), self, deadline, first_by, call)
-        if deadline is not None:
-            call.set_deadline(deadline)
-        ctx = contextvars.copy_context()
-        ctx.run(_DEADLINE.set, deadline)
-        wait_until, limit = _earliest(deadline, first_by)
-        if wait_until is None:  # only idle limits: nothing to bound yet
-            result = ctx.run(call.proceed)
+        bound = object.__new__(TimeoutLayer)
+        bound.__dict__.update(self.__dict__)
+        if shape == ASYNC:
+            bound.enter, bound.leave, bound.fail = bound._arm, bound._disarm, bound._cancelled
         else:
-            allowed = max(wait_until - _clock.now(), 0.0)
-            future = _WORKERS.submit(lambda: ctx.run(call.proceed))
-            try:
-                result = future.result(timeout=allowed)
-            except Exception as exc:
-                if not (future.done() and not future.cancelled() and future.exception() is exc):
-                    # Our wait ran out (a TimeoutError of the wait, not one the
-                    # function raised): the worker is abandoned.
-                    if not future.cancel():
-                        future.add_done_callback(functools.partial(_drop_abandoned, call))
-                    raise self._expired(call, limit, self._fired(limit, allowed)) from None
-                # The function's own error. A timeout of its own at our deadline
-                # (the SDK's, set from lg.remaining(), firing with ours while this
-                # thread woke late) is the deadline's, as if this thread had
-                # woken first.
-                if _clock.now() >= wait_until and error_kind_of(exc) is ErrorKind.TIMEOUT:
-                    raise self._expired(call, limit, self._fired(limit, allowed)) from exc
-                raise
-        if isinstance(result, GuardedStream):
-            return _TimedStream.wrap(result, self, deadline, first_by, call)
-        return result
+            bound.enter, bound.leave = bound._limits, bound._timed
+            if shape == SYNC:
+                bound.via = bound._in_worker
+        return bound
 
-    def _fired(self, limit: str, allowed: float) -> float:
-        """The seconds the limit that fired allowed (an outer, shorter deadline's own)."""
-        return allowed if limit == "total" else self._seconds(limit)
+    def _limits(self, call: Call) -> _Limits:
+        """The call's limits, from now: ours or the active deadline, the smaller, and the first chunk's.
 
-    def _seconds(self, limit: str) -> float:
-        return {"first_token": self.first_token, "idle": self.idle}.get(limit) or self.total or 0.0
-
-    def _arm(self, call: Call) -> _Armed:
-        """Set the call's deadline and arm its timer (async, before the call runs).
-
-        Runs on every timed ``async def`` call.
+        The first chunk is due ``first_token`` after the start (a slow first
+        byte is a slow first token; a whole response is its first and only
+        chunk). The deadline goes on the call's record too.
         """
         outer = _DEADLINE.get()
         now = _clock.now()
         total = self._total
         deadline = outer if total is None else (now + total if outer is None or now + total < outer else outer)
         first_by = None if self._first_token is None else now + self._first_token
-        wait_until: float | None = deadline
-        limit = "total"
-        if first_by is not None and (deadline is None or first_by < deadline):
-            wait_until, limit = first_by, "first_token"
-        token = _DEADLINE.set(deadline)
-        if wait_until is None:  # only idle limits: nothing to bound yet
-            return (token, deadline, first_by, limit, 0.0, None, None)
-        call.set_deadline(deadline)  # on the record too, when an outer layer has built it
-        wheel, entry = _arm_at(wait_until)
-        return (token, deadline, first_by, limit, wait_until - now if wait_until > now else 0.0, wheel, entry)
+        if deadline is not None:
+            call.set_deadline(deadline)
+        until, limit = _earliest(deadline, first_by)
+        return deadline, first_by, until, limit, now
 
-    @staticmethod
-    def _disarm(armed: _Armed) -> None:
-        _DEADLINE.reset(armed[0])
-        entry = armed[6]
-        if entry is not None:
-            _release(cast("_Wheel", armed[5]), entry)
-
-    async def _finish_async(self, call: Call, armed: _Armed) -> Any:
-        """Await the call's first proceed under *armed*; streams go on timed."""
-        try:
-            result = await call.proceed_async()
-        except asyncio.CancelledError:
-            if _fired_alone(armed[6]):  # ours: a GuardTimeout (else it stays a cancel)
-                _DEADLINE.reset(armed[0])
-                limit, allowed = armed[3], armed[4]
-                raise self._expired(call, limit, self._fired(limit, allowed)) from None
-            self._disarm(armed)
-            raise
-        except BaseException:
-            self._disarm(armed)
-            raise
-        self._disarm(armed)
-        if isinstance(result, AsyncGuardedStream):
-            return _TimedStream.wrap_async(result, self, armed[1], armed[2], call)
+    def _timed(self, call: Call, limits: _Limits, result: Any) -> Any:
+        """*result*, its pulls bounded if it is a stream."""
+        if isinstance(result, _StreamBase):
+            return _TimedStream.wrap(result, self, limits[0], limits[1], call)
         return result
 
-    async def around_async(self, call: Call) -> Any:
-        """Await the call, cancelling it at the deadline."""
-        if call.shape == ASYNCGEN:
-            deadline = self._deadline()
-            first_by = self._first_chunk_by()
-            call.set_deadline(deadline)
-            return _TimedStream.wrap_async(await call.proceed_async(), self, deadline, first_by, call)
-        return await self._finish_async(call, self._arm(call))
+    def _arm(self, call: Call) -> _Armed:
+        """``async def``, before the inside: set the deadline, and put it on the loop's wheel."""
+        limits = self._limits(call)
+        until = limits[2]
+        # With only idle limits nothing is bounded yet.
+        return limits, _DEADLINE.set(limits[0]), None if until is None else _arm_at(until)
+
+    def _disarm(self, call: Call, armed: _Armed, result: Any) -> Any:
+        """``async def``, the inside returned: take the deadline off the wheel."""
+        limits, token, timer = armed
+        _DEADLINE.reset(token)
+        if timer is not None:
+            _release(*timer)
+        if isinstance(result, _StreamBase):
+            return _TimedStream.wrap(result, self, limits[0], limits[1], call)
+        return result
+
+    def _cancelled(self, call: Call, armed: _Armed, exc: BaseException) -> None:
+        """``async def``, the inside raised: the wheel's own cancel is `GuardTimeout`, anything else stands."""
+        limits, token, timer = armed
+        _DEADLINE.reset(token)
+        if timer is None:
+            return
+        if isinstance(exc, asyncio.CancelledError) and _fired_alone(timer[1]):
+            _, _, until, limit, armed_at = limits
+            raise self._expired(call, limit, self._fired(limit, cast("float", until) - armed_at)) from None
+        _release(*timer)
+
+    def _in_worker(self, call: Call, limits: _Limits, inside: Callable[[], Any]) -> Any:
+        """``def``: run *inside* in a worker, waiting at most until the earlier limit.
+
+        It runs in a copy of the caller's context with the deadline set, so
+        ``lg.remaining()`` and the guards inside see it. If the wait runs
+        out, the worker is abandoned (`_drop_abandoned` when it ends).
+        """
+        deadline, _, wait_until, limit, _ = limits
+        ctx = contextvars.copy_context()
+        ctx.run(_DEADLINE.set, deadline)
+        if wait_until is None:  # only idle limits: nothing to bound yet
+            return ctx.run(inside)
+        allowed = max(wait_until - _clock.now(), 0.0)
+        future = _WORKERS.submit(lambda: ctx.run(inside))
+        try:
+            return future.result(timeout=allowed)
+        except Exception as exc:
+            if not (future.done() and not future.cancelled() and future.exception() is exc):
+                # Our wait ran out (a TimeoutError of the wait, not one the
+                # function raised): the worker is abandoned.
+                if not future.cancel():
+                    future.add_done_callback(functools.partial(_drop_abandoned, call))
+                raise self._expired(call, limit, self._fired(limit, allowed)) from None
+            # The function's own error. A timeout of its own at our deadline
+            # (the SDK's, set from lg.remaining(), firing with ours while this
+            # thread woke late) is the deadline's, as if this thread had
+            # woken first.
+            if _clock.now() >= wait_until and error_kind_of(exc) is ErrorKind.TIMEOUT:
+                raise self._expired(call, limit, self._fired(limit, allowed)) from exc
+            raise
+
+    def _fired(self, limit: str, allowed: float) -> float:
+        """The seconds the limit that fired allowed (an outer, shorter deadline's own)."""
+        return max(allowed, 0.0) if limit == "total" else self._seconds(limit)
+
+    def _seconds(self, limit: str) -> float:
+        return {"first_token": self.first_token, "idle": self.idle}.get(limit) or self.total or 0.0
 
     def _expired(self, call: Call | None, limit: str, seconds: float) -> GuardTimeout:
         where = f" in {call.function_name}" if call is not None else ""
@@ -320,22 +323,16 @@ class _TimedStream:
         self._ctx.run(_DEADLINE.set, deadline)
 
     @classmethod
-    def wrap(
-        cls, stream: GuardedStream, layer: TimeoutLayer, deadline: float | None, first_by: float | None, call: Call
-    ) -> GuardedStream:
+    def wrap(cls, stream: _StreamBase, layer: TimeoutLayer, deadline: float | None, first_by: float | None, call: Call) -> Any:
+        """*stream* with its pulls bounded, when a limit applies and it is of the call's kind (else as it is)."""
         if layer.first_token is None and layer.idle is None and deadline is None:
             return stream
-        return GuardedStream(source=_SyncPulls(cls(stream, layer, deadline, first_by, call)), record=call.record)
-
-    @classmethod
-    def wrap_async(
-        cls, stream: AsyncGuardedStream, layer: TimeoutLayer, deadline: float | None, first_by: float | None, call: Call
-    ) -> AsyncGuardedStream:
-        if layer.first_token is None and layer.idle is None and deadline is None:
-            return stream
-        return AsyncGuardedStream(
-            source=_AsyncPulls(cls(stream, layer, deadline, first_by, call)), record=call.record
-        )
+        if call.is_async:
+            if isinstance(stream, AsyncGuardedStream):
+                return AsyncGuardedStream(source=_AsyncPulls(cls(stream, layer, deadline, first_by, call)), record=call.record)
+        elif isinstance(stream, GuardedStream):
+            return GuardedStream(source=_SyncPulls(cls(stream, layer, deadline, first_by, call)), record=call.record)
+        return stream
 
     def limit(self) -> tuple[float | None, str]:
         """Seconds the next pull may take, and the name of the limit that binds."""

@@ -193,21 +193,25 @@ class _Wheel:
 _SEQ = itertools.count()
 
 
-def _current_task_getter() -> Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]:
+_TaskOf = Callable[[asyncio.AbstractEventLoop], "asyncio.Task[Any]"]
+
+
+def _current_task_getter() -> _TaskOf:
     """The cheapest way this Python has to the running task of a loop.
 
     ``asyncio.current_task`` is C from 3.12; on 3.11 it is a Python function
     around the module's ``_current_tasks`` mapping, which is read directly.
+    Typed as never None: it is only asked inside a task.
     """
     import _asyncio  # noqa: PLC0415 - CPython's accelerator module
 
     c_impl = getattr(_asyncio, "current_task", None)
     if c_impl is not None:
-        return cast("Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]", c_impl)
+        return cast("_TaskOf", c_impl)
     tasks = getattr(asyncio.tasks, "_current_tasks", None)
     if isinstance(tasks, dict):
-        return tasks.get
-    return asyncio.current_task
+        return cast("_TaskOf", tasks.get)
+    return cast("_TaskOf", asyncio.current_task)
 
 
 _current_task = _current_task_getter()
@@ -236,7 +240,7 @@ def _arm_at(when: float) -> tuple[_Wheel, _Entry[Any]]:
     loop = _get_running_loop()
     last = _LAST_WHEEL
     wheel = last[1] if last is not None and last[0]() is loop else _wheel_of(loop)
-    return wheel, wheel.arm(when, cast("asyncio.Task[Any]", _current_task(loop)))
+    return wheel, wheel.arm(when, _current_task(loop))
 
 
 def _release(wheel: _Wheel, entry: _Entry[Any]) -> None:

@@ -568,6 +568,26 @@ async def test_someone_elses_cancel_is_not_turned_into_a_timeout() -> None:
         await task
 
 
+async def test_an_idle_only_async_call_lets_its_own_error_and_a_cancel_through() -> None:
+    """``timeout(idle=...)`` alone on an ``async def`` has no deadline to arm: its error and an outside cancel stand."""
+
+    @lg.timeout(idle=5)
+    async def fails() -> None:
+        raise ValueError("its own")
+
+    @lg.timeout(idle=5)
+    async def waits() -> None:
+        await asyncio.sleep(10)
+
+    with pytest.raises(ValueError, match="its own"):
+        await fails()
+    task = asyncio.create_task(waits())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 async def test_stream_chunks_are_timed_on_the_wheel_and_leave_nothing_armed() -> None:
     """idle= bounds each chunk on the loop's wheel: many streams read together, nothing left armed after."""
     from llmguard import _timers
