@@ -115,12 +115,13 @@ class TimeoutLayer(Guard):
         """The configuration, for `describe`."""
         return {"total": self.total, "first_token": self.first_token, "idle": self.idle}
 
-    def _deadline(self) -> float | None:
-        """The deadline of a block starting now: ours or the active one, the smaller."""
+    def _deadline(self, now: float) -> float | None:
+        """The deadline of a call or block starting *now*: ours or the active one, the smaller."""
         outer = _DEADLINE.get()
-        if self._total is None:
+        total = self._total
+        if total is None:
             return outer
-        own = _clock.now() + self._total
+        own = now + total
         return own if outer is None or own < outer else outer
 
     # -- decorator ---------------------------------------------------------
@@ -153,10 +154,8 @@ class TimeoutLayer(Guard):
         byte is a slow first token; a whole response is its first and only
         chunk). The deadline goes on the call's record too.
         """
-        outer = _DEADLINE.get()
         now = _clock.now()
-        total = self._total
-        deadline = outer if total is None else (now + total if outer is None or now + total < outer else outer)
+        deadline = self._deadline(now)
         first_by = None if self._first_token is None else now + self._first_token
         if deadline is not None:
             call.set_deadline(deadline)
@@ -254,7 +253,7 @@ class TimeoutLayer(Guard):
     # -- context manager ---------------------------------------------------
 
     def __enter__(self) -> TimeoutLayer:
-        self._entered.setdefault(_owner(), []).append((_DEADLINE.set(self._deadline()), None))
+        self._entered.setdefault(_owner(), []).append((_DEADLINE.set(self._deadline(_clock.now())), None))
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -262,7 +261,7 @@ class TimeoutLayer(Guard):
         _DEADLINE.reset(token)
 
     async def __aenter__(self) -> TimeoutLayer:
-        deadline = self._deadline()
+        deadline = self._deadline(_clock.now())
         cm = asyncio.timeout(None if deadline is None else max(deadline - _clock.now(), 0.0))
         self._entered.setdefault(_owner(), []).append((_DEADLINE.set(deadline), cm))
         await cm.__aenter__()
