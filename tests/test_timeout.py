@@ -25,6 +25,7 @@ import llmguard as lg
 import llmguard._wrap
 
 from llmguard._fake_provider import FakeProvider, Step
+from llmguard._runner import Guard
 from llmguard.testing import FakeClock
 
 
@@ -384,9 +385,8 @@ def test_abandoned_attempt_and_its_retry_stay_separate_attempts(
     )
     calls: list[Any] = []
 
-    class ReadsTheRecordLate(lg._wrap.Layer):  # the record is built only after the call
-        def around(self, call: Any) -> Any:
-            result = call.proceed()
+    class ReadsTheRecordLate(Guard):  # the record is built only after the call
+        def leave(self, call: Any, state: None, result: Any) -> Any:
             calls.append(call)
             return result
 
