@@ -403,19 +403,21 @@ def test_nested_guarded_calls_get_their_own_record_with_the_outer_as_parent() ->
 # -- no cyclic garbage on the hot path --------------------------------------------------
 
 CYCLE_STACKS: dict[str, Callable[[Any], Any]] = {
-    "retry": lambda f: lg.retry(f),
-    "timeout": lambda f: lg.timeout(5)(f),
-    "budget": lambda f: lg.budget(usd=100)(f),
-    "trace": lambda f: lg.trace(f),
-    "cache": lambda f: lg.cache(f),
+    "retry": lg.retry,
+    "timeout": lg.timeout(5),
+    "budget": lg.budget(usd=100),
+    "trace": lg.trace,
+    "cache": lg.cache,
     "trace, retry, budget, timeout": lambda f: lg.trace(lg.retry(lg.budget(usd=100)(lg.timeout(5)(f)))),
 }
 
 
 @pytest.mark.parametrize("stack", list(CYCLE_STACKS))
 def test_a_guarded_call_leaves_no_cyclic_garbage(stack: str) -> None:
-    """Every object a call makes is freed by reference counting: a cycle per call (a slot
-    pointing back at its call, say) costs the cyclic collector more than the guard itself.
+    """Every object a call makes is freed by reference counting.
+
+    A cycle per call (a slot pointing back at its call, say) costs the cyclic
+    collector more than the guard itself.
     """
     import gc
 
