@@ -70,6 +70,7 @@ from ._facts import (
 )
 from ._record import Attempt, CallRecord, Usage
 from ._stream import (
+    _PLAIN_TYPES,
     _STREAM_TYPES,
     _UNSEEN,
     AsyncGuardedStream,
@@ -680,7 +681,7 @@ class _Runner:
             raise
         finally:
             _CURRENT.reset(token)
-        if slot[5] is None and _STREAM_TYPES.get(type(result), _UNSEEN) is None:
+        if slot[5] is None and type(result) in _PLAIN_TYPES:
             # A plain result, nobody has read the record: settled from it if and when somebody does.
             slot[3] = result
             slot[2] = _clock.now()
@@ -710,7 +711,7 @@ class _Runner:
             raise
         finally:
             _CURRENT.reset(token)
-        if slot[5] is None and _STREAM_TYPES.get(type(result), _UNSEEN) is None:
+        if slot[5] is None and type(result) in _PLAIN_TYPES:
             slot[3] = result
             slot[2] = _clock.now()
             return result
