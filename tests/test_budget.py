@@ -25,7 +25,8 @@ from sdk_http import httpx
 import llmguard as lg
 
 from llmguard import providers
-from llmguard._budget import Budget, _FunctionBudget, budget, budget_spend
+from llmguard._budget import Budget, budget, budget_spend
+from llmguard._budget_ledger import used
 from llmguard._fake_provider import DEFAULT_REPLY, FakeProvider, Step
 from llmguard.stores.budget import (
     PICO,
@@ -442,10 +443,10 @@ def test_attempt_ending_while_settled_is_followed_not_charged_zero() -> None:
     record.attempts.append(_EndsAfterItsUsageIsRead(1, GPT))
     call: Any = types.SimpleNamespace(estimated_input_tokens=lambda: 7)
 
-    usd, tokens, estimated, unpriced, running = _FunctionBudget._used(record, 0, GPT, call, 1)
+    usd, tokens, estimated, unpriced, running = used(record, 0, GPT, call, 1)
     assert (tokens, estimated, unpriced, running) == (7, True, False, True)
     assert usd > 0
-    assert _FunctionBudget._used(record, 0, GPT, call, 1)[1:] == (1200, False, False, False)
+    assert used(record, 0, GPT, call, 1)[1:] == (1200, False, False, False)
 
 
 class _SlowCorrections(MemoryBudgetStore):
@@ -1883,6 +1884,9 @@ def test_lane_settles_a_returned_stream_when_it_ends(
 
 class _LosingStore(MemoryBudgetStore):
     """Holds, but cannot settle."""
+
+    def settle(self, *args: Any, **kwargs: Any) -> Any:
+        raise BudgetStoreError("settlement lost")
 
     def release(self, *args: Any) -> Any:
         raise BudgetStoreError("settlement lost")

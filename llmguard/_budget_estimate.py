@@ -1,0 +1,394 @@
+"""What `budget` reserves for a call: its worst case, estimated from its arguments.
+
+The worst case is estimated from the function's arguments, in this order:
+
+1. ``estimate=`` (a callable taking the call's arguments by name and
+   returning ``(input_tokens, max_output_tokens)`` or a `Usage`) overrides
+   everything below.
+2. **SDK-shaped arguments**, when the function has them: the string content
+   of ``messages``, ``system``, ``prompt``, ``input``, ``instructions``,
+   ``contents`` and ``tools`` for the input; ``max_tokens``,
+   ``max_output_tokens`` or ``max_completion_tokens`` (times ``n``) as the
+   output cap.
+3. Otherwise the input is **all** the arguments (counted as below), and
+   the output cap is ``max_output=`` or else the largest output this
+   function produced in its last 100 calls (at least its 99th percentile;
+   remembered only for functions whose arguments can lack a cap or model).
+
+The estimate sees only the arguments: a function that adds a long system
+prompt or tool schemas of its own should say so with ``estimate=``.
+
+Input tokens are reserved as a UTF-8 byte count divided by 3 (the worst
+case of llmguard's one estimate, ``llmguard._estimate``; docs/estimates.md
+gives the formula and its error measured against real tokenizers): about
+1.4-1.6x the real count for English text and code, 1.0-1.3x for CJK text
+on current tokenizers, low for hash-dense JSON and, on older tokenizers,
+for Arabic, Hindi or Korean. What is counted: of a
+chat message ``{"role": ..., "content": "<text>"}`` (those two keys
+exactly; a message with more keys counts its ``str()``), its text plus 40
+bytes for the role and framing (~13 tokens; OpenAI documents 3 a
+message); of a list, each item by these rules (a list inside it: its
+``str()``); of a string, itself; of anything else
+(content blocks, tool schemas, objects), its ``str()``. Images or other base64
+payloads are counted as text and so hugely overestimated; pass
+``estimate=`` for those. A charge that has to be estimated (see Settling)
+reads the same count as a best guess, bytes / 4. The model whose prices apply is the call's
+``model`` argument, else ``model=``, else the model this function last
+used. Input is priced at the higher of the input and cache-write rates
+(worst case), output at the output rate, via `llmguard.prices`.
+
+
+`Estimator` holds what the estimates of one guarded function read (where
+its arguments are; the outputs and model it was last seen to use),
+`estimated` prices a worst case, and `call_with_arguments` calls the
+``key=`` and ``estimate=`` callables with the call's arguments by name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+from . import _estimate, prices
+from ._record import CallRecord, Usage
+from .stores.budget import PICO
+
+
+if TYPE_CHECKING:
+    from ._binder import Binder
+    from ._budget_scope import Budget
+    from ._wrap import Call
+
+
+INPUT_NAMES: Final = _estimate.INPUT_NAMES
+CAP_NAMES: Final = ("max_tokens", "max_output_tokens", "max_completion_tokens")
+_OBSERVED: Final = 100  # outputs remembered per function
+_MISS: Any = object()
+
+
+def estimated_count(count: Any, what: str, value: Any) -> int:
+    """A token count from ``estimate=``: a whole number >= 0, else a clear error naming it.
+
+    A negative count would be a negative reservation, which lets other
+    calls spend past the limit.
+    """
+    msg = f"budget(estimate=...) must return token counts >= 0; its {what} is {count!r} (it returned {value!r})"
+    if isinstance(count, bool) or not isinstance(count, (int, float)):
+        raise TypeError(msg)
+    if not math.isfinite(count) or count < 0:
+        raise ValueError(msg)
+    return math.ceil(count)
+
+
+def passed_names(params: list[inspect.Parameter], first: str | None) -> tuple[frozenset[str], frozenset[str], bool]:
+    """What ``key(**arguments)`` receives from a call of a function with *params* (`Call.arguments`).
+
+    (names always passed, names perhaps passed, whether other names may be
+    passed too). A method's instance (*first*, the `Binder`'s rule) is left out; a
+    ``**kwargs`` passes the call's extra keywords on their own names, unless
+    there are also ``*args`` or positional-only parameters (then, as every
+    ``*args``/``**kwargs``, under its own name).
+    """
+    named = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    always = {p.name for p in params if p.kind in named}
+    perhaps: set[str] = set()
+    if first is not None:
+        always.discard(first)
+        perhaps.add(first)
+    simple = not any(p.kind in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY) for p in params)
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    if not simple:
+        always |= {p.name for p in params if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return frozenset(always), frozenset(perhaps), simple and var_kw
+
+
+def signature_mismatch(f: Callable[..., Any], params: list[inspect.Parameter], first: str | None) -> str | None:
+    """Why *f* (a ``key=`` or ``estimate=``), called with the keyword arguments of a function with *params*, cannot bind, or None.
+
+    None too when it cannot be told (no signature).
+    """
+    try:
+        taken = list(inspect.signature(f).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    always, perhaps, open_ended = passed_names(params, first)
+    if positional := [p.name for p in taken if p.kind is p.POSITIONAL_ONLY and p.default is p.empty]:
+        return f"it has positional-only parameters {positional}, but is called with keyword arguments only"
+    by_keyword = {p.name for p in taken if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    if not any(p.kind is p.VAR_KEYWORD for p in taken) and (unexpected := sorted(always - by_keyword)):
+        return f"it has no parameter for {unexpected} (add **_ to take the arguments it does not need)"
+    required = {
+        p.name for p in taken if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty
+    }
+    if not open_ended and (missing := sorted(required - always - perhaps)):
+        return f"it needs {missing}, which the function has no parameter for"
+    return None
+
+
+def mismatch_error(option: str, f: Callable[..., Any], where: str, reason: str) -> TypeError:
+    """The error of a ``key=`` or ``estimate=`` that cannot take the arguments of *where*."""
+    shown = getattr(f, "__qualname__", None) or repr(f)
+    return TypeError(
+        f"budget({option}=...) cannot take the arguments of {where}: {shown} is called with the call's "
+        f"arguments by name, and {reason}"
+    )
+
+
+def call_with_arguments(option: str, f: Callable[..., Any], arguments: dict[str, Any], where: str) -> Any:
+    """``f(**arguments)`` (a ``key=`` or ``estimate=``); a call that cannot bind is an error naming the option.
+
+    A `TypeError` raised inside *f*, once it has bound, is its own and stays as it is.
+    """
+    try:
+        return f(**arguments)
+    except TypeError as exc:
+        reason = _unbound(f, arguments)
+        if reason is None:
+            raise
+        raise mismatch_error(option, f, where, reason) from exc
+
+
+def _unbound(f: Callable[..., Any], arguments: dict[str, Any]) -> str | None:
+    """Why ``f(**arguments)`` does not bind, or None if it does (or there is no signature to tell by)."""
+    try:
+        inspect.signature(f).bind(**arguments)
+    except TypeError as exc:
+        return f"it does not bind ({exc})"
+    except ValueError:
+        return None
+    return None
+
+
+class Estimate(NamedTuple):
+    """The worst case of one call, before any budget's policy (money in pico-dollars)."""
+
+    input_tokens: int
+    output_tokens: int | None
+    model: str | None
+    usd: int | None  # the worst case; None when it cannot be priced or bounded
+    usd_in: int  # the input part (0 when unpriced)
+
+
+def estimated(input_tokens: int, output_tokens: int | None, model: str | None) -> Estimate:
+    """Price the worst case of *input_tokens* in and *output_tokens* out on *model*."""
+    if not model:
+        return Estimate(input_tokens, output_tokens, model, None, 0)
+    entry = prices._cache.get((model, None), _MISS)
+    if entry is _MISS:
+        entry = prices._entry(model, None)
+    if entry is None:
+        return Estimate(input_tokens, output_tokens, model, None, 0)
+    if entry.exact or (entry.tier_from is not None and input_tokens > entry.tier_from):
+        # Tiered or unusual prices: let genai-prices do the arithmetic.
+        usd_in = _worst_cost(input_tokens, 0, model)
+        total = None if output_tokens is None else _worst_cost(input_tokens, output_tokens, model)
+    else:
+        in_rate, write_rate = entry.in_rate, entry.write_rate
+        usd_in = input_tokens * (max(in_rate, write_rate)) + entry.per_call
+        total = None if output_tokens is None else usd_in + output_tokens * entry.out_rate
+    # Rounded, not ceiled: float error is ~1e-16 of the amount, far below a
+    # pico-dollar, and ceil would turn 0.0025000000000000005 into one more.
+    return Estimate(
+        input_tokens,
+        output_tokens,
+        model,
+        None if total is None else round(total * PICO),
+        0 if usd_in is None else round(usd_in * PICO),
+    )
+
+
+def why(est: Estimate) -> str:
+    """Why *est* has no worst case, for the refusal message."""
+    if est.output_tokens is None:
+        return (
+            "no output cap: no max_tokens/max_output_tokens/max_completion_tokens argument, "
+            "no max_output=, and no output observed yet"
+        )
+    if est.model is None:
+        return "no model to price it: no model argument, no model=, and no call observed yet"
+    return f"no price known for model {est.model!r} (see llmguard.set_price)"
+
+
+def _worst_cost(input_tokens: int, output_tokens: int, model: str | None) -> float | None:
+    """The higher of *input_tokens* priced as plain input and as cache writes."""
+    plain = prices.cost_of(Usage(input_tokens, output_tokens), model)
+    written = prices.cost_of(Usage(input_tokens, output_tokens, cache_write_tokens=input_tokens), model)
+    if plain is None or written is None:
+        return None
+    return max(plain, written)
+
+
+class Estimator:
+    """The worst-case estimate of one guarded function's calls.
+
+    Where the function's input, cap, ``n`` and model arguments are (read
+    once, at decoration, from its `Binder`), and what it was last seen to
+    use: its largest recent output and its model, remembered only when an
+    argument may be missing (``history``).
+    """
+
+    def __init__(self, budget: Budget, binder: Binder) -> None:
+        self.budget = budget
+        params = list(binder.signature.parameters.values()) if binder.signature else []
+        self.var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+        positional = list(binder.positional)
+        bound = positional[1:] if binder.first else positional
+        defaults = binder.defaults
+        names = {p.name for p in params}
+
+        def getter(name: str) -> tuple[str, int | None, int | None, Any]:
+            return (
+                name,
+                positional.index(name) if name in positional else None,
+                bound.index(name) if name in bound else None,
+                defaults.get(name),
+            )
+
+        self._inputs = tuple(getter(n) for n in INPUT_NAMES if n in names)
+        self.caps = tuple(getter(n) for n in CAP_NAMES if n in names)
+        self.model_getter = getter("model") if "model" in names else None
+        self._n_getter = getter("n") if "n" in names else None
+
+        # History (outputs, model) is read only when an argument may be
+        # missing: no such parameter, or one that defaults to None.
+        def always(names_: tuple[str, ...]) -> bool:
+            return any(
+                p.name in names_ and p.default is not None and p.kind is not p.VAR_KEYWORD for p in params
+            )
+
+        self.history = not (always(CAP_NAMES) and always(("model",)))
+        self._outs: deque[int] = deque(maxlen=_OBSERVED)
+        self._out_max: int | None = None
+        self._last_model: str | None = None
+
+    def check_boundable(self, fn: Callable[..., Any]) -> None:
+        """Refuse, at decoration, a budget that would refuse every call forever.
+
+        With ``unknown_cost="reject"``, a call whose worst case cannot be
+        bounded is refused; if the function offers no output cap (and no
+        model to price it, for a USD limit), no call ever runs, so nothing is
+        ever observed to learn from.
+        """
+        b = self.budget
+        # A bare @lg.budget has no limit of its own: its scopes may bring estimate= and model=.
+        if not b.has_limits or b.unknown_cost != "reject" or b.estimate is not None or self.var_kw:
+            return
+        where = getattr(fn, "__qualname__", repr(fn))
+        if not self.caps and b.max_output is None:
+            msg = (
+                f"budget(max_output=...) is needed for {where}: it has no max_tokens-like argument, "
+                "so with unknown_cost='reject' every call would be refused; pass max_output= "
+                "(the output cap the function uses), estimate=, or unknown_cost="
+            )
+            raise ValueError(msg)
+        needs_price = b.usd is not None or b.max_call_usd is not None
+        if needs_price and self.model_getter is None and b.model is None:
+            msg = (
+                f"budget(model=...) is needed for {where}: it has no model argument to price the "
+                "call by, so with unknown_cost='reject' every call would be refused; pass model=, "
+                "estimate=, or unknown_cost="
+            )
+            raise ValueError(msg)
+
+    @staticmethod
+    def _get(call: Call, getter: tuple[str, int | None, int | None, Any]) -> Any:
+        name, pos, pos_bound, default = getter
+        value = call.kwargs.get(name, _MISS)
+        if value is not _MISS:
+            return value
+        if call.instance is not None:
+            pos = pos_bound
+        args = call.args
+        if pos is not None and pos < len(args):
+            return args[pos]
+        return default
+
+    def estimate(self, call: Call, scopes: tuple[Budget, ...]) -> Estimate:
+        """The worst case of *call*, under the function's own budget and the active *scopes*."""
+        estimate = self.budget.estimate
+        if estimate is None and scopes:
+            estimate = next((s.estimate for s in reversed(scopes) if s.estimate), None)
+        if estimate is not None:
+            value = call_with_arguments("estimate", estimate, call.arguments(), call.function_name)
+            output: int | None
+            if isinstance(value, Usage):
+                input_tokens, output = value.input_tokens, value.output_tokens
+            else:
+                try:
+                    input_tokens, output = value
+                except (TypeError, ValueError):
+                    msg = f"budget(estimate=...) must return (input_tokens, max_output_tokens) or a Usage, got {value!r}"
+                    raise TypeError(msg) from None
+            return estimated(
+                estimated_count(input_tokens, "input_tokens", value),
+                None if output is None else estimated_count(output, "max_output_tokens", value),
+                self._model(call, scopes),
+            )
+        return estimated(self._input_tokens(call), self._output_cap(call, scopes), self._model(call, scopes))
+
+    def _input_tokens(self, call: Call) -> int:
+        get = self._get
+        parts = [v for g in self._inputs if (v := get(call, g)) is not None]
+        kwargs = call.kwargs
+        if self.var_kw:
+            own = {g[0] for g in self._inputs}
+            parts += [v for n in INPUT_NAMES if n not in own and (v := kwargs.get(n)) is not None]
+        size = sum(map(_estimate.size, parts)) if parts else _estimate.arguments_size(call.args, kwargs)
+        return _estimate.reserve_tokens(size)
+
+    def _output_cap(self, call: Call, scopes: tuple[Budget, ...]) -> int | None:
+        cap: int | None = None
+        for g in self.caps:
+            value = self._get(call, g)
+            if isinstance(value, int) and value > 0:
+                cap = value
+                break
+        kwargs = call.kwargs
+        if cap is None and self.var_kw:
+            for name in CAP_NAMES:
+                value = kwargs.get(name)
+                if isinstance(value, int) and value > 0:
+                    cap = value
+                    break
+        if cap is not None:
+            n = self._get(call, self._n_getter) if self._n_getter is not None else kwargs.get("n")
+            if isinstance(n, int) and n > 1:
+                cap *= n
+            return cap
+        declared = self.budget.max_output
+        if declared is None and scopes:
+            declared = next((s.max_output for s in reversed(scopes) if s.max_output), None)
+        return declared if declared is not None else self._out_max
+
+    def _model(self, call: Call, scopes: tuple[Budget, ...]) -> str | None:
+        getter = self.model_getter
+        model = self._get(call, getter) if getter is not None else call.kwargs.get("model")
+        if isinstance(model, str) and model:
+            return model
+        model = self.budget.model
+        if model is None and scopes:
+            model = next((s.model for s in reversed(scopes) if s.model), None)
+        return model or self._last_model
+
+    def observe(self, record: CallRecord, n0: int) -> None:
+        """Remember the outputs and model of the call's attempts from *n0* on, for later estimates."""
+        for att in record.attempts[n0:]:
+            self._observe_usage(att.usage, att.model or att.response_model)
+
+    def _observe_usage(self, usage: Usage | None, model: str | None) -> None:
+        if usage is not None and not usage.estimated:
+            out = usage.output_tokens
+            outs = self._outs
+            evicted = outs[0] if len(outs) == _OBSERVED else None
+            outs.append(out)
+            top = self._out_max
+            if top is None or out >= top:
+                self._out_max = out
+            elif evicted == top:
+                self._out_max = max(outs)
+        if model:
+            self._last_model = model

@@ -1,0 +1,463 @@
+"""The life of a reservation: reserve it, settle it with what the call used, correct it.
+
+The charge is the usage on the call record's attempts made through this
+guard (rounded to the pico-dollar, so a ledger is the exact sum of its
+calls' costs): input (cache reads and writes at their own rates), output and
+reasoning tokens, priced by `llmguard.prices.cost_of`. A stream settles when
+it finishes in any way (exhaustion, error, ``close``, ``with`` exit,
+cancellation, garbage collection): with the usage the provider reported, or,
+when it ended without one, the usage estimated from the text seen, flagged
+``estimated`` (never zero). A generator function whose body never ran sent
+nothing and is charged nothing. A response whose model has no price keeps
+its USD reservation as its charge and emits ``llmguard.budget.unpriced``.
+
+An attempt whose request *left* but that reported no usage is charged the
+input estimated from the call's arguments (the best-guess reading of the
+same count the reservation read as a worst case, ``ceil(bytes / 4)``; at
+least 1 token) plus the output estimated from any text it showed, flagged
+``estimated``. Without seeing
+the HTTP exchange, "left" means: an ``async def`` attempt cancelled once
+the function had started (a caller's cancel, an async `timeout`); a stream
+whose request was sent but that ended before a chunk was read (closed,
+dropped, cancelled); a sync attempt still running when the budget
+settles (a worker its `timeout` abandoned, with the budget outside the
+timeout as in the README); and an attempt whose SDK timed out *reading*
+the response (its ``APITimeoutError`` raised from an HTTP read timeout: its
+own ``timeout=``, ``lg.remaining()`` included). Such an attempt may in fact have been cancelled
+before its request went out (then it is over-charged by that estimate), and
+the server may have generated output nobody saw (then it is under-charged
+by that output). The abandoned sync worker is followed: when it returns, its
+real usage replaces the estimate (the difference is added to the ledger,
+not counted as another call; a stream it returns is closed unread and stays
+at the estimate).
+`used` is that rule, read from the call record; `reserve` / `settle` apply a
+`Ticket` (one call's reservation: its lines, grouped by store) to the
+stores, `correct` applies what an abandoned attempt used once it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+from typing import TYPE_CHECKING, Final
+
+from . import _clock, _estimate, _events, prices, providers
+from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
+from .stores.budget import PICO, BudgetStore, BudgetStoreError, Crossing, Line, Refusal
+
+
+if TYPE_CHECKING:
+    from ._budget_scope import Budget
+    from ._wrap import Call
+    from .errors import BudgetExceeded
+
+
+_PENDING: Final = Outcome.PENDING
+_CANCELLED: Final = Outcome.CANCELLED
+_UNREAD_ENDS: Final = frozenset({Outcome.CLOSED, Outcome.ABANDONED, Outcome.CANCELLED})
+# The kinds of an attempt's error that may be a read timeout the function raised
+# as its own error: one with a kind of its own (a 429...) answered for itself,
+# whatever its implicit context (the caller's own timed-out request, say).
+_TIMED_OUT_KINDS: Final = frozenset({ErrorKind.TIMEOUT, ErrorKind.UNKNOWN})
+
+# What `used` returns: (usd, tokens, estimated, unpriced, running).
+Used = tuple[int, int, bool, bool, bool]
+
+
+class Group:
+    """The lines of one call in one store, and the budget/key/window of each."""
+
+    __slots__ = ("budgets", "keys", "lines", "reserved", "starts", "store")
+
+    def __init__(
+        self,
+        store: BudgetStore,
+        lines: list[Line],
+        budgets: list[Budget],
+        keys: list[str | None],
+        starts: list[float | None],
+    ) -> None:
+        self.store = store
+        self.lines = lines
+        self.budgets = budgets
+        self.keys = keys
+        self.starts = starts
+        self.reserved = False
+
+
+class Ticket:
+    """One call's reservation, until it settles (and, for an attempt still running then, until it ends)."""
+
+    __slots__ = ("call", "groups", "model", "n0", "n1", "now", "record", "rid", "settled")
+
+    def __init__(
+        self,
+        record: CallRecord,
+        groups: list[Group],
+        model: str | None,
+        rid: str,
+        now: float,
+        n0: int,
+        call: Call,
+    ) -> None:
+        self.record = record
+        self.groups = groups
+        self.model = model
+        self.rid = rid
+        self.now = now  # wall time the reservation was made (its window)
+        self.n0 = n0  # attempts made before this call's, which are not ours
+        self.n1: int | None = None  # attempts from here on are later calls' (fixed when it settles)
+        self.call = call  # for the input estimate of an attempt that reported no usage
+        self.settled = False
+
+
+# -- the charging rule ------------------------------------------------------------
+
+
+def left_unmeasured(att: Attempt, outcome: Outcome) -> bool:
+    """Whether *att* reported no usage although its request is taken to have left.
+
+    "Left" is what can be observed without the HTTP exchange: an attempt
+    still running (a sync worker its timeout abandoned), one cancelled while
+    it ran (an ``async def`` whose task was cancelled once the function had
+    started), a stream whose request was sent but that ended before a
+    chunk was read (closed, dropped, cancelled), and one whose SDK timed out
+    reading the response (`providers.response_timed_out`: its own timeout,
+    ``timeout=lg.remaining()`` included, whatever error the function turned
+    it into -- the request left either way). A failure the provider answered
+    (429, 5xx) or a connection that never got a response is not.
+    *outcome* is ``att.outcome`` as the caller read it, before the usage
+    (see `used`).
+    """
+    return (
+        outcome is _PENDING
+        or outcome is _CANCELLED
+        or (att.sent and att.chunks == 0 and outcome in _UNREAD_ENDS)
+        or (att.error_kind in _TIMED_OUT_KINDS and providers.response_timed_out(att.error))
+    )
+
+
+def sent_input(call: Call) -> int:
+    """The input tokens an attempt that reported nothing is charged: `Call.estimated_input_tokens`, never 0."""
+    return max(call.estimated_input_tokens(), 1)
+
+
+def used(record: CallRecord, n0: int, model: str | None, call: Call, n1: int | None = None) -> Used:
+    """What attempts *n0* to *n1* used: (usd, tokens, estimated, unpriced, running).
+
+    The one rule every settlement and correction charges by: an attempt's
+    reported usage (for a stream that ended early, the estimate it
+    recorded: the input confirmed or estimated plus the output seen); for
+    an attempt that reported none although its request left
+    (`left_unmeasured`), its input estimated from the call's arguments
+    plus the output estimated from the text it showed, flagged
+    estimated. *running* says an attempt had not ended yet (a sync worker
+    its timeout abandoned): `follow` settles it again when it does.
+    """
+    usd = 0
+    tokens = 0
+    estimated = False
+    unpriced = False
+    running = False
+    sent_in: int | None = None
+    for att in record.attempts[n0:n1]:
+        # The outcome first: a worker sets the usage (and cost) before the
+        # outcome, so one that ends after this read is seen running (and
+        # followed), never as ended without usage (charged 0, not followed).
+        outcome = att.outcome
+        usage = att.usage
+        cost = att.cost_usd
+        if outcome is _PENDING:
+            running = True  # usage it reported so far may grow: followed either way
+        if usage is None:
+            if not left_unmeasured(att, outcome):
+                continue
+            if sent_in is None:
+                sent_in = sent_input(call)
+            usage = Usage(sent_in, _estimate.text_tokens(att.text), estimated=True)
+            cost = None
+        tokens += usage.input_tokens + usage.output_tokens
+        if usage.estimated:
+            estimated = True
+        if cost is None:
+            cost = prices.cost_of(usage, att.response_model or att.model or model, att.provider)
+            if cost is None and model:
+                cost = prices.cost_of(usage, model)
+        if cost is None:
+            unpriced = True
+        else:
+            usd += round(cost * PICO)
+    if unpriced:
+        _events.emit(_events.BUDGET_UNPRICED, record, level="warning", model=record.model, tokens=tokens)
+    return usd, tokens, estimated, unpriced, running
+
+
+def charge(usage: Used, usd_held: int, tokens_held: int) -> tuple[int, int]:  # noqa: ARG001
+    """What a reservation of *usd_held* / *tokens_held* is charged for *usage* (see `used`).
+
+    The usage, except that an unpriced one keeps its dollar reservation
+    (a cost is never taken to be zero).
+    """
+    usd, tokens, _, unpriced, _ = usage
+    return (max(usd, usd_held) if unpriced else usd), tokens
+
+
+def _charges(ticket: Ticket) -> tuple[bool, bool]:
+    """Set each line's charge from the ticket's attempts: (estimated, an attempt still running)."""
+    usage = used(ticket.record, ticket.n0, ticket.model, ticket.call, ticket.n1)
+    for group in ticket.groups:
+        for line in group.lines:
+            line.charge_usd, line.charge_tokens = charge(usage, line.usd, line.tokens)
+    return usage[2], usage[4]
+
+
+# -- reserving ----------------------------------------------------------------------
+
+
+def _refused(ticket: Ticket, group: Group, refusal: Refusal) -> BudgetExceeded:
+    b = group.budgets[refusal.index]
+    return b._refuse(
+        ticket.record,
+        group.keys[refusal.index],
+        "limit",
+        refusal.unit,
+        refusal.limit,
+        refusal.spent,
+        refusal.reserved,
+        refusal.requested,
+        "",
+    )
+
+
+def _store_failed(ticket: Ticket, group: Group, exc: BudgetStoreError, stage: str) -> BudgetExceeded | None:
+    """Apply on_store_error for *group*; a BudgetExceeded to raise, or None to go on."""
+    closed = [b for b in group.budgets if b.on_store_error == "fail_closed"]
+    _events.emit(
+        _events.BUDGET_STORE_ERROR,
+        ticket.record,
+        level="error",
+        stage=stage,
+        budgets=",".join(b.label or "" for b in group.budgets),
+        error=str(exc),
+        policy="fail_closed" if closed else "fail_open",
+    )
+    if not closed:
+        ticket.record.budget_decision = "unchecked"
+        return None
+    b = closed[0]
+    i = group.budgets.index(b)
+    line = group.lines[i]
+    return b._refuse(
+        ticket.record,
+        group.keys[i],
+        "store_error",
+        "usd" if line.usd_limit is not None else "tokens",
+        line.usd_limit if line.usd_limit is not None else (line.tokens_limit or 0),
+        None,
+        None,
+        line.usd if line.usd_limit is not None else line.tokens,
+        f"the budget store is unavailable ({exc.__cause__ or exc}) and on_store_error='fail_closed'",
+    )
+
+
+def _reserved(ticket: Ticket, n: int, group: Group, refusal: Refusal | None) -> None:
+    if refusal is not None:
+        release(ticket, n)
+        raise _refused(ticket, group, refusal)
+    group.reserved = True
+
+
+def reserve(ticket: Ticket) -> None:
+    """Hold the ticket's lines in every store, all or none; raise `BudgetExceeded` if they do not fit."""
+    for n, group in enumerate(ticket.groups):
+        try:
+            refusal = group.store.reserve(ticket.rid, group.lines, ticket.now, group.budgets[0].reservation_ttl)
+        except BudgetStoreError as exc:
+            err = _store_failed(ticket, group, exc, "reserve")
+            if err is None:
+                continue
+            release(ticket, n)
+            raise err from exc.__cause__
+        except BaseException:
+            _interrupted(ticket, n, group)
+            raise
+        _reserved(ticket, n, group, refusal)
+    if ticket.record.budget_decision is None:
+        ticket.record.budget_decision = "reserved"
+
+
+async def areserve(ticket: Ticket) -> None:
+    """`reserve` for async callers (a store that may block is awaited)."""
+    for n, group in enumerate(ticket.groups):
+        store = group.store
+        ttl = group.budgets[0].reservation_ttl
+        try:
+            if store.sync_ok:
+                refusal = store.reserve(ticket.rid, group.lines, ticket.now, ttl)
+            else:
+                refusal = await store.areserve(ticket.rid, group.lines, ticket.now, ttl)
+        except BudgetStoreError as exc:
+            err = _store_failed(ticket, group, exc, "reserve")
+            if err is None:
+                continue
+            release(ticket, n)
+            raise err from exc.__cause__
+        except BaseException:
+            _interrupted(ticket, n, group)
+            raise
+        _reserved(ticket, n, group, refusal)
+    if ticket.record.budget_decision is None:
+        ticket.record.budget_decision = "reserved"
+
+
+def _interrupted(ticket: Ticket, n: int, group: Group) -> None:
+    """Cancelled (or interrupted) while group *n* was reserving: release it and those before.
+
+    The store may have made the reservation before the cancel reached
+    us; releasing an id it does not hold changes nothing. Synchronous,
+    as a stream's settlement is: a cancelled task cannot await.
+    """
+    group.reserved = True
+    release(ticket, n + 1)
+
+
+def release(ticket: Ticket, upto: int) -> None:
+    """Give back the reservations already made in the groups before *upto*."""
+    for group in ticket.groups[:upto]:
+        if not group.reserved:
+            continue
+        for line in group.lines:
+            line.charge_usd = line.charge_tokens = 0
+        with contextlib.suppress(BudgetStoreError):  # else the lease expires on its own
+            group.store.settle(ticket.rid, group.lines, ticket.now, count=False, estimated=False)
+
+
+# -- settling -------------------------------------------------------------------------
+
+
+def settle(ticket: Ticket) -> bool:
+    """Replace the ticket's reservations by what its call used; False if it was settled already."""
+    if ticket.settled:
+        return False
+    ticket.settled = True
+    ticket.n1 = len(ticket.record.attempts)
+    estimated, running = _charges(ticket)
+    for group in ticket.groups:
+        try:
+            if group.reserved:
+                crossings = group.store.settle(ticket.rid, group.lines, ticket.now, count=True, estimated=estimated)
+            else:  # on_store_error="fail_open" let it through unreserved
+                crossings = group.store.charge(group.lines, ticket.now, count=True, estimated=estimated)
+        except BudgetStoreError as exc:
+            _settle_failed(ticket, group, exc)
+            continue
+        if crossings:
+            _alerts(ticket, group, crossings)
+    if running:
+        follow(ticket)
+    return True
+
+
+async def asettle(ticket: Ticket) -> bool:
+    """`settle` for async callers (a store that may block is awaited)."""
+    if ticket.settled:
+        return False
+    ticket.settled = True
+    ticket.n1 = len(ticket.record.attempts)
+    estimated, running = _charges(ticket)
+    for group in ticket.groups:
+        store = group.store
+        try:
+            if not group.reserved:  # on_store_error="fail_open" let it through unreserved
+                crossings = store.charge(group.lines, ticket.now, count=True, estimated=estimated)
+            elif store.sync_ok:
+                crossings = store.settle(ticket.rid, group.lines, ticket.now, count=True, estimated=estimated)
+            else:
+                crossings = await store.asettle(ticket.rid, group.lines, ticket.now, count=True, estimated=estimated)
+        except BudgetStoreError as exc:
+            _settle_failed(ticket, group, exc)
+            continue
+        if crossings:
+            _alerts(ticket, group, crossings)
+    if running:
+        follow(ticket)
+    return True
+
+
+def follow(ticket: Ticket) -> None:
+    """Settled while an attempt still ran (a sync worker abandoned at its deadline): correct it when that ends.
+
+    The worker's real usage (or, for a stream it returned, what its
+    closing records) replaces the estimate it was charged; the
+    difference is added to the ledger as it is, not counted as a call.
+    Registered before looking again, so an attempt that ended in between
+    is corrected now (a correction that finds nothing new changes nothing).
+    """
+    lock = threading.Lock()  # this ticket's corrections, one at a time
+    ticket.record.on_background_end(lambda: correct(ticket, lock))
+    attempts = ticket.record.attempts[ticket.n0 : ticket.n1]
+    if not any(att.outcome is _PENDING for att in attempts):
+        correct(ticket, lock)
+
+
+def correct(ticket: Ticket, lock: threading.Lock) -> None:
+    """Charge the difference between what *ticket*'s attempts used now and what it was charged.
+
+    Runs each time an abandoned attempt of the call ends, so it must be
+    idempotent: a difference the store kept through an outage (it applies
+    it once it is back) counts as charged, and is not charged again.
+    *lock* is the ticket's own, held across the store's round trip: it
+    keeps two corrections of one ticket from charging one difference
+    twice, and stalls no other call's (a lock for all would, for a whole
+    Redis timeout).
+    """
+    with lock:
+        usage = used(ticket.record, ticket.n0, ticket.model, ticket.call, ticket.n1)
+        now = _clock.get_clock().time()
+        for group in ticket.groups:
+            changes: list[Line] = []
+            for line in group.lines:
+                usd, tokens = charge(usage, line.usd, line.tokens)
+                ttl = None if line.ttl is None else max(line.ttl - (now - ticket.now), 1.0)
+                change = Line(
+                    line.bucket, 0, 0, line.usd_limit, line.tokens_limit, ttl, line.usd_alerts, line.tokens_alerts
+                )
+                change.charge_usd, change.charge_tokens = usd - line.charge_usd, tokens - line.charge_tokens
+                changes.append(change)
+            if not any(c.charge_usd or c.charge_tokens for c in changes):
+                continue
+            try:
+                crossings = group.store.charge(changes, now, count=False, estimated=False)
+            except BudgetStoreError as exc:
+                _settle_failed(ticket, group, exc, changes)
+                if not exc.queued:
+                    continue  # lost: the next correction of this ticket tries the difference again
+                crossings = []  # kept by the store, applied once it is back: charged as far as we go
+            for line, change in zip(group.lines, changes, strict=True):
+                line.charge_usd += change.charge_usd
+                line.charge_tokens += change.charge_tokens
+            if crossings:
+                _alerts(ticket, group, crossings)
+
+
+def _settle_failed(ticket: Ticket, group: Group, exc: BudgetStoreError, lines: list[Line] | None = None) -> None:
+    line = (lines or group.lines)[0]
+    _events.emit(
+        _events.BUDGET_STORE_ERROR,
+        ticket.record,
+        level="error",
+        stage="settle",
+        budgets=",".join(b.label or "" for b in group.budgets),
+        error=str(exc),
+        lost_usd=line.charge_usd / PICO,
+        lost_tokens=line.charge_tokens,
+        queued=exc.queued,
+    )
+
+
+def _alerts(ticket: Ticket, group: Group, crossings: list[Crossing]) -> None:
+    for crossing in crossings:
+        b = group.budgets[crossing.index]
+        for level in crossing.crossed:
+            b._alert(ticket.record, group.keys[crossing.index], group.starts[crossing.index], crossing.unit, level, crossing.spent)

@@ -1,0 +1,234 @@
+"""`MemoryBudgetStore`: the ledgers of one process, in its memory (the default store)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+from typing import Any
+
+from ._budget_base import BucketSpec, BudgetStore, Crossing, Ledger, Line, Refusal
+
+
+def _crossed(alerts: tuple[int, ...], old: int, spent: int) -> int:
+    """How many of *alerts* (ascending) *spent* has reached, never below *old*."""
+    level = old
+    while level < len(alerts) and spent >= alerts[level]:
+        level += 1
+    return level
+
+
+# A bucket's slots, in a plain list (cheaper than an object on the hot path):
+# spent usd/tokens, reserved usd/tokens, calls, estimated calls, alert levels
+# reached in usd/tokens, expiry. `hold` and `release` index them by number
+# (a constant index is cheaper than a global); keep the order.
+_SU, _ST, _RU, _RT, _N, _E, _AU, _AT, _EXP = range(9)
+
+
+class MemoryBudgetStore(BudgetStore):
+    """Ledgers in this process's memory (the default store).
+
+    Thread- and asyncio-safe: one lock, held for a few dictionary operations
+    and never while user code runs. Expired leases are dropped only when a
+    request would not fit otherwise (a live process settles its own calls;
+    leases matter for calls that never finish), and buckets of past windows
+    are swept once their ``ttl`` has passed, at most once a minute.
+    """
+
+    sync_ok = True
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buckets: dict[str, list[Any]] = {}
+        # Reservations by id: (lease end, then bucket, usd, tokens of each line).
+        self._held: dict[str, tuple[Any, ...]] = {}
+        self._ids = map(str, itertools.count(1))  # one call per id, not next() and str()
+        self._next_sweep = 0.0
+
+    def __repr__(self) -> str:
+        return f"MemoryBudgetStore(buckets={len(self._buckets)}, held={len(self._held)})"
+
+    def new_id(self) -> str:
+        """A reservation id unique in this store."""
+        return next(self._ids)
+
+    def _bucket(self, name: str, expires: float | None, now: float) -> list[Any]:
+        # Under the lock: bucket *name*, created if need be, kept at least until *expires*.
+        b = self._buckets.get(name)
+        if b is None:
+            if now >= self._next_sweep:
+                self._sweep(now)
+            b = [0, 0, 0, 0, 0, 0, 0, 0, None]
+            self._buckets[name] = b
+        if expires is not None and (b[_EXP] is None or expires > b[_EXP]):
+            b[_EXP] = expires
+        return b
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + 60.0
+        dead = [n for n, b in self._buckets.items() if b[_EXP] is not None and b[_EXP] <= now]
+        for n in dead:
+            del self._buckets[n]
+
+    def _drop_expired(self, now: float) -> bool:
+        expired = [rid for rid, held in self._held.items() if held[0] <= now]
+        for rid in expired:
+            held = self._held.pop(rid)
+            for i in range(1, len(held), 3):
+                b = self._buckets.get(held[i])
+                if b is not None:
+                    b[_RU] -= held[i + 1]
+                    b[_RT] -= held[i + 2]
+        return bool(expired)
+
+    def _refusal(self, lines: list[Line], now: float) -> Refusal | None:
+        for i, line in enumerate(lines):
+            b = self._bucket(line.bucket, None if line.ttl is None else now + line.ttl, now)
+            limit = line.usd_limit
+            if limit is not None and (b[_SU] + b[_RU] + line.usd > limit or b[_SU] >= limit):
+                return Refusal(i, "usd", limit, b[_SU], b[_RU], line.usd)
+            limit = line.tokens_limit
+            if limit is not None and (b[_ST] + b[_RT] + line.tokens > limit or b[_ST] >= limit):
+                return Refusal(i, "tokens", limit, b[_ST], b[_RT], line.tokens)
+        return None
+
+    def reserve(self, rid: str, lines: list[Line], now: float, lease: float) -> Refusal | None:
+        """Hold each line's request in its bucket, all or none."""
+        with self._lock:
+            refusal = self._refusal(lines, now)
+            if refusal is not None and self._drop_expired(now):
+                refusal = self._refusal(lines, now)
+            if refusal is not None:
+                return refusal
+            held: list[Any] = [now + lease]
+            buckets = self._buckets
+            for line in lines:
+                b = buckets[line.bucket]
+                b[_RU] += line.usd
+                b[_RT] += line.tokens
+                held += (line.bucket, line.usd, line.tokens)
+            self._held[rid] = tuple(held)
+        return None
+
+    def hold(self, spec: BucketSpec, usd: int, tokens: int, now: float, lease: float) -> str | Refusal:
+        """`reserve` of one line under a new id, without the loops: the id, or the refusal."""
+        # The hot path of every guarded call: locals and constant indexes
+        # (see _SU...), one lock hold; `new_id` inlined.
+        rid = next(self._ids)
+        bucket = spec.bucket
+        expires = spec.expires
+        lock = self._lock
+        lock.acquire()  # acquire/try/finally: cheaper than `with`
+        try:
+            b = self._buckets.get(bucket)
+            if b is None or (expires is not None and (b[8] is None or expires > b[8])):
+                b = self._bucket(bucket, expires, now)
+            limit = spec.usd_limit
+            if (limit is not None and (b[0] + b[2] + usd > limit or b[0] >= limit)) or (
+                (limit := spec.tokens_limit) is not None and (b[1] + b[3] + tokens > limit or b[1] >= limit)
+            ):
+                lines = [spec.line(usd, tokens, now)]
+                refusal = self._refusal(lines, now)
+                if refusal is not None and self._drop_expired(now):
+                    refusal = self._refusal(lines, now)
+                if refusal is not None:
+                    return refusal
+            b[2] += usd
+            b[3] += tokens
+            self._held[rid] = (now + lease, bucket, usd, tokens)
+        finally:
+            lock.release()
+        return rid
+
+    def release(
+        self,
+        rid: str,
+        spec: BucketSpec,
+        usd: int,
+        tokens: int,
+        charge_usd: int,
+        charge_tokens: int,
+        now: float,
+        estimated: bool,
+    ) -> list[Crossing] | None:
+        """`settle` (counted) of a `hold`, without the loops; None when nothing was crossed."""
+        # `settle` for one line, inlined (this runs on every guarded call),
+        # with constant indexes (see _SU...).
+        lock = self._lock
+        lock.acquire()
+        try:
+            b = self._buckets.get(spec.bucket)
+            if b is None:  # swept, or its lease long gone
+                b = self._bucket(spec.bucket, spec.expires, now)
+            if self._held.pop(rid, None) is not None:
+                b[2] -= usd
+                b[3] -= tokens
+            su = b[0] = b[0] + charge_usd
+            st = b[1] = b[1] + charge_tokens
+            b[4] += 1
+            if estimated:
+                b[5] += 1
+            alerts = spec.usd_alerts
+            if (b[6] < len(alerts) and su >= alerts[b[6]]) or (
+                b[7] < len(alerts := spec.tokens_alerts) and st >= alerts[b[7]]
+            ):
+                return self._crossings(0, spec.usd_alerts, spec.tokens_alerts, b, su, st)
+        finally:
+            lock.release()
+        return None
+
+    def settle(
+        self, rid: str, lines: list[Line], now: float, *, count: bool, estimated: bool
+    ) -> list[Crossing]:
+        """Release *rid* (if its lease still holds) and add each line's charge."""
+        crossings: list[Crossing] = []
+        with self._lock:
+            held = self._held.pop(rid, None) is not None
+            for i, line in enumerate(lines):
+                crossed = self._settle_line(i, line, held, now, count, estimated)
+                if crossed:
+                    crossings.extend(crossed)
+        return crossings
+
+    def _settle_line(
+        self, i: int, line: Line, held: bool, now: float, count: bool, estimated: bool
+    ) -> list[Crossing] | None:
+        # Under the lock: one line's release and charge, and its alert crossings.
+        b = self._buckets.get(line.bucket)
+        if b is None:  # swept, or its lease long gone
+            b = self._bucket(line.bucket, None if line.ttl is None else now + line.ttl, now)
+        if held:
+            b[_RU] -= line.usd
+            b[_RT] -= line.tokens
+        su = b[_SU] = b[_SU] + line.charge_usd
+        st = b[_ST] = b[_ST] + line.charge_tokens
+        if count:
+            b[_N] += 1
+            if estimated:
+                b[_E] += 1
+        return self._crossings(i, line.usd_alerts, line.tokens_alerts, b, su, st)
+
+    @staticmethod
+    def _crossings(
+        i: int, usd_alerts: tuple[int, ...], tokens_alerts: tuple[int, ...], b: list[Any], su: int, st: int
+    ) -> list[Crossing] | None:
+        # Under the lock: the alert levels line *i* has just reached in bucket *b*.
+        crossings: list[Crossing] | None = None
+        old = b[_AU]
+        if old < len(usd_alerts) and su >= usd_alerts[old]:
+            b[_AU] = _crossed(usd_alerts, old, su)
+            crossings = [Crossing(i, "usd", tuple(range(old, b[_AU])), su)]
+        old = b[_AT]
+        if old < len(tokens_alerts) and st >= tokens_alerts[old]:
+            b[_AT] = _crossed(tokens_alerts, old, st)
+            crossings = [*(crossings or ()), Crossing(i, "tokens", tuple(range(old, b[_AT])), st)]
+        return crossings
+
+    def ledger(self, bucket: str, now: float) -> Ledger:
+        """Read *bucket*; an unknown bucket reads as empty."""
+        with self._lock:
+            self._drop_expired(now)
+            b = self._buckets.get(bucket)
+            if b is None:
+                return Ledger()
+            return Ledger(b[_SU], b[_ST], b[_RU], b[_RT], b[_N], b[_E])
