@@ -159,7 +159,7 @@ class _FunctionBudget(Layer):
             else:
                 groups.append(Group(store, [line], [b], [key], [start]))
         rid = groups[0].store.new_id() if groups else ""
-        return Ticket(record, groups, est.model, rid, now, len(record.attempts), call)
+        return Ticket(record, groups, est[2], rid, now, len(record.attempts), call)
 
     def _settle(self, ticket: Ticket) -> None:
         if ledger.settle(ticket) and self.estimator.history:

@@ -51,7 +51,7 @@ import math
 
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final
 
 from . import _estimate, prices
 from ._record import CallRecord, Usage
@@ -163,36 +163,34 @@ def _unbound(f: Callable[..., Any], arguments: dict[str, Any]) -> str | None:
     return None
 
 
-class Estimate(NamedTuple):
-    """The worst case of one call, before any budget's policy (money in pico-dollars)."""
-
-    input_tokens: int
-    output_tokens: int | None
-    model: str | None
-    usd: int | None  # the worst case; None when it cannot be priced or bounded
-    usd_in: int  # the input part (0 when unpriced)
+# The worst case of one call, before any budget's policy (money in
+# pico-dollars): (input tokens, output cap or None, model or None, the worst
+# case or None when it cannot be priced or bounded, its input part (0 when
+# unpriced)). A plain tuple: one is made on every call.
+Estimate = tuple[int, "int | None", "str | None", "int | None", int]
 
 
 def estimated(input_tokens: int, output_tokens: int | None, model: str | None) -> Estimate:
     """Price the worst case of *input_tokens* in and *output_tokens* out on *model*."""
     if not model:
-        return Estimate(input_tokens, output_tokens, model, None, 0)
+        return (input_tokens, output_tokens, model, None, 0)
     entry = prices._cache.get((model, None), _MISS)
     if entry is _MISS:
         entry = prices._entry(model, None)
     if entry is None:
-        return Estimate(input_tokens, output_tokens, model, None, 0)
-    if entry.exact or (entry.tier_from is not None and input_tokens > entry.tier_from):
+        return (input_tokens, output_tokens, model, None, 0)
+    tier_from = entry.tier_from
+    if entry.exact or (tier_from is not None and input_tokens > tier_from):
         # Tiered or unusual prices: let genai-prices do the arithmetic.
         usd_in = _worst_cost(input_tokens, 0, model)
         total = None if output_tokens is None else _worst_cost(input_tokens, output_tokens, model)
     else:
         in_rate, write_rate = entry.in_rate, entry.write_rate
-        usd_in = input_tokens * (max(in_rate, write_rate)) + entry.per_call
+        usd_in = input_tokens * (in_rate if in_rate > write_rate else write_rate) + entry.per_call  # noqa: FURB136 - max() is a call
         total = None if output_tokens is None else usd_in + output_tokens * entry.out_rate
     # Rounded, not ceiled: float error is ~1e-16 of the amount, far below a
     # pico-dollar, and ceil would turn 0.0025000000000000005 into one more.
-    return Estimate(
+    return (
         input_tokens,
         output_tokens,
         model,
@@ -203,14 +201,15 @@ def estimated(input_tokens: int, output_tokens: int | None, model: str | None) -
 
 def why(est: Estimate) -> str:
     """Why *est* has no worst case, for the refusal message."""
-    if est.output_tokens is None:
+    _, output_tokens, model, _, _ = est
+    if output_tokens is None:
         return (
             "no output cap: no max_tokens/max_output_tokens/max_completion_tokens argument, "
             "no max_output=, and no output observed yet"
         )
-    if est.model is None:
+    if model is None:
         return "no model to price it: no model argument, no model=, and no call observed yet"
-    return f"no price known for model {est.model!r} (see llmguard.set_price)"
+    return f"no price known for model {model!r} (see llmguard.set_price)"
 
 
 def _worst_cost(input_tokens: int, output_tokens: int, model: str | None) -> float | None:
@@ -220,6 +219,19 @@ def _worst_cost(input_tokens: int, output_tokens: int, model: str | None) -> flo
     if plain is None or written is None:
         return None
     return max(plain, written)
+
+
+def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], bound: bool, getter: tuple[str, int | None, int | None, Any]) -> Any:
+    """The argument *getter* reads: by keyword, else by position (after a method's instance if *bound*), else its default."""
+    name, pos, pos_bound, default = getter
+    value = kwargs.get(name, _MISS)
+    if value is not _MISS:
+        return value
+    if bound:
+        pos = pos_bound
+    if pos is not None and pos < len(args):
+        return args[pos]
+    return default
 
 
 class Estimator:
@@ -294,21 +306,9 @@ class Estimator:
             )
             raise ValueError(msg)
 
-    @staticmethod
-    def _get(call: Call, getter: tuple[str, int | None, int | None, Any]) -> Any:
-        name, pos, pos_bound, default = getter
-        value = call.kwargs.get(name, _MISS)
-        if value is not _MISS:
-            return value
-        if call.instance is not None:
-            pos = pos_bound
-        args = call.args
-        if pos is not None and pos < len(args):
-            return args[pos]
-        return default
-
     def estimate(self, call: Call, scopes: tuple[Budget, ...]) -> Estimate:
         """The worst case of *call*, under the function's own budget and the active *scopes*."""
+        args, kwargs, bound = call.args, call.kwargs, call.instance is not None
         estimate = self.budget.estimate
         if estimate is None and scopes:
             estimate = next((s.estimate for s in reversed(scopes) if s.estimate), None)
@@ -326,28 +326,36 @@ class Estimator:
             return estimated(
                 estimated_count(input_tokens, "input_tokens", value),
                 None if output is None else estimated_count(output, "max_output_tokens", value),
-                self._model(call, scopes),
+                self._model(args, kwargs, bound, scopes),
             )
-        return estimated(self._input_tokens(call), self._output_cap(call, scopes), self._model(call, scopes))
+        return estimated(
+            self._input_tokens(args, kwargs, bound),
+            self._output_cap(args, kwargs, bound, scopes),
+            self._model(args, kwargs, bound, scopes),
+        )
 
-    def _input_tokens(self, call: Call) -> int:
-        get = self._get
-        parts = [v for g in self._inputs if (v := get(call, g)) is not None]
-        kwargs = call.kwargs
+    def _input_tokens(self, args: tuple[Any, ...], kwargs: dict[str, Any], bound: bool) -> int:
+        parts = [v for g in self._inputs if (v := _arg(args, kwargs, bound, g)) is not None]
         if self.var_kw:
             own = {g[0] for g in self._inputs}
             parts += [v for n in INPUT_NAMES if n not in own and (v := kwargs.get(n)) is not None]
-        size = sum(map(_estimate.size, parts)) if parts else _estimate.arguments_size(call.args, kwargs)
+        if not parts:
+            size = _estimate.arguments_size(args, kwargs)
+        elif len(parts) == 1:
+            size = _estimate.size(parts[0])
+        else:
+            size = sum(map(_estimate.size, parts))
         return _estimate.reserve_tokens(size)
 
-    def _output_cap(self, call: Call, scopes: tuple[Budget, ...]) -> int | None:
+    def _output_cap(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], bound: bool, scopes: tuple[Budget, ...]
+    ) -> int | None:
         cap: int | None = None
         for g in self.caps:
-            value = self._get(call, g)
+            value = _arg(args, kwargs, bound, g)
             if isinstance(value, int) and value > 0:
                 cap = value
                 break
-        kwargs = call.kwargs
         if cap is None and self.var_kw:
             for name in CAP_NAMES:
                 value = kwargs.get(name)
@@ -355,7 +363,7 @@ class Estimator:
                     cap = value
                     break
         if cap is not None:
-            n = self._get(call, self._n_getter) if self._n_getter is not None else kwargs.get("n")
+            n = _arg(args, kwargs, bound, self._n_getter) if self._n_getter is not None else kwargs.get("n")
             if isinstance(n, int) and n > 1:
                 cap *= n
             return cap
@@ -364,9 +372,11 @@ class Estimator:
             declared = next((s.max_output for s in reversed(scopes) if s.max_output), None)
         return declared if declared is not None else self._out_max
 
-    def _model(self, call: Call, scopes: tuple[Budget, ...]) -> str | None:
+    def _model(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], bound: bool, scopes: tuple[Budget, ...]
+    ) -> str | None:
         getter = self.model_getter
-        model = self._get(call, getter) if getter is not None else call.kwargs.get("model")
+        model = _arg(args, kwargs, bound, getter) if getter is not None else kwargs.get("model")
         if isinstance(model, str) and model:
             return model
         model = self.budget.model

@@ -92,7 +92,7 @@ from ._record import CallRecord
 from ._wrap import Layer
 from .errors import BudgetExceeded
 from .stores import is_redis_target
-from .stores.budget import PICO, BudgetStore, Line, MemoryBudgetStore, RedisBudgetStore
+from .stores.budget import PICO, BucketSpec, BudgetStore, Line, MemoryBudgetStore, RedisBudgetStore
 
 
 if TYPE_CHECKING:
@@ -112,6 +112,7 @@ _MAX_USD: Final = 9_000_000  # pico-dollars in a signed 64-bit counter: $9.2M
 # Token limits and output caps: thousands of worst-case reservations still fit
 # a signed 64-bit counter (Redis's HINCRBY).
 _MAX_TOKENS: Final = 10**15
+_SPECS_KEPT: Final = 4096  # keys whose bucket terms a budget remembers (then it starts again)
 
 # The `with lg.budget(...)` scopes active in this context, outermost first.
 SCOPES: ContextVar[tuple[Budget, ...]] = ContextVar("llmguard_budget_scopes", default=())
@@ -345,7 +346,8 @@ class Budget(Layer):
         self._tokens_alerts = (
             () if tokens is None else tuple(math.ceil(Decimal(str(a)) * tokens) for a in self.alert_at)
         )
-        self._bucket_cache: tuple[float | None, str] | None = None
+        # Each key's bucket in the window it was last used in: (window start, its terms).
+        self._specs: dict[str | None, tuple[float | None, BucketSpec]] = {}
         self._enc_label: str | None = None if name is None else _escape(name)
 
     # -- configuration -----------------------------------------------------
@@ -403,34 +405,33 @@ class Budget(Layer):
         return start, start + period
 
     def _bucket(self, key: str | None, start: float | None) -> str:
-        if key is None:
-            cached = self._bucket_cache
-            if cached is not None and cached[0] == start:
-                return cached[1]
         if self._enc_label is None:
             # A scope that never decorated anything: unique to this object.
             self.label = self.label or f"scope-{id(self):x}"
             self._enc_label = _escape(self.label)
         window = "all" if start is None else str(int(start))
-        bucket = f"{self._enc_label}:{'' if key is None else _escape(key)}:{window}"
-        if key is None:
-            self._bucket_cache = (start, bucket)
-        return bucket
+        return f"{self._enc_label}:{'' if key is None else _escape(key)}:{window}"
 
     def _line(self, key: str | None, now: float, usd: int, tokens: int) -> tuple[Line, float | None]:
-        start, end = self._window(now)
-        ttl = None if end is None else end - now + self._retention
-        line = Line(
-            self._bucket(key, start),
-            usd,
-            tokens,
-            self._usd_limit,
-            self.tokens,
-            ttl,
-            self._usd_alerts,
-            self._tokens_alerts,
+        """The `Line` asking *usd* / *tokens* of *key*'s bucket in the window of *now*, and the window's start."""
+        period = self._period
+        start = None if period is None else (now // period) * period
+        known = self._specs.get(key)
+        if known is None or known[0] != start:
+            known = self._spec(key, start)
+        return known[1].line(usd, tokens, now), start
+
+    def _spec(self, key: str | None, start: float | None) -> tuple[float | None, BucketSpec]:
+        """The terms of *key*'s bucket in the window from *start*, remembered for the next calls of that key."""
+        expires = None if start is None or self._period is None else start + self._period + self._retention
+        spec = BucketSpec(
+            self._bucket(key, start), self._usd_limit, self.tokens, expires, self._usd_alerts, self._tokens_alerts
         )
-        return line, start
+        specs = self._specs
+        if len(specs) >= _SPECS_KEPT:
+            specs.clear()
+        specs[key] = known = (start, spec)
+        return known
 
     def spend(self, key: str | None = None, at: float | None = None) -> BudgetSpend:
         """The ledger of *key* in the window containing *at* (epoch seconds; default now).
@@ -521,14 +522,14 @@ class Budget(Layer):
 
     def _request(self, est: Estimate, key: str | None, record: CallRecord) -> tuple[int, int]:
         """What this budget reserves for *est*: (pico-dollars, tokens), or a refusal."""
-        usd = est.usd
+        input_tokens, output_tokens, _, usd, usd_in = est
         needs_usd = self._usd_limit is not None or self._max_call is not None
         if usd is None and needs_usd:
             fixed = self._fixed_unknown
             if fixed is not None:
-                usd = max(fixed, est.usd_in)
+                usd = max(fixed, usd_in)
             elif self.unknown_cost == "allow":
-                usd = est.usd_in
+                usd = usd_in
             else:
                 raise self._refuse(
                     record,
@@ -541,7 +542,7 @@ class Budget(Layer):
                     None,
                     f"cannot bound the cost of this call ({why(est)})",
                 )
-        tokens = None if est.output_tokens is None else est.input_tokens + est.output_tokens
+        tokens = None if output_tokens is None else input_tokens + output_tokens
         if tokens is None:
             if self.tokens is not None and self.unknown_cost == "reject":
                 raise self._refuse(
@@ -555,7 +556,7 @@ class Budget(Layer):
                     None,
                     f"cannot bound the tokens of this call ({why(est)})",
                 )
-            tokens = est.input_tokens
+            tokens = input_tokens
         usd_p = usd or 0
         if self._max_call is not None and usd_p > self._max_call:
             raise self._refuse(

@@ -7,7 +7,7 @@ import threading
 
 from typing import Any
 
-from ._budget_base import BucketSpec, BudgetStore, Crossing, Ledger, Line, Refusal
+from ._budget_base import BudgetStore, Crossing, Ledger, Line, Refusal
 
 
 def _crossed(alerts: tuple[int, ...], old: int, spent: int) -> int:
@@ -94,85 +94,35 @@ class MemoryBudgetStore(BudgetStore):
 
     def reserve(self, rid: str, lines: list[Line], now: float, lease: float) -> Refusal | None:
         """Hold each line's request in its bucket, all or none."""
-        with self._lock:
-            refusal = self._refusal(lines, now)
-            if refusal is not None and self._drop_expired(now):
-                refusal = self._refusal(lines, now)
-            if refusal is not None:
-                return refusal
-            held: list[Any] = [now + lease]
-            buckets = self._buckets
-            for line in lines:
-                b = buckets[line.bucket]
-                b[_RU] += line.usd
-                b[_RT] += line.tokens
-                held += (line.bucket, line.usd, line.tokens)
-            self._held[rid] = tuple(held)
-        return None
-
-    def hold(self, spec: BucketSpec, usd: int, tokens: int, now: float, lease: float) -> str | Refusal:
-        """`reserve` of one line under a new id, without the loops: the id, or the refusal."""
-        # The hot path of every guarded call: locals and constant indexes
-        # (see _SU...), one lock hold; `new_id` inlined.
-        rid = next(self._ids)
-        bucket = spec.bucket
-        expires = spec.expires
+        # Every guarded call's path: locals and constant indexes (see _SU...),
+        # one lock hold; the refusal worked out again (`_refusal`) only when
+        # something does not fit.
         lock = self._lock
         lock.acquire()  # acquire/try/finally: cheaper than `with`
         try:
-            b = self._buckets.get(bucket)
-            if b is None or (expires is not None and (b[8] is None or expires > b[8])):
-                b = self._bucket(bucket, expires, now)
-            limit = spec.usd_limit
-            if (limit is not None and (b[0] + b[2] + usd > limit or b[0] >= limit)) or (
-                (limit := spec.tokens_limit) is not None and (b[1] + b[3] + tokens > limit or b[1] >= limit)
-            ):
-                lines = [spec.line(usd, tokens, now)]
-                refusal = self._refusal(lines, now)
-                if refusal is not None and self._drop_expired(now):
+            buckets = self._buckets
+            for line in lines:
+                ttl = line.ttl
+                b = buckets.get(line.bucket)
+                if b is None or (ttl is not None and (b[8] is None or now + ttl > b[8])):
+                    b = self._bucket(line.bucket, None if ttl is None else now + ttl, now)
+                limit = line.usd_limit
+                if (limit is not None and (b[0] + b[2] + line.usd > limit or b[0] >= limit)) or (
+                    (limit := line.tokens_limit) is not None and (b[1] + b[3] + line.tokens > limit or b[1] >= limit)
+                ):
                     refusal = self._refusal(lines, now)
-                if refusal is not None:
-                    return refusal
-            b[2] += usd
-            b[3] += tokens
-            self._held[rid] = (now + lease, bucket, usd, tokens)
-        finally:
-            lock.release()
-        return rid
-
-    def release(
-        self,
-        rid: str,
-        spec: BucketSpec,
-        usd: int,
-        tokens: int,
-        charge_usd: int,
-        charge_tokens: int,
-        now: float,
-        estimated: bool,
-    ) -> list[Crossing] | None:
-        """`settle` (counted) of a `hold`, without the loops; None when nothing was crossed."""
-        # `settle` for one line, inlined (this runs on every guarded call),
-        # with constant indexes (see _SU...).
-        lock = self._lock
-        lock.acquire()
-        try:
-            b = self._buckets.get(spec.bucket)
-            if b is None:  # swept, or its lease long gone
-                b = self._bucket(spec.bucket, spec.expires, now)
-            if self._held.pop(rid, None) is not None:
-                b[2] -= usd
-                b[3] -= tokens
-            su = b[0] = b[0] + charge_usd
-            st = b[1] = b[1] + charge_tokens
-            b[4] += 1
-            if estimated:
-                b[5] += 1
-            alerts = spec.usd_alerts
-            if (b[6] < len(alerts) and su >= alerts[b[6]]) or (
-                b[7] < len(alerts := spec.tokens_alerts) and st >= alerts[b[7]]
-            ):
-                return self._crossings(0, spec.usd_alerts, spec.tokens_alerts, b, su, st)
+                    if refusal is not None and self._drop_expired(now):
+                        refusal = self._refusal(lines, now)
+                    if refusal is not None:
+                        return refusal
+                    break
+            held: list[Any] = [now + lease]
+            for line in lines:
+                b = buckets[line.bucket]
+                b[2] += line.usd
+                b[3] += line.tokens
+                held += (line.bucket, line.usd, line.tokens)
+            self._held[rid] = tuple(held)
         finally:
             lock.release()
         return None
@@ -182,31 +132,32 @@ class MemoryBudgetStore(BudgetStore):
     ) -> list[Crossing]:
         """Release *rid* (if its lease still holds) and add each line's charge."""
         crossings: list[Crossing] = []
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             held = self._held.pop(rid, None) is not None
+            buckets = self._buckets
             for i, line in enumerate(lines):
-                crossed = self._settle_line(i, line, held, now, count, estimated)
-                if crossed:
-                    crossings.extend(crossed)
+                b = buckets.get(line.bucket)
+                if b is None:  # swept, or its lease long gone
+                    b = self._bucket(line.bucket, None if line.ttl is None else now + line.ttl, now)
+                if held:
+                    b[2] -= line.usd
+                    b[3] -= line.tokens
+                su = b[0] = b[0] + line.charge_usd
+                st = b[1] = b[1] + line.charge_tokens
+                if count:
+                    b[4] += 1
+                    if estimated:
+                        b[5] += 1
+                usd_alerts, tokens_alerts = line.usd_alerts, line.tokens_alerts
+                if (b[6] < len(usd_alerts) and su >= usd_alerts[b[6]]) or (
+                    b[7] < len(tokens_alerts) and st >= tokens_alerts[b[7]]
+                ):
+                    crossings += self._crossings(i, usd_alerts, tokens_alerts, b, su, st) or ()
+        finally:
+            lock.release()
         return crossings
-
-    def _settle_line(
-        self, i: int, line: Line, held: bool, now: float, count: bool, estimated: bool
-    ) -> list[Crossing] | None:
-        # Under the lock: one line's release and charge, and its alert crossings.
-        b = self._buckets.get(line.bucket)
-        if b is None:  # swept, or its lease long gone
-            b = self._bucket(line.bucket, None if line.ttl is None else now + line.ttl, now)
-        if held:
-            b[_RU] -= line.usd
-            b[_RT] -= line.tokens
-        su = b[_SU] = b[_SU] + line.charge_usd
-        st = b[_ST] = b[_ST] + line.charge_tokens
-        if count:
-            b[_N] += 1
-            if estimated:
-                b[_E] += 1
-        return self._crossings(i, line.usd_alerts, line.tokens_alerts, b, su, st)
 
     @staticmethod
     def _crossings(
