@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import threading
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from . import _clock, _estimate, _events, prices, providers
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
@@ -89,7 +89,7 @@ class Group:
 class Ticket:
     """One call's reservation, until it settles (and, for an attempt still running then, until it ends)."""
 
-    __slots__ = ("call", "groups", "model", "n0", "n1", "now", "record", "rid", "settled")
+    __slots__ = ("call", "groups", "model", "n0", "n1", "now", "record", "rid", "running", "settled")
 
     def __init__(
         self,
@@ -110,6 +110,7 @@ class Ticket:
         self.n1: int | None = None  # attempts from here on are later calls' (fixed when it settles)
         self.call = call  # for the input estimate of an attempt that reported no usage
         self.settled = False
+        self.running = False  # an attempt had not ended when it settled (see `follow`)
 
 
 # -- the charging rule ------------------------------------------------------------
@@ -203,13 +204,14 @@ def charge(usage: Used, usd_held: int, tokens_held: int) -> tuple[int, int]:  # 
     return (max(usd, usd_held) if unpriced else usd), tokens
 
 
-def _charges(ticket: Ticket) -> tuple[bool, bool]:
-    """Set each line's charge from the ticket's attempts: (estimated, an attempt still running)."""
+def _charges(ticket: Ticket) -> bool:
+    """Set each line's charge from the ticket's attempts: whether it is estimated (``ticket.running``: one still runs)."""
     usage = used(ticket.record, ticket.n0, ticket.model, ticket.call, ticket.n1)
     for group in ticket.groups:
         for line in group.lines:
             line.charge_usd, line.charge_tokens = charge(usage, line.usd, line.tokens)
-    return usage[2], usage[4]
+    ticket.running = usage[4]
+    return usage[2]
 
 
 # -- reserving ----------------------------------------------------------------------
@@ -262,10 +264,35 @@ def _store_failed(ticket: Ticket, group: Group, exc: BudgetStoreError, stage: st
 
 
 def _reserved(ticket: Ticket, n: int, group: Group, refusal: Refusal | None) -> None:
+    """Group *n* answered: held, or refused (then the groups before it are released and the refusal raised)."""
     if refusal is not None:
         release(ticket, n)
         raise _refused(ticket, group, refusal)
     group.reserved = True
+
+
+def _not_reserved(ticket: Ticket, n: int, group: Group, exc: BaseException) -> None:
+    """Group *n* raised *exc* while reserving: go on unchecked (``fail_open``), or raise.
+
+    A store error is `BudgetExceeded` under ``fail_closed`` (the groups
+    before released); anything else (a cancel, an interrupt) releases the
+    group and those before, and is raised as it is.
+    """
+    if not isinstance(exc, BudgetStoreError):
+        _interrupted(ticket, n, group)
+        raise exc
+    err = _store_failed(ticket, group, exc, "reserve")
+    if err is not None:
+        release(ticket, n)
+        raise err from exc.__cause__
+
+
+def _decided(ticket: Ticket) -> None:
+    if ticket.record.budget_decision is None:
+        ticket.record.budget_decision = "reserved"
+
+
+# `reserve` and `areserve` differ only in the store's call.
 
 
 def reserve(ticket: Ticket) -> None:
@@ -273,42 +300,27 @@ def reserve(ticket: Ticket) -> None:
     for n, group in enumerate(ticket.groups):
         try:
             refusal = group.store.reserve(ticket.rid, group.lines, ticket.now, group.budgets[0].reservation_ttl)
-        except BudgetStoreError as exc:
-            err = _store_failed(ticket, group, exc, "reserve")
-            if err is None:
-                continue
-            release(ticket, n)
-            raise err from exc.__cause__
-        except BaseException:
-            _interrupted(ticket, n, group)
-            raise
+        except BaseException as exc:  # noqa: BLE001 - re-raised by _not_reserved unless fail_open
+            _not_reserved(ticket, n, group, exc)
+            continue
         _reserved(ticket, n, group, refusal)
-    if ticket.record.budget_decision is None:
-        ticket.record.budget_decision = "reserved"
+    _decided(ticket)
 
 
 async def areserve(ticket: Ticket) -> None:
     """`reserve` for async callers (a store that may block is awaited)."""
     for n, group in enumerate(ticket.groups):
-        store = group.store
-        ttl = group.budgets[0].reservation_ttl
+        store, lease = group.store, group.budgets[0].reservation_ttl
         try:
             if store.sync_ok:
-                refusal = store.reserve(ticket.rid, group.lines, ticket.now, ttl)
+                refusal = store.reserve(ticket.rid, group.lines, ticket.now, lease)
             else:
-                refusal = await store.areserve(ticket.rid, group.lines, ticket.now, ttl)
-        except BudgetStoreError as exc:
-            err = _store_failed(ticket, group, exc, "reserve")
-            if err is None:
-                continue
-            release(ticket, n)
-            raise err from exc.__cause__
-        except BaseException:
-            _interrupted(ticket, n, group)
-            raise
+                refusal = await store.areserve(ticket.rid, group.lines, ticket.now, lease)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by _not_reserved unless fail_open
+            _not_reserved(ticket, n, group, exc)
+            continue
         _reserved(ticket, n, group, refusal)
-    if ticket.record.budget_decision is None:
-        ticket.record.budget_decision = "reserved"
+    _decided(ticket)
 
 
 def _interrupted(ticket: Ticket, n: int, group: Group) -> None:
@@ -336,53 +348,69 @@ def release(ticket: Ticket, upto: int) -> None:
 # -- settling -------------------------------------------------------------------------
 
 
-def settle(ticket: Ticket) -> bool:
-    """Replace the ticket's reservations by what its call used; False if it was settled already."""
+def _begin_settling(ticket: Ticket) -> bool | None:
+    """Mark *ticket* settled and charge its lines: whether its usage is estimated; None if it was settled already."""
     if ticket.settled:
-        return False
+        return None
     ticket.settled = True
     ticket.n1 = len(ticket.record.attempts)
-    estimated, running = _charges(ticket)
+    return _charges(ticket)
+
+
+def _settled(ticket: Ticket, group: Group, crossings: list[Crossing] | BudgetStoreError) -> None:
+    """Group *group* settled (its alert crossings), or could not (reported, never raised)."""
+    if isinstance(crossings, BudgetStoreError):
+        _settle_failed(ticket, group, crossings)
+    elif crossings:
+        _alerts(ticket, group, crossings)
+
+
+# `settle` and `asettle` differ only in the store's call.
+
+
+def settle(ticket: Ticket) -> bool:
+    """Replace the ticket's reservations by what its call used; False if it was settled already."""
+    estimated = _begin_settling(ticket)
+    if estimated is None:
+        return False
     for group in ticket.groups:
+        store = group.store
         try:
             if group.reserved:
-                crossings = group.store.settle(ticket.rid, group.lines, ticket.now, count=True, estimated=estimated)
+                crossings: Any = store.settle(ticket.rid, group.lines, ticket.now, count=True, estimated=estimated)
             else:  # on_store_error="fail_open" let it through unreserved
-                crossings = group.store.charge(group.lines, ticket.now, count=True, estimated=estimated)
+                crossings = store.charge(group.lines, ticket.now, count=True, estimated=estimated)
         except BudgetStoreError as exc:
-            _settle_failed(ticket, group, exc)
-            continue
-        if crossings:
-            _alerts(ticket, group, crossings)
-    if running:
-        follow(ticket)
+            crossings = exc
+        _settled(ticket, group, crossings)
+    _follow_if_running(ticket)
     return True
 
 
 async def asettle(ticket: Ticket) -> bool:
     """`settle` for async callers (a store that may block is awaited)."""
-    if ticket.settled:
+    estimated = _begin_settling(ticket)
+    if estimated is None:
         return False
-    ticket.settled = True
-    ticket.n1 = len(ticket.record.attempts)
-    estimated, running = _charges(ticket)
     for group in ticket.groups:
         store = group.store
         try:
             if not group.reserved:  # on_store_error="fail_open" let it through unreserved
-                crossings = store.charge(group.lines, ticket.now, count=True, estimated=estimated)
+                crossings: Any = store.charge(group.lines, ticket.now, count=True, estimated=estimated)
             elif store.sync_ok:
                 crossings = store.settle(ticket.rid, group.lines, ticket.now, count=True, estimated=estimated)
             else:
                 crossings = await store.asettle(ticket.rid, group.lines, ticket.now, count=True, estimated=estimated)
         except BudgetStoreError as exc:
-            _settle_failed(ticket, group, exc)
-            continue
-        if crossings:
-            _alerts(ticket, group, crossings)
-    if running:
-        follow(ticket)
+            crossings = exc
+        _settled(ticket, group, crossings)
+    _follow_if_running(ticket)
     return True
+
+
+def _follow_if_running(ticket: Ticket) -> None:
+    if ticket.running:
+        follow(ticket)
 
 
 def follow(ticket: Ticket) -> None:
