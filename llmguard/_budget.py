@@ -45,12 +45,14 @@ price with `llmguard.set_price`, or use a fixed amount.
 
 The guard
 =========
-`_FunctionBudget` is a `Budget` on one function. Per call: `_plan` finds
+`_FunctionBudget` is a `Budget` on one function, a `Guard`. In `enter`: `_plan` finds
 the budgets that apply (the function's own and the active scopes), asks
 each for its reservation of the call's worst case (`Budget._request`,
 which may refuse) and builds one `Ticket`; `_budget_ledger.reserve` holds
-it in every store at once; the function runs; `_budget_ledger.settle`
-charges what it used (a stream: when it finishes).
+it in every store at once. The inside runs. In `leave` or `fail`:
+`_budget_ledger.settle` charges what it used (a stream: when it finishes).
+The record is read only when the charge needs it (`Call.plain_usage`
+reads plain results without it).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ from ._budget_estimate import Estimator, call_with_arguments, mismatch_error, si
 from ._budget_ledger import Group, Ticket
 from ._budget_scope import SCOPES, Budget, BudgetAlert, BudgetSpend, Per
 from ._record import Outcome
-from ._wrap import Call, Layer, _StreamBase, layers_of
+from ._wrap import Call, Guard, _StreamBase, layers_of
 
 
 __all__ = ["Budget", "BudgetAlert", "BudgetSpend", "budget", "budget_spend"]
@@ -76,7 +78,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class _FunctionBudget(Layer):
+class _FunctionBudget(Guard):
     """A `Budget` on one function: its estimator, and the per-call flow (see the module docs)."""
 
     name: ClassVar[str] = "budget"
@@ -85,6 +87,7 @@ class _FunctionBudget(Layer):
         self.budget = budget
         self.function = fn
         self.estimator = Estimator(budget, binder)
+        self._own = (budget,) if budget.has_limits else ()  # the budgets of a call in no scope
         self.estimator.check_boundable(fn)
         params = list(binder.signature.parameters.values()) if binder.signature else []
         if params:
@@ -118,48 +121,45 @@ class _FunctionBudget(Layer):
         if spec is None or isinstance(spec, str):
             return spec or None
         if not arguments:
-            arguments.append(call.arguments())
-        value = call_with_arguments("key", spec, arguments[0], call.function_name)
+            arguments.append(call.info.binder.arguments(call.instance, call.args, call.kwargs))  # `Call.arguments`
+        value = call_with_arguments("key", spec, arguments[0], call)
         return None if value is None or value == "" else str(value)
 
     def _plan(self, call: Call) -> Ticket | None:
         """Estimate, apply each budget's policy, build the lines; None if no budget applies."""
-        own = self.budget
         scopes = SCOPES.get()
+        budgets: tuple[Budget, ...] | list[Budget]
         if scopes:
+            own = self.budget
             budgets = [own] if own.has_limits else []
             for scope in scopes:
                 if scope not in budgets:
                     budgets.append(scope)
             if not budgets:
                 return None
-        elif own.has_limits:
-            budgets = [own]
+        elif self._own:
+            budgets = self._own
         else:
             return None
-        record = call.record
         est = self.estimator.estimate(call, scopes)
         now = _clock.get_clock().time()
         arguments: list[dict[str, Any]] = []
         groups: list[Group] = []
         for b in budgets:
             key = self._key(b, call, arguments)
-            usd, tokens = b._request(est, key, record)
+            usd, tokens = b._request(est, key, call)
             if b._per_call:
                 continue
             line, start = b._line(key, now, usd, tokens)
             store = b._store
             for group in groups:
                 if group.store is store:
-                    group.lines.append(line)
-                    group.budgets.append(b)
-                    group.keys.append(key)
-                    group.starts.append(start)
+                    group.add(line, b, key, start)
                     break
             else:
-                groups.append(Group(store, [line], [b], [key], [start]))
+                groups.append(Group(store, line, b, key, start))
         rid = groups[0].store.new_id() if groups else ""
-        return Ticket(record, groups, est[2], rid, now, len(record.attempts), call)
+        return Ticket(call, groups, est[2], rid, now, call.attempt_count())
 
     def _settle(self, ticket: Ticket) -> None:
         if ledger.settle(ticket) and self.estimator.history:
@@ -182,43 +182,50 @@ class _FunctionBudget(Layer):
         result.on_finish(hook)
         return result
 
-    # -- the layer -------------------------------------------------------------------
-    # (sync/async twins: around/around_async, ledger.reserve/areserve,
-    # ledger.settle/asettle; one `run` generator folds them.)
+    # -- the hooks (`aenter`/`aleave`/`afail`: the same, awaiting a store that does I/O) --
 
-    def around(self, call: Call) -> Any:
-        """Reserve, call, settle (streams: when they finish)."""
+    def enter(self, call: Call) -> Ticket | None:
+        """Reserve the call's worst case in every budget that applies (or refuse): the ticket, or None."""
         ticket = self._plan(call)
-        if ticket is None:
-            return call.proceed()
-        if ticket.groups:
+        if ticket is not None and ticket.groups:
             ledger.reserve(ticket)
-        try:
-            result = call.proceed()
-        except BaseException:
-            self._settle(ticket)
-            raise
+        return ticket
+
+    async def aenter(self, call: Call) -> Ticket | None:
+        """`enter` for a call on an event loop."""
+        ticket = self._plan(call)
+        if ticket is not None and ticket.groups:
+            await ledger.areserve(ticket)
+        return ticket
+
+    def leave(self, call: Call, ticket: Ticket | None, result: Any) -> Any:  # noqa: ARG002
+        """Settle with what the call used; a stream when it finishes."""
+        if ticket is None:
+            return result
         if isinstance(result, _StreamBase):
             return self._watch(ticket, result)
-        self._settle(ticket)
+        if ledger.settle(ticket) and self.estimator.history:  # `_settle`
+            self.estimator.observe(ticket.record, ticket.n0)
         return result
 
-    async def around_async(self, call: Call) -> Any:
-        """Reserve, await, settle (streams: when they finish)."""
-        ticket = self._plan(call)
+    async def aleave(self, call: Call, ticket: Ticket | None, result: Any) -> Any:  # noqa: ARG002
+        """`leave` for a call on an event loop."""
         if ticket is None:
-            return await call.proceed_async()
-        if ticket.groups:
-            await ledger.areserve(ticket)
-        try:
-            result = await call.proceed_async()
-        except BaseException:
-            await self._asettle(ticket)
-            raise
+            return result
         if isinstance(result, _StreamBase):
             return self._watch(ticket, result)
         await self._asettle(ticket)
         return result
+
+    def fail(self, call: Call, ticket: Ticket | None, exc: BaseException) -> None:  # noqa: ARG002
+        """Settle with what the failed call used (what the provider reported, or an estimate); the error goes on."""
+        if ticket is not None:
+            self._settle(ticket)
+
+    async def afail(self, call: Call, ticket: Ticket | None, exc: BaseException) -> None:  # noqa: ARG002
+        """`fail` for a call on an event loop."""
+        if ticket is not None:
+            await self._asettle(ticket)
 
 
 @overload

@@ -138,8 +138,8 @@ def mismatch_error(option: str, f: Callable[..., Any], where: str, reason: str) 
     )
 
 
-def call_with_arguments(option: str, f: Callable[..., Any], arguments: dict[str, Any], where: str) -> Any:
-    """``f(**arguments)`` (a ``key=`` or ``estimate=``); a call that cannot bind is an error naming the option.
+def call_with_arguments(option: str, f: Callable[..., Any], arguments: dict[str, Any], call: Call) -> Any:
+    """``f(**arguments)`` (a ``key=`` or ``estimate=`` of *call*); a call that cannot bind is an error naming the option.
 
     A `TypeError` raised inside *f*, once it has bound, is its own and stays as it is.
     """
@@ -149,7 +149,7 @@ def call_with_arguments(option: str, f: Callable[..., Any], arguments: dict[str,
         reason = _unbound(f, arguments)
         if reason is None:
             raise
-        raise mismatch_error(option, f, where, reason) from exc
+        raise mismatch_error(option, f, call.function_name, reason) from exc
 
 
 def _unbound(f: Callable[..., Any], arguments: dict[str, Any]) -> str | None:
@@ -219,19 +219,6 @@ def _worst_cost(input_tokens: int, output_tokens: int, model: str | None) -> flo
     if plain is None or written is None:
         return None
     return max(plain, written)
-
-
-def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], bound: bool, getter: tuple[str, int | None, int | None, Any]) -> Any:
-    """The argument *getter* reads: by keyword, else by position (after a method's instance if *bound*), else its default."""
-    name, pos, pos_bound, default = getter
-    value = kwargs.get(name, _MISS)
-    if value is not _MISS:
-        return value
-    if bound:
-        pos = pos_bound
-    if pos is not None and pos < len(args):
-        return args[pos]
-    return default
 
 
 class Estimator:
@@ -313,72 +300,94 @@ class Estimator:
         if estimate is None and scopes:
             estimate = next((s.estimate for s in reversed(scopes) if s.estimate), None)
         if estimate is not None:
-            value = call_with_arguments("estimate", estimate, call.arguments(), call.function_name)
-            output: int | None
-            if isinstance(value, Usage):
-                input_tokens, output = value.input_tokens, value.output_tokens
-            else:
-                try:
-                    input_tokens, output = value
-                except (TypeError, ValueError):
-                    msg = f"budget(estimate=...) must return (input_tokens, max_output_tokens) or a Usage, got {value!r}"
-                    raise TypeError(msg) from None
-            return estimated(
-                estimated_count(input_tokens, "input_tokens", value),
-                None if output is None else estimated_count(output, "max_output_tokens", value),
-                self._model(args, kwargs, bound, scopes),
-            )
-        return estimated(
-            self._input_tokens(args, kwargs, bound),
-            self._output_cap(args, kwargs, bound, scopes),
-            self._model(args, kwargs, bound, scopes),
-        )
+            model = self._model_arg(args, kwargs, bound)
+            return self._estimated_by(estimate, call, model if isinstance(model, str) and model else self._model(scopes))
+        size, cap, model = self._read(args, kwargs, bound)
+        if not (isinstance(model, str) and model):
+            model = self._model(scopes)
+        if cap is None:
+            declared = self.budget.max_output
+            if declared is None and scopes:
+                declared = next((s.max_output for s in reversed(scopes) if s.max_output), None)
+            cap = declared if declared is not None else self._out_max
+        return estimated(-(-size // _estimate.RESERVE_BYTES_PER_TOKEN), cap, model)  # `_estimate.reserve_tokens`
 
-    def _input_tokens(self, args: tuple[Any, ...], kwargs: dict[str, Any], bound: bool) -> int:
-        parts = [v for g in self._inputs if (v := _arg(args, kwargs, bound, g)) is not None]
-        if self.var_kw:
-            own = {g[0] for g in self._inputs}
-            parts += [v for n in INPUT_NAMES if n not in own and (v := kwargs.get(n)) is not None]
-        if not parts:
-            size = _estimate.arguments_size(args, kwargs)
-        elif len(parts) == 1:
-            size = _estimate.size(parts[0])
-        else:
-            size = sum(map(_estimate.size, parts))
-        return _estimate.reserve_tokens(size)
+    def _read(self, args: tuple[Any, ...], kwargs: dict[str, Any], bound: bool) -> tuple[int, int | None, Any]:  # noqa: PLR0912 - one pass over the arguments, on every call
+        """What the call's arguments say: (input size in bytes, output cap times ``n`` or None, model argument).
 
-    def _output_cap(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], bound: bool, scopes: tuple[Budget, ...]
-    ) -> int | None:
+        Each argument by keyword, else by position (after a method's
+        instance when *bound*), else its default: in one pass, as this runs
+        on every call.
+        """
+        n_args = len(args)
+        size = 0
+        found = False
+        for name, pos, pos_bound, default in self._inputs:
+            value = kwargs.get(name, _MISS)
+            if value is _MISS:
+                at = pos_bound if bound else pos
+                value = args[at] if at is not None and at < n_args else default
+            if value is not None:
+                size += _estimate.size(value)
+                found = True
         cap: int | None = None
-        for g in self.caps:
-            value = _arg(args, kwargs, bound, g)
+        for name, pos, pos_bound, default in self.caps:
+            value = kwargs.get(name, _MISS)
+            if value is _MISS:
+                at = pos_bound if bound else pos
+                value = args[at] if at is not None and at < n_args else default
             if isinstance(value, int) and value > 0:
                 cap = value
                 break
-        if cap is None and self.var_kw:
-            for name in CAP_NAMES:
-                value = kwargs.get(name)
-                if isinstance(value, int) and value > 0:
-                    cap = value
-                    break
+        model = self._model_arg(args, kwargs, bound)
+        if self.var_kw:  # keywords its **kwargs took
+            own = {g[0] for g in self._inputs}
+            for name in INPUT_NAMES:
+                if name not in own and (value := kwargs.get(name)) is not None:
+                    size += _estimate.size(value)
+                    found = True
+            if cap is None:
+                cap = next((v for name in CAP_NAMES if isinstance(v := kwargs.get(name), int) and v > 0), None)
+        if not found:
+            size = _estimate.arguments_size(args, kwargs)
         if cap is not None:
-            n = _arg(args, kwargs, bound, self._n_getter) if self._n_getter is not None else kwargs.get("n")
+            if self._n_getter is not None:
+                name, pos, pos_bound, n = self._n_getter
+                n = kwargs.get(name, n if (at := pos_bound if bound else pos) is None or at >= n_args else args[at])
+            else:
+                n = kwargs.get("n")
             if isinstance(n, int) and n > 1:
                 cap *= n
-            return cap
-        declared = self.budget.max_output
-        if declared is None and scopes:
-            declared = next((s.max_output for s in reversed(scopes) if s.max_output), None)
-        return declared if declared is not None else self._out_max
+        return size, cap, model
 
-    def _model(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], bound: bool, scopes: tuple[Budget, ...]
-    ) -> str | None:
-        getter = self.model_getter
-        model = _arg(args, kwargs, bound, getter) if getter is not None else kwargs.get("model")
-        if isinstance(model, str) and model:
-            return model
+    def _model_arg(self, args: tuple[Any, ...], kwargs: dict[str, Any], bound: bool) -> Any:
+        """The call's ``model`` argument (by keyword, position or default), or None."""
+        if self.model_getter is None or "model" in kwargs:
+            return kwargs.get("model")
+        _, pos, pos_bound, default = self.model_getter
+        at = pos_bound if bound else pos
+        return args[at] if at is not None and at < len(args) else default
+
+    def _estimated_by(self, estimate: Callable[..., Any], call: Call, model: str | None) -> Estimate:
+        """The worst case ``estimate=`` gives for *call*."""
+        value = call_with_arguments("estimate", estimate, call.arguments(), call)
+        output: int | None
+        if isinstance(value, Usage):
+            input_tokens, output = value.input_tokens, value.output_tokens
+        else:
+            try:
+                input_tokens, output = value
+            except (TypeError, ValueError):
+                msg = f"budget(estimate=...) must return (input_tokens, max_output_tokens) or a Usage, got {value!r}"
+                raise TypeError(msg) from None
+        return estimated(
+            estimated_count(input_tokens, "input_tokens", value),
+            None if output is None else estimated_count(output, "max_output_tokens", value),
+            model,
+        )
+
+    def _model(self, scopes: tuple[Budget, ...]) -> str | None:
+        """The model to price by when the call names none: ``model=``, a scope's, else the last one seen."""
         model = self.budget.model
         if model is None and scopes:
             model = next((s.model for s in reversed(scopes) if s.model), None)

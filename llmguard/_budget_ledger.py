@@ -70,47 +70,43 @@ class Group:
 
     __slots__ = ("budgets", "keys", "lines", "reserved", "starts", "store")
 
-    def __init__(
-        self,
-        store: BudgetStore,
-        lines: list[Line],
-        budgets: list[Budget],
-        keys: list[str | None],
-        starts: list[float | None],
-    ) -> None:
+    def __init__(self, store: BudgetStore, line: Line, budget: Budget, key: str | None, start: float | None) -> None:
         self.store = store
-        self.lines = lines
-        self.budgets = budgets
-        self.keys = keys
-        self.starts = starts
+        self.lines = [line]
+        self.budgets = [budget]
+        self.keys = [key]
+        self.starts = [start]
         self.reserved = False
+
+    def add(self, line: Line, budget: Budget, key: str | None, start: float | None) -> None:
+        """Another budget's line in the same store."""
+        self.lines.append(line)
+        self.budgets.append(budget)
+        self.keys.append(key)
+        self.starts.append(start)
 
 
 class Ticket:
     """One call's reservation, until it settles (and, for an attempt still running then, until it ends)."""
 
-    __slots__ = ("call", "groups", "model", "n0", "n1", "now", "record", "rid", "running", "settled")
+    __slots__ = ("call", "groups", "model", "n0", "n1", "now", "rid", "running", "settled", "unchecked")
 
-    def __init__(
-        self,
-        record: CallRecord,
-        groups: list[Group],
-        model: str | None,
-        rid: str,
-        now: float,
-        n0: int,
-        call: Call,
-    ) -> None:
-        self.record = record
+    def __init__(self, call: Call, groups: list[Group], model: str | None, rid: str, now: float, n0: int) -> None:
+        self.call = call  # its record is read only when needed (see `Call.record`)
         self.groups = groups
         self.model = model
         self.rid = rid
         self.now = now  # wall time the reservation was made (its window)
         self.n0 = n0  # attempts made before this call's, which are not ours
         self.n1: int | None = None  # attempts from here on are later calls' (fixed when it settles)
-        self.call = call  # for the input estimate of an attempt that reported no usage
         self.settled = False
+        self.unchecked = False  # a store let it through unreserved (on_store_error="fail_open")
         self.running = False  # an attempt had not ended when it settled (see `follow`)
+
+    @property
+    def record(self) -> CallRecord:
+        """The call's record (built now if nobody had read it)."""
+        return self.call.record
 
 
 # -- the charging rule ------------------------------------------------------------
@@ -194,6 +190,35 @@ def used(record: CallRecord, n0: int, model: str | None, call: Call, n1: int | N
     return usd, tokens, estimated, unpriced, running
 
 
+def _plain_used(plain: list[tuple[Usage | None, str | None, str | None]], call: Call, model: str | None) -> Used | None:
+    """`used` for attempts that all returned a plain result (`Call.plain_usage`), read without the record.
+
+    The same figures `used` reads from the record (an attempt's cost is
+    what the record prices it at, `_wrap._price`: its response's model,
+    else the one asked for); None when one of them is unpriced (`used`
+    then reports it).
+    """
+    usd = 0
+    tokens = 0
+    estimated = False
+    for usage, named, provider in plain:
+        if usage is None:
+            continue  # it ended without usage and its request is not taken to have left: nothing
+        asked = named or call.request_model()
+        cost = prices.cost_of(usage, asked, provider)
+        if cost is None:
+            cost = prices.cost_of(usage, asked or model, provider)
+            if cost is None and model:
+                cost = prices.cost_of(usage, model)
+            if cost is None:
+                return None
+        usd += round(cost * PICO)
+        tokens += usage.input_tokens + usage.output_tokens
+        if usage.estimated:
+            estimated = True
+    return usd, tokens, estimated, False, False
+
+
 def charge(usage: Used, usd_held: int, tokens_held: int) -> tuple[int, int]:  # noqa: ARG001
     """What a reservation of *usd_held* / *tokens_held* is charged for *usage* (see `used`).
 
@@ -204,23 +229,13 @@ def charge(usage: Used, usd_held: int, tokens_held: int) -> tuple[int, int]:  # 
     return (max(usd, usd_held) if unpriced else usd), tokens
 
 
-def _charges(ticket: Ticket) -> bool:
-    """Set each line's charge from the ticket's attempts: whether it is estimated (``ticket.running``: one still runs)."""
-    usage = used(ticket.record, ticket.n0, ticket.model, ticket.call, ticket.n1)
-    for group in ticket.groups:
-        for line in group.lines:
-            line.charge_usd, line.charge_tokens = charge(usage, line.usd, line.tokens)
-    ticket.running = usage[4]
-    return usage[2]
-
-
 # -- reserving ----------------------------------------------------------------------
 
 
 def _refused(ticket: Ticket, group: Group, refusal: Refusal) -> BudgetExceeded:
     b = group.budgets[refusal.index]
     return b._refuse(
-        ticket.record,
+        ticket.call,
         group.keys[refusal.index],
         "limit",
         refusal.unit,
@@ -245,13 +260,14 @@ def _store_failed(ticket: Ticket, group: Group, exc: BudgetStoreError, stage: st
         policy="fail_closed" if closed else "fail_open",
     )
     if not closed:
+        ticket.unchecked = True
         ticket.record.budget_decision = "unchecked"
         return None
     b = closed[0]
     i = group.budgets.index(b)
     line = group.lines[i]
     return b._refuse(
-        ticket.record,
+        ticket.call,
         group.keys[i],
         "store_error",
         "usd" if line.usd_limit is not None else "tokens",
@@ -263,12 +279,10 @@ def _store_failed(ticket: Ticket, group: Group, exc: BudgetStoreError, stage: st
     )
 
 
-def _reserved(ticket: Ticket, n: int, group: Group, refusal: Refusal | None) -> None:
-    """Group *n* answered: held, or refused (then the groups before it are released and the refusal raised)."""
-    if refusal is not None:
-        release(ticket, n)
-        raise _refused(ticket, group, refusal)
-    group.reserved = True
+def _refuse(ticket: Ticket, n: int, group: Group, refusal: Refusal) -> BudgetExceeded:
+    """Group *n* refused: release the groups before it; the error to raise."""
+    release(ticket, n)
+    return _refused(ticket, group, refusal)
 
 
 def _not_reserved(ticket: Ticket, n: int, group: Group, exc: BaseException) -> None:
@@ -288,8 +302,16 @@ def _not_reserved(ticket: Ticket, n: int, group: Group, exc: BaseException) -> N
 
 
 def _decided(ticket: Ticket) -> None:
-    if ticket.record.budget_decision is None:
-        ticket.record.budget_decision = "reserved"
+    """Note "reserved" on the record, unless a guard decided otherwise already.
+
+    A refusal or "unchecked" is written on the record itself (building
+    it): a call whose record was never built was decided by nobody else.
+    """
+    call = ticket.call
+    if not call.recorded:
+        call.note(budget_decision="reserved")
+    elif call.record.budget_decision is None:
+        call.record.budget_decision = "reserved"
 
 
 # `reserve` and `areserve` differ only in the store's call.
@@ -303,8 +325,11 @@ def reserve(ticket: Ticket) -> None:
         except BaseException as exc:  # noqa: BLE001 - re-raised by _not_reserved unless fail_open
             _not_reserved(ticket, n, group, exc)
             continue
-        _reserved(ticket, n, group, refusal)
-    _decided(ticket)
+        if refusal is not None:
+            raise _refuse(ticket, n, group, refusal)
+        group.reserved = True
+    if not ticket.unchecked:
+        _decided(ticket)
 
 
 async def areserve(ticket: Ticket) -> None:
@@ -319,8 +344,11 @@ async def areserve(ticket: Ticket) -> None:
         except BaseException as exc:  # noqa: BLE001 - re-raised by _not_reserved unless fail_open
             _not_reserved(ticket, n, group, exc)
             continue
-        _reserved(ticket, n, group, refusal)
-    _decided(ticket)
+        if refusal is not None:
+            raise _refuse(ticket, n, group, refusal)
+        group.reserved = True
+    if not ticket.unchecked:
+        _decided(ticket)
 
 
 def _interrupted(ticket: Ticket, n: int, group: Group) -> None:
@@ -349,19 +377,32 @@ def release(ticket: Ticket, upto: int) -> None:
 
 
 def _begin_settling(ticket: Ticket) -> bool | None:
-    """Mark *ticket* settled and charge its lines: whether its usage is estimated; None if it was settled already."""
+    """Mark *ticket* settled and set each line's charge from its attempts (`used`).
+
+    Whether the charge is estimated; None if it was settled already.
+    ``ticket.running`` says an attempt had not ended (see `follow`).
+    """
     if ticket.settled:
         return None
     ticket.settled = True
-    ticket.n1 = len(ticket.record.attempts)
-    return _charges(ticket)
+    call = ticket.call
+    ticket.n1 = call.attempt_count()
+    plain = call.plain_usage(ticket.n0)
+    usage = None if plain is None else _plain_used(plain, call, ticket.model)
+    if usage is None:
+        usage = used(call.record, ticket.n0, ticket.model, call, ticket.n1)
+    for group in ticket.groups:
+        for line in group.lines:
+            line.charge_usd, line.charge_tokens = charge(usage, line.usd, line.tokens)
+    ticket.running = usage[4]
+    return usage[2]
 
 
 def _settled(ticket: Ticket, group: Group, crossings: list[Crossing] | BudgetStoreError) -> None:
-    """Group *group* settled (its alert crossings), or could not (reported, never raised)."""
+    """Group *group* settled crossing alert thresholds, or could not (reported, never raised)."""
     if isinstance(crossings, BudgetStoreError):
         _settle_failed(ticket, group, crossings)
-    elif crossings:
+    else:
         _alerts(ticket, group, crossings)
 
 
@@ -382,8 +423,10 @@ def settle(ticket: Ticket) -> bool:
                 crossings = store.charge(group.lines, ticket.now, count=True, estimated=estimated)
         except BudgetStoreError as exc:
             crossings = exc
-        _settled(ticket, group, crossings)
-    _follow_if_running(ticket)
+        if crossings:
+            _settled(ticket, group, crossings)
+    if ticket.running:
+        follow(ticket)
     return True
 
 
@@ -403,14 +446,11 @@ async def asettle(ticket: Ticket) -> bool:
                 crossings = await store.asettle(ticket.rid, group.lines, ticket.now, count=True, estimated=estimated)
         except BudgetStoreError as exc:
             crossings = exc
-        _settled(ticket, group, crossings)
-    _follow_if_running(ticket)
-    return True
-
-
-def _follow_if_running(ticket: Ticket) -> None:
+        if crossings:
+            _settled(ticket, group, crossings)
     if ticket.running:
         follow(ticket)
+    return True
 
 
 def follow(ticket: Ticket) -> None:

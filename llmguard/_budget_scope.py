@@ -89,7 +89,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 from . import _check, _clock, _events
 from ._budget_estimate import Estimate, why
 from ._record import CallRecord
-from ._wrap import Layer
+from ._wrap import Call, Guard
 from .errors import BudgetExceeded
 from .stores import is_redis_target
 from .stores.budget import PICO, BucketSpec, BudgetStore, Line, MemoryBudgetStore, RedisBudgetStore
@@ -253,7 +253,7 @@ def _resolve_store(store: Any) -> BudgetStore | None:
     raise ValueError(msg)
 
 
-class Budget(Layer):
+class Budget(Guard):
     """A token and/or USD budget: a decorator and a context manager.
 
     Build it with `budget`; see the module documentation for what it does.
@@ -379,8 +379,8 @@ class Budget(Layer):
         """The store holding this budget's ledgers."""
         return self._store
 
-    def for_function(self, fn: Callable[..., Any], shape: str, binder: Binder) -> Layer:  # noqa: ARG002
-        """The per-function layer (it remembers the function's outputs and model)."""
+    def for_function(self, fn: Callable[..., Any], shape: str, binder: Binder) -> Guard:  # noqa: ARG002
+        """The per-function guard (it remembers the function's outputs and model)."""
         from ._budget import _FunctionBudget  # noqa: PLC0415 - the guard's module imports this one
 
         if self.label is None:
@@ -419,7 +419,10 @@ class Budget(Layer):
         known = self._specs.get(key)
         if known is None or known[0] != start:
             known = self._spec(key, start)
-        return known[1].line(usd, tokens, now), start
+        spec = known[1]  # `BucketSpec.line`, inlined
+        ttl = None if spec.expires is None else spec.expires - now
+        line = Line(spec.bucket, usd, tokens, spec.usd_limit, spec.tokens_limit, ttl, spec.usd_alerts, spec.tokens_alerts)
+        return line, start
 
     def _spec(self, key: str | None, start: float | None) -> tuple[float | None, BucketSpec]:
         """The terms of *key*'s bucket in the window from *start*, remembered for the next calls of that key."""
@@ -520,8 +523,8 @@ class Budget(Layer):
 
     # -- per-call decisions --------------------------------------------------
 
-    def _request(self, est: Estimate, key: str | None, record: CallRecord) -> tuple[int, int]:
-        """What this budget reserves for *est*: (pico-dollars, tokens), or a refusal."""
+    def _request(self, est: Estimate, key: str | None, call: Call) -> tuple[int, int]:
+        """What this budget reserves for *est*: (pico-dollars, tokens), or a refusal (for *call*)."""
         input_tokens, output_tokens, _, usd, usd_in = est
         needs_usd = self._usd_limit is not None or self._max_call is not None
         if usd is None and needs_usd:
@@ -532,7 +535,7 @@ class Budget(Layer):
                 usd = usd_in
             else:
                 raise self._refuse(
-                    record,
+                    call,
                     key,
                     "unknown_cost",
                     "usd",
@@ -546,7 +549,7 @@ class Budget(Layer):
         if tokens is None:
             if self.tokens is not None and self.unknown_cost == "reject":
                 raise self._refuse(
-                    record,
+                    call,
                     key,
                     "unknown_cost",
                     "tokens",
@@ -560,25 +563,25 @@ class Budget(Layer):
         usd_p = usd or 0
         if self._max_call is not None and usd_p > self._max_call:
             raise self._refuse(
-                record, key, "max_call_usd", "usd", self._max_call, 0, 0, usd_p,
+                call, key, "max_call_usd", "usd", self._max_call, 0, 0, usd_p,
                 "its worst case exceeds max_call_usd",
             )
         if self._per_call:
             if self._usd_limit is not None and usd_p > self._usd_limit:
                 raise self._refuse(
-                    record, key, "per_call", "usd", self._usd_limit, 0, 0, usd_p,
+                    call, key, "per_call", "usd", self._usd_limit, 0, 0, usd_p,
                     "its worst case exceeds the per-call limit",
                 )
             if self.tokens is not None and tokens > self.tokens:
                 raise self._refuse(
-                    record, key, "per_call", "tokens", self.tokens, 0, 0, tokens,
+                    call, key, "per_call", "tokens", self.tokens, 0, 0, tokens,
                     "its worst case exceeds the per-call limit",
                 )
         return usd_p, tokens
 
     def _refuse(
         self,
-        record: CallRecord,
+        call: Call,
         key: str | None,
         reason: str,
         unit: str,
@@ -615,6 +618,7 @@ class Budget(Layer):
         else:
             detail = f"{why}: {amount(requested_f)} > {amount(limit_f)}"
         message = f"budget {scope!r}: refused before sending; {detail}"
+        record = call.record
         record.budget_decision = "refused"
         _events.emit(
             _events.BUDGET_EXCEEDED,

@@ -103,9 +103,10 @@ class MemoryBudgetStore(BudgetStore):
             buckets = self._buckets
             for line in lines:
                 ttl = line.ttl
-                b = buckets.get(line.bucket)
-                if b is None or (ttl is not None and (b[8] is None or now + ttl > b[8])):
-                    b = self._bucket(line.bucket, None if ttl is None else now + ttl, now)
+                found = buckets.get(line.bucket)
+                if found is None or (ttl is not None and (found[8] is None or now + ttl > found[8])):
+                    found = self._bucket(line.bucket, None if ttl is None else now + ttl, now)
+                b: list[Any] = found
                 limit = line.usd_limit
                 if (limit is not None and (b[0] + b[2] + line.usd > limit or b[0] >= limit)) or (
                     (limit := line.tokens_limit) is not None and (b[1] + b[3] + line.tokens > limit or b[1] >= limit)
@@ -116,13 +117,19 @@ class MemoryBudgetStore(BudgetStore):
                     if refusal is not None:
                         return refusal
                     break
-            held: list[Any] = [now + lease]
-            for line in lines:
-                b = buckets[line.bucket]
-                b[2] += line.usd
-                b[3] += line.tokens
-                held += (line.bucket, line.usd, line.tokens)
-            self._held[rid] = tuple(held)
+            if len(lines) == 1:  # every call of a lone budget: `b` and `line` are its
+                usd, tokens = line.usd, line.tokens
+                b[2] += usd
+                b[3] += tokens
+                self._held[rid] = (now + lease, line.bucket, usd, tokens)
+            else:
+                held: list[Any] = [now + lease]
+                for line in lines:
+                    b = buckets[line.bucket]
+                    b[2] += line.usd
+                    b[3] += line.tokens
+                    held += (line.bucket, line.usd, line.tokens)
+                self._held[rid] = tuple(held)
         finally:
             lock.release()
         return None
