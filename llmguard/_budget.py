@@ -114,18 +114,7 @@ class _FunctionBudget(Guard):
 
     # -- one call ------------------------------------------------------------------
 
-    @staticmethod
-    def _key(b: Budget, call: Call, arguments: list[dict[str, Any]]) -> str | None:
-        """Budget *b*'s key for *call* (its ``key=`` called with the arguments, read once into *arguments*)."""
-        spec = b.key
-        if spec is None or isinstance(spec, str):
-            return spec or None
-        if not arguments:
-            arguments.append(call.info.binder.arguments(call.instance, call.args, call.kwargs))  # `Call.arguments`
-        value = call_with_arguments("key", spec, arguments[0], call)
-        return None if value is None or value == "" else str(value)
-
-    def _plan(self, call: Call) -> Ticket | None:
+    def _plan(self, call: Call) -> Ticket | None:  # noqa: PLR0912 - on every call: no helper calls for keys
         """Estimate, apply each budget's policy, build the lines; None if no budget applies."""
         scopes = SCOPES.get()
         budgets: tuple[Budget, ...] | list[Budget]
@@ -143,10 +132,17 @@ class _FunctionBudget(Guard):
             return None
         est = self.estimator.estimate(call, scopes)
         now = _clock.get_clock().time()
-        arguments: list[dict[str, Any]] = []
+        arguments: dict[str, Any] | None = None  # the call's arguments by name, for every key= callable
         groups: list[Group] = []
         for b in budgets:
-            key = self._key(b, call, arguments)
+            key = b.key
+            if key is not None and not isinstance(key, str):
+                if arguments is None:
+                    arguments = call.info.binder.arguments(call.instance, call.args, call.kwargs)  # `Call.arguments`
+                key = call_with_arguments("key", key, arguments, call)
+                key = None if key is None or key == "" else str(key)
+            elif not key:
+                key = None
             usd, tokens = b._request(est, key, call)
             if b._per_call:
                 continue

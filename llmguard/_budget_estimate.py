@@ -172,22 +172,19 @@ Estimate = tuple[int, "int | None", "str | None", "int | None", int]
 
 def estimated(input_tokens: int, output_tokens: int | None, model: str | None) -> Estimate:
     """Price the worst case of *input_tokens* in and *output_tokens* out on *model*."""
-    if not model:
+    rates = _worst_rates.get(model, _MISS) if prices.epoch[0] == _rates_epoch[0] else _MISS
+    if rates is _MISS:
+        rates = _rates_of(model)
+    if rates is None:
         return (input_tokens, output_tokens, model, None, 0)
-    entry = prices._cache.get((model, None), _MISS)
-    if entry is _MISS:
-        entry = prices._entry(model, None)
-    if entry is None:
-        return (input_tokens, output_tokens, model, None, 0)
-    tier_from = entry.tier_from
-    if entry.exact or (tier_from is not None and input_tokens > tier_from):
-        # Tiered or unusual prices: let genai-prices do the arithmetic.
+    in_rate, out_rate, per_call, tier_from = rates
+    if input_tokens > tier_from:
+        # Tiered or unusual prices (an exact one has no tier_from): let genai-prices do the arithmetic.
         usd_in = _worst_cost(input_tokens, 0, model)
         total = None if output_tokens is None else _worst_cost(input_tokens, output_tokens, model)
     else:
-        in_rate, write_rate = entry.in_rate, entry.write_rate
-        usd_in = input_tokens * (in_rate if in_rate > write_rate else write_rate) + entry.per_call  # noqa: FURB136 - max() is a call
-        total = None if output_tokens is None else usd_in + output_tokens * entry.out_rate
+        usd_in = input_tokens * in_rate + per_call
+        total = None if output_tokens is None else usd_in + output_tokens * out_rate
     # Rounded, not ceiled: float error is ~1e-16 of the amount, far below a
     # pico-dollar, and ceil would turn 0.0025000000000000005 into one more.
     return (
@@ -197,6 +194,33 @@ def estimated(input_tokens: int, output_tokens: int | None, model: str | None) -
         None if total is None else round(total * PICO),
         0 if usd_in is None else round(usd_in * PICO),
     )
+
+
+# Per model: USD per input token at the worst case (the dearer of plain input
+# and cache write), per output token, per call, and the input count above
+# which they do not apply (a tier; -1 when the price must be worked out by
+# genai-prices every time); None when the model has no price. Valid while
+# `prices.epoch` is `_rates_epoch` (a price set or the cache cleared since
+# empties it).
+_worst_rates: dict[str | None, tuple[float, float, float, float] | None] = {}
+_rates_epoch: list[int] = [0]
+_RATES_KEPT: Final = 256
+
+
+def _rates_of(model: str | None) -> tuple[float, float, float, float] | None:
+    epoch = prices.epoch[0]  # before the price: one set in between makes this look old, never current
+    entry = prices._entry(model, None) if model else None
+    rates = None
+    if entry is not None:
+        tier_from: float = -1 if entry.exact else math.inf if entry.tier_from is None else entry.tier_from
+        in_rate, write_rate = entry.in_rate, entry.write_rate
+        rates = (max(in_rate, write_rate), entry.out_rate, entry.per_call, tier_from)
+    if _rates_epoch[0] != epoch:
+        _worst_rates.clear()
+        _rates_epoch[0] = epoch
+    if len(_worst_rates) < _RATES_KEPT:
+        _worst_rates[model] = rates
+    return rates
 
 
 def why(est: Estimate) -> str:

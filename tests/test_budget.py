@@ -1555,24 +1555,17 @@ def test_on_alert_with_per_call_is_refused() -> None:
         budget(usd=0.01, per="call", on_alert=print)
 
 
-# -- the fast lane ------------------------------------------------------------------------
+# -- a lone budget ("lane": once the core's fast lane, now the one path) ----------------
 # A lone budget on a def / async def with SDK-shaped arguments (a model, an output
-# cap, the messages), no estimate= and a store that answers without I/O runs on the
-# core's fast lane: it reserves from the arguments and settles from the usage the
-# function reported or its result carries, with `BudgetStore.hold` / `release`.
+# cap, the messages), no estimate= and a store that answers without I/O: it reserves
+# from the arguments and settles from the usage its result carries
+# (`Call.plain_usage`, without the record) or the function reported.
 
 
-class ViaLines(MemoryBudgetStore):
-    """A memory store on the `BudgetStore` defaults of hold and release (reserve and settle a `Line`)."""
-
-    hold = BudgetStore.hold
-    release = BudgetStore.release
-
-
-@pytest.fixture(params=["memory", "via-lines"])
-def lane_store(request: pytest.FixtureRequest) -> BudgetStore:
-    """A store the fast lane runs on: the memory store, and one on the generic hold/release."""
-    return MemoryBudgetStore() if request.param == "memory" else ViaLines()
+@pytest.fixture
+def lane_store() -> BudgetStore:
+    """The memory store, for a lone budget."""
+    return MemoryBudgetStore()
 
 
 def test_lane_ledger_is_the_exact_sum_of_every_kind_of_result(
@@ -1950,11 +1943,11 @@ def test_lane_threads_never_overspend_and_the_ledger_stays_exact(lane_store: Bud
 # -- hold and release: one bucket, no Line -----------------------------------------------
 
 
-@pytest.fixture(params=["memory", "via-lines", "redis"])
+@pytest.fixture(params=["memory", "redis"])
 async def any_store(request: pytest.FixtureRequest) -> AsyncIterator[BudgetStore]:
-    """Each store, and the generic hold/release on the memory store."""
+    """Each store."""
     if request.param != "redis":
-        yield MemoryBudgetStore() if request.param == "memory" else ViaLines()
+        yield MemoryBudgetStore()
         return
     redis_store = RedisBudgetStore(request.getfixturevalue("redis_url"), namespace=uuid.uuid4().hex)
     yield redis_store
