@@ -68,7 +68,9 @@ Used = tuple[int, int, bool, bool, bool]
 class Group:
     """The lines of one call in one store, and the budget/key/window of each."""
 
-    __slots__ = ("budgets", "keys", "lines", "reserved", "starts", "store")
+    # Not __slots__: one is built on every call, and class-level defaults with
+    # a short __init__ build fastest (as `Call`).
+    reserved = False
 
     def __init__(self, store: BudgetStore, line: Line, budget: Budget, key: str | None, start: float | None) -> None:
         self.store = store
@@ -76,7 +78,6 @@ class Group:
         self.budgets = [budget]
         self.keys = [key]
         self.starts = [start]
-        self.reserved = False
 
     def add(self, line: Line, budget: Budget, key: str | None, start: float | None) -> None:
         """Another budget's line in the same store."""
@@ -89,7 +90,11 @@ class Group:
 class Ticket:
     """One call's reservation, until it settles (and, for an attempt still running then, until it ends)."""
 
-    __slots__ = ("call", "groups", "model", "n0", "n1", "now", "rid", "running", "settled", "unchecked")
+    # Not __slots__ (see `Group`).
+    n1: int | None = None  # attempts from here on are later calls' (fixed when it settles)
+    settled = False
+    unchecked = False  # a store let it through unreserved (on_store_error="fail_open")
+    running = False  # an attempt had not ended when it settled (see `follow`)
 
     def __init__(self, call: Call, groups: list[Group], model: str | None, rid: str, now: float, n0: int) -> None:
         self.call = call  # its record is read only when needed (see `Call.record`)
@@ -98,10 +103,6 @@ class Ticket:
         self.rid = rid
         self.now = now  # wall time the reservation was made (its window)
         self.n0 = n0  # attempts made before this call's, which are not ours
-        self.n1: int | None = None  # attempts from here on are later calls' (fixed when it settles)
-        self.settled = False
-        self.unchecked = False  # a store let it through unreserved (on_store_error="fail_open")
-        self.running = False  # an attempt had not ended when it settled (see `follow`)
 
     @property
     def record(self) -> CallRecord:
@@ -386,11 +387,15 @@ def _begin_settling(ticket: Ticket) -> bool | None:
         return None
     ticket.settled = True
     call = ticket.call
-    ticket.n1 = call.attempt_count()
-    plain = call.plain_usage(ticket.n0)
-    usage = None if plain is None else _plain_used(plain, call, ticket.model)
+    n0 = ticket.n0
+    plain = call.plain_usage(n0)
+    usage = None
+    if plain is not None:
+        ticket.n1 = n0 + len(plain)
+        usage = _plain_used(plain, call, ticket.model)
     if usage is None:
-        usage = used(call.record, ticket.n0, ticket.model, call, ticket.n1)
+        ticket.n1 = call.attempt_count()
+        usage = used(call.record, n0, ticket.model, call, ticket.n1)
     for group in ticket.groups:
         for line in group.lines:
             line.charge_usd, line.charge_tokens = charge(usage, line.usd, line.tokens)
