@@ -1673,6 +1673,31 @@ def test_lane_settles_at_a_price_set_after_earlier_calls(monkeypatch: pytest.Mon
     assert (2.0, 7.0) == (spent_before, b.spend().usd)
 
 
+def test_a_price_set_between_calls_prices_the_next_worst_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    """set_price between calls: the next reservation is the worst case at the new price (its rates memo follows the price epoch)."""
+    from llmguard import prices
+
+    monkeypatch.setattr(prices, "_overrides", {})
+    lg.set_price("my-model", input=0.0, output=1.0)  # $1 per Mtok out: 500 tokens' worst case is $0.0005
+    b = budget(usd=0.001, store=MemoryBudgetStore())
+
+    @b
+    def ask(messages: Any, model: str = "my-model", max_tokens: int = 500) -> str:
+        lg.report_usage(input_tokens=1, output_tokens=0, model=model)
+        return "ok"
+
+    try:
+        first = ask(MESSAGES)
+        lg.set_price("my-model", input=0.0, output=10.0)  # now $0.005: more than the whole budget
+        with pytest.raises(lg.BudgetExceeded) as refused:
+            ask(MESSAGES)
+    finally:
+        prices.clear_price_cache()
+
+    assert "ok" == first
+    assert 0.005 == pytest.approx(refused.value.requested)
+
+
 def _on_path(path: str, b: Budget, fn: Any) -> Any:
     """*fn* under budget *b*: alone (the fast lane), or under a pass-through layer (the general path)."""
     from probe import Probe
