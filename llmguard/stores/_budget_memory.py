@@ -104,8 +104,10 @@ class MemoryBudgetStore(BudgetStore):
             for line in lines:
                 ttl = line.ttl
                 found = buckets.get(line.bucket)
-                if found is None or (ttl is not None and (found[8] is None or now + ttl > found[8])):
+                if found is None:
                     found = self._bucket(line.bucket, None if ttl is None else now + ttl, now)
+                elif ttl is not None and (found[8] is None or now + ttl > found[8]):
+                    found[8] = now + ttl  # kept at least as long as this line asks (`_bucket`)
                 b: list[Any] = found
                 limit = line.usd_limit
                 if (limit is not None and (b[0] + b[2] + line.usd > limit or b[0] >= limit)) or (
