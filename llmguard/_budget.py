@@ -158,10 +158,12 @@ class _FunctionBudget(Guard):
         return Ticket(call, groups, est[2], rid, now, call.attempt_count())
 
     def _settle(self, ticket: Ticket) -> None:
+        """Settle *ticket* (once), then remember the outputs and model if this function's estimates read them."""
         if ledger.settle(ticket) and self.estimator.history:
             self.estimator.observe(ticket.record, ticket.n0)
 
     async def _asettle(self, ticket: Ticket) -> None:
+        """`_settle` for a call on an event loop."""
         if await ledger.asettle(ticket) and self.estimator.history:
             self.estimator.observe(ticket.record, ticket.n0)
 
