@@ -69,7 +69,8 @@ from ._budget_estimate import Estimator, call_with_arguments, mismatch_error, si
 from ._budget_ledger import Group, Ticket
 from ._budget_scope import SCOPES, Budget, BudgetAlert, BudgetSpend, Per
 from ._record import Outcome
-from ._wrap import Call, Guard, _StreamBase, layers_of
+from ._runner import Call, Guard, layers_of
+from ._stream import _StreamBase
 
 
 __all__ = ["Budget", "BudgetAlert", "BudgetSpend", "budget", "budget_spend"]

@@ -61,7 +61,7 @@ from .stores.budget import PICO
 if TYPE_CHECKING:
     from ._binder import Binder
     from ._budget_scope import Budget
-    from ._wrap import Call
+    from ._runner import Call
 
 
 INPUT_NAMES: Final = _estimate.INPUT_NAMES

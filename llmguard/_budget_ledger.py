@@ -49,7 +49,7 @@ from .stores.budget import PICO, BudgetStore, BudgetStoreError, Crossing, Line, 
 
 if TYPE_CHECKING:
     from ._budget_scope import Budget
-    from ._wrap import Call
+    from ._runner import Call
     from .errors import BudgetExceeded
 
 
@@ -195,7 +195,7 @@ def _plain_used(plain: list[tuple[Usage | None, str | None, str | None]], call: 
     """`used` for attempts that all returned a plain result (`Call.plain_usage`), read without the record.
 
     The same figures `used` reads from the record (an attempt's cost is
-    what the record prices it at, `_wrap._price`: its response's model,
+    what the record prices it at, `_facts._price`: its response's model,
     else the one asked for); None when one of them is unpriced (`used`
     then reports it).
     """

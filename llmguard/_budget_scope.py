@@ -89,7 +89,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 from . import _check, _clock, _events
 from ._budget_estimate import Estimate, why
 from ._record import CallRecord
-from ._wrap import Call, Guard
+from ._runner import Call, Guard
 from .errors import BudgetExceeded
 from .stores import is_redis_target
 from .stores.budget import PICO, BucketSpec, BudgetStore, Line, MemoryBudgetStore, RedisBudgetStore
