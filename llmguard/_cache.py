@@ -64,50 +64,30 @@ the function object anyway.
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import copy
-import dataclasses
-import datetime as dt
-import decimal
-import enum
-import hashlib
-import inspect
-import json
-import json.encoder
-import pathlib
-import sys
 import threading
-import uuid
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, overload
 
 from . import _check, _clock, _events, prices
-from ._binder import Binder, Binding
+from ._cache_key import NO_INSTANCE, TRANSPORT, Keys
 from ._context import remaining
+from ._flight import Flight, Flights, alock_shared, lock_shared, shared_error, unlock
 from ._record import Outcome
-from ._semantic import Semantic, rank, split, unit
+from ._semantic import Query, Semantic, split, unit
 from ._wrap import (
-    _F_ARGS,
-    _F_INFO,
-    _F_KWARGS,
     ASYNC,
     ASYNCGEN,
     GEN,
-    GENERAL,
-    SYNC,
-    Answer,
     AsyncGuardedStream,
     GuardedStream,
-    Lane,
     Layer,
-    _realize,
     _StreamBase,
     layers_of,
 )
-from .errors import GuardTimeout, LLMGuardError
+from .errors import GuardTimeout
 from .stores import is_redis_target, redis_client
 from .stores.cache import (
     CacheEntry,
@@ -120,6 +100,7 @@ from .stores.cache import (
 
 
 if TYPE_CHECKING:
+    from ._binder import Binder
     from ._record import CallRecord, Usage
     from ._wrap import Call
 
@@ -129,331 +110,8 @@ __all__ = ["TRANSPORT", "CacheInfo", "CacheLayer", "cache", "cache_clear", "cach
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# Bump when the canonical form changes: old entries then simply stop matching.
-KEY_VERSION: Final = 1
-
-TRANSPORT: Final = frozenset(
-    {
-        "timeout",
-        "request_timeout",
-        "extra_headers",
-        "extra_query",
-        "stream_options",
-        "api_key",
-        "api_base",
-        "base_url",
-        "organization",
-        "client",
-        "http_client",
-        "max_retries",
-    }
-)
-"""Arguments that change how a request travels, not what it asks: not keyed."""
-
 _DEFAULT_TTL: Final = 3600.0
 _DEFAULT_MAXSIZE: Final = 1024
-
-
-# -- the canonical form ------------------------------------------------------
-
-_LEAVES: Final = frozenset({str, int, float, bool, type(None)})
-_DROP: Final = object()  # a value normalised away (NOT_GIVEN, a client)
-_TAG: Final = "\x00"  # tags start with NUL; user dict keys that do are escaped
-_ENCODE: Callable[[Any], str] = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False
-).encode
-# The C accelerators (absent on some interpreters: then the class above).
-_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
-_c_encode_basestring = getattr(json.encoder, "c_encode_basestring", None)
-if _c_make_encoder is not None and _c_encode_basestring is not None:
-    # The same encoder without JSONEncoder.encode's per-call set-up (~0.5 µs
-    # of a 4 µs encode): only ever fed normalised values, so no ``default``.
-    _C_ENCODER = _c_make_encoder(None, None, _c_encode_basestring, None, ":", ",", True, False, True)
-
-    def _encode_fast(value: Any) -> str:
-        return "".join(_C_ENCODER(value, 0))
-
-    _ENCODE = _encode_fast
-
-_SDK_ROOTS: Final = frozenset({"anthropic", "openai", "google", "httpx", "httpx2"})
-_SENTINELS: Final = frozenset({"NotGiven", "Omit", "NotGivenOr"})
-_CLIENT_BASES: Final = frozenset(
-    {"BaseClient", "SyncAPIClient", "AsyncAPIClient", "Client", "AsyncClient", "BaseApiClient"}
-)
-
-
-class _Uncanonical(Exception):
-    """A value with no canonical form (internal; becomes a TypeError)."""
-
-
-def _norm(v: Any) -> Any:
-    """*v* in canonical form: *v* itself when it already is, else a new value."""
-    tp = v.__class__
-    if tp in _LEAVES:
-        return v
-    if tp is dict:
-        return _norm_dict(v)
-    if tp is list or tp is tuple:
-        return _norm_seq(v)
-    handler = _HANDLERS.get(tp)
-    if handler is None:
-        handler = _handler_for(tp)
-    return handler(v)
-
-
-def _plain_keys(d: dict[Any, Any]) -> bool:
-    """Whether every key of *d* is a str JSON carries exactly and no tag starts with.
-
-    Keys seen to be safe are remembered by name, so the usual check is one
-    C-level subset test (``{"role", "content"} <= known``).
-    """
-    if d.keys() <= _SAFE_KEYS:
-        return True
-    for k in d:
-        if k.__class__ is not str or not k or k[0] == _TAG:
-            return False
-    if len(_SAFE_KEYS) > 100_000:  # arbitrary-key dicts must not grow it forever
-        _SAFE_KEYS.clear()
-    _SAFE_KEYS.update(d)
-    return True
-
-
-_SAFE_KEYS: set[str] = set()
-
-
-def _norm_dict(d: dict[Any, Any]) -> Any:
-    if not _plain_keys(d):
-        return _tagged_dict(d)
-    out: dict[str, Any] | None = None
-    for k, v in d.items():
-        if v.__class__ in _LEAVES:
-            continue
-        n = _norm(v)
-        if n is not v:
-            if out is None:
-                out = dict(d)
-            if n is _DROP:
-                del out[k]
-            else:
-                out[k] = n
-    return d if out is None else out
-
-
-def _norm_seq(s: Sequence[Any]) -> Any:
-    out: list[Any] | None = None
-    for i, v in enumerate(s):
-        tv = v.__class__
-        if tv in _LEAVES:
-            continue
-        if tv is dict and v.keys() <= _SAFE_KEYS:
-            # Inline the common case, a message of plain values.
-            for x in v.values():
-                if x.__class__ not in _LEAVES:
-                    break
-            else:
-                continue
-        n = _norm(v)
-        if n is not v:
-            if out is None:
-                out = list(s)
-            out[i] = {_TAG + "notgiven": True} if n is _DROP else n
-    return s if out is None else out  # a tuple encodes as a list: the same JSON array
-
-
-def _tagged_dict(d: Mapping[Any, Any]) -> Any:
-    """A dict whose keys JSON cannot carry exactly, as sorted [key, value] pairs."""
-    pairs = []
-    for k, v in d.items():
-        n = _norm(v)
-        if n is not _DROP:
-            pairs.append([_ENCODE(_norm(k)), n])
-    pairs.sort(key=lambda p: p[0])
-    return {_TAG + "dict": pairs}
-
-
-def _tag(name: str, value: Any) -> dict[str, Any]:
-    return {_TAG + name: value}
-
-
-def _qualified(tp: type) -> str:
-    return f"{tp.__module__}.{tp.__qualname__}"
-
-
-_SCHEMAS: dict[type, Any] = {}
-
-
-def _norm_class(cls: Any) -> Any:
-    """A class (``response_format=Answer``): its name, and its JSON schema if pydantic."""
-    pydantic = sys.modules.get("pydantic")
-    if pydantic is not None and isinstance(cls, type) and issubclass(cls, pydantic.BaseModel):
-        schema = _SCHEMAS.get(cls)
-        if schema is None:
-            schema = _SCHEMAS[cls] = _norm(cls.model_json_schema())  # type: ignore[attr-defined]
-        return {_TAG + "class": _qualified(cls), "schema": schema}
-    return _tag("class", _qualified(cls))
-
-
-def _handler_for(tp: type) -> Callable[[Any], Any]:  # noqa: C901, PLR0912 - one branch per kind
-    """How to normalise values of type *tp*; remembered per type."""
-    handler: Callable[[Any], Any]
-    root = tp.__module__.partition(".")[0]
-    pydantic = sys.modules.get("pydantic")
-    if root in _SDK_ROOTS and (
-        tp.__name__ in _SENTINELS
-        or any(b.__name__ in _CLIENT_BASES for b in tp.__mro__ if b is not object)
-    ):
-        handler = _drop
-    elif issubclass(tp, type):
-        handler = _norm_class
-    elif pydantic is not None and issubclass(tp, pydantic.BaseModel):
-        name = _qualified(tp)
-
-        def handler(v: Any) -> Any:
-            return {_TAG + "model": name, "data": _norm(v.model_dump(mode="json"))}
-
-    elif issubclass(tp, enum.Enum):
-        if issubclass(tp, (str, int, float)):  # StrEnum / IntEnum: their value, as sent
-            def handler(v: Any) -> Any:
-                return _norm(v.value)
-        else:
-            def handler(v: Any) -> Any:
-                return _tag("enum", f"{_qualified(type(v))}.{v.name}")
-    elif issubclass(tp, str):
-        handler = str.__str__
-    elif issubclass(tp, int):
-        handler = int.__index__
-    elif issubclass(tp, float):
-        handler = float
-    elif issubclass(tp, dict) or issubclass(tp, Mapping):
-        def handler(v: Any) -> Any:
-            return _norm_dict(dict(v))
-    elif issubclass(tp, (bytes, bytearray, memoryview)):
-        def handler(v: Any) -> Any:
-            return _tag("bytes", base64.b64encode(bytes(v)).decode("ascii"))
-    elif issubclass(tp, (set, frozenset)):
-        def handler(v: Any) -> Any:
-            return _tag("set", sorted(_ENCODE(_norm(x)) for x in v))
-    elif issubclass(tp, (dt.datetime, dt.date, dt.time)):
-        def handler(v: Any) -> Any:
-            return _tag(type(v).__name__, v.isoformat())
-    elif issubclass(tp, (decimal.Decimal, uuid.UUID, pathlib.PurePath)):
-        def handler(v: Any) -> Any:
-            return _tag(type(v).__name__, str(v))
-    elif dataclasses.is_dataclass(tp):
-        name = _qualified(tp)
-        names = [f.name for f in dataclasses.fields(tp)]
-
-        def handler(v: Any) -> Any:
-            return {_TAG + "dataclass": name, "fields": _norm({n: getattr(v, n) for n in names})}
-
-    elif issubclass(tp, (list, tuple)) or (
-        issubclass(tp, Sequence) and not issubclass(tp, (str, bytes))
-    ):
-        def handler(v: Any) -> Any:
-            return _norm_seq(list(v))
-    else:
-        what = f"a {_qualified(tp)}"
-
-        def handler(_v: Any) -> Any:
-            raise _Uncanonical(what)
-
-    if len(_HANDLERS) > 4096:  # dynamically made classes must not grow it forever
-        _HANDLERS.clear()
-    _HANDLERS[tp] = handler
-    return handler
-
-
-def _drop(_v: Any) -> Any:
-    return _DROP
-
-
-_HANDLERS: dict[type, Callable[[Any], Any]] = {}
-
-
-def canonical(value: Any) -> str:
-    """The canonical JSON text of *value* (what the key hashes); TypeError if it has none."""
-    try:
-        n = _norm(value)
-    except _Uncanonical as exc:
-        msg = f"{exc.args[0]} cannot be part of a cache key"
-        raise TypeError(msg) from None
-    except RecursionError:
-        msg = "a value nested too deep (or containing itself) cannot be part of a cache key"
-        raise TypeError(msg) from None
-    return _ENCODE(None if n is _DROP else n)
-
-
-def _code_fingerprint(fn: Callable[..., Any]) -> str:
-    """Bytecode, constants and names of *fn*: stable across processes and paths."""
-    code = getattr(inspect.unwrap(fn), "__code__", None)
-    if code is None:
-        return ""
-    parts: list[str] = []
-
-    def walk(c: Any) -> None:
-        parts.append(c.co_code.hex())
-        parts.append(repr(c.co_names))
-        for const in c.co_consts:
-            if inspect.iscode(const):
-                walk(const)
-            elif isinstance(const, frozenset):  # iteration order varies with hash seeds
-                parts.append(repr(sorted(repr(x) for x in const)))
-            else:
-                parts.append(repr(const))
-
-    walk(code)
-    parts.extend(_closure_parts(inspect.unwrap(fn)))
-    return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:16]
-
-
-def _closure_parts(fn: Any) -> list[str]:
-    """The canonical form of each value *fn*'s closure captured, by name.
-
-    Read once, at decoration time. Cells that are still empty, or whose value
-    has no canonical form (an SDK client is dropped as usual; a lock, a
-    function or a module is skipped), add nothing: a function without a
-    closure keeps the fingerprint it always had.
-    """
-    cells = getattr(fn, "__closure__", None)
-    code = getattr(fn, "__code__", None)
-    if not cells or code is None:
-        return []
-    parts: list[str] = []
-    for name, cell in zip(code.co_freevars, cells, strict=False):
-        try:
-            value = cell.cell_contents
-        except ValueError:  # not assigned yet
-            continue
-        try:
-            form = canonical(value)
-        except TypeError:
-            continue
-        parts.append(f"closure:{name}={form}")
-    return parts
-
-
-# `CacheLayer.key_for` of a method called without ``_instance=``.
-_NO_INSTANCE: Final = object()
-
-
-class _Flight:
-    """One in-flight miss that identical calls wait for."""
-
-    __slots__ = ("again", "done", "entry", "error", "event", "owner", "waiters")
-
-    def __init__(self, owner: object) -> None:
-        self.owner = owner  # the thread id or task making the call
-        self.event: threading.Event | None = None  # made when a thread first waits
-        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self.done = False
-        self.entry: CacheEntry | None = None
-        self.error: BaseException | None = None
-        self.again = False  # the leader gave up: try again
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 # -- the guard ---------------------------------------------------------------
@@ -496,10 +154,6 @@ class CacheLayer(Layer):
         self.ttl = None if ttl is None else min(float(ttl), _clock.MAX_SECONDS)
         self.maxsize = maxsize
         self.key = key
-        self._key_sig: inspect.Signature | None = None
-        if key is not None:
-            with contextlib.suppress(TypeError, ValueError):
-                self._key_sig = inspect.signature(key)
         self.include = include_set
         self.exclude = exclude_set
         self.semantic = semantic
@@ -508,20 +162,14 @@ class CacheLayer(Layer):
         self._shared_store = _store_from(store)
         # Per function (set by `for_function`):
         self.store: CacheStore = self._shared_store or MemoryCacheStore(maxsize)
+        self._keys: Keys | None = None
         self._fn_label = ""
         self._prefix = ""
-        self._hasher: Any = None
-        self._binder: Binding | None = None
-        self._excluded: frozenset[str] = frozenset()
-        self._excluded_from = -1
-        self._first_excluded = False
-        self._self_in_key = False
-        self._class_in_key = False
         self._sem_param = ""
         self._shape = ""
         self._streams_seen = False
-        self._lock = threading.Lock()
-        self._flights: dict[str, _Flight] = {}
+        self._lock = threading.Lock()  # the counters
+        self._flights = Flights()
         self._tasks: set[asyncio.Task[None]] = set()
         self.hits = 0
         self.misses = 0
@@ -553,153 +201,27 @@ class CacheLayer(Layer):
         layer = copy.copy(self)
         layer.store = self._shared_store or MemoryCacheStore(self.maxsize)
         layer._lock = threading.Lock()
-        layer._flights = {}
+        layer._flights = Flights()
         layer._tasks = set()
         layer._shape = shape
-        label = f"{getattr(fn, '__module__', None) or '?'}.{getattr(fn, '__qualname__', None) or repr(fn)}"
-        layer._fn_label = getattr(fn, "__qualname__", None) or repr(fn)
-        ident = hashlib.blake2b(label.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
-        layer._prefix = ident + ":"
-        layer._hasher = hashlib.sha256(
-            f"llmguard.cache/{KEY_VERSION}\x00{label}\x00{_code_fingerprint(fn)}\x00".encode(
-                "utf-8", "surrogatepass"
-            )
+        keys = layer._keys = Keys(
+            fn,
+            binder,
+            key=self.key,
+            include=self.include,
+            exclude=self.exclude,
+            requests=self.semantic is not None,
         )
-        sig = binder.signature
-        names = list(sig.parameters) if sig else []
-        has_var_kw = bool(sig) and any(
-            p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values()  # type: ignore[union-attr]
-        )
-        for option, chosen in (("include", self.include), ("exclude", self.exclude)):
-            unknown = sorted(n for n in chosen if n not in names and n != "self")
-            if unknown and not has_var_kw:
-                msg = f"cache({option}=...) names {unknown}, which {layer._fn_label}() has no parameter for"
-                raise ValueError(msg)
-        # A method's instance (the binder's rule, whatever its parameter is
-        # called) is never an argument: it is keyed only when included (an
-        # instance usually holds a client, not the request), a classmethod's
-        # class (by name) unless excluded.
-        first = binder.first
-        excluded = (TRANSPORT - self.include) | self.exclude
-        layer._excluded = frozenset(excluded)
-        layer._self_in_key = first is not None and bool({"self", first} & self.include)
-        layer._class_in_key = first is not None and first not in layer._excluded
-        layer._binder = binder.binding(layer._excluded) if sig is not None else None
-        # From which positional argument on an excluded parameter may be passed
-        # positionally (self/cls, the instance, is handled by the binder).
-        positions = layer._binder.pos_after_first if layer._binder else ()
-        layer._excluded_from = min(
-            (i for i, n in enumerate(positions) if n in layer._excluded), default=1 << 30
-        )
-        if layer._binder is None:
-            layer._excluded_from = -1  # always look
-        # A method called unbound (no instance) has self among its arguments.
-        layer._first_excluded = first is not None and first in layer._excluded
+        layer._fn_label = keys.label
+        layer._prefix = keys.prefix
         if self.semantic is not None:
             if self.semantic.is_async and shape not in (ASYNC, ASYNCGEN):
                 msg = f"cache(semantic=Semantic(embed=<async>)) needs an async function; {layer._fn_label}() is not"
                 raise TypeError(msg)
-            layer._sem_param = self.semantic.param_for(fn, names, has_var_kw)
+            layer._sem_param = self.semantic.param_for(fn, keys.names, keys.takes_any_keyword)
         layer.hits = layer.misses = layer.unpriced_hits = 0
         layer.saved_usd = 0.0
         return layer
-
-    # -- the key -------------------------------------------------------------
-
-    def _key_of(self, call: Call) -> tuple[str, dict[str, Any] | None] | None:
-        """The call's key (see `_key_from`)."""
-        return self._key_from(call.instance, call.args, call.kwargs)
-
-    def _key_from(  # noqa: PLR0912 - the hit path, kept in one frame
-        self, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[str, dict[str, Any] | None] | None:
-        """The key of a call with these arguments (and its canonical request, for semantic mode).
-
-        None when the arguments do not bind to the signature: the call then
-        goes through uncached and the function raises its own TypeError.
-        """
-        if self.key is not None:
-            return self._custom_key(args, kwargs)
-        binder = self._binder
-        if binder is None:
-            bound: dict[str, Any] = {"*args": list(args), **kwargs}
-        else:
-            got = binder.bind(instance, args, kwargs)
-            if got is None:
-                return None
-            bound = got
-            if instance is not None and binder.first and (
-                self._class_in_key if isinstance(instance, type) else self._self_in_key
-            ) and instance is not _NO_INSTANCE:
-                bound[binder.first] = instance
-        # Excluded parameters have no defaults in the binder: they are here
-        # only if passed, by keyword or far enough along positionally.
-        excluded = self._excluded
-        if (
-            (kwargs and not excluded.isdisjoint(kwargs))
-            or len(args) > self._excluded_from
-            or (self._first_excluded and instance is None)
-        ):
-            for name in excluded.intersection(bound):
-                del bound[name]
-        dropped = None
-        for name, v in bound.items():
-            tv = v.__class__
-            if tv in _LEAVES:
-                continue
-            try:
-                n = _norm_seq(v) if tv is list else _norm(v)
-            except _Uncanonical as exc:
-                raise self._uncanonical(name, exc.args[0]) from None
-            except RecursionError:
-                raise self._uncanonical(name, "nested too deep (or contains itself)") from None
-            if n is not v:
-                if n is _DROP:
-                    dropped = [name] if dropped is None else [*dropped, name]
-                else:
-                    bound[name] = n  # values only: the dict's size is unchanged
-        if dropped:
-            for name in dropped:
-                del bound[name]
-        h = self._hasher.copy()
-        h.update(_ENCODE(bound).encode("utf-8", "surrogatepass"))
-        return self._prefix + h.hexdigest(), bound if self.semantic is not None else None
-
-    def _uncanonical(self, name: str, what: str) -> TypeError:
-        return TypeError(
-            f"cache: argument {name!r} of {self._fn_label}() is {what}, which cannot be part "
-            f"of a cache key; leave it out with cache(exclude=[{name!r}]) or key the call "
-            f"yourself with cache(key=...)"
-        )
-
-    def _custom_key(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str, None] | None:
-        key = self.key
-        assert key is not None  # noqa: S101 - checked by the caller
-        try:
-            custom = key(*args, **kwargs)
-        except TypeError:
-            # Only arguments that do not bind mean "no key" (the call goes
-            # through and the function raises its own TypeError); a TypeError
-            # raised by the key function's body is the caller's bug.
-            if self._key_sig is None:
-                return None  # no signature to tell the two apart
-            try:
-                self._key_sig.bind(*args, **kwargs)
-            except TypeError:
-                return None
-            raise
-        try:
-            doc = {"key": _norm(custom)}
-        except (_Uncanonical, RecursionError) as exc:
-            what = exc.args[0] if isinstance(exc, _Uncanonical) else "nested too deep"
-            msg = f"cache(key=...) for {self._fn_label}() returned {what}, which cannot be hashed canonically"
-            raise TypeError(msg) from None
-        return self._prefix + self._digest(doc), None
-
-    def _digest(self, doc: Any) -> str:
-        h = self._hasher.copy()
-        h.update(_ENCODE(doc).encode("utf-8", "surrogatepass"))
-        return str(h.hexdigest())
 
     # -- hits ----------------------------------------------------------------
 
@@ -752,7 +274,7 @@ class CacheLayer(Layer):
             return AsyncGuardedStream(source=_Replay(chunks), record=record)
         return GuardedStream(source=iter(chunks), record=record)
 
-    def _missed(self, record: CallRecord, sem: _SemQuery | None) -> None:
+    def _missed(self, record: CallRecord, sem: Query | None) -> None:
         record.cache = "miss"
         similarity = sem.best if sem is not None else None
         if similarity is not None:
@@ -805,7 +327,7 @@ class CacheLayer(Layer):
         if _events.listening(record):
             _events.emit(_events.CACHE_SKIPPED, record, reason=reason)
 
-    def _store(self, record: CallRecord, key: str, entry: CacheEntry, sem: _SemQuery | None) -> None:
+    def _store(self, record: CallRecord, key: str, entry: CacheEntry, sem: Query | None) -> None:
         try:
             self.store.set(key, entry)
             if sem is not None:
@@ -817,7 +339,7 @@ class CacheLayer(Layer):
         except Exception as exc:  # noqa: BLE001 - a store outage must not fail the call
             self._failed(record, "store", exc)
 
-    async def _astore(self, record: CallRecord, key: str, entry: CacheEntry, sem: _SemQuery | None) -> None:
+    async def _astore(self, record: CallRecord, key: str, entry: CacheEntry, sem: Query | None) -> None:
         try:
             await self.store.aset(key, entry)
             if sem is not None:
@@ -829,7 +351,7 @@ class CacheLayer(Layer):
         except Exception as exc:  # noqa: BLE001 - a store outage must not fail the call
             self._failed(record, "store", exc)
 
-    def _keep_stream(self, call: Call, key: str, stream: _StreamBase, sem: _SemQuery | None) -> Any:
+    def _keep_stream(self, call: Call, key: str, stream: _StreamBase, sem: Query | None) -> Any:
         """Record *stream*'s chunks as they pass; store them if it completes."""
         record = call.record
         if not self.cache_streams:
@@ -870,39 +392,7 @@ class CacheLayer(Layer):
 
     # -- flights -------------------------------------------------------------
 
-    def _join(self, key: str, owner: object) -> tuple[_Flight, bool]:
-        with self._lock:
-            flight = self._flights.get(key)
-            if flight is not None:
-                return flight, False
-            flight = self._flights[key] = _Flight(owner)
-            return flight, True
-
-    def _land(
-        self,
-        key: str,
-        flight: _Flight,
-        *,
-        entry: CacheEntry | None = None,
-        error: BaseException | None = None,
-    ) -> None:
-        """End *flight*: waiters get *entry*, *error*, or (neither) try again."""
-        with self._lock:
-            if self._flights.get(key) is flight:
-                del self._flights[key]
-            flight.entry = entry
-            flight.error = error
-            flight.again = entry is None and error is None
-            flight.done = True
-            waiters, flight.waiters = flight.waiters, []
-            event = flight.event
-        if event is not None:
-            event.set()
-        for loop, fut in waiters:
-            with contextlib.suppress(RuntimeError):  # a closed loop: its waiter is gone
-                loop.call_soon_threadsafe(_wake, fut)
-
-    def _waited(self, call: Call, flight: _Flight) -> Any:
+    def _waited(self, call: Call, flight: Flight) -> Any:
         """What a waiter does once *flight* has landed: a hit, a raise, or _AGAIN."""
         if flight.entry is not None:
             call.record.extra["cache_coalesced"] = True
@@ -918,71 +408,22 @@ class CacheLayer(Layer):
         )
         return GuardTimeout(msg, limit="total", seconds=waited)
 
-    # -- sync ----------------------------------------------------------------
-
-    # -- the fast lane (this cache alone on a def / async def) ---------------
-
-    def lane(self, shape: str) -> Lane | None:
-        """Hits answered on the lane: from the frame, without a `Call` when nothing needs one.
-
-        A stream replay, or event listeners, need the record: a `Call` is
-        then built for the hit, as the general path's `_hit` would.
-
-        Misses, and lookups the store failed, go to the general path with the
-        key already made and what the lookup found (`_made`). Not for an
-        async function whose store blocks (its lookups are awaited there).
-        """
-        if shape == ASYNC and self.store.blocking:
-            return None
-        resume = self.resume if shape == SYNC else self.resume_async
-        return Lane(self._lane_enter, None, resume, needs_call=False, answers=True)
-
-    def _lane_enter(self, frame: list[Any]) -> Any:
-        instance, args = frame[_F_INFO].binder.split(frame[_F_ARGS])
-        made = self._key_from(instance, args, frame[_F_KWARGS])
-        if made is not None:
-            try:
-                entry = self.store.get(made[0])
-            except Exception as exc:  # noqa: BLE001 - fail open: the general path bypasses the store
-                _realize(frame).entered = (made, exc)
-                return GENERAL
-            if entry is not None:
-                if entry.chunks is None and not _events.listening():
-                    # Nobody can read this call's record: count the hit, answer it.
-                    self._counted_hit(entry)
-                    return Answer(entry.value)
-                return Answer(self._hit(_realize(frame), entry))
-            # A miss: the general path goes on from the key, without a second look.
-            _realize(frame).entered = (made, None)
-        return GENERAL
-
-    def _made(self, call: Call) -> tuple[tuple[str, dict[str, Any] | None] | None, Any]:
-        """The call's key and request (see `_key_from`), and what its lane's lookup found.
-
-        That is `_UNLOOKED` when no lane looked, None when it found no entry,
-        or the exception the store raised.
-        """
-        handed: tuple[tuple[str, dict[str, Any] | None], Exception | None] | None = call.entered
-        if handed is not None:
-            call.entered = None
-            return handed
-        return self._key_of(call), _UNLOOKED
+    def _key_of(self, call: Call) -> tuple[str, dict[str, Any] | None] | None:
+        """The call's key, and its canonical request in semantic mode (see `Keys.of`)."""
+        return self._keys.of(call.instance, call.args, call.kwargs)  # type: ignore[union-attr]
 
     def around(self, call: Call) -> Any:
         """Answer from the cache, or make the call once and keep its answer."""
-        made, looked = self._made(call)
+        made = self._key_of(call)
         if made is None:
             return call.proceed()
         key, request = made
-        if looked is not None and looked is not _UNLOOKED:
-            return self._bypass(call, looked)
-        if looked is _UNLOOKED:
-            try:
-                entry = self.store.get(key)
-            except Exception as exc:  # noqa: BLE001 - fail open: the call goes through uncached
-                return self._bypass(call, exc)
-            if entry is not None:
-                return self._hit(call, entry)
+        try:
+            entry = self.store.get(key)
+        except Exception as exc:  # noqa: BLE001 - fail open: the call goes through uncached
+            return self._bypass(call, exc)
+        if entry is not None:
+            return self._hit(call, entry)
         sem = None
         if request is not None:  # semantic mode
             sem = self._semantic_query(call.record, request)
@@ -997,7 +438,7 @@ class CacheLayer(Layer):
             return self._call(call, key, sem) if got is _AGAIN else got
         return self._lead(call, key, sem, flight)
 
-    def _follow(self, call: Call, key: str) -> tuple[_Flight | None, Any]:
+    def _follow(self, call: Call, key: str) -> tuple[Flight | None, Any]:
         """Lead the flight for *key* (``(flight, _AGAIN)``) or wait for its leader.
 
         A waiter gets ``(None, answer)``; ``(None, _AGAIN)`` means make the
@@ -1005,29 +446,25 @@ class CacheLayer(Layer):
         """
         owner = threading.get_ident()
         while True:
-            flight, leading = self._join(key, owner)
+            flight, leading = self._flights.join(key, owner)
             if leading:
                 return flight, _AGAIN
             if flight.owner == owner:  # never wait for a call this thread is making
                 return None, _AGAIN
             started = _clock.now()
-            with self._lock:
-                event = flight.event
-                if event is None and not flight.done:
-                    event = flight.event = threading.Event()
-            if event is not None and not event.wait(remaining()):
+            if not self._flights.wait(flight, remaining()):
                 raise self._deadline_passed(_clock.now() - started)
             got = self._waited(call, flight)
             if got is not _AGAIN:
                 return None, got
 
-    def _semantic_find(self, record: CallRecord, sem: _SemQuery) -> tuple[CacheEntry, float] | None:
+    def _semantic_find(self, record: CallRecord, sem: Query) -> tuple[CacheEntry, float] | None:
         try:
             candidates = self.store.candidates(sem.namespace)
         except Exception as exc:  # noqa: BLE001 - fail open: an exact miss
             self._failed(record, "store", exc)
             return None
-        ranked = self._ranked(sem, candidates)  # verify= is the user's: its errors are theirs
+        ranked = self.semantic.matches(sem, candidates)  # type: ignore[union-attr]  # verify= is the user's: its errors are theirs
         try:
             for candidate, score in ranked:
                 entry = self.store.get(candidate.key)
@@ -1037,7 +474,7 @@ class CacheLayer(Layer):
             self._failed(record, "store", exc)
         return None
 
-    def _lead(self, call: Call, key: str, sem: _SemQuery | None, flight: _Flight) -> Any:
+    def _lead(self, call: Call, key: str, sem: Query | None, flight: Flight) -> Any:
         """Make the call for everyone waiting on *flight*; land it whatever happens."""
         token = None
         try:
@@ -1046,74 +483,44 @@ class CacheLayer(Layer):
             except Exception:  # noqa: BLE001 - the first get worked; a second outage is the call's to survive
                 entry = None
             if entry is not None:
-                self._land(key, flight, entry=entry)
+                self._flights.land(key, flight, entry=entry)
                 return self._hit(call, entry)
             if self.store.shared:
-                token, entry = self._lock_shared(key)
+                token, entry = lock_shared(self.store, key)
                 if entry is not None:
-                    self._land(key, flight, entry=entry)
+                    self._flights.land(key, flight, entry=entry)
                     return self._hit(call, entry)
             self._missed(call.record, sem)
             try:
                 result = call.proceed()
             except Exception as exc:
-                self._land(key, flight, error=_shared_error(exc))
+                self._flights.land(key, flight, error=shared_error(exc))
                 raise
             return self._landed(call, key, sem, flight, result)
         finally:
             if not flight.done:  # cancelled, interrupted, or a bug: the waiters try again
-                self._land(key, flight)
+                self._flights.land(key, flight)
             # Unlocked only once a plain answer is stored: a process that sees
             # the lock gone must find the entry (see `_lock_shared`).
             if token is not None:
-                self._unlock(key, token)
+                unlock(self.store, key, token)
 
-    def _landed(self, call: Call, key: str, sem: _SemQuery | None, flight: _Flight, result: Any) -> Any:
+    def _landed(self, call: Call, key: str, sem: Query | None, flight: Flight, result: Any) -> Any:
         """Keep the leader's *result* and hand it to its waiters."""
         if isinstance(result, _StreamBase):
             self._streams_seen = True
-            self._land(key, flight)  # a stream is its caller's to read: waiters call themselves
+            self._flights.land(key, flight)  # a stream is its caller's to read: waiters call themselves
             return self._keep_stream(call, key, result, sem)
         if (why := self._refusal(call.record, result)) is not None:
             self._skipped(call.record, why)
-            self._land(key, flight)  # not kept: not an answer to share either
+            self._flights.land(key, flight)  # not kept: not an answer to share either
             return result
         entry = self._entry_for(call.record, result, None)
         self._store(call.record, key, entry, sem)
-        self._land(key, flight, entry=entry)
+        self._flights.land(key, flight, entry=entry)
         return result
 
-    def _lock_shared(self, key: str) -> tuple[str | None, CacheEntry | None]:
-        """Take the cross-process lock, or wait for the process that holds it.
-
-        ``(token, None)``: lead (token None if the store failed: lead unlocked);
-        ``(None, entry)``: the other process's answer arrived. Once locked
-        it looks once more: the answer may have been stored (and the lock
-        released) since the caller's last look.
-        """
-        store = self.store
-        try:
-            token = store.lock(key, store.lock_ttl)  # type: ignore[attr-defined]
-            if token is None:
-                entry = self._wait_other_process(key)
-                if entry is not None:
-                    return None, entry
-                token = store.lock(key, store.lock_ttl)  # type: ignore[attr-defined]
-        except Exception as exc:  # noqa: BLE001 - without the lock we still make the call
-            _events.emit(_events.CACHE_FAILED, None, level="warning", stage="lock", error=exc)
-            return None, None
-        if token is None:
-            return None, None
-        try:
-            entry = store.get(key)
-        except Exception:  # noqa: BLE001 - the look again is a nicety: lead, holding the lock
-            return token, None
-        if entry is not None:
-            self._unlock(key, token)
-            return None, entry
-        return token, None
-
-    def _call(self, call: Call, key: str, sem: _SemQuery | None) -> Any:
+    def _call(self, call: Call, key: str, sem: Query | None) -> Any:
         """A miss without single flight (streams, re-entrant calls)."""
         self._missed(call.record, sem)
         result = call.proceed()
@@ -1130,51 +537,23 @@ class CacheLayer(Layer):
         self._failed(call.record, "store", exc)
         return call.proceed()
 
-    def _unlock(self, key: str, token: str) -> None:
-        try:
-            self.store.unlock(key, token)
-        except Exception as exc:  # noqa: BLE001 - the lock expires by itself
-            _events.emit(_events.CACHE_FAILED, None, level="warning", stage="unlock", error=exc)
-
-    def _wait_other_process(self, key: str) -> CacheEntry | None:
-        """Poll a shared store while another process makes this call."""
-        clock = _clock.get_clock()
-        started = _clock.now()
-        limit = float(self.store.lock_ttl)  # type: ignore[attr-defined]
-        left = remaining()
-        if left is not None:
-            limit = min(limit, left)
-        delay = 0.005
-        while _clock.now() - started < limit:
-            clock.sleep(delay)
-            delay = min(delay * 2, 0.1)
-            entry = self.store.get(key)
-            if entry is not None or not self.store.locked(key):
-                return entry
-        return None
-
     # -- async ---------------------------------------------------------------
 
     async def around_async(self, call: Call) -> Any:
         """`around` for async functions and async generators."""
-        made, looked = self._made(call)
+        made = self._key_of(call)
         if made is None:
             return await call.proceed_async()
         key, request = made
-        failed = looked if looked is not None and looked is not _UNLOOKED else None
-        if looked is _UNLOOKED:
-            store = self.store
-            try:
-                entry = await store.aget(key) if store.blocking else store.get(key)
-            except Exception as exc:  # noqa: BLE001 - fail open: the call goes through uncached
-                failed = exc
-            else:
-                if entry is not None:
-                    return self._hit(call, entry)
-        if failed is not None:
+        store = self.store
+        try:
+            entry = await store.aget(key) if store.blocking else store.get(key)
+        except Exception as exc:  # noqa: BLE001 - fail open: the call goes through uncached
             call.record.cache = "bypass"
-            self._failed(call.record, "store", failed)
+            self._failed(call.record, "store", exc)
             return await call.proceed_async()
+        if entry is not None:
+            return self._hit(call, entry)
         sem = None
         if request is not None:  # semantic mode
             sem = await self._asemantic_query(call.record, request)
@@ -1189,41 +568,32 @@ class CacheLayer(Layer):
             return await self._acall(call, key, sem) if got is _AGAIN else got
         return await self._alead(call, key, sem, flight)
 
-    async def _afollow(self, call: Call, key: str) -> tuple[_Flight | None, Any]:
+    async def _afollow(self, call: Call, key: str) -> tuple[Flight | None, Any]:
         """`_follow` for tasks: waiters await a future on their own loop."""
         owner = asyncio.current_task()
         if owner is None:
             return None, _AGAIN
         while True:
-            flight, leading = self._join(key, owner)
+            flight, leading = self._flights.join(key, owner)
             if leading:
                 return flight, _AGAIN
             if flight.owner is owner:  # never wait for a call this task is making
                 return None, _AGAIN
             started = _clock.now()
-            loop = asyncio.get_running_loop()
-            fut: asyncio.Future[None] = loop.create_future()
-            with self._lock:
-                landed = flight.done
-                if not landed:
-                    flight.waiters.append((loop, fut))
-            if not landed:
-                try:
-                    await asyncio.wait_for(fut, remaining())
-                except TimeoutError:
-                    raise self._deadline_passed(_clock.now() - started) from None
+            if not await self._flights.await_landed(flight, remaining()):
+                raise self._deadline_passed(_clock.now() - started)
             got = self._waited(call, flight)
             if got is not _AGAIN:
                 return None, got
 
-    async def _asemantic_find(self, record: CallRecord, sem: _SemQuery) -> tuple[CacheEntry, float] | None:
+    async def _asemantic_find(self, record: CallRecord, sem: Query) -> tuple[CacheEntry, float] | None:
         store = self.store
         try:
             candidates = await store.acandidates(sem.namespace)
         except Exception as exc:  # noqa: BLE001 - fail open: an exact miss
             self._failed(record, "store", exc)
             return None
-        ranked = self._ranked(sem, candidates)  # verify= is the user's: its errors are theirs
+        ranked = self.semantic.matches(sem, candidates)  # type: ignore[union-attr]  # verify= is the user's: its errors are theirs
         try:
             for candidate, score in ranked:
                 entry = await store.aget(candidate.key)
@@ -1233,7 +603,7 @@ class CacheLayer(Layer):
             self._failed(record, "store", exc)
         return None
 
-    async def _alead(self, call: Call, key: str, sem: _SemQuery | None, flight: _Flight) -> Any:
+    async def _alead(self, call: Call, key: str, sem: Query | None, flight: Flight) -> Any:
         """`_lead` for tasks."""
         store = self.store
         token = None
@@ -1243,62 +613,38 @@ class CacheLayer(Layer):
             except Exception:  # noqa: BLE001 - the first get worked; a second outage is the call's to survive
                 entry = None
             if entry is not None:
-                self._land(key, flight, entry=entry)
+                self._flights.land(key, flight, entry=entry)
                 return self._hit(call, entry)
             if store.shared:
-                token, entry = await self._alock_shared(key)
+                token, entry = await alock_shared(store, key)
                 if entry is not None:
-                    self._land(key, flight, entry=entry)
+                    self._flights.land(key, flight, entry=entry)
                     return self._hit(call, entry)
             self._missed(call.record, sem)
             try:
                 result = await call.proceed_async()
             except Exception as exc:
-                self._land(key, flight, error=_shared_error(exc))
+                self._flights.land(key, flight, error=shared_error(exc))
                 raise
             if isinstance(result, _StreamBase) or not store.blocking:
                 return self._landed(call, key, sem, flight, result)
             if (why := self._refusal(call.record, result)) is not None:
                 self._skipped(call.record, why)
-                self._land(key, flight)  # not kept: not an answer to share either
+                self._flights.land(key, flight)  # not kept: not an answer to share either
                 return result
             entry = self._entry_for(call.record, result, None)
             await self._astore(call.record, key, entry, sem)
-            self._land(key, flight, entry=entry)
+            self._flights.land(key, flight, entry=entry)
             return result
         finally:
             # Landed first: a cancel arriving while the unlock is awaited must
             # not strand this process's waiters.
             if not flight.done:  # cancelled, interrupted, or a bug: the waiters try again
-                self._land(key, flight)
+                self._flights.land(key, flight)
             if token is not None:  # once a plain answer is stored (see `_lock_shared`)
-                await asyncio.to_thread(self._unlock, key, token)
+                await asyncio.to_thread(unlock, store, key, token)
 
-    async def _alock_shared(self, key: str) -> tuple[str | None, CacheEntry | None]:
-        """`_lock_shared` for tasks."""
-        store = self.store
-        try:
-            token = await asyncio.to_thread(store.lock, key, store.lock_ttl)  # type: ignore[attr-defined]
-            if token is None:
-                entry = await self._await_other_process(key)
-                if entry is not None:
-                    return None, entry
-                token = await asyncio.to_thread(store.lock, key, store.lock_ttl)  # type: ignore[attr-defined]
-        except Exception as exc:  # noqa: BLE001 - without the lock we still make the call
-            _events.emit(_events.CACHE_FAILED, None, level="warning", stage="lock", error=exc)
-            return None, None
-        if token is None:
-            return None, None
-        try:
-            entry = await store.aget(key)
-        except Exception:  # noqa: BLE001 - the look again is a nicety: lead, holding the lock
-            return token, None
-        if entry is not None:
-            await asyncio.to_thread(self._unlock, key, token)
-            return None, entry
-        return token, None
-
-    async def _acall(self, call: Call, key: str, sem: _SemQuery | None) -> Any:
+    async def _acall(self, call: Call, key: str, sem: Query | None) -> Any:
         self._missed(call.record, sem)
         result = await call.proceed_async()
         if isinstance(result, _StreamBase):
@@ -1309,22 +655,6 @@ class CacheLayer(Layer):
             self._skipped(call.record, why)
         return result
 
-    async def _await_other_process(self, key: str) -> CacheEntry | None:
-        clock = _clock.get_clock()
-        started = _clock.now()
-        limit = float(self.store.lock_ttl)  # type: ignore[attr-defined]
-        left = remaining()
-        if left is not None:
-            limit = min(limit, left)
-        delay = 0.005
-        while _clock.now() - started < limit:
-            await clock.asleep(delay)
-            delay = min(delay * 2, 0.1)
-            entry = await self.store.aget(key)
-            if entry is not None or not await asyncio.to_thread(self.store.locked, key):
-                return entry
-        return None
-
     # -- semantic ------------------------------------------------------------
 
     def _semantic_namespace(self, request: dict[str, Any]) -> tuple[str, str] | None:
@@ -1332,9 +662,9 @@ class CacheLayer(Layer):
         if parts is None:
             return None
         text, rest = parts
-        return text, self._prefix + "sem:" + self._digest(rest)
+        return text, self._prefix + "sem:" + self._keys.digest(rest)  # type: ignore[union-attr]
 
-    def _semantic_query(self, record: CallRecord, request: dict[str, Any]) -> _SemQuery | None:
+    def _semantic_query(self, record: CallRecord, request: dict[str, Any]) -> Query | None:
         found = self._semantic_namespace(request)
         if found is None:
             return None
@@ -1344,9 +674,9 @@ class CacheLayer(Layer):
         except Exception as exc:  # noqa: BLE001 - an embedder outage leaves the exact cache working
             self._failed(record, "embed", exc)
             return None
-        return _SemQuery(namespace, text, vector)
+        return Query(namespace, text, vector)
 
-    async def _asemantic_query(self, record: CallRecord, request: dict[str, Any]) -> _SemQuery | None:
+    async def _asemantic_query(self, record: CallRecord, request: dict[str, Any]) -> Query | None:
         found = self._semantic_namespace(request)
         if found is None:
             return None
@@ -1362,24 +692,7 @@ class CacheLayer(Layer):
         except Exception as exc:  # noqa: BLE001 - an embedder outage leaves the exact cache working
             self._failed(record, "embed", exc)
             return None
-        return _SemQuery(namespace, text, vector)
-
-    def _ranked(self, sem: _SemQuery, candidates: list[Candidate]) -> list[tuple[Candidate, float]]:
-        """The candidates that may answer, best first (at or above the threshold, verified)."""
-        semantic = self.semantic
-        assert semantic is not None  # noqa: S101 - checked by the caller
-        ranked = rank(sem.vector, [c.vector for c in candidates])
-        if ranked:
-            sem.best = ranked[0][1]
-        out = []
-        for i, score in ranked:
-            if score < semantic.threshold:
-                break
-            candidate = candidates[i]
-            if semantic.verify is not None and not semantic.verify(sem.text, candidate.text):
-                continue
-            out.append((candidate, score))
-        return out
+        return Query(namespace, text, vector)
 
     # -- info ----------------------------------------------------------------
 
@@ -1389,10 +702,13 @@ class CacheLayer(Layer):
         For methods pass the arguments after ``self``; the instance is not
         part of the key unless ``include=["self"]`` (then pass ``_instance=``).
         """
+        keys = self._keys
+        if keys is None:
+            return None
         instance = kwargs.pop("_instance", None)
-        if instance is None and self._binder is not None and self._binder.first:
-            instance = _NO_INSTANCE  # a method's arguments, after its (unkeyed) instance
-        made = self._key_from(instance, args, kwargs)
+        if instance is None and keys.is_method:
+            instance = NO_INSTANCE  # a method's arguments, after its (unkeyed) instance
+        made = keys.of(instance, args, kwargs)
         return None if made is None else made[0]
 
     def info(self) -> CacheInfo:
@@ -1420,31 +736,6 @@ class CacheLayer(Layer):
 
 
 _AGAIN: Final = object()
-_UNLOOKED: Final = object()  # `CacheLayer._made`: no lane looked the key up
-
-
-def _shared_error(exc: Exception) -> Exception | None:
-    """*exc* if it is the provider's answer to the request, for the waiters too.
-
-    None (the waiters make the call themselves) for what belongs to the
-    leader's own context: its deadline (`TimeoutError`, `GuardTimeout`), and
-    every llmguard error (its budget, its rate limit, its circuit...).
-    """
-    if isinstance(exc, (LLMGuardError, TimeoutError)):
-        return None
-    return exc
-
-
-class _SemQuery:
-    """The semantic side of one miss: where to look, and what was asked."""
-
-    __slots__ = ("best", "namespace", "text", "vector")
-
-    def __init__(self, namespace: str, text: str, vector: tuple[float, ...]) -> None:
-        self.namespace = namespace
-        self.text = text
-        self.vector = vector
-        self.best: float | None = None
 
 
 class _Replay:
