@@ -36,7 +36,8 @@ wait on an `threading.Event`, asyncio tasks on a future of their own loop
 (cachetools can do neither for coroutines: #92, #137; nor did it stop a
 stampede before 6.0: #294). No lock is held while user code runs. The
 waiters get the leader's value, or the provider's exception (which is not
-cached). What belongs to the leader's own context rather than to the
+cached; each waiter raises its own copy, caused by the leader's, so tracebacks
+of different threads never mix). What belongs to the leader's own context rather than to the
 request lets them try again: its cancellation, its deadline (a
 `TimeoutError`, `GuardTimeout`), any other llmguard error (its budget, its
 rate limit...), and a result that is not stored (``cache_if=`` refused it,
@@ -74,7 +75,7 @@ from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, overload
 from . import _check, _clock, _events, prices
 from ._cache_key import NO_INSTANCE, TRANSPORT, Keys
 from ._context import remaining
-from ._flight import Flight, Flights, alock_shared, lock_shared, shared_error, unlock
+from ._flight import Flight, Flights, alock_shared, lock_shared, own_copy, shared_error, unlock
 from ._record import Outcome
 from ._semantic import Query, Semantic, split, unit
 from ._wrap import (
@@ -397,8 +398,12 @@ class CacheLayer(Layer):
         if flight.entry is not None:
             call.record.extra["cache_coalesced"] = True
             return self._hit(call, flight.entry)
-        if flight.error is not None:
-            raise flight.error
+        error = flight.error
+        if error is not None:
+            mine = own_copy(error)
+            if mine is error:
+                raise error
+            raise mine from error  # the leader's traceback, then this waiter's
         return _AGAIN
 
     def _deadline_passed(self, waited: float) -> GuardTimeout:

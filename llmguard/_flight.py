@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .stores.cache import CacheEntry, CacheStore
 
 
-__all__ = ["Flight", "Flights", "alock_shared", "lock_shared", "shared_error", "unlock"]
+__all__ = ["Flight", "Flights", "alock_shared", "lock_shared", "own_copy", "shared_error", "unlock"]
 
 
 class Flight:
@@ -114,6 +114,26 @@ class Flights:
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def own_copy(exc: BaseException) -> BaseException:
+    """A copy of *exc* for one waiter to raise: same class, arguments and attributes.
+
+    Raising the leader's exception object in several threads or tasks would
+    splice their tracebacks into one. The copy is made without calling
+    ``__init__`` (SDK errors take keyword-only arguments); an exception that
+    cannot be copied so is returned as it is.
+    """
+    cls = type(exc)
+    try:
+        twin = cls.__new__(cls, *exc.args)
+        twin.__dict__.update(exc.__dict__)
+    except Exception:  # noqa: BLE001 - an exotic exception: shared, as before
+        return exc
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, list):
+        twin.__notes__ = list(notes)  # add_note() on one waiter's copy stays its own
+    return twin
 
 
 def shared_error(exc: Exception) -> Exception | None:
