@@ -5,31 +5,11 @@ caches keyed too narrowly serve wrong answers (LiteLLM #42400 left provider
 params out, instructor #2524 the hoisted system prompt, GPTCache #526/#527
 everything but the last user message and the model):
 
-* a key-schema version, the function's module and qualified name, and a
-  fingerprint of its code (so editing a prompt hard-coded in the body, then
-  redeploying, does not serve the old prompt's answers from Redis) and of the
-  values its closure captured (so two closures made by one factory, say one
-  per system prompt, never serve each other's answers from a shared store).
-  Captured values are read once, when the function is decorated (a list
-  mutated afterwards is keyed as it was then), and those with no canonical
-  form (SDK clients, locks, other functions, modules) are skipped: a closure
-  that differs only by such a value needs ``key=`` or its own store. Default
-  values are keyed through the arguments they bind to;
-* every argument bound to its parameter name, defaults applied, ``**kwargs``
-  flattened in (so ``timeout=`` is found wherever it is passed);
-* values normalised: dicts key-sorted, tuples as lists, pydantic models as
-  their class and ``model_dump(mode="json")``, pydantic *classes* (a
-  ``response_format=``) as their class and JSON schema, the SDKs' ``NOT_GIVEN``
-  / ``omit`` sentinels dropped as if not passed, SDK clients dropped, bytes,
-  sets, enums, dataclasses, dates and non-str dict keys tagged so that no two
-  different requests share a form. Anything else is a `TypeError` naming the
-  parameter, never a silent ``repr()``;
-* transport-only arguments left out (`TRANSPORT`: ``timeout``,
-  ``extra_headers``, ``extra_query``, ``stream_options``, API keys, clients,
-  ``max_retries``...), and for methods the instance (``self``, whatever it
-  is named; see `_binder`) too, unless ``include=`` names them (a
-  classmethod's class is keyed by name unless excluded); ``exclude=``
-  leaves out more; ``key=`` replaces the arguments with what it returns.
+every argument bound to its name, normalised, with the function's identity and
+code; transport-only arguments (`TRANSPORT`) and a method's instance left out
+unless ``include=`` names them; ``exclude=`` leaves out more; ``key=``
+replaces the arguments with what it returns. `llmguard._cache_key` says
+exactly what goes in.
 
 Single flight: concurrent identical misses make one upstream call. Threads
 wait on an `threading.Event`, asyncio tasks on a future of their own loop
@@ -72,31 +52,33 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, overload
 
-from . import _check, _clock, _events, prices
-from ._cache_key import NO_INSTANCE, TRANSPORT, Keys
+from . import _clock, _events, prices
+from ._cache_key import NO_INSTANCE, TRANSPORT, Keys, check_options
 from ._context import remaining
-from ._flight import Flight, Flights, alock_shared, lock_shared, own_copy, shared_error, unlock
-from ._record import Outcome
-from ._semantic import Query, Semantic, split, unit
-from ._wrap import (
-    ASYNC,
-    ASYNCGEN,
-    GEN,
-    AsyncGuardedStream,
-    GuardedStream,
-    Layer,
-    _StreamBase,
-    layers_of,
+from ._flight import (
+    Flight,
+    Flights,
+    Steps,
+    adrive,
+    drive,
+    io,
+    lock_shared,
+    own_copy,
+    shared_error,
+    unlock,
 )
+from ._record import Outcome
+from ._runner import Answer, Guard, layers_of
+from ._semantic import Query, Semantic, split, unit
+from ._wrap import ASYNC, ASYNCGEN, GEN, AsyncGuardedStream, GuardedStream, _StreamBase
 from .errors import GuardTimeout
-from .stores import is_redis_target, redis_client
 from .stores.cache import (
     CacheEntry,
     CacheStore,
     Candidate,
     MemoryCacheStore,
-    RedisCacheStore,
     Unstorable,
+    store_from,
 )
 
 
@@ -113,6 +95,7 @@ R = TypeVar("R")
 
 _DEFAULT_TTL: Final = 3600.0
 _DEFAULT_MAXSIZE: Final = 1024
+_STREAM_SHAPES: Final = frozenset({GEN, ASYNCGEN})
 
 
 # -- the guard ---------------------------------------------------------------
@@ -130,7 +113,7 @@ class CacheInfo:
     unpriced_hits: int  # hits whose saving could not be priced (unknown model/usage)
 
 
-class CacheLayer(Layer):
+class CacheLayer(Guard):
     """The `cache` guard; see the module documentation."""
 
     name = "cache"
@@ -148,7 +131,7 @@ class CacheLayer(Layer):
         cache_streams: bool = True,
         cache_if: Callable[[Any], bool] | None = None,
     ) -> None:
-        include_set, exclude_set = _check_options(
+        include_set, exclude_set = check_options(
             ttl, maxsize, key, include, exclude, semantic, cache_streams, cache_if
         )
         # A ttl past what a store can count in milliseconds is ~31 years (`_clock.MAX_SECONDS`).
@@ -160,7 +143,7 @@ class CacheLayer(Layer):
         self.semantic = semantic
         self.cache_streams = cache_streams
         self.cache_if = cache_if
-        self._shared_store = _store_from(store)
+        self._shared_store = store_from(store)
         # Per function (set by `for_function`):
         self.store: CacheStore = self._shared_store or MemoryCacheStore(maxsize)
         self._keys: Keys | None = None
@@ -197,7 +180,7 @@ class CacheLayer(Layer):
             out["cache_if"] = getattr(self.cache_if, "__qualname__", repr(self.cache_if))
         return out
 
-    def for_function(self, fn: Callable[..., Any], shape: str, binder: Binder) -> Layer:
+    def for_function(self, fn: Callable[..., Any], shape: str, binder: Binder) -> Guard:
         """A copy with this function's key maker, store, flights and counters."""
         layer = copy.copy(self)
         layer.store = self._shared_store or MemoryCacheStore(self.maxsize)
@@ -224,10 +207,216 @@ class CacheLayer(Layer):
         layer.saved_usd = 0.0
         return layer
 
+    # -- the hooks: one decision core, its I/O blocking or awaited -------------
+    #
+    # `_look` answers a hit from a store in memory in place; everything with
+    # I/O (a store that blocks, semantic lookups, waiting for a leader, the
+    # cross-process lock, storing) is `Steps`, which `drive` runs in a thread
+    # and `adrive` awaits. The state between the hooks is a `_Miss`, or None
+    # when the call goes through uncached.
+
+    def enter(self, call: Call) -> Any:
+        """Answer from the cache, or note the miss (leading its flight, or waiting for it)."""
+        looked = self._look(call)
+        return looked if looked is None or isinstance(looked, Answer) else drive(looked)
+
+    async def aenter(self, call: Call) -> Any:
+        """`enter` for calls on an event loop."""
+        looked = self._look(call)
+        return looked if looked is None or isinstance(looked, Answer) else await adrive(looked)
+
+    def leave(self, call: Call, state: _Miss | None, result: Any) -> Any:
+        """Keep the answer (and hand it to the flight's waiters)."""
+        return result if state is None else drive(self._keep(call, state, result))
+
+    async def aleave(self, call: Call, state: _Miss | None, result: Any) -> Any:
+        """`leave` for calls on an event loop."""
+        return result if state is None else await adrive(self._keep(call, state, result))
+
+    def fail(self, call: Call, state: _Miss | None, exc: BaseException) -> None:  # noqa: ARG002
+        """The call raised: land the flight (its waiters get the provider's error, or try again)."""
+        if state is not None and state.flight is not None:
+            drive(self._give_up(state, exc))
+
+    async def afail(self, call: Call, state: _Miss | None, exc: BaseException) -> None:  # noqa: ARG002
+        """`fail` for calls on an event loop."""
+        if state is not None and state.flight is not None:
+            await adrive(self._give_up(state, exc))
+
+    def _look(self, call: Call) -> Answer | Steps | None:
+        """The call's key, and from a store in memory its answer; else the steps that look further."""
+        made = self._keys.of(call.instance, call.args, call.kwargs)  # type: ignore[union-attr]
+        if made is None:  # the arguments do not bind: the function raises its own TypeError
+            return None
+        store = self.store
+        if store.blocking:
+            return self._miss(call, made, looked=False)
+        try:
+            entry = store.get(made[0])
+        except Exception as exc:  # noqa: BLE001 - fail open: the call goes through uncached
+            self._bypass(call, exc)
+            return None
+        if entry is not None:
+            return Answer(self._hit(call, entry))
+        return self._miss(call, made, looked=True)
+
+    def _miss(self, call: Call, made: tuple[str, dict[str, Any] | None], *, looked: bool) -> Steps:
+        """Look further (the store if not *looked* yet, semantic candidates), then lead or wait."""
+        key, request = made
+        store = self.store
+        if not looked:
+            try:
+                entry = yield io(store.get, store.aget, key)
+            except Exception as exc:  # noqa: BLE001 - fail open: the call goes through uncached
+                self._bypass(call, exc)
+                return None
+            if entry is not None:
+                return Answer(self._hit(call, entry))
+        sem = None
+        if request is not None:  # semantic mode
+            sem = yield from self._semantic_query(call.record, request)
+            if sem is not None:
+                found = yield from self._semantic_find(call.record, sem)
+                if found is not None:
+                    return Answer(self._hit(call, *found))
+        miss = _Miss(key, sem)
+        if self._shape not in _STREAM_SHAPES and not self._streams_seen:
+            got = yield from self._follow(call, miss)
+            if got is not None:
+                return got  # the leader's answer, or one found on looking again
+        self._missed(call.record, sem)
+        return miss
+
+    def _follow(self, call: Call, miss: _Miss) -> Steps:
+        """Lead the flight for the key (None, *miss* holds it), or wait and return its leader's `Answer`.
+
+        None without a flight: make the call alone (this thread or task is
+        already making it, or there is no task to tell).
+        """
+        owner = asyncio.current_task() if call.is_async else threading.get_ident()
+        if owner is None:
+            return None
+        key, flights = miss.key, self._flights
+        while True:
+            flight, leading = flights.join(key, owner)
+            if leading:
+                return (yield from self._lead(call, miss, flight))
+            if flight.owner == owner:  # never wait for a call this thread or task is making
+                return None
+            started = _clock.now()
+            if not (yield io(flights.wait, flights.await_landed, flight, remaining())):
+                raise self._deadline_passed(_clock.now() - started)
+            if flight.entry is not None:
+                call.record.extra["cache_coalesced"] = True
+                return Answer(self._hit(call, flight.entry))
+            error = flight.error
+            if error is not None:
+                mine = own_copy(error)
+                if mine is error:
+                    raise error
+                raise mine from error  # the leader's traceback, then this waiter's
+            # The leader gave up (its own deadline, a result not kept...): again.
+
+    def _lead(self, call: Call, miss: _Miss, flight: Flight) -> Steps:
+        """Take *flight*: look once more (the store, the other processes' lock) before calling."""
+        store, key = self.store, miss.key
+        miss.flight = flight
+        try:
+            try:  # a flight may have landed between our miss and our join
+                entry = (yield io(store.get, store.aget, key)) if store.blocking else store.get(key)
+            except Exception:  # noqa: BLE001 - the first get worked; a second outage is the call's to survive
+                entry = None
+            if entry is None and store.shared:
+                miss.token, entry = yield from lock_shared(store, key)
+        except BaseException:  # cancelled, interrupted: the waiters try again
+            self._flights.land(key, flight)
+            raise
+        if entry is not None:
+            self._flights.land(key, flight, entry=entry)
+            return Answer(self._hit(call, entry))
+        return None
+
+    def _keep(self, call: Call, miss: _Miss, result: Any) -> Steps:
+        """Store *result* (a stream once it completes) and land the flight with it."""
+        flight, key = miss.flight, miss.key
+        entry = None
+        try:
+            if isinstance(result, _StreamBase):
+                if flight is not None:
+                    self._streams_seen = True  # a stream is its caller's to read: waiters call themselves
+                return self._keep_stream(call, key, result, miss.sem)
+            if (why := self._refusal(call.record, result)) is not None:
+                self._skipped(call.record, why)  # not kept: not an answer to share either
+                return result
+            entry = self._entry_for(call.record, result, None)
+            yield self._put(call.record, key, entry, miss.sem)
+            return result
+        finally:
+            # Landed first: a cancel arriving while the unlock is awaited must
+            # not strand this process's waiters. Unlocked only once a plain
+            # answer is stored: a process that sees the lock gone must find it.
+            if flight is not None:
+                self._flights.land(key, flight, entry=entry)
+            if miss.token is not None:
+                yield from unlock(self.store, key, miss.token)
+
+    def _give_up(self, miss: _Miss, exc: BaseException) -> Steps:
+        """Land the flight with the provider's *exc* for the waiters (or none: they try again); unlock."""
+        error = shared_error(exc) if isinstance(exc, Exception) else None
+        self._flights.land(miss.key, miss.flight, error=error)  # type: ignore[arg-type]
+        if miss.token is not None:
+            yield from unlock(self.store, miss.key, miss.token)
+
+    def _bypass(self, call: Call, exc: Exception) -> None:
+        call.record.cache = "bypass"
+        self._failed(call.record, "store", exc)
+
+    def _deadline_passed(self, waited: float) -> GuardTimeout:
+        msg = (
+            f"cache: the deadline passed after {waited:.3g}s waiting for an identical call "
+            f"of {self._fn_label}() already in flight"
+        )
+        return GuardTimeout(msg, limit="total", seconds=waited)
+
+    # -- semantic ------------------------------------------------------------
+
+    def _semantic_query(self, record: CallRecord, request: dict[str, Any]) -> Steps:
+        """The semantic side of a miss (a `Query`): its namespace and the embedded user message."""
+        semantic = self.semantic
+        assert semantic is not None  # noqa: S101 - checked by the caller
+        parts = split(request, self._sem_param)
+        if parts is None:
+            return None
+        text, rest = parts
+        try:
+            vector = unit((yield io(semantic.embed, semantic.aembed, text)))
+        except Exception as exc:  # noqa: BLE001 - an embedder outage leaves the exact cache working
+            self._failed(record, "embed", exc)
+            return None
+        return Query(self._prefix + "sem:" + self._keys.digest(rest), text, vector)  # type: ignore[union-attr]
+
+    def _semantic_find(self, record: CallRecord, sem: Query) -> Steps:
+        """The best stored answer for *sem* and its score, or None."""
+        store = self.store
+        try:
+            candidates = yield io(store.candidates, store.acandidates, sem.namespace)
+        except Exception as exc:  # noqa: BLE001 - fail open: an exact miss
+            self._failed(record, "store", exc)
+            return None
+        ranked = self.semantic.matches(sem, candidates)  # type: ignore[union-attr] # verify= is the user's: its errors are theirs
+        try:
+            for candidate, score in ranked:
+                entry = yield io(store.get, store.aget, candidate.key)
+                if entry is not None:
+                    return entry, score
+        except Exception as exc:  # noqa: BLE001 - fail open: an exact miss
+            self._failed(record, "store", exc)
+        return None
+
     # -- hits ----------------------------------------------------------------
 
-    def _counted_hit(self, entry: CacheEntry) -> float | None:
-        """Count a hit on *entry*; what it saved (None: unpriced)."""
+    def _hit(self, call: Call, entry: CacheEntry, similarity: float | None = None) -> Any:
+        """Answer *call* with *entry*: counted, with what it saved, on the record."""
         usage = entry.usage
         saved = None if usage is None else prices.cost_of(usage, entry.model, entry.provider)
         with self._lock:
@@ -236,12 +425,7 @@ class CacheLayer(Layer):
                 self.unpriced_hits += 1
             else:
                 self.saved_usd += saved
-        return saved
-
-    def _hit(self, call: Call, entry: CacheEntry, similarity: float | None = None) -> Any:
-        saved = self._counted_hit(entry)
-        usage = entry.usage
-        if not call.recorded and not _events.listening() and entry.chunks is None:
+        if entry.chunks is None and not call.recorded and not _events.listening():
             # Nobody reads the record yet: note the facts for when someone does.
             call.note(cache="hit", saved_usd=saved, extra={"cached_usage": usage})
             if entry.provider:
@@ -340,17 +524,14 @@ class CacheLayer(Layer):
         except Exception as exc:  # noqa: BLE001 - a store outage must not fail the call
             self._failed(record, "store", exc)
 
-    async def _astore(self, record: CallRecord, key: str, entry: CacheEntry, sem: Query | None) -> None:
-        try:
-            await self.store.aset(key, entry)
-            if sem is not None:
-                await self.store.aadd_candidate(
-                    sem.namespace, Candidate(key, sem.vector, sem.text), self.ttl, self.maxsize
-                )
-        except Unstorable as exc:
-            self._skipped(record, f"unstorable: {exc}")
-        except Exception as exc:  # noqa: BLE001 - a store outage must not fail the call
-            self._failed(record, "store", exc)
+    async def _store_off_loop(self, record: CallRecord, key: str, entry: CacheEntry, sem: Query | None) -> None:
+        """`_store` from an event loop, in a worker thread (the store blocks)."""
+        await asyncio.to_thread(self._store, record, key, entry, sem)
+
+    def _put(self, record: CallRecord, key: str, entry: CacheEntry, sem: Query | None) -> Any:
+        """`_store` as a step: in a worker thread when awaited and the store blocks."""
+        off_loop = self._store_off_loop if self.store.blocking else None
+        return io(self._store, off_loop, record, key, entry, sem)
 
     def _keep_stream(self, call: Call, key: str, stream: _StreamBase, sem: Query | None) -> Any:
         """Record *stream*'s chunks as they pass; store them if it completes."""
@@ -382,7 +563,7 @@ class CacheLayer(Layer):
                 except RuntimeError:
                     loop = None
                 if loop is not None:
-                    task = loop.create_task(self._astore(record, key, entry, sem))
+                    task = loop.create_task(self._store_off_loop(record, key, entry, sem))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                     return
@@ -390,314 +571,6 @@ class CacheLayer(Layer):
 
         stream.on_finish(finished)
         return stream
-
-    # -- flights -------------------------------------------------------------
-
-    def _waited(self, call: Call, flight: Flight) -> Any:
-        """What a waiter does once *flight* has landed: a hit, a raise, or _AGAIN."""
-        if flight.entry is not None:
-            call.record.extra["cache_coalesced"] = True
-            return self._hit(call, flight.entry)
-        error = flight.error
-        if error is not None:
-            mine = own_copy(error)
-            if mine is error:
-                raise error
-            raise mine from error  # the leader's traceback, then this waiter's
-        return _AGAIN
-
-    def _deadline_passed(self, waited: float) -> GuardTimeout:
-        msg = (
-            f"cache: the deadline passed after {waited:.3g}s waiting for an identical call "
-            f"of {self._fn_label}() already in flight"
-        )
-        return GuardTimeout(msg, limit="total", seconds=waited)
-
-    def _key_of(self, call: Call) -> tuple[str, dict[str, Any] | None] | None:
-        """The call's key, and its canonical request in semantic mode (see `Keys.of`)."""
-        return self._keys.of(call.instance, call.args, call.kwargs)  # type: ignore[union-attr]
-
-    def around(self, call: Call) -> Any:
-        """Answer from the cache, or make the call once and keep its answer."""
-        made = self._key_of(call)
-        if made is None:
-            return call.proceed()
-        key, request = made
-        try:
-            entry = self.store.get(key)
-        except Exception as exc:  # noqa: BLE001 - fail open: the call goes through uncached
-            return self._bypass(call, exc)
-        if entry is not None:
-            return self._hit(call, entry)
-        sem = None
-        if request is not None:  # semantic mode
-            sem = self._semantic_query(call.record, request)
-            if sem is not None:
-                found = self._semantic_find(call.record, sem)
-                if found is not None:
-                    return self._hit(call, *found)
-        if self._shape == GEN or self._streams_seen:
-            return self._call(call, key, sem)
-        flight, got = self._follow(call, key)
-        if flight is None:
-            return self._call(call, key, sem) if got is _AGAIN else got
-        return self._lead(call, key, sem, flight)
-
-    def _follow(self, call: Call, key: str) -> tuple[Flight | None, Any]:
-        """Lead the flight for *key* (``(flight, _AGAIN)``) or wait for its leader.
-
-        A waiter gets ``(None, answer)``; ``(None, _AGAIN)`` means make the
-        call without a flight (this thread is already making it).
-        """
-        owner = threading.get_ident()
-        while True:
-            flight, leading = self._flights.join(key, owner)
-            if leading:
-                return flight, _AGAIN
-            if flight.owner == owner:  # never wait for a call this thread is making
-                return None, _AGAIN
-            started = _clock.now()
-            if not self._flights.wait(flight, remaining()):
-                raise self._deadline_passed(_clock.now() - started)
-            got = self._waited(call, flight)
-            if got is not _AGAIN:
-                return None, got
-
-    def _semantic_find(self, record: CallRecord, sem: Query) -> tuple[CacheEntry, float] | None:
-        try:
-            candidates = self.store.candidates(sem.namespace)
-        except Exception as exc:  # noqa: BLE001 - fail open: an exact miss
-            self._failed(record, "store", exc)
-            return None
-        ranked = self.semantic.matches(sem, candidates)  # type: ignore[union-attr]  # verify= is the user's: its errors are theirs
-        try:
-            for candidate, score in ranked:
-                entry = self.store.get(candidate.key)
-                if entry is not None:
-                    return entry, score
-        except Exception as exc:  # noqa: BLE001 - fail open: an exact miss
-            self._failed(record, "store", exc)
-        return None
-
-    def _lead(self, call: Call, key: str, sem: Query | None, flight: Flight) -> Any:
-        """Make the call for everyone waiting on *flight*; land it whatever happens."""
-        token = None
-        try:
-            try:
-                entry = self.store.get(key)  # a flight may have landed between our miss and our join
-            except Exception:  # noqa: BLE001 - the first get worked; a second outage is the call's to survive
-                entry = None
-            if entry is not None:
-                self._flights.land(key, flight, entry=entry)
-                return self._hit(call, entry)
-            if self.store.shared:
-                token, entry = lock_shared(self.store, key)
-                if entry is not None:
-                    self._flights.land(key, flight, entry=entry)
-                    return self._hit(call, entry)
-            self._missed(call.record, sem)
-            try:
-                result = call.proceed()
-            except Exception as exc:
-                self._flights.land(key, flight, error=shared_error(exc))
-                raise
-            return self._landed(call, key, sem, flight, result)
-        finally:
-            if not flight.done:  # cancelled, interrupted, or a bug: the waiters try again
-                self._flights.land(key, flight)
-            # Unlocked only once a plain answer is stored: a process that sees
-            # the lock gone must find the entry (see `_lock_shared`).
-            if token is not None:
-                unlock(self.store, key, token)
-
-    def _landed(self, call: Call, key: str, sem: Query | None, flight: Flight, result: Any) -> Any:
-        """Keep the leader's *result* and hand it to its waiters."""
-        if isinstance(result, _StreamBase):
-            self._streams_seen = True
-            self._flights.land(key, flight)  # a stream is its caller's to read: waiters call themselves
-            return self._keep_stream(call, key, result, sem)
-        if (why := self._refusal(call.record, result)) is not None:
-            self._skipped(call.record, why)
-            self._flights.land(key, flight)  # not kept: not an answer to share either
-            return result
-        entry = self._entry_for(call.record, result, None)
-        self._store(call.record, key, entry, sem)
-        self._flights.land(key, flight, entry=entry)
-        return result
-
-    def _call(self, call: Call, key: str, sem: Query | None) -> Any:
-        """A miss without single flight (streams, re-entrant calls)."""
-        self._missed(call.record, sem)
-        result = call.proceed()
-        if isinstance(result, _StreamBase):
-            return self._keep_stream(call, key, result, sem)
-        if (why := self._refusal(call.record, result)) is None:
-            self._store(call.record, key, self._entry_for(call.record, result, None), sem)
-        else:
-            self._skipped(call.record, why)
-        return result
-
-    def _bypass(self, call: Call, exc: Exception) -> Any:
-        call.record.cache = "bypass"
-        self._failed(call.record, "store", exc)
-        return call.proceed()
-
-    # -- async ---------------------------------------------------------------
-
-    async def around_async(self, call: Call) -> Any:
-        """`around` for async functions and async generators."""
-        made = self._key_of(call)
-        if made is None:
-            return await call.proceed_async()
-        key, request = made
-        store = self.store
-        try:
-            entry = await store.aget(key) if store.blocking else store.get(key)
-        except Exception as exc:  # noqa: BLE001 - fail open: the call goes through uncached
-            call.record.cache = "bypass"
-            self._failed(call.record, "store", exc)
-            return await call.proceed_async()
-        if entry is not None:
-            return self._hit(call, entry)
-        sem = None
-        if request is not None:  # semantic mode
-            sem = await self._asemantic_query(call.record, request)
-            if sem is not None:
-                found = await self._asemantic_find(call.record, sem)
-                if found is not None:
-                    return self._hit(call, *found)
-        if self._shape == ASYNCGEN or self._streams_seen:
-            return await self._acall(call, key, sem)
-        flight, got = await self._afollow(call, key)
-        if flight is None:
-            return await self._acall(call, key, sem) if got is _AGAIN else got
-        return await self._alead(call, key, sem, flight)
-
-    async def _afollow(self, call: Call, key: str) -> tuple[Flight | None, Any]:
-        """`_follow` for tasks: waiters await a future on their own loop."""
-        owner = asyncio.current_task()
-        if owner is None:
-            return None, _AGAIN
-        while True:
-            flight, leading = self._flights.join(key, owner)
-            if leading:
-                return flight, _AGAIN
-            if flight.owner is owner:  # never wait for a call this task is making
-                return None, _AGAIN
-            started = _clock.now()
-            if not await self._flights.await_landed(flight, remaining()):
-                raise self._deadline_passed(_clock.now() - started)
-            got = self._waited(call, flight)
-            if got is not _AGAIN:
-                return None, got
-
-    async def _asemantic_find(self, record: CallRecord, sem: Query) -> tuple[CacheEntry, float] | None:
-        store = self.store
-        try:
-            candidates = await store.acandidates(sem.namespace)
-        except Exception as exc:  # noqa: BLE001 - fail open: an exact miss
-            self._failed(record, "store", exc)
-            return None
-        ranked = self.semantic.matches(sem, candidates)  # type: ignore[union-attr]  # verify= is the user's: its errors are theirs
-        try:
-            for candidate, score in ranked:
-                entry = await store.aget(candidate.key)
-                if entry is not None:
-                    return entry, score
-        except Exception as exc:  # noqa: BLE001 - fail open: an exact miss
-            self._failed(record, "store", exc)
-        return None
-
-    async def _alead(self, call: Call, key: str, sem: Query | None, flight: Flight) -> Any:
-        """`_lead` for tasks."""
-        store = self.store
-        token = None
-        try:
-            try:  # a flight may have landed between our miss and our join
-                entry = await store.aget(key) if store.blocking else store.get(key)
-            except Exception:  # noqa: BLE001 - the first get worked; a second outage is the call's to survive
-                entry = None
-            if entry is not None:
-                self._flights.land(key, flight, entry=entry)
-                return self._hit(call, entry)
-            if store.shared:
-                token, entry = await alock_shared(store, key)
-                if entry is not None:
-                    self._flights.land(key, flight, entry=entry)
-                    return self._hit(call, entry)
-            self._missed(call.record, sem)
-            try:
-                result = await call.proceed_async()
-            except Exception as exc:
-                self._flights.land(key, flight, error=shared_error(exc))
-                raise
-            if isinstance(result, _StreamBase) or not store.blocking:
-                return self._landed(call, key, sem, flight, result)
-            if (why := self._refusal(call.record, result)) is not None:
-                self._skipped(call.record, why)
-                self._flights.land(key, flight)  # not kept: not an answer to share either
-                return result
-            entry = self._entry_for(call.record, result, None)
-            await self._astore(call.record, key, entry, sem)
-            self._flights.land(key, flight, entry=entry)
-            return result
-        finally:
-            # Landed first: a cancel arriving while the unlock is awaited must
-            # not strand this process's waiters.
-            if not flight.done:  # cancelled, interrupted, or a bug: the waiters try again
-                self._flights.land(key, flight)
-            if token is not None:  # once a plain answer is stored (see `_lock_shared`)
-                await asyncio.to_thread(unlock, store, key, token)
-
-    async def _acall(self, call: Call, key: str, sem: Query | None) -> Any:
-        self._missed(call.record, sem)
-        result = await call.proceed_async()
-        if isinstance(result, _StreamBase):
-            return self._keep_stream(call, key, result, sem)
-        if (why := self._refusal(call.record, result)) is None:
-            await self._astore(call.record, key, self._entry_for(call.record, result, None), sem)
-        else:
-            self._skipped(call.record, why)
-        return result
-
-    # -- semantic ------------------------------------------------------------
-
-    def _semantic_namespace(self, request: dict[str, Any]) -> tuple[str, str] | None:
-        parts = split(request, self._sem_param)
-        if parts is None:
-            return None
-        text, rest = parts
-        return text, self._prefix + "sem:" + self._keys.digest(rest)  # type: ignore[union-attr]
-
-    def _semantic_query(self, record: CallRecord, request: dict[str, Any]) -> Query | None:
-        found = self._semantic_namespace(request)
-        if found is None:
-            return None
-        text, namespace = found
-        try:
-            vector = unit(self.semantic.embed(text))  # type: ignore[union-attr]
-        except Exception as exc:  # noqa: BLE001 - an embedder outage leaves the exact cache working
-            self._failed(record, "embed", exc)
-            return None
-        return Query(namespace, text, vector)
-
-    async def _asemantic_query(self, record: CallRecord, request: dict[str, Any]) -> Query | None:
-        found = self._semantic_namespace(request)
-        if found is None:
-            return None
-        text, namespace = found
-        semantic = self.semantic
-        assert semantic is not None  # noqa: S101 - checked by the caller
-        try:
-            if semantic.is_async:
-                raw = await semantic.embed(text)
-            else:  # an embedding model is CPU work: keep it off the event loop
-                raw = await asyncio.to_thread(semantic.embed, text)
-            vector = unit(raw)
-        except Exception as exc:  # noqa: BLE001 - an embedder outage leaves the exact cache working
-            self._failed(record, "embed", exc)
-            return None
-        return Query(namespace, text, vector)
 
     # -- info ----------------------------------------------------------------
 
@@ -740,7 +613,16 @@ class CacheLayer(Layer):
             self.saved_usd = 0.0
 
 
-_AGAIN: Final = object()
+class _Miss:
+    """A call the cache could not answer: what `leave` / `fail` need to keep or share its outcome."""
+
+    __slots__ = ("flight", "key", "sem", "token")
+
+    def __init__(self, key: str, sem: Query | None) -> None:
+        self.key = key
+        self.sem = sem
+        self.flight: Flight | None = None  # led by this call: its waiters get the outcome
+        self.token: str | None = None  # the cross-process lock this call holds
 
 
 class _Replay:
@@ -759,67 +641,6 @@ class _Replay:
             return next(self._it)
         except StopIteration:
             raise StopAsyncIteration from None
-
-
-def _check_options(
-    ttl: object,
-    maxsize: object,
-    key: object,
-    include: Iterable[str],
-    exclude: Iterable[str],
-    semantic: object,
-    cache_streams: object,
-    cache_if: object,
-) -> tuple[frozenset[str], frozenset[str]]:
-    """Validate `cache`'s options at decoration time, naming the bad one."""
-    _check.number("cache", "ttl", ttl, kind="None or seconds", optional=True)
-    _check.number("cache", "maxsize", maxsize, integer=True, minimum=1, exclusive=False)
-    if key is not None and not callable(key):
-        msg = f"cache(key=...) must be a callable of the call's arguments, got {key!r}"
-        raise TypeError(msg)
-    include_set = _names("include", include)
-    exclude_set = _names("exclude", exclude)
-    if both := include_set & exclude_set:
-        msg = f"cache(include=..., exclude=...) both name {sorted(both)}"
-        raise ValueError(msg)
-    if key is not None and (include_set or exclude_set):
-        msg = "cache(key=...) replaces the arguments in the key; drop include=/exclude= or key="
-        raise ValueError(msg)
-    if semantic is not None and not isinstance(semantic, Semantic):
-        msg = f"cache(semantic=...) must be an llmguard.Semantic(embed=..., threshold=...), got {semantic!r}"
-        raise TypeError(msg)
-    if semantic is not None and key is not None:
-        msg = "cache(semantic=...) compares the request's messages; it cannot be combined with key=..."
-        raise ValueError(msg)
-    if not isinstance(cache_streams, bool):
-        msg = f"cache(cache_streams=...) must be True or False, got {cache_streams!r}"
-        raise TypeError(msg)
-    if cache_if is not None and not callable(cache_if):
-        msg = f"cache(cache_if=...) must be a callable result -> bool, got {cache_if!r}"
-        raise TypeError(msg)
-    return include_set, exclude_set
-
-
-def _names(option: str, names: Iterable[str]) -> frozenset[str]:
-    if isinstance(names, str):
-        msg = f"cache({option}=...) takes a list of argument names, got the string {names!r}"
-        raise TypeError(msg)
-    out = frozenset(names)
-    if bad := [n for n in out if not isinstance(n, str) or not n]:
-        msg = f"cache({option}=...) takes argument names, got {bad!r}"
-        raise TypeError(msg)
-    return out
-
-
-def _store_from(store: Any) -> CacheStore | None:
-    if store is None or isinstance(store, CacheStore):
-        return store
-    if is_redis_target(store):
-        return RedisCacheStore(store if isinstance(store, str) else redis_client(store))
-    msg = "cache(store=...) takes a redis:// URL, a redis-py client or a CacheStore, got "
-    if isinstance(store, str):
-        raise ValueError(msg + repr(store))  # noqa: TRY004 - a string of the wrong kind is a bad value, as in budget
-    raise TypeError(msg + type(store).__name__)
 
 
 # -- public API --------------------------------------------------------------

@@ -8,7 +8,8 @@ applied, ``**kwargs`` flattened in, values normalised (`canonical`), minus
 the transport-only arguments (`TRANSPORT`), a method's instance and
 ``exclude=``, plus ``include=``; or, with ``key=``, what that returns.
 
-`Keys` is one function's key maker, compiled when the function is decorated.
+`Keys` is one function's key maker, compiled when the function is decorated;
+`check_options` checks what ``cache(...)`` was given, naming the bad option.
 """
 
 from __future__ import annotations
@@ -27,15 +28,18 @@ import pathlib
 import sys
 import uuid
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
+
+from . import _check
+from ._semantic import Semantic
 
 
 if TYPE_CHECKING:
     from ._binder import Binder, Binding
 
 
-__all__ = ["KEY_VERSION", "TRANSPORT", "Keys", "canonical"]
+__all__ = ["KEY_VERSION", "TRANSPORT", "Keys", "canonical", "check_options"]
 
 # Bump when the canonical form changes: old entries then simply stop matching.
 KEY_VERSION: Final = 1
@@ -513,3 +517,56 @@ class Keys:
         h = self._hasher.copy()
         h.update(_ENCODE(doc).encode("utf-8", "surrogatepass"))
         return str(h.hexdigest())
+
+
+# -- the options (checked when `cache` is configured) ----------------------------
+
+
+def check_options(
+    ttl: object,
+    maxsize: object,
+    key: object,
+    include: Iterable[str],
+    exclude: Iterable[str],
+    semantic: object,
+    cache_streams: object,
+    cache_if: object,
+) -> tuple[frozenset[str], frozenset[str]]:
+    """Validate `cache`'s options at decoration time, naming the bad one; the include/exclude sets."""
+    _check.number("cache", "ttl", ttl, kind="None or seconds", optional=True)
+    _check.number("cache", "maxsize", maxsize, integer=True, minimum=1, exclusive=False)
+    if key is not None and not callable(key):
+        msg = f"cache(key=...) must be a callable of the call's arguments, got {key!r}"
+        raise TypeError(msg)
+    include_set = _names("include", include)
+    exclude_set = _names("exclude", exclude)
+    if both := include_set & exclude_set:
+        msg = f"cache(include=..., exclude=...) both name {sorted(both)}"
+        raise ValueError(msg)
+    if key is not None and (include_set or exclude_set):
+        msg = "cache(key=...) replaces the arguments in the key; drop include=/exclude= or key="
+        raise ValueError(msg)
+    if semantic is not None and not isinstance(semantic, Semantic):
+        msg = f"cache(semantic=...) must be an llmguard.Semantic(embed=..., threshold=...), got {semantic!r}"
+        raise TypeError(msg)
+    if semantic is not None and key is not None:
+        msg = "cache(semantic=...) compares the request's messages; it cannot be combined with key=..."
+        raise ValueError(msg)
+    if not isinstance(cache_streams, bool):
+        msg = f"cache(cache_streams=...) must be True or False, got {cache_streams!r}"
+        raise TypeError(msg)
+    if cache_if is not None and not callable(cache_if):
+        msg = f"cache(cache_if=...) must be a callable result -> bool, got {cache_if!r}"
+        raise TypeError(msg)
+    return include_set, exclude_set
+
+
+def _names(option: str, names: Iterable[str]) -> frozenset[str]:
+    if isinstance(names, str):
+        msg = f"cache({option}=...) takes a list of argument names, got the string {names!r}"
+        raise TypeError(msg)
+    out = frozenset(names)
+    if bad := [n for n in out if not isinstance(n, str) or not n]:
+        msg = f"cache({option}=...) takes argument names, got {bad!r}"
+        raise TypeError(msg)
+    return out

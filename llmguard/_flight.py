@@ -18,7 +18,8 @@ import asyncio
 import contextlib
 import threading
 
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Generator
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _clock, _events
 from ._context import remaining
@@ -29,7 +30,77 @@ if TYPE_CHECKING:
     from .stores.cache import CacheEntry, CacheStore
 
 
-__all__ = ["Flight", "Flights", "alock_shared", "lock_shared", "own_copy", "shared_error", "unlock"]
+__all__ = [
+    "Flight",
+    "Flights",
+    "Steps",
+    "adrive",
+    "drive",
+    "io",
+    "lock_shared",
+    "own_copy",
+    "shared_error",
+    "unlock",
+]
+
+
+# -- I/O written once for threads and tasks -------------------------------------
+#
+# The cache's decisions around its I/O (a store lookup, waiting for a leader,
+# the cross-process lock) are generators that yield `io` steps; `drive` runs
+# them blocking (``def``) and `adrive` awaiting (``async def``). Only these two
+# differ between sync and async.
+
+
+class _Io(NamedTuple):
+    fn: Callable[..., Any]
+    afn: Callable[..., Awaitable[Any]] | None
+    args: tuple[Any, ...]
+
+
+Steps = Generator[_Io, Any, Any]
+
+
+def io(fn: Callable[..., Any], afn: Callable[..., Awaitable[Any]] | None, *args: Any) -> _Io:
+    """A step of I/O: ``fn(*args)`` when driven blocking, ``await afn(*args)`` when awaited (``fn`` if None)."""
+    return _Io(fn, afn, args)
+
+
+def sleep(seconds: float) -> _Io:
+    """Wait *seconds* on llmguard's clock (a fake clock in tests)."""
+    clock = _clock.get_clock()
+    return _Io(clock.sleep, clock.asleep, (seconds,))
+
+
+def drive(steps: Steps) -> Any:
+    """Run *steps* in this thread, each blocking; what the generator returns."""
+    send: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.send(send) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            send, error = step.fn(*step.args), None
+        except BaseException as exc:  # noqa: BLE001 - thrown into the steps, which decide
+            send, error = None, exc
+
+
+async def adrive(steps: Steps) -> Any:
+    """`drive` in this task: each step awaited."""
+    send: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.send(send) if error is None else steps.throw(error)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            send = await step.afn(*step.args) if step.afn is not None else step.fn(*step.args)
+            error = None
+        except BaseException as exc:  # noqa: BLE001 - thrown into the steps, which decide
+            send, error = None, exc
 
 
 class Flight:
@@ -149,9 +220,11 @@ def shared_error(exc: Exception) -> Exception | None:
 
 
 # -- across processes (a shared store) ---------------------------------------
+#
+# Steps (``yield from`` them): their store calls and sleeps block or are awaited.
 
 
-def lock_shared(store: CacheStore, key: str) -> tuple[str | None, CacheEntry | None]:
+def lock_shared(store: CacheStore, key: str) -> Steps:
     """Take the cross-process lock, or wait for the process that holds it.
 
     ``(token, None)``: lead (token None if the store failed: lead unlocked);
@@ -159,63 +232,39 @@ def lock_shared(store: CacheStore, key: str) -> tuple[str | None, CacheEntry | N
     it looks once more: the answer may have been stored (and the lock
     released) since the caller's last look.
     """
+    ttl = store.lock_ttl  # type: ignore[attr-defined]
     try:
-        token = store.lock(key, store.lock_ttl)  # type: ignore[attr-defined]
+        token = yield io(store.lock, store.alock, key, ttl)
         if token is None:
-            entry = _wait_other_process(store, key)
+            entry = yield from _wait_other_process(store, key)
             if entry is not None:
                 return None, entry
-            token = store.lock(key, store.lock_ttl)  # type: ignore[attr-defined]
+            token = yield io(store.lock, store.alock, key, ttl)
     except Exception as exc:  # noqa: BLE001 - without the lock we still make the call
         _events.emit(_events.CACHE_FAILED, None, level="warning", stage="lock", error=exc)
         return None, None
     if token is None:
         return None, None
     try:
-        entry = store.get(key)
+        entry = yield io(store.get, store.aget, key)
     except Exception:  # noqa: BLE001 - the look again is a nicety: lead, holding the lock
         return token, None
     if entry is not None:
-        unlock(store, key, token)
+        yield from unlock(store, key, token)
         return None, entry
     return token, None
 
 
-async def alock_shared(store: CacheStore, key: str) -> tuple[str | None, CacheEntry | None]:
-    """`lock_shared` for tasks."""
-    try:
-        token = await asyncio.to_thread(store.lock, key, store.lock_ttl)  # type: ignore[attr-defined]
-        if token is None:
-            entry = await _await_other_process(store, key)
-            if entry is not None:
-                return None, entry
-            token = await asyncio.to_thread(store.lock, key, store.lock_ttl)  # type: ignore[attr-defined]
-    except Exception as exc:  # noqa: BLE001 - without the lock we still make the call
-        _events.emit(_events.CACHE_FAILED, None, level="warning", stage="lock", error=exc)
-        return None, None
-    if token is None:
-        return None, None
-    try:
-        entry = await store.aget(key)
-    except Exception:  # noqa: BLE001 - the look again is a nicety: lead, holding the lock
-        return token, None
-    if entry is not None:
-        await asyncio.to_thread(unlock, store, key, token)
-        return None, entry
-    return token, None
-
-
-def unlock(store: CacheStore, key: str, token: str) -> None:
+def unlock(store: CacheStore, key: str, token: str) -> Steps:
     """Release the lock `lock_shared` took (an outage is reported: the lock expires by itself)."""
     try:
-        store.unlock(key, token)
+        yield io(store.unlock, store.aunlock, key, token)
     except Exception as exc:  # noqa: BLE001 - the lock expires by itself
         _events.emit(_events.CACHE_FAILED, None, level="warning", stage="unlock", error=exc)
 
 
-def _wait_other_process(store: CacheStore, key: str) -> CacheEntry | None:
+def _wait_other_process(store: CacheStore, key: str) -> Steps:
     """Poll a shared store while another process makes this call."""
-    clock = _clock.get_clock()
     started = _clock.now()
     limit = float(store.lock_ttl)  # type: ignore[attr-defined]
     left = remaining()
@@ -223,27 +272,9 @@ def _wait_other_process(store: CacheStore, key: str) -> CacheEntry | None:
         limit = min(limit, left)
     delay = 0.005
     while _clock.now() - started < limit:
-        clock.sleep(delay)
+        yield sleep(delay)
         delay = min(delay * 2, 0.1)
-        entry = store.get(key)
-        if entry is not None or not store.locked(key):
-            return entry
-    return None
-
-
-async def _await_other_process(store: CacheStore, key: str) -> CacheEntry | None:
-    """`_wait_other_process` for tasks."""
-    clock = _clock.get_clock()
-    started = _clock.now()
-    limit = float(store.lock_ttl)  # type: ignore[attr-defined]
-    left = remaining()
-    if left is not None:
-        limit = min(limit, left)
-    delay = 0.005
-    while _clock.now() - started < limit:
-        await clock.asleep(delay)
-        delay = min(delay * 2, 0.1)
-        entry = await store.aget(key)
-        if entry is not None or not await asyncio.to_thread(store.locked, key):
+        entry: CacheEntry | None = yield io(store.get, store.aget, key)
+        if entry is not None or not (yield io(store.locked, store.alocked, key)):
             return entry
     return None

@@ -20,6 +20,7 @@ product with numpy when it is installed, plain Python otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import math
@@ -106,6 +107,12 @@ class Semantic:
             f"is the user's message; pass Semantic(param='<name>')"
         )
         raise ValueError(msg)
+
+    async def aembed(self, text: str) -> Any:
+        """`embed` from an event loop: awaited if async, else in a worker thread (it is CPU work)."""
+        if self.is_async:
+            return await self.embed(text)
+        return await asyncio.to_thread(self.embed, text)
 
     def matches(self, query: Query, candidates: list[Candidate]) -> list[tuple[Candidate, float]]:
         """The candidates that may answer *query*, best first (at or above the threshold, verified).

@@ -39,7 +39,7 @@ import llmguard as lg
 from llmguard._context import _DEADLINE
 from llmguard._fake_provider import FakeProvider, Step
 from llmguard.errors import GuardTimeout
-from llmguard.stores.cache import MemoryCacheStore, RedisCacheStore
+from llmguard.stores.cache import CacheEntry, MemoryCacheStore, RedisCacheStore
 from llmguard.testing import FakeClock
 
 
@@ -505,6 +505,23 @@ def test_maxsize_evicts_the_least_recently_used() -> None:
 # -- every call shape ------------------------------------------------------------
 
 
+def test_memory_store_drops_expired_entries_before_evicting_live_ones(fake_clock: FakeClock) -> None:
+    """One store, entries with their own TTLs: a full store sheds what expired, not its least recently used live entry."""
+    store = MemoryCacheStore(maxsize=2)
+    store.set("short", CacheEntry(value=1, ttl=1))
+    store.set("long", CacheEntry(value=2, ttl=100))
+    assert store.get("short") is not None  # now the most recently used
+    fake_clock.advance(2)
+    store.set("new", CacheEntry(value=3, ttl=100))
+
+    assert [None, 2, 3] == [e and e.value for e in map(store.get, ["short", "long", "new"])]
+    assert 2 == store.size("")
+    for i in range(500):  # replacing entries leaves no unbounded bookkeeping behind
+        store.set("long", CacheEntry(value=i, ttl=100 + i))
+    assert len(store._data._heap) < 200
+    assert 499 == store.get("long").value  # type: ignore[union-attr]
+
+
 async def test_async_def_and_async_sdk_calls_hit(
     async_anthropic_client: anthropic.AsyncAnthropic, fake_provider: FakeProvider
 ) -> None:
@@ -774,6 +791,27 @@ async def test_fifty_tasks_missing_together_make_one_request(
 
     assert 1 == len(fake_provider.requests)
     assert 1 == len({id(r) for r in results})
+
+
+def test_waiters_get_a_leaders_none_without_calling() -> None:
+    """None is an answer like any other: threads waiting for a leader that returned it make no call."""
+    calls: list[str] = []
+    start = threading.Barrier(5)
+
+    @lg.cache
+    def ask(q: str) -> None:
+        calls.append(q)
+        time.sleep(0.3)  # the others join the flight meanwhile
+
+    def go() -> None:
+        start.wait()
+        ask("same")
+
+    with ThreadPoolExecutor(5) as pool:
+        list(pool.map(lambda _: go(), range(5)))
+
+    assert ["same"] == calls
+    assert 4 == lg.cache_info(ask).hits
 
 
 def test_waiters_share_the_leaders_error_which_is_not_cached(
