@@ -284,7 +284,12 @@ class CacheLayer(Guard):
             got = yield from self._follow(call, miss)
             if got is not None:
                 return got  # the leader's answer, or one found on looking again
-        self._missed(call.record, sem)
+        try:
+            self._missed(call.record, sem)
+        except BaseException:
+            if miss.flight is not None:  # never strand the waiters
+                self._flights.land(key, miss.flight)
+            raise
         return miss
 
     def _follow(self, call: Call, miss: _Miss) -> Steps:
