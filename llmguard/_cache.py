@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar, overload
 from . import _clock, _events, prices
 from ._cache_key import NO_INSTANCE, TRANSPORT, Keys, check_options
 from ._context import remaining
+from ._facts import ASYNC, ASYNCGEN, GEN
 from ._flight import (
     Flight,
     Flights,
@@ -70,7 +71,7 @@ from ._flight import (
 from ._record import Outcome
 from ._runner import Answer, Guard, layers_of
 from ._semantic import Query, Semantic, split, unit
-from ._wrap import ASYNC, ASYNCGEN, GEN, AsyncGuardedStream, GuardedStream, _StreamBase
+from ._stream import AsyncGuardedStream, GuardedStream, _StreamBase
 from .errors import GuardTimeout
 from .stores.cache import (
     CacheEntry,
@@ -85,7 +86,7 @@ from .stores.cache import (
 if TYPE_CHECKING:
     from ._binder import Binder
     from ._record import CallRecord, Usage
-    from ._wrap import Call
+    from ._runner import Call
 
 
 __all__ = ["TRANSPORT", "CacheInfo", "CacheLayer", "cache", "cache_clear", "cache_info"]
