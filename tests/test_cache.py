@@ -38,6 +38,7 @@ import llmguard as lg
 
 from llmguard._context import _DEADLINE
 from llmguard._fake_provider import FakeProvider, Step
+from llmguard._runner import Guard
 from llmguard.errors import GuardTimeout
 from llmguard.stores.cache import CacheEntry, MemoryCacheStore, RedisCacheStore
 from llmguard.testing import FakeClock
@@ -451,10 +452,9 @@ def test_fallback_answers_are_not_cached() -> None:
     """A result a fallback target produced (record.fallback_target set) is not stored."""
     calls = []
 
-    class PretendFallback(lg._wrap.Layer):
-        def around(self, call: Any) -> Any:
+    class PretendFallback(Guard):
+        def enter(self, call: Any) -> None:
             call.record.fallback_target = "backup"
-            return call.proceed()
 
     @lg.cache
     @PretendFallback()
@@ -1126,14 +1126,14 @@ _CHILD = """
 import json, os, sys
 import anthropic
 import llmguard as lg
+from llmguard._runner import Guard
 
 client = anthropic.Anthropic(base_url=os.environ["FAKE_URL"], api_key="k", max_retries=0)
 rec = {}
 
-class Watch(lg._wrap.Layer):
-    def around(self, call):
+class Watch(Guard):
+    def enter(self, call):
         rec["r"] = call.record
-        return call.proceed()
 
 @Watch()
 @lg.cache(store=os.environ["REDIS_URL"], ttl=60)
@@ -1435,14 +1435,11 @@ def test_a_hit_read_late_still_says_hit_and_what_it_saved(
     fake_provider: FakeProvider, anthropic_client: anthropic.Anthropic
 ) -> None:
     """A layer that reads the record only after the call sees cache=hit, the saving and the cached usage."""
-    from llmguard._wrap import Layer
-
     fake_provider.script(Step(usage={"input_tokens": 100, "output_tokens": 10}))
     calls: list[Any] = []
 
-    class ReadsLate(Layer):
-        def around(self, call: Any) -> Any:
-            result = call.proceed()
+    class ReadsLate(Guard):
+        def leave(self, call: Any, state: None, result: Any) -> Any:
             calls.append(call)
             return result
 
@@ -1782,11 +1779,10 @@ def test_waiters_do_not_get_a_fallbacks_answer() -> None:
     """A waiter is not handed an answer a fallback produced: it makes its own call."""
     calls = []
 
-    class PretendFallback(lg._wrap.Layer):
-        def around(self, call: Any) -> Any:
+    class PretendFallback(Guard):
+        def enter(self, call: Any) -> None:
             if not calls:
                 call.record.fallback_target = "backup"
-            return call.proceed()
 
     @lg.cache
     @PretendFallback()
