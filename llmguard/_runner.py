@@ -146,32 +146,6 @@ class Guard:
         return wrap(self, fn)
 
 
-class Layer(Guard):
-    """A guard written as ``around(call)`` / ``around_async(call)`` calling ``call.proceed()``.
-
-    The shape the guards had before the hooks; kept while they move over.
-    """
-
-    name: ClassVar[str] = "layer"
-
-    def around(self, call: Call) -> Any:
-        """Run one call of a ``def`` or generator function."""
-        return call.proceed()
-
-    async def around_async(self, call: Call) -> Any:
-        """Run one call of an ``async def`` or async generator function."""
-        return await call.proceed_async()
-
-    # Read by lanes that no runner calls any more, going away (#13).
-    def resume(self, call: Call, state: Any) -> Any:  # noqa: ARG002
-        """Gone with the lanes."""
-        return self.around(call)
-
-    async def resume_async(self, call: Call, state: Any) -> Any:  # noqa: ARG002
-        """Gone with the lanes."""
-        return await self.around_async(call)
-
-
 # -- the call ------------------------------------------------------------------
 
 
@@ -218,8 +192,6 @@ class Call:
     _notes: dict[str, Any] | None = None
     _model: Any = None  # the model the inside asks for while a guard's `Run` changes the arguments
     _given: tuple[tuple[Any, ...], dict[str, Any]] | None = None  # the caller's arguments, while a guard's replace them
-    _pos = 0  # the running `Layer`'s index, for its ``call.proceed()``
-    entered: Any = None  # read by the cache's lane, going away (#13)
 
     def __init__(self, runner: _Runner, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.runner = runner
@@ -406,31 +378,6 @@ class Call:
         """The best-guess input tokens of the request (`_estimate.tokens` of `estimated_input_size`)."""
         return _estimate.tokens(self.estimated_input_size())
 
-    # -- a `Layer`'s way on --------------------------------------------------
-
-    def proceed(self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None) -> Any:
-        """Run the inside, for a `Layer`'s ``around`` (a `Guard` has hooks instead)."""
-        run = None if args is None and kwargs is None else Run(0.0, args, kwargs)
-        return self.runner._inside_sync(self, self._pos + 1, run, None, None)
-
-    async def proceed_async(self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None) -> Any:
-        """For a `Layer`'s ``around_async``: run the inside."""
-        run = None if args is None and kwargs is None else Run(0.0, args, kwargs)
-        return await self.runner._inside_async(self, self._pos + 1, run)
-
-    def _use(self, run: Run) -> tuple[Any, ...]:
-        """Make *run*'s arguments the call's while the inside runs; returns what to restore."""
-        saved = self.args, self.kwargs, self._model, self._given
-        if self._given is None:
-            self._given = self.args, self.kwargs
-        if run.args is not None:
-            self.args = run.args
-        if run.kwargs is not None:
-            self.kwargs = run.kwargs
-        # The model the inside asks for, by keyword or by position (a route may pass either).
-        self._model = _request_model(self.runner.info, self.instance, self.args, self.kwargs)
-        return saved
-
     # -- attempts --------------------------------------------------------------
     # Each attempt has a *slot*, a list ``[started, model, ended, result,
     # error, attempt]``; while it runs `_CURRENT` holds ``(call, slot)``.
@@ -517,11 +464,10 @@ def current_call() -> CallRecord | None:
 class _Runner:
     """The guards on one function, composed: runs their hooks in order, then the function."""
 
-    __slots__ = ("async_hooks", "fn", "guards", "info", "is_async", "legacy", "n", "static", "stream_shape", "sync_hooks")
+    __slots__ = ("async_hooks", "fn", "guards", "info", "is_async", "n", "static", "stream_shape", "sync_hooks")
 
     def __init__(self, guards: tuple[Guard, ...], info: _FunctionInfo, fn: Callable[..., Any], *, static: bool) -> None:
         self.guards = guards
-        self.legacy = tuple(isinstance(g, Layer) for g in guards)
         self.n = len(guards)
         self.info = info
         self.fn = fn
@@ -550,12 +496,6 @@ class _Runner:
         """Run guard *i* (and everything inside it) of a synchronous call."""
         if i == self.n:
             return self._invoke_sync(call)
-        if self.legacy[i]:
-            saved, call._pos = call._pos, i
-            try:
-                return cast("Layer", self.guards[i]).around(call)
-            finally:
-                call._pos = saved
         enter, leave, fail, via, primes = self.sync_hooks[i]
         state: Any = None
         run: Run | None = None
@@ -606,12 +546,6 @@ class _Runner:
         """`run_sync` for an ``async def`` or async generator function."""
         if i == self.n:
             return await self._invoke_async(call)
-        if self.legacy[i]:
-            saved, call._pos = call._pos, i
-            try:
-                return await cast("Layer", self.guards[i]).around_async(call)
-            finally:
-                call._pos = saved
         enter, enter_awaits, leave, leave_awaits, fail, fail_awaits, primes = self.async_hooks[i]
         state: Any = None
         run: Run | None = None
