@@ -65,7 +65,7 @@ from typing import Any, ClassVar, Literal, ParamSpec, TypeVar, overload
 from . import _budget_ledger as ledger
 from . import _clock
 from ._binder import Binder
-from ._budget_estimate import Estimator, call_with_arguments, mismatch_error, signature_mismatch
+from ._budget_estimate import Estimator, mismatch_error, not_bound, signature_mismatch
 from ._budget_ledger import Group, Ticket
 from ._budget_scope import SCOPES, Budget, BudgetAlert, BudgetSpend, Per
 from ._record import Outcome
@@ -89,6 +89,7 @@ class _FunctionBudget(Guard):
         self.function = fn
         self.estimator = Estimator(budget, binder)
         self._own = (budget,) if budget.has_limits else ()  # the budgets of a call in no scope
+        self._arguments = binder.arguments  # a call's arguments by name, for key= callables (`Call.arguments`)
         self.estimator.check_boundable(fn)
         params = list(binder.signature.parameters.values()) if binder.signature else []
         if params:
@@ -139,8 +140,14 @@ class _FunctionBudget(Guard):
             key = b.key
             if key is not None and not isinstance(key, str):
                 if arguments is None:
-                    arguments = call.info.binder.arguments(call.instance, call.args, call.kwargs)  # `Call.arguments`
-                key = call_with_arguments("key", key, arguments, call)
+                    arguments = self._arguments(call.instance, call.args, call.kwargs)  # `Call.arguments`
+                try:  # `call_with_arguments`, inlined
+                    key = key(**arguments)
+                except TypeError as exc:
+                    error = not_bound("key", key, arguments, call)
+                    if error is None:
+                        raise
+                    raise error from exc
                 key = None if key is None or key == "" else str(key)
             elif not key:
                 key = None

@@ -146,10 +146,16 @@ def call_with_arguments(option: str, f: Callable[..., Any], arguments: dict[str,
     try:
         return f(**arguments)
     except TypeError as exc:
-        reason = _unbound(f, arguments)
-        if reason is None:
+        error = not_bound(option, f, arguments, call)
+        if error is None:
             raise
-        raise mismatch_error(option, f, call.function_name, reason) from exc
+        raise error from exc
+
+
+def not_bound(option: str, f: Callable[..., Any], arguments: dict[str, Any], call: Call) -> TypeError | None:
+    """The error to raise when ``f(**arguments)`` raised a `TypeError` because it does not bind; None if it did bind."""
+    reason = _unbound(f, arguments)
+    return None if reason is None else mismatch_error(option, f, call.function_name, reason)
 
 
 def _unbound(f: Callable[..., Any], arguments: dict[str, Any]) -> str | None:

@@ -143,8 +143,8 @@ def anthropic_usage(u: Any) -> Usage | None:
     if type(cache_write) is not int:
         cache_write = 0 if cache_write is None else n(cache_write)
     # wrap: SDKs older than a field keep it as a plain dict (extra="allow").
-    details = wrap(getattr(u, "output_tokens_details", None))
-    reasoning = n(details.thinking_tokens) if details is not None else 0
+    details = getattr(u, "output_tokens_details", None)
+    reasoning = 0 if details is None else n(wrap(details).thinking_tokens)  # None: no `wrap` (an ABC check)
     inp = u.input_tokens
     out = u.output_tokens
     return Usage(
