@@ -411,7 +411,12 @@ class Estimator:
             if isinstance(value, int) and value > 0:
                 cap = value
                 break
-        model = self._model_arg(args, kwargs, bound)
+        getter = self.model_getter  # `_model_arg`, inlined
+        if getter is None or "model" in kwargs:
+            model = kwargs.get("model")
+        else:
+            at = getter[2] if bound else getter[1]
+            model = args[at] if at is not None and at < n_args else getter[3]
         if self.var_kw:  # keywords its **kwargs took
             own = {g[0] for g in self._inputs}
             for name in INPUT_NAMES:
