@@ -1458,11 +1458,12 @@ def test_span_name_can_be_given_by_keyword(traced: Any, exporter: InMemorySpanEx
     assert 1 == len(spans_named(exporter, "custom"))
 
 
-# -- trace alone and trace over another guard: the same span ------------------------
+# -- the fast lane: trace alone, with no metrics or listeners, builds no record ------
 
 
+@pytest.mark.xfail(reason="#13 in progress: trace's one path still builds the record alone (its port restores it)", strict=False)
 @pytest.mark.parametrize("kind", ["anthropic", "anthropic-async", "openai", "report_usage", "no-usage"])
-def test_trace_alone_and_over_another_guard_give_the_same_span(
+def test_trace_alone_gives_the_same_span_as_on_the_general_path(
     kind: str,
     tracer_provider: TracerProvider,
     exporter: InMemorySpanExporter,
@@ -1470,7 +1471,7 @@ def test_trace_alone_and_over_another_guard_give_the_same_span(
     anthropic_client: anthropic.Anthropic,
     openai_client: openai.OpenAI,
 ) -> None:
-    """`trace` alone on a function and `trace` over another guard give the same span.
+    """`trace` alone ends its span from the result (no record); under another layer, from the record.
 
     Both spans carry the same name, kind and attributes.
     """
@@ -1514,31 +1515,45 @@ def test_trace_alone_and_over_another_guard_give_the_same_span(
         if asyncio.iscoroutine(result):
             asyncio.run(result)
 
+    built: list[str] = []
+    materialize = Call._materialize
+
+    def counting(self: Call) -> Any:
+        built.append(self.function_name)
+        return materialize(self)
+
     spans = []
-    for stacked in (False, True):
-        guard = lg.trace(tracer_provider=tracer_provider)
-        fn = guard(Probe()(make())) if stacked else guard(make())
-        # Twice: the second call is the one compared (every result type seen before).
-        for _ in range(2):
-            fake_provider.script(Step(reply="hi", usage={"input_tokens": 30, "output_tokens": 7}))
+    records = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Call, "_materialize", counting)
+        for stacked in (False, True):
+            guard = lg.trace(tracer_provider=tracer_provider)
+            fn = guard(Probe()(make())) if stacked else guard(make())
+            # Twice: the first result of a type the core has not seen yet
+            # takes the general path (it may be a stream); the second is the one compared.
+            for _ in range(2):
+                fake_provider.script(Step(reply="hi", usage={"input_tokens": 30, "output_tokens": 7}))
+                built.clear()
+                exporter.clear()
+                run(fn)
+            records.append(len(built))
+            spans.append(exporter.get_finished_spans()[-1])
             exporter.clear()
-            run(fn)
-        spans.append(exporter.get_finished_spans()[-1])
-        exporter.clear()
-    alone, stacked = (dict(s.attributes or {}) for s in spans)
+    assert [0, 1] == records  # alone: no record built; stacked: one
+    lane, general = (dict(s.attributes or {}) for s in spans)
     assert spans[1].name == spans[0].name
     assert spans[1].kind == spans[0].kind
     if kind in ("anthropic", "anthropic-async", "openai"):
-        assert alone.pop("gen_ai.response.id") != stacked.pop("gen_ai.response.id")  # two responses
-    assert stacked == alone
+        assert lane.pop("gen_ai.response.id") != general.pop("gen_ai.response.id")  # two responses
+    assert general == lane
     if kind != "no-usage":
-        assert 7 == alone["gen_ai.usage.output_tokens"]
+        assert 7 == lane["gen_ai.usage.output_tokens"]
 
 
-def test_a_trace_call_hands_its_span_to_the_record_of_a_call_inside(
+def test_a_lane_trace_call_still_hands_its_span_to_a_record_built_inside(
     tracer_provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    """The record of a call inside (a nested call's parent) carries the outer call's span."""
+    """Alone, trace builds no record; one built inside the call (a nested call's parent) carries the span."""
     parents: list[lg.CallRecord | None] = []
     span_ids: list[int] = []
 
@@ -1557,7 +1572,7 @@ def test_a_trace_call_hands_its_span_to_the_record_of_a_call_inside(
     def outer(q: str, model: str = MODEL) -> str:
         return inner() + q
 
-    for _ in range(2):  # the second call with every result type seen
+    for _ in range(2):  # the second call runs on the lane with every type seen
         exporter.clear()
         parents.clear()
         assert "xq" == outer("q")
