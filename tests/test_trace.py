@@ -821,7 +821,7 @@ def test_no_sdk_configured_records_nothing_and_leaves_the_record_alone(
         return anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
 
     assert "Hello from the fake provider." == ask().content[0].text
-    assert built[0]._owner._record is None
+    assert built[0]._record is None
 
 
 def test_the_global_provider_is_picked_up_when_it_is_set_later(
