@@ -87,6 +87,7 @@ from opentelemetry.trace import NonRecordingSpan, Span, SpanKind, Status, Status
 from . import _clock, _events, _semconv
 from ._check import number as check_number
 from ._record import Outcome
+from ._runner import Call, Guard
 from ._trace_call import _SCOPES, _CallTrace, _end_time, _restore, _Scope, _start_time
 from ._trace_client import _ClientFinder
 from ._trace_otel import (
@@ -98,7 +99,7 @@ from ._trace_otel import (
     _telemetry_for,
 )
 from ._trace_report import _REQUEST_PARAMS, _error_type
-from ._wrap import Call, Layer, _StreamBase, outcome_of
+from ._wrap import _StreamBase, outcome_of
 
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ def _valid_attribute(value: object) -> bool:
     return isinstance(value, (list, tuple)) and all(isinstance(v, (str, bool, int, float)) for v in value)
 
 
-class TraceLayer(Layer):
+class TraceLayer(Guard):
     """The `trace` guard: a decorator and a context manager. Build it with `trace`."""
 
     name: ClassVar[str] = "trace"
@@ -219,50 +220,42 @@ class TraceLayer(Layer):
         self._cache = (*seen, tel)
         return tel
 
-    # -- the decorator ---------------------------------------------------------
+    # -- the decorator: one traced call ------------------------------------------
 
-    def around(self, call: Call) -> Any:
-        """Trace one call of a ``def`` or generator function."""
+    def enter(self, call: Call) -> _CallTrace | None:
+        """Start the call's span and make it current while the inside runs; None when nothing is recorded."""
         tel = self._telemetry()
         if tel is None and not _events.listening():
-            return call.proceed()
+            return None
         ct = _CallTrace(self, call, tel)
         ctx = ct.ctx
-        # Attached here, detached in the finally: no context outlives the call.
-        token = _attach(ctx) if ctx is not None else None
-        try:
-            result = call.proceed()
-        except BaseException as exc:
-            ct.end(outcome_of(exc), exc, None)
-            raise
-        finally:
-            if token is not None:
-                _detach(token)
+        if ctx is not None:
+            # Detached by `leave` or `fail`, which the runner calls in this
+            # same context: no context outlives the call.
+            ct.token = _attach(ctx)
+        return ct
+
+    @staticmethod
+    def leave(call: Call, ct: _CallTrace | None, result: Any) -> Any:  # noqa: ARG004
+        """End the span (a stream's: on the stream's one finish)."""
+        if ct is None:
+            return result
+        if ct.token is not None:
+            _detach(ct.token)
         if isinstance(result, _StreamBase):
             return ct.wrap(result)
         ct.end(_OK, None, result)
         return result
 
-    async def around_async(self, call: Call) -> Any:
-        """Trace one call of an ``async def`` or async generator function."""
-        tel = self._telemetry()
-        if tel is None and not _events.listening():
-            return await call.proceed_async()
-        ct = _CallTrace(self, call, tel)
-        ctx = ct.ctx
-        token = _attach(ctx) if ctx is not None else None
-        try:
-            result = await call.proceed_async()
-        except BaseException as exc:
-            ct.end(outcome_of(exc), exc, None)
-            raise
-        finally:
-            if token is not None:
-                _detach(token)
-        if isinstance(result, _StreamBase):
-            return ct.wrap(result)
-        ct.end(_OK, None, result)
-        return result
+    @staticmethod
+    def fail(call: Call, ct: _CallTrace | None, exc: BaseException) -> None:  # noqa: ARG004
+        """End the span with the error; the error goes on."""
+        if ct is not None:
+            try:
+                ct.end(outcome_of(exc), exc, None)
+            finally:
+                if ct.token is not None:
+                    _detach(ct.token)
 
     # -- the context manager: a parent span around many calls ------------------
 

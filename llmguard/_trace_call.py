@@ -43,12 +43,14 @@ from ._wrap import AsyncGuardedStream, GuardedStream, _StreamBase
 
 
 if TYPE_CHECKING:
+    from contextvars import Token
+
     from opentelemetry.context import Context
 
     from ._record import Attempt, Usage
+    from ._runner import Call
     from ._trace import TraceLayer
     from ._trace_otel import _Telemetry
-    from ._wrap import Call
 
 
 _UNSET: Any = object()
@@ -172,6 +174,7 @@ class _CallTrace:
     `_end`, which keeps on this object what metrics and events need.
     """
 
+    token: Token[Context] | None = None  # the span's context, attached while the inside runs
     prev_span: Span | None = None
     span: Span | None = None
     ctx: Context | None = None

@@ -18,7 +18,8 @@ from ._secrets import SECRET_KEY_NAMES, scrub
 
 
 if TYPE_CHECKING:
-    from ._wrap import Call, _StreamBase
+    from ._runner import Call
+    from ._wrap import _StreamBase
 
 
 _INPUT_PARAMS: Final = ("messages", "input", "prompt", "contents")
