@@ -24,7 +24,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Span, SpanKind
 
-from . import _clock, _events, _semconv
+from . import _clock, _events, _semconv, prices, providers
 from ._record import CallRecord, Outcome
 from ._trace_client import _GLOBAL_PROVIDER, _address_of_url, _stream_address
 from ._trace_content import _content_attributes, _ContentBudget
@@ -155,6 +155,13 @@ def _start_time(scope: _Scope | None, t0: float) -> int:
 
 # -- one traced call -----------------------------------------------------------
 
+
+def _noted(call: Call) -> bool:
+    """Whether a guard noted facts for the record (other than `trace`'s span): the span needs them."""
+    notes = call._notes
+    return notes is not None and (len(notes) > 1 or (bool(notes) and "span" not in notes))
+
+
 _OK = Outcome.OK
 _CLIENT = SpanKind.CLIENT
 _INT_FLOAT: Final = (int, float)
@@ -197,6 +204,7 @@ class _CallTrace:
     cost: float | None = None
     ttfc: float | None = None
     t0_ns: int = 0  # the wall-clock time (ns) of `t0`, read when there is a span to start
+    record: CallRecord | None = None  # read at the end (`_end`), unless `_end_plain` can do without
 
     def __init__(  # noqa: C901, PLR0912, PLR0915 - every call's start, kept in one frame
         self, layer: TraceLayer, call: Call, tel: _Telemetry | None
@@ -214,11 +222,21 @@ class _CallTrace:
             self.t0_ns = _start_time(self.scope, t0)
         self.call = call
         args, kwargs, instance = call.args, call.kwargs, call.instance
-        self.record = record = call.record
-        self.prev_span = record.span
-        model = record.request_model
-        stream = self.start_stream = record.stream
-        function = record.function
+        record: CallRecord | None = None
+        if call.recorded:
+            record = call.record
+            self.prev_span = record.span
+            model, stream = record.request_model, record.stream
+        else:
+            # Not built for the span: it goes on as a note, and the end reads
+            # the facts without the record when it can (`_end_plain`).
+            notes = call._notes
+            if notes:  # a `trace` outside this one, on the same call
+                self.prev_span = notes.get("span")
+            model, stream = call.request_model(), call.requests_stream()
+        self.request_model = model
+        self.start_stream = stream
+        function = call.function_name
         if tel is None:
             return
         address = client = None
@@ -276,7 +294,10 @@ class _CallTrace:
         )
         self.span = span
         if span.is_recording():  # sampled out: inner guards' events need go nowhere
-            record.span = _RecordSpan(span)
+            if record is not None:
+                record.span = _RecordSpan(span)
+            else:
+                call.note(span=_RecordSpan(span))
         self.ctx = _set_span_in_context(span, parent)
 
     # -- streams -------------------------------------------------------------
@@ -287,11 +308,11 @@ class _CallTrace:
         out: _StreamBase = result
         if self.ctx is not None:
             if isinstance(result, AsyncGuardedStream):
-                traced_async = _TracedAsyncStream(source=result, record=self.record)
+                traced_async = _TracedAsyncStream(source=result, record=self.call.record)
                 traced_async._otel_ctx = self.ctx
                 out = traced_async
             else:
-                traced = _TracedStream(source=result, record=self.record)
+                traced = _TracedStream(source=result, record=self.call.record)
                 traced._otel_ctx = self.ctx
                 out = traced
         if self.tel is not None and self.tel.instruments is not None:
@@ -327,17 +348,25 @@ class _CallTrace:
             if span is not None and span.is_recording():
                 span.end(_end_time(self.t0_ns, self.t0, _clock.now()))
         finally:
-            self.record.span = self.prev_span
+            call = self.call
+            if call.recorded:
+                call.record.span = self.prev_span
+            else:
+                call.note(span=self.prev_span)
 
-    def _end(  # noqa: PLR0912, PLR0915 - every call's end, kept in one frame
+    def _end(  # noqa: C901, PLR0912, PLR0915 - every call's end, kept in one frame
         self, outcome: Outcome, exc: BaseException | None, result: Any
     ) -> None:
         # One method on purpose: this runs on every call, and each Python
         # call or attribute round-trip saved shows beside the SDK's own cost.
         t1 = _clock.now()  # the call's end, for the span, the metrics and the event alike
         tel = self.tel
-        record = self.record
         layer = self.layer
+        plain = self._plain_facts() if exc is None else None
+        if plain is not None:
+            self._end_plain(t1, result, plain)
+            return
+        self.record = record = self.call.record
         if tel is not None and self.address is None and (exc is not None or self.stream is not None):
             self._late_address(exc)
         # -- the facts the record holds now (one attempt: read directly, no sums)
@@ -391,7 +420,11 @@ class _CallTrace:
                     attrs[n.request_stream] = stream
                 if provider and provider != self.start_provider:
                     attrs[n.provider] = provider
-                own = usage if self.sdk_spans is None else self._own_usage(attrs, n, usage, record.attempts)
+                own = (
+                    usage
+                    if self.sdk_spans is None
+                    else self._own_usage(attrs, n, usage, [(a.usage, a.provider) for a in record.attempts])
+                )
                 _answer_attributes(
                     attrs, n, span, layer, record.request_model, record.operation,
                     (response_model, response_id, finish_reasons, own, cost),
@@ -416,22 +449,82 @@ class _CallTrace:
         if self.scope is not None:
             self.scope.add(usage, cost)
         if tel is not None and tel.instruments is not None:
-            _record_metrics(self, tel.instruments, tel.names, t1, error_type, exc)
+            _record_metrics(self, record, tel.instruments, tel.names, t1, error_type, exc)
         if _events.listening():
-            _emit(self, outcome, exc, error_type, t1)
+            _emit(self, record, outcome, exc, error_type, t1)
+
+    def _plain_facts(self) -> tuple[Usage | None, str | None, str | None] | None:
+        """The one attempt's (usage, model, provider) when only the span needs the facts and the record is not built.
+
+        Nobody has read the record, no guard noted a fact for it, the call
+        made one attempt that returned a plain result, and no metrics or
+        event listeners will read the record: then `_end_plain` ends the
+        span from that attempt's result, and the record is never built.
+        """
+        call = self.call
+        tel = self.tel
+        if (
+            call.recorded
+            or tel is None
+            or tel.instruments is not None
+            or _events.listening()
+            or call.attempt_count() != 1
+            or _noted(call)
+        ):
+            return None
+        plain = call.plain_usage(0)
+        return None if plain is None else plain[0]
+
+    def _end_plain(self, t1: float, result: Any, plain: tuple[Usage | None, str | None, str | None]) -> None:
+        """`_end` for one attempt's plain result with no record: the same span from the same facts.
+
+        *plain* is the attempt's (usage, model, provider) as the runner reads
+        it (`Call.plain_usage`); the response's id and finish reasons come
+        from *result*, and the cost is priced as the record would price it.
+        No metrics and no event: `_end` takes this path only without them.
+        """
+        usage, model, _ = plain
+        facts = providers.observe_result(result)
+        response_model = response_id = provider = None
+        finish_reasons: tuple[str, ...] = ()
+        if facts is not None:
+            response_model, provider = facts.model, facts.provider
+            response_id, finish_reasons = facts.response_id, facts.finish_reasons
+        cost = prices.cost_of(usage, model or self.request_model, provider) if usage is not None else None
+        provider = self._provider(provider)
+        span = self.span
+        if span is not None:
+            if span.is_recording():
+                layer = self.layer
+                n = layer._names
+                attrs: dict[str, Any] = {n.lg_attempts: 1}
+                if provider and provider != self.start_provider:
+                    attrs[n.provider] = provider
+                own = usage if self.sdk_spans is None else self._own_usage(attrs, n, usage, [(usage, provider)])
+                _answer_attributes(
+                    attrs, n, span, layer, self.request_model, CallRecord.operation,
+                    (response_model, response_id, finish_reasons, own, cost),
+                )
+                if layer.capture_content:
+                    budget = _ContentBudget(layer.redact, layer.max_content_chars)
+                    _content_attributes(attrs, n, budget, self.call, None, result, finish_reasons)
+                span.set_attributes(attrs)
+            span.end(_end_time(self.t0_ns, self.t0, t1))
+        if self.scope is not None:
+            self.scope.add(usage, cost)
 
     def _own_usage(
         self,
         attrs: dict[str, Any],
         n: _semconv.Semconv,
         usage: Usage | None,
-        attempts: Sequence[Attempt],
+        parts: Sequence[tuple[Usage | None, str | None]],
     ) -> Usage | None:
         """The usage this span carries as ``gen_ai.usage.*``: what no SDK span of the call carries.
 
         The client opens its own GenAI span per request, a child of this one
         (`_sdk_span_provider`): when that span records, each attempt answered
-        through that SDK (of *attempts*) has its
+        through that SDK (*parts*: each attempt's usage and provider) has its
         usage there, once, and this span keeps the call's totals under
         ``llmguard.usage.*`` instead. Attempts answered elsewhere (a fallback
         to another SDK) stay here, so the sum over the trace is the server's.
@@ -442,8 +535,7 @@ class _CallTrace:
             return usage
         sdk = self.client_provider
         own: Usage | None = None
-        for attempt in attempts:
-            used, provider = attempt.usage, attempt.provider
+        for used, provider in parts:
             if used is not None and provider is not None and provider != sdk:
                 own = used if own is None else own + used
         attrs[n.lg_total_input] = usage.input_tokens

@@ -149,8 +149,7 @@ def _error_type(outcome: Outcome, exc: BaseException | None) -> str | None:
 # -- metrics and the call event ----------------------------------------------------
 
 
-def _metric_attributes(ct: _CallTrace, n: _semconv.Semconv) -> dict[str, Any]:
-    record = ct.record
+def _metric_attributes(ct: _CallTrace, record: CallRecord, n: _semconv.Semconv) -> dict[str, Any]:
     attrs: dict[str, Any] = {n.operation: ct.layer.operation or record.operation}
     provider = ct.provider or _semconv.provider_from_model(record.request_model)
     if provider:
@@ -166,14 +165,14 @@ def _metric_attributes(ct: _CallTrace, n: _semconv.Semconv) -> dict[str, Any]:
 
 def _record_metrics(  # noqa: PLR0912 - one optional instrument per branch
     ct: _CallTrace,
+    record: CallRecord,
     ins: _Instruments,
     n: _semconv.Semconv,
     t1: float,
     error_type: str | None,
     exc: BaseException | None,
 ) -> None:
-    record = ct.record
-    attrs = _metric_attributes(ct, n)
+    attrs = _metric_attributes(ct, record, n)
     if ins.duration is not None:
         ins.duration.record(t1 - ct.t0, {**attrs, n.error_type: error_type} if error_type else attrs)
     usage = ct.usage
@@ -213,12 +212,12 @@ def _record_metrics(  # noqa: PLR0912 - one optional instrument per branch
 
 def _emit(
     ct: _CallTrace,
+    record: CallRecord,
     outcome: Outcome,
     exc: BaseException | None,
     error_type: str | None,
     t1: float,
 ) -> None:
-    record = ct.record
     usage = ct.usage
     kind = _error_kind(exc)
     fields: dict[str, Any] = {
