@@ -362,9 +362,8 @@ class _CallTrace:
         t1 = _clock.now()  # the call's end, for the span, the metrics and the event alike
         tel = self.tel
         layer = self.layer
-        plain = self._plain_facts() if exc is None else None
-        if plain is not None:
-            self._end_plain(t1, result, plain)
+        if exc is None and self._plain():
+            self._end_plain(t1, result)
             return
         self.record = record = self.call.record
         if tel is not None and self.address is None and (exc is not None or self.stream is not None):
@@ -453,44 +452,40 @@ class _CallTrace:
         if _events.listening():
             _emit(self, record, outcome, exc, error_type, t1)
 
-    def _plain_facts(self) -> tuple[Usage | None, str | None, str | None] | None:
-        """The one attempt's (usage, model, provider) when only the span needs the facts and the record is not built.
+    def _plain(self) -> bool:
+        """Whether only the span needs the call's facts, and the record is not built: `_end_plain`.
 
         Nobody has read the record, no guard noted a fact for it, the call
-        made one attempt that returned a plain result, and no metrics or
-        event listeners will read the record: then `_end_plain` ends the
-        span from that attempt's result, and the record is never built.
+        made one attempt, which returned a plain result (a stream builds the
+        record; an error reaches `_end` as one), and no metrics or event
+        listeners will read the record.
         """
         call = self.call
         tel = self.tel
-        if (
+        return not (
             call.recorded
             or tel is None
             or tel.instruments is not None
             or _events.listening()
             or call.attempt_count() != 1
             or _noted(call)
-        ):
-            return None
-        plain = call.plain_usage(0)
-        return None if plain is None else plain[0]
+        )
 
-    def _end_plain(self, t1: float, result: Any, plain: tuple[Usage | None, str | None, str | None]) -> None:
+    def _end_plain(self, t1: float, result: Any) -> None:
         """`_end` for one attempt's plain result with no record: the same span from the same facts.
 
-        *plain* is the attempt's (usage, model, provider) as the runner reads
-        it (`Call.plain_usage`); the response's id and finish reasons come
-        from *result*, and the cost is priced as the record would price it.
-        No metrics and no event: `_end` takes this path only without them.
+        The facts are the result's, as the record would settle its one
+        attempt from it (`providers.observe_result`), priced as it would
+        price them. No metrics and no event: `_end` takes this path only
+        without them.
         """
-        usage, model, _ = plain
         facts = providers.observe_result(result)
-        response_model = response_id = provider = None
+        usage = response_model = response_id = provider = None
         finish_reasons: tuple[str, ...] = ()
         if facts is not None:
-            response_model, provider = facts.model, facts.provider
+            usage, response_model, provider = facts.usage, facts.model, facts.provider
             response_id, finish_reasons = facts.response_id, facts.finish_reasons
-        cost = prices.cost_of(usage, model or self.request_model, provider) if usage is not None else None
+        cost = prices.cost_of(usage, response_model or self.request_model, provider) if usage is not None else None
         provider = self._provider(provider)
         span = self.span
         if span is not None:
