@@ -26,6 +26,7 @@ from opentelemetry.trace import Span, SpanKind
 
 from . import _clock, _events, _semconv, prices, providers
 from ._record import CallRecord, Outcome
+from ._runner import _request_model, _requests_stream
 from ._trace_client import _GLOBAL_PROVIDER, _address_of_url, _stream_address
 from ._trace_content import _content_attributes, _ContentBudget
 from ._trace_otel import _records_spans, _RecordSpan
@@ -223,8 +224,8 @@ class _CallTrace:
         self.call = call
         args, kwargs, instance = call.args, call.kwargs, call.instance
         record: CallRecord | None = None
-        if call.recorded:
-            record = call.record
+        if call._record is not None:
+            record = call._record
             self.prev_span = record.span
             model, stream = record.request_model, record.stream
         else:
@@ -233,10 +234,12 @@ class _CallTrace:
             notes = call._notes
             if notes:  # a `trace` outside this one, on the same call
                 self.prev_span = notes.get("span")
-            model, stream = call.request_model(), call.requests_stream()
+            info = call.info
+            model = _request_model(info, instance, args, kwargs)
+            stream = _requests_stream(info, instance, args, kwargs)
         self.request_model = model
         self.start_stream = stream
-        function = call.function_name
+        function = call.runner.info.name
         if tel is None:
             return
         address = client = None
@@ -297,7 +300,12 @@ class _CallTrace:
             if record is not None:
                 record.span = _RecordSpan(span)
             else:
-                call.note(span=_RecordSpan(span))
+                # `call.note(span=...)`, without its keyword dict: every call passes here.
+                notes = call._notes
+                if notes is None:
+                    call._notes = {"span": _RecordSpan(span)}
+                else:
+                    notes["span"] = _RecordSpan(span)
         self.ctx = _set_span_in_context(span, parent)
 
     # -- streams -------------------------------------------------------------
@@ -349,10 +357,16 @@ class _CallTrace:
                 span.end(_end_time(self.t0_ns, self.t0, _clock.now()))
         finally:
             call = self.call
-            if call.recorded:
-                call.record.span = self.prev_span
-            else:
-                call.note(span=self.prev_span)
+            record = call._record
+            if record is not None:
+                record.span = self.prev_span
+            else:  # the span's note goes back to the outer trace's, or away
+                notes = call._notes
+                if notes is not None:
+                    if self.prev_span is None:
+                        notes.pop("span", None)
+                    else:
+                        notes["span"] = self.prev_span
 
     def _end(  # noqa: C901, PLR0912, PLR0915 - every call's end, kept in one frame
         self, outcome: Outcome, exc: BaseException | None, result: Any
@@ -463,12 +477,12 @@ class _CallTrace:
         call = self.call
         tel = self.tel
         return not (
-            call.recorded
+            call._record is not None
             or tel is None
             or tel.instruments is not None
-            or _events.listening()
             or call.attempt_count() != 1
             or _noted(call)
+            or _events.listening()
         )
 
     def _end_plain(self, t1: float, result: Any) -> None:
