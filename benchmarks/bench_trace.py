@@ -4,7 +4,7 @@ Three figures:
 
 * no SDK configured (the API's proxy provider, nobody listening): what
   ``@lg.trace`` adds on top of the wrapping core it runs on, a pass-through
-  layer on the same fast lane (target <= 1 µs);
+  guard alone on the same function (target <= 1 µs);
 * an SDK ``TracerProvider`` (no exporter, so the span machinery is what is
   measured): ``@lg.trace`` against a hand-written
   ``tracer.start_as_current_span`` around the same function setting the
@@ -221,7 +221,7 @@ def run() -> dict[str, float]:
         lambda f=trace(target): f("q", max_tokens=256),
         number=20_000,
     )
-    print(row("no SDK: pass-through layer on the lane", core))
+    print(row("no SDK: a pass-through guard alone", core))
     print(row("no SDK: @lg.trace", traced_off, core, "of the core"))
     print(row("no SDK: what @lg.trace adds (target <= 1 µs)", overhead(traced_off, core)))
 
@@ -241,12 +241,12 @@ def run() -> dict[str, float]:
     print(row("SDK spans: @lg.trace (target <= 1.3x)", ours, hand, "of the bare span"))
     # What the core under trace costs on its own (the function's own time
     # taken out: the bare span calls it too).
-    lane = per_call(lambda f=PassThrough()(target): f("q", max_tokens=256))
-    lane -= per_call(lambda: target("q", max_tokens=256))
-    print(row("the lane under trace, on its own", lane))
-    print(row("SDK spans: @lg.trace minus that core cost", ours - lane, hand, "of the bare span"))
+    core_only = per_call(lambda f=PassThrough()(target): f("q", max_tokens=256))
+    core_only -= per_call(lambda: target("q", max_tokens=256))
+    print(row("the core under trace (a pass-through guard), on its own", core_only))
+    print(row("SDK spans: @lg.trace minus that core cost", ours - core_only, hand, "of the bare span"))
     stacked = per_call(lambda f=trace(tracer_provider=tp)(PassThrough()(target)): f("q", max_tokens=256), number=5_000)
-    print(row("SDK spans: @lg.trace over another layer (general path)", stacked, hand, "of the bare span"))
+    print(row("SDK spans: @lg.trace over another guard", stacked, hand, "of the bare span"))
 
     mp = MeterProvider(metric_readers=[InMemoryMetricReader()])
     ours_m = per_call(
