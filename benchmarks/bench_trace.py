@@ -1,6 +1,6 @@
 """Overhead of @lg.trace: with no OTel SDK, and beside a bare SDK span with the same attributes.
 
-Three figures:
+Four figures:
 
 * no SDK configured (the API's proxy provider, nobody listening): what
   ``@lg.trace`` adds on top of the wrapping core it runs on, a pass-through
