@@ -87,8 +87,10 @@ from opentelemetry.trace import NonRecordingSpan, Span, SpanKind, Status, Status
 
 from . import _clock, _events, _semconv
 from ._check import number as check_number
+from ._facts import outcome_of
 from ._record import Outcome
 from ._runner import Call, Guard
+from ._stream import _StreamBase
 from ._trace_call import _SCOPES, _CallTrace, _end_time, _restore, _Scope, _start_time
 from ._trace_client import _ClientFinder
 from ._trace_otel import (
@@ -100,7 +102,6 @@ from ._trace_otel import (
     _telemetry_for,
 )
 from ._trace_report import _REQUEST_PARAMS, _error_type
-from ._wrap import _StreamBase, outcome_of
 
 
 if TYPE_CHECKING:

@@ -27,6 +27,7 @@ from opentelemetry.trace import Span, SpanKind
 from . import _clock, _events, _semconv, prices, providers
 from ._record import CallRecord, Outcome
 from ._runner import _request_model, _requests_stream
+from ._stream import AsyncGuardedStream, GuardedStream, _StreamBase
 from ._trace_client import _GLOBAL_PROVIDER, _address_of_url, _stream_address
 from ._trace_content import _content_attributes, _ContentBudget
 from ._trace_otel import _records_spans, _RecordSpan
@@ -40,7 +41,6 @@ from ._trace_report import (
     _record_metrics,
     _set_error_status,
 )
-from ._wrap import AsyncGuardedStream, GuardedStream, _StreamBase
 
 
 if TYPE_CHECKING:

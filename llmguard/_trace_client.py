@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from . import providers
-from ._wrap import _StreamBase
+from ._stream import _StreamBase
 
 
 _UNSET: Any = object()

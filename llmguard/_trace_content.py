@@ -19,7 +19,7 @@ from ._secrets import SECRET_KEY_NAMES, scrub
 
 if TYPE_CHECKING:
     from ._runner import Call
-    from ._wrap import _StreamBase
+    from ._stream import _StreamBase
 
 
 _INPUT_PARAMS: Final = ("messages", "input", "prompt", "contents")
