@@ -1,15 +1,20 @@
 """Overhead of @lg.trace: with no OTel SDK, and beside a bare SDK span with the same attributes.
 
-Three figures:
+Four figures:
 
 * no SDK configured (the API's proxy provider, nobody listening): what
   ``@lg.trace`` adds on top of the wrapping core it runs on, a pass-through
-  layer on the same fast lane (target <= 1 µs);
+  guard alone on the same function (target <= 1 µs);
 * an SDK ``TracerProvider`` (no exporter, so the span machinery is what is
   measured): ``@lg.trace`` against a hand-written
   ``tracer.start_as_current_span`` around the same function setting the
   same attributes (target <= 1.3x);
-* the same with an SDK ``MeterProvider`` too (spans + the GenAI metrics).
+* the same with an SDK ``MeterProvider`` too (spans + the GenAI metrics);
+* the README's configuration: bare ``@lg.trace`` (the *global* tracer
+  provider, an SDK one) on the example's ``ask(q, user=..., model=...)``
+  returning an anthropic ``Message`` (parsed once: its usage, id and finish
+  reason come from the response, not from `report_usage`), against a bare
+  span carrying the same attributes.
 
 "The same attributes" is checked, not assumed: `compare_attributes` exports
 one span of each through an in-memory exporter and the run prints whether
@@ -20,12 +25,22 @@ noisy neighbour slows both alike and the ratio holds.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
+from collections.abc import Iterator
 from typing import Any
 
-from _harness import REPEATS, PassThrough, overhead, per_call, per_call_async, row
+from _harness import (
+    REPEATS,
+    PassThrough,
+    anthropic_message,
+    overhead,
+    per_call,
+    per_call_async,
+    row,
+)
 
 from llmguard._record import Usage
 from llmguard._trace import trace
@@ -44,6 +59,60 @@ def target(q: str, model: str = MODEL, max_tokens: int = 256) -> str:
 async def atarget(q: str, model: str = MODEL, max_tokens: int = 256) -> str:
     report_usage(input_tokens=12, output_tokens=34, model=model, provider="anthropic")
     return q
+
+
+_MESSAGE = anthropic_message(MODEL)
+
+
+def ask(q: str, user: str = "anon", model: str = MODEL) -> Any:
+    """The README example's function, its SDK call replaced by the ``Message`` that call returns."""
+    return _MESSAGE
+
+
+def bare_readme_span(tracer: Any, fn: Any) -> Any:
+    """A hand-written span with the attributes ``@lg.trace`` puts on `ask`'s span."""
+    from opentelemetry.trace import SpanKind
+
+    from llmguard import prices
+
+    def inner(q: str, user: str = "anon", model: str = MODEL) -> Any:
+        start = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.stream": False,
+            "llmguard.function": "ask",
+            "gen_ai.provider.name": "anthropic",
+            "gen_ai.request.model": model,
+        }
+        with tracer.start_as_current_span(f"chat {model}", kind=SpanKind.CLIENT, attributes=start) as span:
+            result = fn(q, user=user, model=model)
+            usage = result.usage
+            span.set_attributes({
+                "llmguard.attempts": 1,
+                "gen_ai.response.model": result.model,
+                "gen_ai.response.id": result.id,
+                "gen_ai.response.finish_reasons": (result.stop_reason,),
+                "gen_ai.usage.input_tokens": usage.input_tokens,
+                "gen_ai.usage.output_tokens": usage.output_tokens,
+                "gen_ai.usage.cache_read.input_tokens": usage.cache_read_input_tokens,
+                "gen_ai.usage.cache_creation.input_tokens": usage.cache_creation_input_tokens,
+                "llmguard.cost_usd": prices.cost_of(Usage(usage.input_tokens, usage.output_tokens), model, "anthropic"),
+            })
+            return result
+
+    return inner
+
+
+@contextlib.contextmanager
+def global_tracer_provider(tp: Any) -> Iterator[None]:
+    """*tp* as OpenTelemetry's global tracer provider for the block (the API sets it only once)."""
+    from opentelemetry import trace as otel_trace
+
+    saved = otel_trace._TRACER_PROVIDER
+    otel_trace._TRACER_PROVIDER = tp
+    try:
+        yield
+    finally:
+        otel_trace._TRACER_PROVIDER = saved
 
 
 def bare_span(tracer: Any, fn: Any) -> Any:
@@ -79,11 +148,12 @@ def bare_span(tracer: Any, fn: Any) -> Any:
     return inner
 
 
-def compare_attributes() -> tuple[bool, str]:
+def compare_attributes(readme: bool = False) -> tuple[bool, str]:
     """Whether the bare span carries exactly the attributes ``@lg.trace`` puts on its span.
 
     One span of each goes to an in-memory exporter on a provider of its own;
     the line printed says whether the keys (and values) match, and which do not.
+    *readme*: the README's configuration (`ask`, the global provider).
     """
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -92,8 +162,13 @@ def compare_attributes() -> tuple[bool, str]:
     exporter = InMemorySpanExporter()
     tp = TracerProvider()
     tp.add_span_processor(SimpleSpanProcessor(exporter))
-    trace(tracer_provider=tp)(target)("q", max_tokens=256)
-    bare_span(tp.get_tracer("bench"), target)("q", max_tokens=256)
+    if readme:
+        with global_tracer_provider(tp):
+            trace(ask)("q", user="ada")
+        bare_readme_span(tp.get_tracer("bench"), ask)("q", user="ada")
+    else:
+        trace(tracer_provider=tp)(target)("q", max_tokens=256)
+        bare_span(tp.get_tracer("bench"), target)("q", max_tokens=256)
     ours_span, hand_span = exporter.get_finished_spans()
     ours = dict(ours_span.attributes or {})
     hand = dict(hand_span.attributes or {})
@@ -146,7 +221,7 @@ def run() -> dict[str, float]:
         lambda f=trace(target): f("q", max_tokens=256),
         number=20_000,
     )
-    print(row("no SDK: pass-through layer on the lane", core))
+    print(row("no SDK: a pass-through guard alone", core))
     print(row("no SDK: @lg.trace", traced_off, core, "of the core"))
     print(row("no SDK: what @lg.trace adds (target <= 1 µs)", overhead(traced_off, core)))
 
@@ -166,18 +241,28 @@ def run() -> dict[str, float]:
     print(row("SDK spans: @lg.trace (target <= 1.3x)", ours, hand, "of the bare span"))
     # What the core under trace costs on its own (the function's own time
     # taken out: the bare span calls it too).
-    lane = per_call(lambda f=PassThrough()(target): f("q", max_tokens=256))
-    lane -= per_call(lambda: target("q", max_tokens=256))
-    print(row("the lane under trace, on its own", lane))
-    print(row("SDK spans: @lg.trace minus that core cost", ours - lane, hand, "of the bare span"))
+    core_only = per_call(lambda f=PassThrough()(target): f("q", max_tokens=256))
+    core_only -= per_call(lambda: target("q", max_tokens=256))
+    print(row("the core under trace (a pass-through guard), on its own", core_only))
+    print(row("SDK spans: @lg.trace minus that core cost", ours - core_only, hand, "of the bare span"))
     stacked = per_call(lambda f=trace(tracer_provider=tp)(PassThrough()(target)): f("q", max_tokens=256), number=5_000)
-    print(row("SDK spans: @lg.trace over another layer (general path)", stacked, hand, "of the bare span"))
+    print(row("SDK spans: @lg.trace over another guard", stacked, hand, "of the bare span"))
 
     mp = MeterProvider(metric_readers=[InMemoryMetricReader()])
     ours_m = per_call(
         lambda f=trace(tracer_provider=tp, meter_provider=mp)(target): f("q", max_tokens=256), number=5_000
     )
     print(row("SDK spans + metrics: @lg.trace", ours_m, hand, "of the bare span (no metrics)"))
+
+    same_r, detail_r = compare_attributes(readme=True)
+    print(f"  README configuration, bare span vs @lg.trace span: {'MATCH' if same_r else 'MISMATCH'}: {detail_r}")
+    with global_tracer_provider(tp):
+        hand_r, ours_r = paired(
+            lambda f=bare_readme_span(tracer, ask): f("q", user="ada"),
+            lambda f=trace(ask): f("q", user="ada"),
+        )
+    print(row("README config: bare span, same attributes", hand_r))
+    print(row("README config: @lg.trace, global SDK provider (target <= 1.3x)", ours_r, hand_r, "of the bare span"))
     return {
         "trace_no_sdk_overhead": overhead(traced_off, core),
         "trace_no_sdk_async_overhead": overhead(atraced_off, acore),
@@ -186,6 +271,10 @@ def run() -> dict[str, float]:
         "trace_sdk_ratio": ours / hand,
         "trace_sdk_metrics": ours_m,
         "trace_sdk_same_attributes": float(same),
+        "trace_readme_span": ours_r,
+        "bare_readme_span": hand_r,
+        "trace_readme_ratio": ours_r / hand_r,
+        "trace_readme_same_attributes": float(same_r),
     }
 
 

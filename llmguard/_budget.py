@@ -65,7 +65,7 @@ from typing import Any, ClassVar, Literal, ParamSpec, TypeVar, overload
 from . import _budget_ledger as ledger
 from . import _clock
 from ._binder import Binder
-from ._budget_estimate import Estimator, call_with_arguments, mismatch_error, signature_mismatch
+from ._budget_estimate import Estimator, mismatch_error, names_read, not_bound, signature_mismatch
 from ._budget_ledger import Group, Ticket
 from ._budget_scope import SCOPES, Budget, BudgetAlert, BudgetSpend, Per
 from ._record import Outcome
@@ -77,6 +77,7 @@ __all__ = ["Budget", "BudgetAlert", "BudgetSpend", "budget", "budget_spend"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+_ABSENT: Any = object()  # an argument the call does not have
 
 
 class _FunctionBudget(Guard):
@@ -89,6 +90,10 @@ class _FunctionBudget(Guard):
         self.function = fn
         self.estimator = Estimator(budget, binder)
         self._own = (budget,) if budget.has_limits else ()  # the budgets of a call in no scope
+        self._arguments = binder.arguments  # a call's arguments by name, for key= callables (`Call.arguments`)
+        self._arg = binder.arg
+        # The parameters the budget's own key= reads, when it may be given those alone (`names_read`).
+        self._key_names = None if budget.key is None or isinstance(budget.key, str) else names_read(budget.key, binder)
         self.estimator.check_boundable(fn)
         params = list(binder.signature.parameters.values()) if binder.signature else []
         if params:
@@ -138,9 +143,24 @@ class _FunctionBudget(Guard):
         for b in budgets:
             key = b.key
             if key is not None and not isinstance(key, str):
-                if arguments is None:
-                    arguments = call.info.binder.arguments(call.instance, call.args, call.kwargs)  # `Call.arguments`
-                key = call_with_arguments("key", key, arguments, call)
+                names = self._key_names if b is self.budget else None
+                if names is not None:  # the function's own key=, given only what it reads (`names_read`)
+                    given: dict[str, Any] = {}
+                    for name in names:
+                        value = self._arg(call.instance, call.args, call.kwargs, name, _ABSENT)
+                        if value is not _ABSENT:
+                            given[name] = value
+                else:
+                    if arguments is None:
+                        arguments = self._arguments(call.instance, call.args, call.kwargs)  # `Call.arguments`
+                    given = arguments
+                try:  # `call_with_arguments`, inlined
+                    key = key(**given)
+                except TypeError as exc:
+                    error = not_bound("key", key, given, call)
+                    if error is None:
+                        raise
+                    raise error from exc
                 key = None if key is None or key == "" else str(key)
             elif not key:
                 key = None

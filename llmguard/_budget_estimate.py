@@ -46,8 +46,10 @@ its arguments are; the outputs and model it was last seen to use),
 
 from __future__ import annotations
 
+import dis
 import inspect
 import math
+import types
 
 from collections import deque
 from collections.abc import Callable
@@ -146,10 +148,56 @@ def call_with_arguments(option: str, f: Callable[..., Any], arguments: dict[str,
     try:
         return f(**arguments)
     except TypeError as exc:
-        reason = _unbound(f, arguments)
-        if reason is None:
+        error = not_bound(option, f, arguments, call)
+        if error is None:
             raise
-        raise mismatch_error(option, f, call.function_name, reason) from exc
+        raise error from exc
+
+
+def not_bound(option: str, f: Callable[..., Any], arguments: dict[str, Any], call: Call) -> TypeError | None:
+    """The error to raise when ``f(**arguments)`` raised a `TypeError` because it does not bind; None if it did bind."""
+    reason = _unbound(f, arguments)
+    return None if reason is None else mismatch_error(option, f, call.function_name, reason)
+
+
+# Names through which a function can read its own locals without naming them.
+_INTROSPECTING: Final = frozenset({"locals", "vars", "dir", "eval", "exec", "_getframe", "currentframe", "f_locals"})
+_LOCAL_OPS: Final = ("FAST", "DEREF", "CELL", "CLOSURE")
+
+
+def names_read(f: Callable[..., Any], binder: Binder) -> tuple[str, ...] | None:
+    """The parameters a ``key=`` *f* may be given alone, for a function with *binder*; None: give it every argument.
+
+    ``f(**arguments)`` builds a dict of every argument, and *f*'s ``**_``
+    another of those it does not name: about a microsecond on every call.
+    A plain function (``lambda user, **_: user``) whose code never reads its
+    ``**`` parameter (no name of it, no closure over it, no ``locals()``
+    or frame introspection) cannot tell whether that dict held the rest, so
+    it is called with its named parameters alone, each read from the call
+    as `Call.arguments` would give it (absent when the call has none, so
+    *f*'s default applies). Anything else (no ``**``, ``*args``, a
+    ``partial``, a callable object, a function with ``*args`` or
+    positional-only parameters, one naming a method's instance) gets every
+    argument, as documented.
+    """
+    code = getattr(f, "__code__", None)
+    if type(f) is not types.FunctionType or code is None or not binder.simple or binder.signature is None:
+        return None
+    flags = code.co_flags
+    if flags & inspect.CO_VARARGS or not flags & inspect.CO_VARKEYWORDS:
+        return None
+    named = code.co_argcount + code.co_kwonlyargcount
+    rest = code.co_varnames[named]
+    if rest in code.co_cellvars or _INTROSPECTING.intersection(code.co_names):
+        return None
+    for instr in dis.get_instructions(code):
+        arg = instr.argval
+        if any(op in instr.opname for op in _LOCAL_OPS) and (arg == rest or (isinstance(arg, tuple) and rest in arg)):
+            return None
+    names = code.co_varnames[code.co_posonlyargcount : named]  # positional-only ones are never given by name
+    if binder.first is not None and binder.first in names:
+        return None
+    return tuple(names)
 
 
 def _unbound(f: Callable[..., Any], arguments: dict[str, Any]) -> str | None:
@@ -363,7 +411,12 @@ class Estimator:
             if isinstance(value, int) and value > 0:
                 cap = value
                 break
-        model = self._model_arg(args, kwargs, bound)
+        getter = self.model_getter  # `_model_arg`, inlined
+        if getter is None or "model" in kwargs:
+            model = kwargs.get("model")
+        else:
+            at = getter[2] if bound else getter[1]
+            model = args[at] if at is not None and at < n_args else getter[3]
         if self.var_kw:  # keywords its **kwargs took
             own = {g[0] for g in self._inputs}
             for name in INPUT_NAMES:

@@ -66,25 +66,42 @@ Used = tuple[int, int, bool, bool, bool]
 
 
 class Group:
-    """The lines of one call in one store, and the budget/key/window of each."""
+    """The lines of one call in one store, and the budget/key/window of each.
+
+    ``owners[i]`` is ``(budget, key, window start)`` of ``lines[i]``; the
+    `budgets`, `keys` and `starts` views are for the paths that refuse,
+    alert or report a store error (none runs on an ordinary call).
+    """
 
     # Not __slots__: one is built on every call, and class-level defaults with
-    # a short __init__ build fastest (as `Call`).
+    # a short __init__ build fastest (as `Call`). Two lists, not four.
     reserved = False
 
     def __init__(self, store: BudgetStore, line: Line, budget: Budget, key: str | None, start: float | None) -> None:
         self.store = store
+        self.lease = budget.reservation_ttl  # the first budget's, for the whole group
         self.lines = [line]
-        self.budgets = [budget]
-        self.keys = [key]
-        self.starts = [start]
+        self.owners = [(budget, key, start)]
 
     def add(self, line: Line, budget: Budget, key: str | None, start: float | None) -> None:
         """Another budget's line in the same store."""
         self.lines.append(line)
-        self.budgets.append(budget)
-        self.keys.append(key)
-        self.starts.append(start)
+        self.owners.append((budget, key, start))
+
+    @property
+    def budgets(self) -> list[Budget]:
+        """The budget of each line."""
+        return [owner[0] for owner in self.owners]
+
+    @property
+    def keys(self) -> list[str | None]:
+        """The key of each line."""
+        return [owner[1] for owner in self.owners]
+
+    @property
+    def starts(self) -> list[float | None]:
+        """The window start of each line."""
+        return [owner[2] for owner in self.owners]
 
 
 class Ticket:
@@ -224,7 +241,8 @@ def charge(usage: Used, usd_held: int, tokens_held: int) -> tuple[int, int]:  # 
     """What a reservation of *usd_held* / *tokens_held* is charged for *usage* (see `used`).
 
     The usage, except that an unpriced one keeps its dollar reservation
-    (a cost is never taken to be zero).
+    (a cost is never taken to be zero). `_begin_settling` applies the same
+    rule inline.
     """
     usd, tokens, _, unpriced, _ = usage
     return (max(usd, usd_held) if unpriced else usd), tokens
@@ -234,10 +252,10 @@ def charge(usage: Used, usd_held: int, tokens_held: int) -> tuple[int, int]:  # 
 
 
 def _refused(ticket: Ticket, group: Group, refusal: Refusal) -> BudgetExceeded:
-    b = group.budgets[refusal.index]
+    b, key, _ = group.owners[refusal.index]
     return b._refuse(
         ticket.call,
-        group.keys[refusal.index],
+        key,
         "limit",
         refusal.unit,
         refusal.limit,
@@ -322,7 +340,7 @@ def reserve(ticket: Ticket) -> None:
     """Hold the ticket's lines in every store, all or none; raise `BudgetExceeded` if they do not fit."""
     for n, group in enumerate(ticket.groups):
         try:
-            refusal = group.store.reserve(ticket.rid, group.lines, ticket.now, group.budgets[0].reservation_ttl)
+            refusal = group.store.reserve(ticket.rid, group.lines, ticket.now, group.lease)
         except BaseException as exc:  # noqa: BLE001 - re-raised by _not_reserved unless fail_open
             _not_reserved(ticket, n, group, exc)
             continue
@@ -336,7 +354,7 @@ def reserve(ticket: Ticket) -> None:
 async def areserve(ticket: Ticket) -> None:
     """`reserve` for async callers (a store that may block is awaited)."""
     for n, group in enumerate(ticket.groups):
-        store, lease = group.store, group.budgets[0].reservation_ttl
+        store, lease = group.store, group.lease
         try:
             if store.sync_ok:
                 refusal = store.reserve(ticket.rid, group.lines, ticket.now, lease)
@@ -396,11 +414,13 @@ def _begin_settling(ticket: Ticket) -> bool | None:
     if usage is None:
         ticket.n1 = call.attempt_count()
         usage = used(call.record, n0, ticket.model, call, ticket.n1)
+    usd, tokens, estimated, unpriced, running = usage
     for group in ticket.groups:
-        for line in group.lines:
-            line.charge_usd, line.charge_tokens = charge(usage, line.usd, line.tokens)
-    ticket.running = usage[4]
-    return usage[2]
+        for line in group.lines:  # `charge`, inlined: every call passes here
+            line.charge_usd = max(usd, line.usd) if unpriced else usd
+            line.charge_tokens = tokens
+    ticket.running = running
+    return estimated
 
 
 def _settled(ticket: Ticket, group: Group, crossings: list[Crossing] | BudgetStoreError) -> None:
@@ -531,6 +551,6 @@ def _settle_failed(ticket: Ticket, group: Group, exc: BudgetStoreError, lines: l
 
 def _alerts(ticket: Ticket, group: Group, crossings: list[Crossing]) -> None:
     for crossing in crossings:
-        b = group.budgets[crossing.index]
+        b, key, start = group.owners[crossing.index]
         for level in crossing.crossed:
-            b._alert(ticket.record, group.keys[crossing.index], group.starts[crossing.index], crossing.unit, level, crossing.spent)
+            b._alert(ticket.record, key, start, crossing.unit, level, crossing.spent)

@@ -25,7 +25,9 @@ from sdk_http import httpx
 import llmguard as lg
 
 from llmguard import providers
+from llmguard._binder import Binder
 from llmguard._budget import Budget, budget, budget_spend
+from llmguard._budget_estimate import names_read
 from llmguard._budget_ledger import used
 from llmguard._fake_provider import DEFAULT_REPLY, FakeProvider, Step
 from llmguard.stores.budget import (
@@ -745,6 +747,52 @@ def test_key_callable_of_a_method_gets_its_arguments_without_self(store: BudgetS
 
     assert [{"tenant": "acme", "max_tokens": 10}] == seen
     assert 1 == budget_spend(Service.ask, key="acme").calls
+
+
+def test_a_key_that_never_reads_its_rest_is_given_its_own_parameters_alike() -> None:
+    """A ``key=`` whose ``**_`` its code never reads gets only what it names (`names_read`), with the same values.
+
+    Keyword, positional, default, a keyword its function's ``**extra`` took,
+    and a name the call lacks (the key's own default), method or not: what a
+    key reading every argument sees of the same names.
+    """
+    narrow_seen: list[tuple[Any, ...]] = []
+    wide_seen: list[tuple[Any, ...]] = []
+
+    def narrow(user: str, tier: str = "none", region: str = "eu", **_: Any) -> str:
+        narrow_seen.append((user, tier, region))
+        return user
+
+    def wide(user: str, tier: str = "none", region: str = "eu", **rest: Any) -> str:
+        wide_seen.append((user, tier, region, sorted(rest)))
+        return user
+
+    def sdk(messages: Any, user: str = "anon", *, tier: str = "free", max_tokens: int = 16, **extra: Any) -> str:
+        return "ok"
+
+    class Service:
+        def ask(self, user: str, max_tokens: int = 16, tier: str = "std") -> str:
+            return "ok"
+
+    binder = Binder(sdk)
+    assert ("user", "tier", "region") == names_read(narrow, binder)
+    assert names_read(wide, binder) is None  # it reads **rest: every argument, as documented
+    assert names_read(lambda user, **_: locals(), binder) is None
+    assert names_read(lambda user: user, binder) is None  # no ** parameter: it must see every name
+
+    for key in (narrow, wide):
+        f = budget(usd=1.0, key=key, model=GPT)(sdk)
+        f(MESSAGES)
+        f(MESSAGES, "bob")
+        f(MESSAGES, user="cy", tier="pro")
+        f(MESSAGES, "dd", region="us")
+        m = budget(usd=1.0, key=key, model=GPT)(Service.ask)
+        m(Service(), "ed")
+        m(Service(), user="fi", tier="gold")
+
+    expected = [("anon", "free", "eu"), ("bob", "free", "eu"), ("cy", "pro", "eu"), ("dd", "free", "us"), ("ed", "std", "eu"), ("fi", "gold", "eu")]
+    assert expected == narrow_seen
+    assert expected == [t[:3] for t in wide_seen]
 
 
 # -- refusing before the request leaves ---------------------------------------------

@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import llmguard as lg
 
 from llmguard._fake_provider import FakeProvider, Step
-from llmguard._trace import _sdk_span_provider
+from llmguard._trace_client import _sdk_span_provider
 
 
 MODEL = "claude-sonnet-4-6"

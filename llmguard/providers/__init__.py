@@ -239,11 +239,13 @@ def observe_usage(result: object) -> tuple[Usage, str | None, str | None] | None
     their usage are None), read without the rest (text, id, finish
     reasons): what a budget needs of every response. Never raises.
     """
-    extractor = usage_extractor(type(result))
+    extractor = _USAGE_CACHE.get(type(result), _MISS)  # `usage_extractor`, inlined: every budgeted call
+    if extractor is _MISS:
+        extractor = usage_extractor(type(result))
     if extractor is None:
         return None
     try:
-        return extractor(result)
+        return extractor(result)  # type: ignore[no-any-return]
     except Exception:  # noqa: BLE001 - a malformed result has no usage, it is not an error
         return None
 

@@ -143,8 +143,8 @@ def anthropic_usage(u: Any) -> Usage | None:
     if type(cache_write) is not int:
         cache_write = 0 if cache_write is None else n(cache_write)
     # wrap: SDKs older than a field keep it as a plain dict (extra="allow").
-    details = wrap(getattr(u, "output_tokens_details", None))
-    reasoning = n(details.thinking_tokens) if details is not None else 0
+    details = getattr(u, "output_tokens_details", None)
+    reasoning = 0 if details is None else n(wrap(details).thinking_tokens)  # None: no `wrap` (an ABC check)
     inp = u.input_tokens
     out = u.output_tokens
     return Usage(
@@ -195,14 +195,21 @@ def google_usage(m: Any) -> Usage | None:
     """
     if m is None:
         return None
-    thoughts = n(m.thoughts_token_count)
-    return Usage(
-        n(m.prompt_token_count) + n(m.tool_use_prompt_token_count),
-        n(m.candidates_token_count) + thoughts,
-        n(m.cached_content_token_count),
-        0,
-        thoughts,
+    # Every response passes here: ints and None (an absent count) are read
+    # without calling `n`, which handles anything else.
+    prompt, tool_use, candidates, cached, thoughts = (
+        m.prompt_token_count,
+        m.tool_use_prompt_token_count,
+        m.candidates_token_count,
+        m.cached_content_token_count,
+        m.thoughts_token_count,
     )
+    prompt = prompt if type(prompt) is int else 0 if prompt is None else n(prompt)
+    tool_use = tool_use if type(tool_use) is int else 0 if tool_use is None else n(tool_use)
+    candidates = candidates if type(candidates) is int else 0 if candidates is None else n(candidates)
+    cached = cached if type(cached) is int else 0 if cached is None else n(cached)
+    thoughts = thoughts if type(thoughts) is int else 0 if thoughts is None else n(thoughts)
+    return Usage(prompt + tool_use, candidates + thoughts, cached, 0, thoughts)
 
 
 def duck_usage(u: Any) -> Usage | None:
