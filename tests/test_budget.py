@@ -416,7 +416,7 @@ def test_sync_attempt_abandoned_at_its_deadline_is_charged_what_it_used(
 
 
 class _EndsAfterItsUsageIsRead(lg.Attempt):
-    """A sync worker that ends (usage, then outcome, as `_wrap` sets them) just after the budget reads its usage."""
+    """A sync worker that ends (usage, then outcome, as `_facts` sets them) just after the budget reads its usage."""
 
     _usage: lg.Usage | None = None
 

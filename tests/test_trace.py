@@ -41,7 +41,7 @@ import llmguard as lg
 
 from llmguard import _events, _semconv
 from llmguard._fake_provider import FakeProvider, Step
-from llmguard._wrap import Call, Layer
+from llmguard._runner import Call, Guard
 from llmguard.stores.budget import BudgetStoreError, MemoryBudgetStore
 from llmguard.testing import CapturedEvent, FakeClock
 
@@ -809,9 +809,8 @@ def test_no_sdk_configured_records_nothing_and_leaves_the_record_alone(
     monkeypatch.setattr(structlog, "is_configured", lambda: False)
     built: list[Call] = []
 
-    class Spy(Layer):
-        def around(self, call: Call) -> Any:
-            result = call.proceed()
+    class Spy(Guard):
+        def leave(self, call: Call, state: None, result: Any) -> Any:
             built.append(call)
             return result
 
@@ -848,10 +847,9 @@ def test_noop_or_sampled_out_providers_cost_no_record_span(provider: Any, llmgua
         provider = TracerProvider(sampler=ALWAYS_OFF)
     seen: list[Any] = []
 
-    class Look(Layer):
-        def around(self, call: Call) -> Any:
+    class Look(Guard):
+        def enter(self, call: Call) -> None:
             seen.append(call.record.span)
-            return call.proceed()
 
     @lg.trace(tracer_provider=provider)
     @Look()
@@ -866,14 +864,16 @@ def test_noop_or_sampled_out_providers_cost_no_record_span(provider: Any, llmgua
 # -- guards' events and facts on the span -----------------------------------------
 
 
-class Facts(Layer):
+class Facts(Guard):
     """A stand-in for the other guards: writes record facts and emits their events."""
 
-    def around(self, call: Call) -> Any:
+    def enter(self, call: Call) -> None:
         record = call.record
         _events.emit(_events.BUDGET_ALERT, record, level="warning", threshold=0.8, spent=4.0)
         _events.emit(_events.CACHE_MISS, record)
-        result = call.proceed()
+
+    def leave(self, call: Call, state: None, result: Any) -> Any:
+        record = call.record
         _events.emit(_events.FALLBACK_USED, record, target="gpt-4o-mini", error=RuntimeError(API_KEY))
         record.cache = "miss"
         record.fallback_target = "gpt-4o-mini"
@@ -915,8 +915,8 @@ def test_a_guard_refusal_is_an_error_type_and_a_refusal_count(
 ) -> None:
     """BudgetExceeded raised before any request is error.type BudgetExceeded, kind guard, counted as a refusal."""
 
-    class Refuse(Layer):
-        def around(self, call: Call) -> Any:
+    class Refuse(Guard):
+        def enter(self, call: Call) -> None:
             raise lg.BudgetExceeded("over budget", scope="user", limit=1.0, spent=1.0)
 
     @traced
