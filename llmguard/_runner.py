@@ -378,6 +378,19 @@ class Call:
         """The best-guess input tokens of the request (`_estimate.tokens` of `estimated_input_size`)."""
         return _estimate.tokens(self.estimated_input_size())
 
+    def _use(self, run: Run) -> tuple[Any, ...]:
+        """Make *run*'s arguments the call's while the inside runs; returns what to restore."""
+        saved = self.args, self.kwargs, self._model, self._given
+        if self._given is None:
+            self._given = self.args, self.kwargs
+        if run.args is not None:
+            self.args = run.args
+        if run.kwargs is not None:
+            self.kwargs = run.kwargs
+        # The model the inside asks for, by keyword or by position (a route may pass either).
+        self._model = _request_model(self.runner.info, self.instance, self.args, self.kwargs)
+        return saved
+
     # -- attempts --------------------------------------------------------------
     # Each attempt has a *slot*, a list ``[started, model, ended, result,
     # error, attempt]``; while it runs `_CURRENT` holds ``(call, slot)``.
