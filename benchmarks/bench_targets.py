@@ -64,6 +64,12 @@ class Target:
 
 
 TARGETS: list[Target] = []
+SCALE: dict[str, float] = {}  # tenacity's figures in this run, to judge the load by
+
+# tenacity.retry(stop=stop_after_attempt(4)) on a `def` on this machine unloaded
+# (the README's "What it costs"): what this run's tenacity is compared with to
+# say how much the load inflates every absolute figure (ratios are unaffected).
+QUIET_TENACITY_SYNC = 10e-6
 
 
 def at_most_ratio(what: str, value: float, anchor: str, anchor_value: float | None, limit: float, ratio: float | None = None) -> None:
@@ -119,6 +125,7 @@ def _stack() -> None:
     for sync in (True, False):
         kind = "sync " if sync else "async"
         t = bench_stack.stack_table(sync)
+        SCALE.setdefault(kind, t["tenacity"])
         anchor = "tenacity.retry added"
         at_most_ratio(f"{kind} retry → budget → timeout, added", t["untraced"], anchor, t["tenacity"], 0.3)
         if sync:
@@ -234,6 +241,14 @@ def run() -> list[Target]:
     print(f"  {'what':<62} {'measured':>11}  {'anchor':<44} {'ratio':>7}  {'target':<26} verdict")
     for t in TARGETS:
         print(t.line())
+    verdicts = [t.line().rsplit(" ", 1)[-1] for t in TARGETS]
+    print("  " + ", ".join(f"{verdicts.count(v)} {v}" for v in ("PASS", "MISS", "ERROR", "info")))
+    if "sync " in SCALE:
+        print(
+            f"  load: tenacity.retry added {SCALE['sync '] * 1e6:.1f} µs (sync) in this run, ~{QUIET_TENACITY_SYNC * 1e6:.0f} µs"
+            f" unloaded: absolute µs figures here are ~{SCALE['sync '] / QUIET_TENACITY_SYNC:.1f}x a quiet machine's;"
+            " the ratios hold (both sides timed turn about)"
+        )
     return TARGETS
 
 
