@@ -38,27 +38,17 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
-import sys
 import threading
 import warnings
 
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, Final, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Final, Literal, ParamSpec, TypeVar, cast, overload
 
 from . import _check, _clock, _events
 from ._binder import Binder
 from ._context import deadline as active_deadline
 from ._record import CallRecord, ErrorKind
-from ._wrap import (
-    SYNC,
-    AsyncGuardedStream,
-    Call,
-    GuardedStream,
-    Lane,
-    Layer,
-    _StreamBase,
-    release_frames,
-)
+from ._runner import Call, Guard, Run
 from .errors import GuardTimeout, LLMGuardError, StreamInterrupted
 from .providers import classify
 
@@ -134,7 +124,7 @@ class _Attempts:
         self.stopped_by = ""
 
 
-class RetryLayer(Layer):
+class RetryLayer(Guard):
     """The `retry` guard. Build it with `retry`, not directly."""
 
     name = "retry"
@@ -198,6 +188,8 @@ class RetryLayer(Layer):
         """A copy for *fn*: its own retry budget and SDK-retries warning."""
         layer = _copy(self)
         layer._budget = _RetryBudget(self.budget_ratio) if self.budget_ratio else None
+        if layer._budget is not None:
+            layer.enter = layer._deposit
         layer._function = getattr(fn, "__qualname__", repr(fn))
         client = _retrying_client(fn)
         if client is not None:
@@ -330,81 +322,25 @@ class RetryLayer(Layer):
 
     # -- the guard ---------------------------------------------------------
 
-    def lane(self, shape: str) -> Lane | None:
-        """The fast path: nothing to do until the function fails or returns a stream."""
-        if self._budget is not None:  # every call deposits: the general path
+    # A stream's failure before its first chunk reaches the caller is retried;
+    # after it, the runner raises `StreamInterrupted` (nothing is replayed).
+    primes = True
+
+    def _deposit(self, call: Call) -> None:  # noqa: ARG002
+        """``enter`` when a retry budget is set: every call deposits into it."""
+        cast("_RetryBudget", self._budget).deposit()
+
+    def fail(self, call: Call, state: _Attempts | None, exc: BaseException) -> Run | None:
+        """After an error: the wait before trying again, or None to give up (re-raising it)."""
+        if state is None:
+            state = _Attempts(call.started_at)
+        state.count += 1
+        delay = self._delay(exc, state)
+        if delay is None:
+            self._give_up(call.record, state, exc)
             return None
-        return Lane(None, None, self.resume if shape == SYNC else self.resume_async)
-
-    def resume(self, call: Call, state: Any) -> Any:  # noqa: ARG002
-        """The lane's first attempt failed (or streamed): go on, timed from when the call started."""
-        return self._run(call, call._owner.started_at)
-
-    async def resume_async(self, call: Call, state: Any) -> Any:  # noqa: ARG002
-        """`resume` for ``async def``."""
-        return await self._run_async(call, call._owner.started_at)
-
-    def around(self, call: Call) -> Any:
-        """Run the call, retrying transient failures."""
-        if self._budget is not None:
-            self._budget.deposit()
-        return self._run(call, _clock.now())
-
-    def _run(self, call: Call, started: float) -> Any:
-        """`around`'s loop; *started* is when its first attempt began (``max_elapsed`` counts from it)."""
-        state: _Attempts | None = None  # built on the first failure only
-        while True:
-            try:
-                result = call.proceed()
-                if isinstance(result, GuardedStream):
-                    result.prime()
-                    result.map_errors(_interrupted)
-            except BaseException as exc:
-                if state is None:
-                    state = _Attempts(started)
-                state.count += 1
-                delay = self._delay(exc, state)
-                if delay is None:
-                    self._give_up(call.record, state, exc)
-                    raise
-                self._scheduled(call.record, state, delay)
-                _clock.get_clock().sleep(delay)
-                # Gone past: it stays on the record, never raised, and must not
-                # keep the frames of this call (and what they will hold) alive.
-                release_frames(exc, sys._getframe())
-                continue
-            return result
-
-    async def around_async(self, call: Call) -> Any:
-        """Run the call, retrying transient failures, without blocking the loop."""
-        if self._budget is not None:
-            self._budget.deposit()
-        return await self._run_async(call, _clock.now())
-
-    async def _run_async(self, call: Call, started: float) -> Any:
-        """`_run` for ``async def``."""
-        state: _Attempts | None = None  # built on the first failure only
-        while True:
-            try:
-                result = await call.proceed_async()
-                if isinstance(result, AsyncGuardedStream):
-                    await result.prime()
-                    result.map_errors(_interrupted)
-            except BaseException as exc:
-                if state is None:
-                    state = _Attempts(started)
-                state.count += 1
-                delay = self._delay(exc, state)
-                if delay is None:
-                    self._give_up(call.record, state, exc)
-                    raise
-                self._scheduled(call.record, state, delay)
-                await _clock.get_clock().asleep(delay)
-                # Gone past: it stays on the record, never raised, and must not
-                # keep the frames of this call (and what they will hold) alive.
-                release_frames(exc, sys._getframe())
-                continue
-            return result
+        self._scheduled(call.record, state, delay)
+        return Run(delay, state=state)
 
     # -- the block form ----------------------------------------------------
 
@@ -494,18 +430,6 @@ class RetryAttempt:
             return False
         self.delay = delay
         return True  # swallowed: the loop sleeps and tries again
-
-
-def _interrupted(exc: BaseException, stream: _StreamBase) -> BaseException | None:
-    """A failure after chunks reached the caller becomes `StreamInterrupted`."""
-    if stream.delivered == 0 or not isinstance(exc, Exception) or isinstance(exc, StreamInterrupted):
-        return None
-    return StreamInterrupted(
-        f"the stream failed after {stream.delivered} chunk{'s' * (stream.delivered != 1)} "
-        f"reached the caller ({type(exc).__name__}: {exc}); nothing was replayed",
-        text=stream.text,
-        usage=stream.usage_so_far(),
-    )
 
 
 def _predicate_delay(verdict: object, exc: BaseException) -> float:

@@ -1,15 +1,19 @@
-"""`Probe`: a test layer that only watches what the wrapping core does."""
+"""`Probe`: a test guard that only watches what the runner does."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from llmguard import AsyncGuardedStream, CallRecord, GuardedStream, Outcome
-from llmguard._wrap import SYNC, Call, Lane, Layer, _realize, returned_call
+from llmguard._runner import Call, Guard
 
 
-class Probe(Layer):
-    """A test layer that only watches: the records it saw and how streams ended."""
+class Probe(Guard):
+    """A test guard that only watches: the records it saw and how streams ended.
+
+    It reads the call's record before the call runs (so the record exists
+    while the function runs).
+    """
 
     name = "probe"
 
@@ -27,15 +31,12 @@ class Probe(Layer):
             result.on_finish(lambda outcome, exc: self.finishes.append(outcome))
         return result
 
-    def around(self, call: Call) -> Any:
+    def enter(self, call: Call) -> None:
         self.calls += 1
         self.records.append(call.record)
-        return self._watch(call.proceed())
 
-    async def around_async(self, call: Call) -> Any:
-        self.calls += 1
-        self.records.append(call.record)
-        return self._watch(await call.proceed_async())
+    def leave(self, call: Call, state: None, result: Any) -> Any:
+        return self._watch(result)
 
     @property
     def record(self) -> CallRecord:
@@ -44,29 +45,29 @@ class Probe(Layer):
 
 
 class LaneProbe(Probe):
-    """A `Probe` on the core's fast lane: it reads the record only after the call.
+    """A `Probe` that reads the record only after the call returned.
 
-    A call it guards alone runs fused with the core, and the record is built
-    after the fact by ``returned_call`` (or when the function reads it), as
-    budget and trace do; a stream or an exception goes back to `around`
-    through ``resume``. The facts must be the same.
+    The record is then built after the fact from what the runner kept (as
+    budget and trace read it); the facts must be the same as when it is
+    read before.
     """
 
-    def lane(self, shape: str) -> Lane | None:
-        return Lane(self._enter, self._leave, self.resume if shape == SYNC else self.resume_async, needs_call=False)
+    enter = None
 
-    def _enter(self, frame: list[Any]) -> list[Any]:
-        return frame
-
-    def _leave(self, call: Call | None, frame: list[Any], result: Any) -> Any:  # noqa: ARG002
+    def _seen(self, call: Call) -> None:
         self.calls += 1
-        self.records.append(returned_call(frame, result).record)
-        return result
+        self.records.append(call.record)
+
+    def leave(self, call: Call, state: None, result: Any) -> Any:
+        self._seen(call)
+        return self._watch(result)
+
+    def fail(self, call: Call, state: None, exc: BaseException) -> None:
+        self._seen(call)
 
 
 class EarlyLaneProbe(LaneProbe):
-    """A `LaneProbe` that builds the record before the function runs (in ``enter``)."""
+    """A `LaneProbe` that also builds the record before the function runs."""
 
-    def _enter(self, frame: list[Any]) -> list[Any]:
-        _realize(frame).record  # noqa: B018 - built early on purpose: the attempt must still land on it
-        return frame
+    def enter(self, call: Call) -> None:
+        call.record  # noqa: B018 - built early on purpose: the attempt must still land on it

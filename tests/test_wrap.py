@@ -21,7 +21,8 @@ import llmguard._wrap
 
 from llmguard import GuardedStream, Outcome
 from llmguard._fake_provider import FakeProvider, Step
-from llmguard._wrap import _CURRENT, _HANDOFF, Layer, wrap
+from llmguard._runner import Answer, Call, Guard, wrap
+from llmguard._wrap import _CURRENT
 
 
 MODEL = "claude-sonnet-4-6"
@@ -215,9 +216,9 @@ def test_no_context_variable_is_held_across_a_yield(probe: Probe) -> None:
 
     seen_outside = []
     for _ in numbers():
-        seen_outside.append((_CURRENT.get(), _HANDOFF.get()))
+        seen_outside.append(_CURRENT.get())
 
-    assert [(None, None)] * 3 == seen_outside
+    assert [None] * 3 == seen_outside
     assert [probe.record] * 3 == seen_inside
 
 
@@ -806,7 +807,7 @@ def test_input_estimate_falls_back_to_string_arguments(probe: Probe) -> None:
     assert lg.Usage(estimated_input(question), estimate_tokens("a"), estimated=True) == probe.record.usage
 
 
-class ReadsLate(Layer):
+class ReadsLate(Guard):
     """Reads the call's record only after the call returned (the record is built then)."""
 
     name = "reads-late"
@@ -814,13 +815,7 @@ class ReadsLate(Layer):
     def __init__(self) -> None:
         self.calls: list[Any] = []
 
-    def around(self, call: Any) -> Any:
-        result = call.proceed()
-        self.calls.append(call)
-        return result
-
-    async def around_async(self, call: Any) -> Any:
-        result = await call.proceed_async()
+    def leave(self, call: Call, state: None, result: Any) -> Any:
         self.calls.append(call)
         return result
 
@@ -869,15 +864,11 @@ def test_a_chunk_hook_added_after_prime_still_sees_the_first_chunk(probe: Probe)
     """A layer that primes a stream must not hide its first chunk from hooks added above it."""
     seen: list[int] = []
 
-    class Primes(Layer):
-        def around(self, call: Any) -> Any:
-            stream = call.proceed()
-            stream.prime()
-            return stream
+    class Primes(Guard):
+        primes = True
 
-    class Records(Layer):
-        def around(self, call: Any) -> Any:
-            stream = call.proceed()
+    class Records(Guard):
+        def leave(self, call: Call, state: None, stream: Any) -> Any:
             stream.on_chunk(seen.append)
             return stream
 
@@ -934,32 +925,27 @@ def test_report_usage_from_an_abandoned_attempt_lands_on_that_attempt() -> None:
     assert [lg.Usage(1000, 1000), lg.Usage(10, 10)] == [a.usage for a in record.attempts]
 
 
-# -- a lane that answers: Lane.answers and Answer --------------------------------
+# -- a guard that answers without calling ----------------------------------------
 
 
-class _Answering(Layer):
+class _Answering(Guard):
     """Answers calls whose argument is "known" itself; builds the record first when asked to."""
 
     def __init__(self, build_record: bool = False) -> None:
         self.build_record = build_record
         self.records: list[lg.CallRecord] = []
 
-    def lane(self, shape: str) -> llmguard._wrap.Lane:
-        return llmguard._wrap.Lane(
-            self._enter, None, self.resume if shape == llmguard._wrap.SYNC else self.resume_async, needs_call=False, answers=True
-        )
-
-    def _enter(self, frame: list[Any]) -> Any:
-        if frame[llmguard._wrap._F_ARGS][0] != "known":
-            return llmguard._wrap.GENERAL
+    def enter(self, call: Call) -> Answer | None:
+        if call.args[0] != "known":
+            return None
         if self.build_record:
-            self.records.append(llmguard._wrap._realize(frame).record)
-        return llmguard._wrap.Answer("answered")
+            self.records.append(call.record)
+        return Answer("answered")
 
 
 @pytest.mark.parametrize("build_record", [False, True])
-async def test_a_lane_answer_skips_the_function_and_ends_a_record_it_built(build_record: bool) -> None:
-    """An Answer is the call's result without running the function; a record built for it is ended once."""
+async def test_an_answer_skips_the_function_and_ends_a_record_it_built(build_record: bool) -> None:
+    """A guard's enter returning Answer answers the call; a record built for it is ended once."""
     ran: list[str] = []
     layer = _Answering(build_record)
 
