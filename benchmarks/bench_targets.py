@@ -21,7 +21,8 @@ a function returning a real anthropic ``Message``.
 
 The load averages at the start and the end are printed: on a shared
 machine, compare ratios (both sides of each were timed turn about), not
-the absolute figures.
+the absolute figures. As a rough guide to the load, the "~unloaded" column
+divides each figure by this run's tenacity (sync) over its unloaded ~10 µs.
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ class Target:
     ok: bool | None  # None: reported, no target (or not measured)
     ratio: float | None = None
 
-    def line(self) -> str:
+    def line(self, scale: float | None = None) -> str:
         value = "—" if self.value is None else f"{self.value * 1e6:8.2f} µs"
+        quiet = "" if self.value is None or not scale else f"{self.value / scale * 1e6:7.2f} µs"
         anchor = self.anchor + ("" if self.anchor_value is None else f" {self.anchor_value * 1e6:.2f} µs")
         ratio = self.ratio
         if ratio is None and self.value is not None and self.anchor_value:
@@ -60,7 +62,7 @@ class Target:
         verdict = {True: "PASS", False: "MISS", None: "info"}[self.ok]
         if self.value is None and self.ratio is None:
             verdict = "ERROR"
-        return f"  {self.what:<62} {value:>11}  {anchor:<44} {shown:>7}  {self.target:<26} {verdict}"
+        return f"  {self.what:<64} {value:>11} {quiet:>10}  {anchor:<44} {shown:>7}  {self.target:<26} {verdict}"
 
 
 TARGETS: list[Target] = []
@@ -238,16 +240,18 @@ def run() -> list[Target]:
     print()
     print(f"TARGETS (python {platform.python_version()}; medians; ratios are to the anchor measured in this run)")
     print(f"  load average: at the start {start_load}; at the end {load_average()}; took {time.perf_counter() - started:.0f} s")
-    print(f"  {'what':<62} {'measured':>11}  {'anchor':<44} {'ratio':>7}  {'target':<26} verdict")
+    scale = SCALE["sync "] / QUIET_TENACITY_SYNC if "sync " in SCALE else None
+    print(f"  {'what':<64} {'measured':>11} {'~unloaded':>10}  {'anchor':<44} {'ratio':>7}  {'target':<26} verdict")
     for t in TARGETS:
-        print(t.line())
+        print(t.line(scale))
     verdicts = [t.line().rsplit(" ", 1)[-1] for t in TARGETS]
     print("  " + ", ".join(f"{verdicts.count(v)} {v}" for v in ("PASS", "MISS", "ERROR", "info")))
     if "sync " in SCALE:
         print(
             f"  load: tenacity.retry added {SCALE['sync '] * 1e6:.1f} µs (sync) in this run, ~{QUIET_TENACITY_SYNC * 1e6:.0f} µs"
-            f" unloaded: absolute µs figures here are ~{SCALE['sync '] / QUIET_TENACITY_SYNC:.1f}x a quiet machine's;"
-            " the ratios hold (both sides timed turn about)"
+            f" unloaded: absolute µs figures here are ~{SCALE['sync '] / QUIET_TENACITY_SYNC:.1f}x a quiet machine's"
+            " (the ~unloaded column divides by that); the ratios hold (both sides timed turn about); verdicts"
+            " are on the measured figures"
         )
     return TARGETS
 
