@@ -4,8 +4,8 @@
   (hash a sorted-key JSON form of the whole request, look it up) — the
   reference; the target is a hit within 1.5x of it.
 * "cachetools.cached, hand-made key": the usual shortcut, a tuple of the
-  fields someone remembered to include (and only those: the bugs in
-  research/llm_anchors.md §(b)13 are what that shortcut costs).
+  fields someone remembered to include (and only those: a key too narrow
+  serves one request's answer to another, the bug that shortcut costs).
 * llmguard's hit: the wrapping core (a lone cache answers a hit on its
   fast lane), binding and normalising every argument, the canonical JSON
   and SHA-256, the TTL+LRU lookup, and the hit counted with what it saved

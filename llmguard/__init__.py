@@ -8,12 +8,14 @@ from ._budget import BudgetAlert, BudgetSpend, budget, budget_spend
 from ._cache import CacheInfo, cache, cache_clear, cache_info
 from ._context import remaining
 from ._describe import GuardInfo, describe
+from ._facts import report_usage
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 from ._retry import RetryAttempt, retry
+from ._runner import current_call
 from ._semantic import Semantic
+from ._stream import AsyncGuardedStream, GuardedStream
 from ._timeout import timeout
 from ._trace import trace
-from ._wrap import AsyncGuardedStream, GuardedStream, current_call, report_usage
 from .errors import (
     AllFailed,
     BudgetExceeded,

@@ -53,26 +53,28 @@ import wrapt
 
 from . import _clock, _estimate, providers
 from ._binder import Binder
-from ._record import Attempt, CallRecord, Usage
-from ._wrap import (
+from ._facts import (
     _CURRENT,
-    _STREAM_TYPES,
-    _UNSEEN,
     ASYNC,
     ASYNCGEN,
     GEN,
     SYNC,
-    AsyncGuardedStream,
-    GuardedStream,
     _apply_notes,
     _begin_attempt,
     _end_record,
     _end_record_hook,
     _fail_attempt,
     _settle_attempt,
-    _StreamBase,
     release_frames,
     shape_of,
+)
+from ._record import Attempt, CallRecord, Usage
+from ._stream import (
+    _STREAM_TYPES,
+    _UNSEEN,
+    AsyncGuardedStream,
+    GuardedStream,
+    _StreamBase,
     stream_kind,
 )
 from .errors import StreamInterrupted
@@ -190,7 +192,7 @@ class Call:
 
     ``args`` and ``kwargs`` are what the caller passed, a method's instance
     excluded: it is ``instance`` (`_binder` has the one rule that decides).
-    A guard's ``proceed(args=, kwargs=)`` changes them while the inside runs.
+    A guard's ``Run(args=, kwargs=)`` changes them while the inside runs.
 
     The `CallRecord` is built on demand: the first time anything reads
     ``call.record`` (a guard, `report_usage`, `current_call`, a nested
@@ -208,6 +210,7 @@ class Call:
     # *slot* (see `_begin`) until the record is built and makes it an `Attempt`.
     _attempts: list[list[Any]] | None = None
     _end: tuple[float, BaseException | None] | None = None
+    _returned_at: float | None = None  # when the runner returned a plain result (`_end` without building a tuple)
     _deadline: float | None = None
     _notes: dict[str, Any] | None = None
     _model: Any = None  # the model a guard's proceed(kwargs=) asks for, while it runs
@@ -274,6 +277,8 @@ class Call:
         if self._end is not None:
             ended_at, exc = self._end
             _end_record(record, exc, ended_at)
+        elif self._returned_at is not None:
+            _end_record(record, None, self._returned_at)
         return record
 
     @property
@@ -400,7 +405,7 @@ class Call:
     # -- a `Layer`'s way on --------------------------------------------------
 
     def proceed(self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None) -> Any:
-        """Run the inside, for a `Layer`'s ``around`` (a `Guard` yields `PROCEED` instead)."""
+        """Run the inside, for a `Layer`'s ``around`` (a `Guard` has hooks instead)."""
         run = None if args is None and kwargs is None else Run(0.0, args, kwargs)
         return self.runner._inside_sync(self, self._pos + 1, run, None, None)
 
@@ -802,6 +807,9 @@ def _wrapper(runner: _Runner, fn: Callable[..., Any]) -> Callable[..., Any]:
             except BaseException as exc:
                 call._finish_call(exc)
                 raise
+            if call._record is None and not isinstance(result, _StreamBase):
+                call._returned_at = _clock.now()  # the record, if ever built, ends then
+                return result
             return _end_with_result(call, result)
 
         made: Callable[..., Any] = guarded
@@ -814,6 +822,9 @@ def _wrapper(runner: _Runner, fn: Callable[..., Any]) -> Callable[..., Any]:
             except BaseException as exc:
                 call._finish_call(exc)
                 raise
+            if call._record is None and not isinstance(result, _StreamBase):
+                call._returned_at = _clock.now()  # the record, if ever built, ends then
+                return result
             return _end_with_result(call, result)
 
         made = guarded_async

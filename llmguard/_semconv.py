@@ -1,7 +1,6 @@
 """Every OpenTelemetry name `trace` emits, in one table.
 
-The GenAI semantic conventions are still moving (see
-``research/llm_anchors.md`` §(c)). The last release inside
+The GenAI semantic conventions are still moving. The last release inside
 ``open-telemetry/semantic-conventions`` is **v1.41**, and that is what
 llmguard emits by default. The spec's own transition rule decides the rest:
 an application that sets ``OTEL_SEMCONV_STABILITY_OPT_IN`` to a list

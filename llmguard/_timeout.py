@@ -57,288 +57,33 @@ import contextlib
 import contextvars
 import datetime as dt
 import functools
-import heapq
-import itertools
-import math
 import threading
-import weakref
 
 from collections.abc import Callable
 from concurrent.futures import Future
 from types import TracebackType
-from typing import Any, Final, cast
+from typing import Any, cast
 
 from . import _check, _clock, _events
+from ._binder import Binder
 from ._context import _DEADLINE
 from ._record import ErrorKind
-from ._wrap import (
-    _F_DEADLINE,
-    ASYNC,
-    ASYNCGEN,
-    GEN,
-    AsyncGuardedStream,
-    Call,
-    GuardedStream,
-    Lane,
-    Layer,
-    error_kind_of,
-)
+from ._runner import Call, Guard
+from ._timers import _WORKERS, _arm_at, _Entry, _fired_alone, _release, _Wheel
+from ._wrap import ASYNC, SYNC, AsyncGuardedStream, GuardedStream, _StreamBase, error_kind_of
 from .errors import GuardTimeout
 
 
-class _Workers:
-    """Threads that run blocking calls the caller may stop waiting for.
-
-    Elastic: an idle worker is reused, otherwise a new daemon thread starts,
-    so an abandoned call (still blocked in the background) never makes a
-    later call queue behind it. Idle workers exit after a minute.
-    """
-
-    IDLE_SECONDS: Final = 60.0
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._idle: list[_Worker] = []
-
-    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
-        future: Future[Any] = Future()
-        with self._lock:
-            worker = self._idle.pop() if self._idle else None
-        if worker is None:
-            worker = _Worker(self)
-        worker.give(fn, future)
-        return future
-
-    def park(self, worker: _Worker) -> None:
-        with self._lock:
-            self._idle.append(worker)
-
-    def retire(self, worker: _Worker) -> bool:
-        """Remove an idle worker that timed out waiting; False if it was just handed work."""
-        with self._lock:
-            if worker in self._idle:
-                self._idle.remove(worker)
-                return True
-            return False
+# A call's limits as it starts (`TimeoutLayer._limits`): (deadline,
+# first-chunk deadline, the earlier of the two, its limit's name, now).
+_Limits = tuple["float | None", "float | None", "float | None", str, float]
+# What an ``async def`` call holds while it runs (`TimeoutLayer._arm`): its
+# limits, the deadline's context token, and its timer on the loop's wheel
+# (`_arm_at`; None when nothing is bounded yet).
+_Armed = tuple[_Limits, "contextvars.Token[float | None]", "tuple[_Wheel, _Entry[Any]] | None"]
 
 
-class _Worker:
-    __slots__ = ("_job", "_pool", "_ready")
-
-    def __init__(self, pool: _Workers) -> None:
-        self._pool = pool
-        self._ready = threading.Event()
-        self._job: tuple[Callable[[], Any], Future[Any]] | None = None
-        threading.Thread(target=self._run, name="llmguard-timeout", daemon=True).start()
-
-    def give(self, fn: Callable[[], Any], future: Future[Any]) -> None:
-        self._job = (fn, future)
-        self._ready.set()
-
-    def _run(self) -> None:
-        while True:
-            if not self._ready.wait(self._pool.IDLE_SECONDS):
-                if self._pool.retire(self):
-                    return
-                self._ready.wait()
-            self._ready.clear()
-            job, self._job = self._job, None
-            if job is None:  # pragma: no cover - set() always comes with a job
-                continue
-            fn, future = job
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn())
-                except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
-                    future.set_exception(exc)
-            self._pool.park(self)
-
-
-_WORKERS = _Workers()
-
-
-# -- async deadlines: one timer per event loop --------------------------------
-#
-# asyncio.timeout() schedules a TimerHandle per call (~1.3 µs, and the loop's
-# heap grows with every call in flight). A timeout that almost never fires
-# does not need its own: every @lg.timeout call on a loop goes into one heap
-# here, and the loop holds a single timer, for the earliest deadline. A call
-# that finishes removes its entry (popped at once when it is the earliest,
-# else marked and swept when the dead outnumber the live), and the timer
-# is rescheduled only when a new deadline is earlier than the one it waits
-# for. Firing cancels the task, exactly as asyncio.timeout does, and the
-# cancellation is told apart from anyone else's the same way (uncancel).
-
-
-# An armed deadline: [when (loop time), sequence, task or None once
-# disarmed or fired, fired, the task's cancelling() count when armed]. A
-# list, so the heap compares in C (never past the unique sequence).
-_WHEN, _SEQ_NO, _TASK, _FIRED, _CANCELLING = 0, 1, 2, 3, 4
-_Entry = list
-
-
-class _Wheel:
-    """The deadlines of every timed call on one event loop, on one timer."""
-
-    __slots__ = ("_at", "_dead", "_heap", "_loop_ref")
-
-    SWEEP_AFTER: Final = 64  # dead entries tolerated before a sweep
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        # Held weakly: the registry's entry must not keep a finished loop alive.
-        self._loop_ref = weakref.ref(loop)
-        self._heap: list[_Entry[Any]] = []
-        self._at = math.inf  # when the earliest timer scheduled fires (our clock)
-        self._dead = 0
-
-    def arm(self, when: float, task: asyncio.Task[Any]) -> _Entry[Any]:
-        """Cancel *task* at *when* (the llmguard clock's seconds) unless `disarm` comes first."""
-        entry = [when, next(_SEQ), task, False, task.cancelling()]
-        heapq.heappush(self._heap, entry)
-        if when < self._at:
-            self._schedule(when)
-        return entry
-
-    def _schedule(self, when: float) -> None:
-        # A timer superseded by an earlier one is left to fire and find
-        # nothing to do: holding its handle to cancel it would keep the loop
-        # alive through this wheel's registry entry.
-        self._at = when
-        loop = self._loop_ref()
-        if loop is not None:
-            # The loop keeps its own time; the wait is what is left on our clock.
-            loop.call_at(loop.time() + max(when - _clock.now(), 0.0), self._fire, when)
-
-    def disarm(self, entry: _Entry[Any]) -> None:
-        """The call finished: its deadline no longer matters."""
-        if entry[_TASK] is None:  # fired, or disarmed already
-            return
-        entry[_TASK] = None
-        heap = self._heap
-        if heap[0] is entry:
-            heapq.heappop(heap)
-            if heap and heap[0][_TASK] is None:
-                self._pop_dead()
-        else:
-            self._dead += 1
-            if self._dead > self.SWEEP_AFTER and self._dead * 2 > len(heap):
-                live = [e for e in heap if e[_TASK] is not None]
-                heapq.heapify(live)
-                self._heap = live
-                self._dead = 0
-
-    def _pop_dead(self) -> None:
-        heap = self._heap
-        while heap and heap[0][_TASK] is None:
-            heapq.heappop(heap)
-            self._dead -= 1
-
-    def _fire(self, at: float) -> None:
-        # Due: everything up to the deadline this timer was set for (so a
-        # test's fake clock, which the loop's timer does not see, still fires).
-        due = max(at, _clock.now())
-        heap = self._heap
-        while heap and heap[0][_WHEN] <= due:
-            entry = heapq.heappop(heap)
-            task = entry[_TASK]
-            if task is None:
-                self._dead -= 1
-                continue
-            entry[_TASK] = None
-            entry[_FIRED] = True
-            task.cancel()
-        self._pop_dead()
-        if at == self._at:  # the current timer (not one superseded): arm the next
-            self._at = math.inf
-            if heap:
-                self._schedule(heap[0][_WHEN])
-
-
-_SEQ = itertools.count()
-
-
-def _current_task_getter() -> Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]:
-    """The cheapest way this Python has to the running task of a loop.
-
-    ``asyncio.current_task`` is C from 3.12; on 3.11 it is a Python function
-    around the module's ``_current_tasks`` mapping, which is read directly.
-    """
-    import _asyncio  # noqa: PLC0415 - CPython's accelerator module
-
-    c_impl = getattr(_asyncio, "current_task", None)
-    if c_impl is not None:
-        return cast("Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None]", c_impl)
-    tasks = getattr(asyncio.tasks, "_current_tasks", None)
-    if isinstance(tasks, dict):
-        return tasks.get
-    return asyncio.current_task
-
-
-_current_task = _current_task_getter()
-_get_running_loop = asyncio.get_running_loop
-_deadline_get, _deadline_set = _DEADLINE.get, _DEADLINE.set
-# Keyed by id(loop); each wheel holds its loop weakly and leaves with it.
-_WHEELS: dict[int, tuple[weakref.ref[asyncio.AbstractEventLoop], _Wheel]] = {}
-
-
-_LAST_WHEEL: tuple[weakref.ref[asyncio.AbstractEventLoop], _Wheel] | None = None
-
-
-def _wheel_of(loop: asyncio.AbstractEventLoop) -> _Wheel:
-    """The wheel of *loop* (made on first use); the last one found is kept at hand."""
-    global _LAST_WHEEL  # noqa: PLW0603 - a one-entry cache in front of the dict
-    found = _WHEELS.get(id(loop))
-    if found is None or found[0]() is not loop:
-        key = id(loop)
-        found = (weakref.ref(loop, lambda _ref: _WHEELS.pop(key, None)), _Wheel(loop))
-        _WHEELS[key] = found
-    _LAST_WHEEL = found
-    return found[1]
-
-
-def _arm_at(when: float) -> tuple[_Wheel, _Entry[Any]]:
-    """Arm the running task's deadline at *when* on its loop's wheel."""
-    loop = _get_running_loop()
-    last = _LAST_WHEEL
-    wheel = last[1] if last is not None and last[0]() is loop else _wheel_of(loop)
-    return wheel, wheel.arm(when, cast("asyncio.Task[Any]", _current_task(loop)))
-
-
-def _release(wheel: _Wheel, entry: _Entry[Any]) -> None:
-    """The timed await finished: disarm its deadline, or take back the cancel it fired as it finished.
-
-    Taking it back is what ``asyncio.timeout`` does (``uncancel``).
-    """
-    if entry[_FIRED]:
-        entry[_FIRED] = False
-        cast("asyncio.Task[Any]", asyncio.current_task()).uncancel()
-    else:
-        wheel.disarm(entry)
-
-
-def _fired_alone(entry: _Entry[Any] | None) -> bool:
-    """After a `CancelledError`: True when *entry*'s deadline alone cancelled the task (cancel taken back).
-
-    False when it did not fire, or someone else cancelled the task too (the
-    `CancelledError` then stands). As ``asyncio.timeout`` does, "alone" is
-    measured against the task's ``cancelling()`` count when the deadline
-    was armed, so a cancel caught earlier in the task does not count.
-    """
-    if entry is None or not entry[_FIRED]:
-        return False
-    entry[_FIRED] = False
-    return bool(cast("asyncio.Task[Any]", asyncio.current_task()).uncancel() <= entry[_CANCELLING])
-
-
-# What an async timed call holds while it runs (`TimeoutLayer._arm`):
-# (deadline token, deadline, first-chunk deadline, limit name, seconds
-# allowed, wheel, entry); the last two None when nothing is bounded yet.
-_Armed = tuple[
-    "contextvars.Token[float | None]", "float | None", "float | None", str, float, "_Wheel | None", "_Entry[Any] | None"
-]
-
-
-class TimeoutLayer(Layer):
+class TimeoutLayer(Guard):
     """The `timeout` guard and context manager. Build it with `timeout`."""
 
     name = "timeout"
@@ -370,158 +115,124 @@ class TimeoutLayer(Layer):
         """The configuration, for `describe`."""
         return {"total": self.total, "first_token": self.first_token, "idle": self.idle}
 
-    def _deadline(self) -> float | None:
-        """The deadline of a call starting now: ours or the active one, the smaller."""
+    def _deadline(self, now: float) -> float | None:
+        """The deadline of a call or block starting *now*: ours or the active one, the smaller."""
         outer = _DEADLINE.get()
-        if self._total is None:
+        total = self._total
+        if total is None:
             return outer
-        own = _clock.now() + self._total
+        own = now + total
         return own if outer is None or own < outer else outer
 
     # -- decorator ---------------------------------------------------------
 
-    def _first_chunk_by(self) -> float | None:
-        """When the first chunk must have arrived.
+    def for_function(self, fn: Callable[..., Any], shape: str, binder: Binder) -> TimeoutLayer:  # noqa: ARG002
+        """A copy with the hooks of *fn*'s shape.
 
-        For a call that returns a stream, the request itself counts (a slow
-        first byte is a slow first token); for one that returns a whole
-        response, that response is its first and only chunk.
+        ``async def``: `_arm` sets the deadline and puts it on the loop's
+        wheel, which cancels the task when it passes; `_disarm` takes it off,
+        and `_cancelled` turns the wheel's cancel into `GuardTimeout`.
+        ``def``: the inside runs in a worker the caller waits on
+        (`_in_worker`). Generator functions: the stream's pulls are bounded,
+        not its start. Whatever the shape, a stream result is handed on with
+        its pulls bounded (`_timed`).
         """
-        if self._first_token is None:
-            return None
-        return _clock.now() + self._first_token
+        bound = object.__new__(TimeoutLayer)
+        bound.__dict__.update(self.__dict__)
+        if shape == ASYNC:
+            bound.enter, bound.leave, bound.fail = bound._arm, bound._disarm, bound._cancelled
+        else:
+            bound.enter, bound.leave = bound._limits, bound._timed
+            if shape == SYNC:
+                bound.via = bound._in_worker
+        return bound
 
-    def around(self, call: Call) -> Any:
-        """Run a sync call in a worker, waiting at most until the deadline."""
-        deadline = self._deadline()
-        first_by = self._first_chunk_by()
-        if call.shape == GEN:
-            call.set_deadline(deadline)
-            return _TimedStream.wrap(call.proceed(), self, deadline, first_by, call)
+    def _limits(self, call: Call) -> _Limits:
+        """The call's limits, from now: ours or the active deadline, the smaller, and the first chunk's.
+
+        The first chunk is due ``first_token`` after the start (a slow first
+        byte is a slow first token; a whole response is its first and only
+        chunk). The deadline goes on the call's record too.
+        """
+        now = _clock.now()
+        deadline = self._deadline(now)
+        first_by = None if self._first_token is None else now + self._first_token
         if deadline is not None:
             call.set_deadline(deadline)
+        until, limit = _earliest(deadline, first_by)
+        return deadline, first_by, until, limit, now
+
+    def _timed(self, call: Call, limits: _Limits, result: Any) -> Any:
+        """*result*, its pulls bounded if it is a stream."""
+        if isinstance(result, _StreamBase):
+            return _TimedStream.wrap(result, self, limits[0], limits[1], call)
+        return result
+
+    def _arm(self, call: Call) -> _Armed:
+        """``async def``, before the inside: set the deadline, and put it on the loop's wheel."""
+        limits = self._limits(call)
+        until = limits[2]
+        # With only idle limits nothing is bounded yet.
+        return limits, _DEADLINE.set(limits[0]), None if until is None else _arm_at(until)
+
+    def _disarm(self, call: Call, armed: _Armed, result: Any) -> Any:
+        """``async def``, the inside returned: take the deadline off the wheel."""
+        limits, token, timer = armed
+        _DEADLINE.reset(token)
+        if timer is not None:
+            _release(*timer)
+        if isinstance(result, _StreamBase):
+            return _TimedStream.wrap(result, self, limits[0], limits[1], call)
+        return result
+
+    def _cancelled(self, call: Call, armed: _Armed, exc: BaseException) -> None:
+        """``async def``, the inside raised: the wheel's own cancel is `GuardTimeout`, anything else stands."""
+        limits, token, timer = armed
+        _DEADLINE.reset(token)
+        if timer is None:
+            return
+        if isinstance(exc, asyncio.CancelledError) and _fired_alone(timer[1]):
+            _, _, until, limit, armed_at = limits
+            raise self._expired(call, limit, self._fired(limit, cast("float", until) - armed_at)) from None
+        _release(*timer)
+
+    def _in_worker(self, call: Call, limits: _Limits, inside: Callable[[], Any]) -> Any:
+        """``def``: run *inside* in a worker, waiting at most until the earlier limit.
+
+        It runs in a copy of the caller's context with the deadline set, so
+        ``lg.remaining()`` and the guards inside see it. If the wait runs
+        out, the worker is abandoned (`_drop_abandoned` when it ends).
+        """
+        deadline, _, wait_until, limit, _ = limits
         ctx = contextvars.copy_context()
         ctx.run(_DEADLINE.set, deadline)
-        wait_until, limit = _earliest(deadline, first_by)
         if wait_until is None:  # only idle limits: nothing to bound yet
-            result = ctx.run(call.proceed)
-        else:
-            allowed = max(wait_until - _clock.now(), 0.0)
-            future = _WORKERS.submit(lambda: ctx.run(call.proceed))
-            try:
-                result = future.result(timeout=allowed)
-            except Exception as exc:
-                if not (future.done() and not future.cancelled() and future.exception() is exc):
-                    # Our wait ran out (a TimeoutError of the wait, not one the
-                    # function raised): the worker is abandoned.
-                    if not future.cancel():
-                        future.add_done_callback(functools.partial(_drop_abandoned, call))
-                    raise self._expired(call, limit, self._fired(limit, allowed)) from None
-                # The function's own error. A timeout of its own at our deadline
-                # (the SDK's, set from lg.remaining(), firing with ours while this
-                # thread woke late) is the deadline's, as if this thread had
-                # woken first.
-                if _clock.now() >= wait_until and error_kind_of(exc) is ErrorKind.TIMEOUT:
-                    raise self._expired(call, limit, self._fired(limit, allowed)) from exc
-                raise
-        if isinstance(result, GuardedStream):
-            return _TimedStream.wrap(result, self, deadline, first_by, call)
-        return result
+            return ctx.run(inside)
+        allowed = max(wait_until - _clock.now(), 0.0)
+        future = _WORKERS.submit(lambda: ctx.run(inside))
+        try:
+            return future.result(timeout=allowed)
+        except Exception as exc:
+            if not (future.done() and not future.cancelled() and future.exception() is exc):
+                # Our wait ran out (a TimeoutError of the wait, not one the
+                # function raised): the worker is abandoned.
+                if not future.cancel():
+                    future.add_done_callback(functools.partial(_drop_abandoned, call))
+                raise self._expired(call, limit, self._fired(limit, allowed)) from None
+            # The function's own error. A timeout of its own at our deadline
+            # (the SDK's, set from lg.remaining(), firing with ours while this
+            # thread woke late) is the deadline's, as if this thread had
+            # woken first.
+            if _clock.now() >= wait_until and error_kind_of(exc) is ErrorKind.TIMEOUT:
+                raise self._expired(call, limit, self._fired(limit, allowed)) from exc
+            raise
 
     def _fired(self, limit: str, allowed: float) -> float:
         """The seconds the limit that fired allowed (an outer, shorter deadline's own)."""
-        return allowed if limit == "total" else self._seconds(limit)
+        return max(allowed, 0.0) if limit == "total" else self._seconds(limit)
 
     def _seconds(self, limit: str) -> float:
         return {"first_token": self.first_token, "idle": self.idle}.get(limit) or self.total or 0.0
-
-    def _arm_total(self) -> Callable[[list[Any]], _Armed]:
-        """`_arm` for the common configuration, ``total`` alone, as one closure."""
-        total = cast("float", self._total)
-        clock = _clock
-
-        def arm(frame: list[Any]) -> _Armed:
-            outer = _deadline_get()
-            now = clock.now()
-            deadline = now + total
-            if outer is not None and outer < deadline:
-                deadline = outer
-            token = _deadline_set(deadline)
-            frame[_F_DEADLINE] = deadline
-            wheel, entry = _arm_at(deadline)
-            return (token, deadline, None, "total", deadline - now if deadline > now else 0.0, wheel, entry)
-
-        return arm
-
-    def _arm(self, call: Call) -> _Armed:
-        """Set the call's deadline and arm its timer (async, before the call runs).
-
-        Runs on every timed ``async def`` call (`_arm_total` is this for
-        ``total`` alone, as one closure).
-        """
-        outer = _deadline_get()
-        now = _clock.now()
-        total = self._total
-        deadline = outer if total is None else (now + total if outer is None or now + total < outer else outer)
-        first_by = None if self._first_token is None else now + self._first_token
-        wait_until: float | None = deadline
-        limit = "total"
-        if first_by is not None and (deadline is None or first_by < deadline):
-            wait_until, limit = first_by, "first_token"
-        token = _deadline_set(deadline)
-        if wait_until is None:  # only idle limits: nothing to bound yet
-            return (token, deadline, first_by, limit, 0.0, None, None)
-        call.set_deadline(deadline)  # on the record too, when an outer layer has built it
-        wheel, entry = _arm_at(wait_until)
-        return (token, deadline, first_by, limit, wait_until - now if wait_until > now else 0.0, wheel, entry)
-
-    @staticmethod
-    def _disarm(armed: _Armed) -> None:
-        _DEADLINE.reset(armed[0])
-        entry = armed[6]
-        if entry is not None:
-            _release(cast("_Wheel", armed[5]), entry)
-
-    async def _finish_async(self, call: Call, armed: _Armed) -> Any:
-        """Await the call's first proceed under *armed*; streams go on timed."""
-        try:
-            result = await call.proceed_async()
-        except asyncio.CancelledError:
-            if _fired_alone(armed[6]):  # ours: a GuardTimeout (else it stays a cancel)
-                _DEADLINE.reset(armed[0])
-                limit, allowed = armed[3], armed[4]
-                raise self._expired(call, limit, self._fired(limit, allowed)) from None
-            self._disarm(armed)
-            raise
-        except BaseException:
-            self._disarm(armed)
-            raise
-        self._disarm(armed)
-        if isinstance(result, AsyncGuardedStream):
-            return _TimedStream.wrap_async(result, self, armed[1], armed[2], call)
-        return result
-
-    async def around_async(self, call: Call) -> Any:
-        """Await the call, cancelling it at the deadline."""
-        if call.shape == ASYNCGEN:
-            deadline = self._deadline()
-            first_by = self._first_chunk_by()
-            call.set_deadline(deadline)
-            return _TimedStream.wrap_async(await call.proceed_async(), self, deadline, first_by, call)
-        return await self._finish_async(call, self._arm(call))
-
-    @staticmethod
-    def _lane_leave(call: Call, armed: _Armed, result: Any) -> Any:  # noqa: ARG004
-        TimeoutLayer._disarm(armed)
-        return result
-
-    def lane(self, shape: str) -> Lane | None:
-        """The fast path for ``async def``: arm, await, disarm; anything else resumes `_finish_async`."""
-        if shape != ASYNC:
-            return None
-        if self.first_token is None and self.total is not None:
-            return Lane(self._arm_total(), self._lane_leave, self._finish_async, needs_call=False)
-        return Lane(self._arm, self._lane_leave, self._finish_async)
 
     def _expired(self, call: Call | None, limit: str, seconds: float) -> GuardTimeout:
         where = f" in {call.function_name}" if call is not None else ""
@@ -542,7 +253,7 @@ class TimeoutLayer(Layer):
     # -- context manager ---------------------------------------------------
 
     def __enter__(self) -> TimeoutLayer:
-        self._entered.setdefault(_owner(), []).append((_DEADLINE.set(self._deadline()), None))
+        self._entered.setdefault(_owner(), []).append((_DEADLINE.set(self._deadline(_clock.now())), None))
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -550,7 +261,7 @@ class TimeoutLayer(Layer):
         _DEADLINE.reset(token)
 
     async def __aenter__(self) -> TimeoutLayer:
-        deadline = self._deadline()
+        deadline = self._deadline(_clock.now())
         cm = asyncio.timeout(None if deadline is None else max(deadline - _clock.now(), 0.0))
         self._entered.setdefault(_owner(), []).append((_DEADLINE.set(deadline), cm))
         await cm.__aenter__()
@@ -611,22 +322,16 @@ class _TimedStream:
         self._ctx.run(_DEADLINE.set, deadline)
 
     @classmethod
-    def wrap(
-        cls, stream: GuardedStream, layer: TimeoutLayer, deadline: float | None, first_by: float | None, call: Call
-    ) -> GuardedStream:
+    def wrap(cls, stream: _StreamBase, layer: TimeoutLayer, deadline: float | None, first_by: float | None, call: Call) -> Any:
+        """*stream* with its pulls bounded, when a limit applies and it is of the call's kind (else as it is)."""
         if layer.first_token is None and layer.idle is None and deadline is None:
             return stream
-        return GuardedStream(source=_SyncPulls(cls(stream, layer, deadline, first_by, call)), record=call.record)
-
-    @classmethod
-    def wrap_async(
-        cls, stream: AsyncGuardedStream, layer: TimeoutLayer, deadline: float | None, first_by: float | None, call: Call
-    ) -> AsyncGuardedStream:
-        if layer.first_token is None and layer.idle is None and deadline is None:
-            return stream
-        return AsyncGuardedStream(
-            source=_AsyncPulls(cls(stream, layer, deadline, first_by, call)), record=call.record
-        )
+        if call.is_async:
+            if isinstance(stream, AsyncGuardedStream):
+                return AsyncGuardedStream(source=_AsyncPulls(cls(stream, layer, deadline, first_by, call)), record=call.record)
+        elif isinstance(stream, GuardedStream):
+            return GuardedStream(source=_SyncPulls(cls(stream, layer, deadline, first_by, call)), record=call.record)
+        return stream
 
     def limit(self) -> tuple[float | None, str]:
         """Seconds the next pull may take, and the name of the limit that binds."""

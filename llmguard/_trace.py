@@ -15,8 +15,9 @@ the duration metric and the event all time a call from one start on the
 guards' clock (`_clock`): the span starts at the wall-clock time of that
 start and lasts what the metric says (`_start_time`, `_end_time`).
 
-Three rules come from other libraries' bugs (``research/llm_anchors.md``
-§(b) 7, 8, 18):
+Three rules come from other libraries' bugs (spans that leak or vanish
+when a stream is abandoned, "Failed to detach context" with async
+generators, content captured by default):
 
 * **A span ends exactly once, however a stream ends.** Streams end through
   the core's one finish hook (exhaustion, error, ``close()``, ``with`` exit,

@@ -1,6 +1,6 @@
 """Every number of every guard is checked when the guard is built.
 
-The contract (DESIGN: bad configuration fails at decoration): a configuration
+The contract (bad configuration fails at decoration): a configuration
 is either accepted, and then works on a call, or refused when the guard is
 built (decorator or context manager) with a `ValueError` or `TypeError` whose
 message names the parameter; never later, never another exception. The spec

@@ -25,6 +25,7 @@ import llmguard as lg
 import llmguard._wrap
 
 from llmguard._fake_provider import FakeProvider, Step
+from llmguard._runner import Guard
 from llmguard.testing import FakeClock
 
 
@@ -384,9 +385,8 @@ def test_abandoned_attempt_and_its_retry_stay_separate_attempts(
     )
     calls: list[Any] = []
 
-    class ReadsTheRecordLate(lg._wrap.Layer):  # the record is built only after the call
-        def around(self, call: Any) -> Any:
-            result = call.proceed()
+    class ReadsTheRecordLate(Guard):  # the record is built only after the call
+        def leave(self, call: Any, state: None, result: Any) -> Any:
             calls.append(call)
             return result
 
@@ -475,7 +475,7 @@ async def test_many_concurrent_timed_calls_share_one_timer_and_each_gets_its_own
 
     All share the loop's one wheel; what is left armed afterwards is nothing.
     """
-    from llmguard import _timeout
+    from llmguard import _timers
 
     @lg.timeout(0.2)
     async def work(delay: float) -> float:
@@ -491,8 +491,8 @@ async def test_many_concurrent_timed_calls_share_one_timer_and_each_gets_its_own
             assert "total" == result.limit
         else:
             assert delay == result
-    wheel = _timeout._wheel_of(asyncio.get_running_loop())
-    assert [] == [e for e in wheel._heap if e[_timeout._TASK] is not None]
+    wheel = _timers._wheel_of(asyncio.get_running_loop())
+    assert [] == [e for e in wheel._heap if e[_timers._TASK] is not None]
 
 
 async def test_an_earlier_deadline_reschedules_the_timer() -> None:
@@ -519,7 +519,7 @@ async def test_an_earlier_deadline_reschedules_the_timer() -> None:
 
 async def test_finished_calls_leave_no_entries_behind() -> None:
     """Calls that finish out of deadline order are swept; the heap does not grow with traffic."""
-    from llmguard import _timeout
+    from llmguard import _timers
 
     @lg.timeout(60)
     async def quick(i: int) -> int:
@@ -528,30 +528,30 @@ async def test_finished_calls_leave_no_entries_behind() -> None:
 
     for _ in range(5):
         assert list(range(100)) == await asyncio.gather(*(quick(i) for i in range(100)))
-    wheel = _timeout._wheel_of(asyncio.get_running_loop())
-    assert len(wheel._heap) <= _timeout._Wheel.SWEEP_AFTER * 2
+    wheel = _timers._wheel_of(asyncio.get_running_loop())
+    assert len(wheel._heap) <= _timers._Wheel.SWEEP_AFTER * 2
 
 
 def test_a_closed_loop_leaves_the_wheel_registry() -> None:
     """Each asyncio.run gets a wheel; when its loop is collected, so is the registry entry."""
     import gc
 
-    from llmguard import _timeout
+    from llmguard import _timers
 
     loops: list[int] = []
 
     @lg.timeout(5)
     async def ok() -> str:
         key = id(asyncio.get_running_loop())
-        assert key in _timeout._WHEELS  # the call armed this loop's wheel
+        assert key in _timers._WHEELS  # the call armed this loop's wheel
         loops.append(key)
         return "ok"
 
     for _ in range(3):
         assert "ok" == asyncio.run(ok())
-    _timeout._LAST_WHEEL = None
+    _timers._LAST_WHEEL = None
     gc.collect()
-    assert [] == [key for key in loops if key in _timeout._WHEELS]
+    assert [] == [key for key in loops if key in _timers._WHEELS]
 
 
 async def test_someone_elses_cancel_is_not_turned_into_a_timeout() -> None:
@@ -568,9 +568,29 @@ async def test_someone_elses_cancel_is_not_turned_into_a_timeout() -> None:
         await task
 
 
+async def test_an_idle_only_async_call_lets_its_own_error_and_a_cancel_through() -> None:
+    """``timeout(idle=...)`` alone on an ``async def`` has no deadline to arm: its error and an outside cancel stand."""
+
+    @lg.timeout(idle=5)
+    async def fails() -> None:
+        raise ValueError("its own")
+
+    @lg.timeout(idle=5)
+    async def waits() -> None:
+        await asyncio.sleep(10)
+
+    with pytest.raises(ValueError, match="its own"):
+        await fails()
+    task = asyncio.create_task(waits())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 async def test_stream_chunks_are_timed_on_the_wheel_and_leave_nothing_armed() -> None:
     """idle= bounds each chunk on the loop's wheel: many streams read together, nothing left armed after."""
-    from llmguard import _timeout
+    from llmguard import _timers
 
     armed: list[bool] = []
 
@@ -579,8 +599,8 @@ async def test_stream_chunks_are_timed_on_the_wheel_and_leave_nothing_armed() ->
         for i in range(n):
             await asyncio.sleep(0)
             # While a chunk is awaited, this task's deadline is on the wheel.
-            wheel = _timeout._wheel_of(asyncio.get_running_loop())
-            armed.append(any(e[_timeout._TASK] is asyncio.current_task() for e in wheel._heap))
+            wheel = _timers._wheel_of(asyncio.get_running_loop())
+            armed.append(any(e[_timers._TASK] is asyncio.current_task() for e in wheel._heap))
             yield i
 
     async def read(n: int) -> list[int]:
@@ -590,8 +610,8 @@ async def test_stream_chunks_are_timed_on_the_wheel_and_leave_nothing_armed() ->
 
     assert [list(range(50))] * 20 == results
     assert [True] * 1000 == armed
-    wheel = _timeout._wheel_of(asyncio.get_running_loop())
-    assert [] == [e for e in wheel._heap if e[_timeout._TASK] is not None]
+    wheel = _timers._wheel_of(asyncio.get_running_loop())
+    assert [] == [e for e in wheel._heap if e[_timers._TASK] is not None]
 
 
 async def test_a_chunk_stalled_past_idle_is_a_timeout_and_the_rest_of_the_stream_is_not_read() -> None:
@@ -777,9 +797,8 @@ async def test_a_long_async_timeout_inside_a_short_plain_with_block_obeys_the_bl
     """``@timeout(30)`` on an ``async def`` called in ``with lg.timeout(0.3)``: remaining() <= 0.3 inside, GuardTimeout at 0.3 s.
 
     A plain ``with`` (not ``async with``) cancels nothing itself: the guard
-    must take the block's deadline. Three ways the guard arms its deadline:
-    ``total`` alone and with ``first_token`` (each its own fast lane), and
-    under another guard (the general path).
+    must take the block's deadline. Three configurations: ``total`` alone,
+    with ``first_token``, and under another guard.
     """
     fake_provider.script(Step(delay=3.0))
     seen: list[float | None] = []

@@ -9,7 +9,7 @@ import anthropic
 
 from .._cache import cache, cache_info
 from .._record import CallRecord
-from .._wrap import Call, Layer
+from .._runner import Call, Guard
 from ..testing import FakeProvider, Step
 
 
@@ -17,7 +17,7 @@ ORDER = 50
 TITLE = "cache: identical requests answered once, with the money each hit saved"
 
 
-class _Last(Layer):
+class _Last(Guard):
     """Keeps the record of the latest call, to print what the cache wrote on it."""
 
     name = "last"
@@ -25,9 +25,8 @@ class _Last(Layer):
     def __init__(self) -> None:
         self.record: CallRecord | None = None
 
-    def around(self, call: Call) -> Any:
+    def enter(self, call: Call) -> None:
         self.record = call.record
-        return call.proceed()
 
 
 def run(fake: FakeProvider) -> None:

@@ -10,7 +10,8 @@ import anthropic
 import openai
 
 from .._record import CallRecord
-from .._wrap import AsyncGuardedStream, Call, GuardedStream, Layer
+from .._runner import Call, Guard
+from .._wrap import AsyncGuardedStream, GuardedStream
 from ..testing import FakeProvider, Step
 
 
@@ -18,31 +19,21 @@ ORDER = 0
 TITLE = "the call record: usage, model, cost and outcome of real SDK calls"
 
 
-class _Show(Layer):
+class _Show(Guard):
     """Prints each call's record when the call (or its stream) ends."""
 
     name = "show"
 
-    def _print_at_end(self, call: Call, result: Any) -> Any:
+    def leave(self, call: Call, state: None, result: Any) -> Any:  # noqa: ARG002
         if isinstance(result, (GuardedStream, AsyncGuardedStream)):
             result.on_finish(lambda _outcome, _exc: print_record(call.record))
         else:
             print_record(call.record)
         return result
 
-    def around(self, call: Call) -> Any:
-        try:
-            return self._print_at_end(call, call.proceed())
-        except Exception:
+    def fail(self, call: Call, state: None, exc: BaseException) -> None:  # noqa: ARG002
+        if isinstance(exc, Exception):
             print_record(call.record)
-            raise
-
-    async def around_async(self, call: Call) -> Any:
-        try:
-            return self._print_at_end(call, await call.proceed_async())
-        except Exception:
-            print_record(call.record)
-            raise
 
 
 show = _Show()

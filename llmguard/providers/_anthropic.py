@@ -6,7 +6,7 @@ and from attributes of the instance. An exception or object of an SDK that
 is not installed simply cannot reach this code, and one that is installed is
 never imported just to be recognised.
 
-Facts relied on (anthropic 2.12, see sdk_facts.md):
+Facts relied on (anthropic 2.12):
 
 * ``Message.usage.input_tokens`` *excludes* cache reads/writes; we report the
   total. ``message_delta.usage`` is cumulative and only overrides the fields

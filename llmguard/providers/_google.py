@@ -2,7 +2,7 @@
 
 Never imports ``google.genai``; classes are recognised by name and module.
 
-Facts relied on (google-genai 3.4, see sdk_facts.md §4): the model is in
+Facts relied on (google-genai 3.4): the model is in
 ``model_version``, the id in ``response_id``, usage in ``usage_metadata``
 (in a stream the last chunk's is cumulative, so each one seen replaces the
 previous). Errors are ``errors.APIError`` with ``.code`` (HTTP status),

@@ -3,7 +3,7 @@
 Like `_anthropic`, this never imports ``openai``; classes are recognised by
 name and module once per type.
 
-Facts relied on (openai 3.54, see sdk_facts.md):
+Facts relied on (openai 3.54):
 
 * ``prompt_tokens`` / Responses ``input_tokens`` already *include* cached
   tokens (``*_tokens_details.cached_tokens``).

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, assert_type
 
-from llmguard._wrap import Layer, wrap
+from llmguard._runner import Guard, wrap
 
 
-layer = Layer()
+layer = Guard()
 
 
 @layer
