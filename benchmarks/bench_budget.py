@@ -1,11 +1,10 @@
 """Overhead of @lg.budget per call, and Redis round trips per call.
 
-* memory store: what ``@lg.budget`` adds on top of the wrapping core it
-  runs on (target <= 3 µs), including the estimate, the pricing of the worst
-  case and of the real usage, the reservation and the settlement. A budget
-  alone on a function runs on the core's fast lane, so the reference is a
-  pass-through layer on the same lane; the total over the bare call is
-  printed too. Two targets: one that reports its usage with
+* memory store: what ``@lg.budget`` adds on top of the runner it runs on
+  (target <= 3 µs), including the estimate, the pricing of the worst case
+  and of the real usage, the reservation and the settlement. The reference
+  is `_harness.PassThrough`, a guard that does nothing, on the same runner;
+  the total over the bare call is printed too. Two targets: one that reports its usage with
   ``report_usage`` (any client), one that returns a real anthropic
   ``Message`` whose usage the budget reads. Beside it, the anchor: LiteLLM's
   SDK pattern (``litellm.max_budget``, ``BudgetManager``), a check of the
@@ -148,9 +147,9 @@ def _memory_rows() -> dict[str, float]:
         core = per_call(lambda f=lane: f(MESSAGES))
         ours = per_call(lambda f=guarded: f(MESSAGES))
         print(row(f"sync  {label}: bare call", bare))
-        print(row(f"sync  {label}: pass-through layer on the lane", core))
+        print(row(f"sync  {label}: pass-through guard", core))
         print(row(f"sync  {label}: @lg.budget", ours))
-        print(row(f"sync  {label}: budget's own cost (budget - lane) <= 3 µs", overhead(ours, core)))
+        print(row(f"sync  {label}: budget's own cost (budget - pass-through) <= 3 µs", overhead(ours, core)))
         print(row(f"sync  {label}: total over the bare call", overhead(ours, bare)))
         key = "budget_sync_overhead" if fn is target else "budget_sdk_overhead"
         results[key] = overhead(ours, core)
@@ -168,9 +167,9 @@ def _memory_rows() -> dict[str, float]:
     aguarded = budget(usd=1_000_000.0)(atarget)
     acore = per_call_async(lambda: alane(MESSAGES))
     aours = per_call_async(lambda: aguarded(MESSAGES))
-    print(row("async report_usage: pass-through layer on the lane", acore))
+    print(row("async report_usage: pass-through guard", acore))
     print(row("async report_usage: @lg.budget", aours))
-    print(row("async report_usage: budget's own cost (budget - lane)", overhead(aours, acore)))
+    print(row("async report_usage: budget's own cost (budget - pass-through)", overhead(aours, acore)))
     results["budget_async_overhead"] = overhead(aours, acore)
     return results
 
@@ -218,7 +217,7 @@ def _readme_rows(results: dict[str, float]) -> None:
             own = overhead(t[key], t["lane"])
             total = overhead(t[key], t["bare"])
             print(row(f"{tag}: {label}, added over bare", total, t["calc_price"], "of calc_price"))
-            print(row(f"{tag}: {label}, own (minus lane) <= 3 µs", own, t["calc_price"], "of calc_price"))
+            print(row(f"{tag}: {label}, own (minus pass-through) <= 3 µs", own, t["calc_price"], "of calc_price"))
             results[f"budget_{key}_{model}_own"] = own
             results[f"budget_{key}_{model}_total"] = total
         results[f"calc_price_{model}"] = t["calc_price"]
@@ -269,7 +268,7 @@ def _redis_rows(results: dict[str, float], core: float) -> None:
             rguarded(MESSAGES)
         trips = (_round_trips(store.client) - before) / calls
         rtime = per_call(lambda: rguarded(MESSAGES), number=2000, repeats=7)
-        print(row("sync  @lg.budget, Redis store (local server)", rtime, core, "of the lane"))
+        print(row("sync  @lg.budget, Redis store (local server)", rtime, core, "of the pass-through"))
         print(f"  {'Redis round trips per call (reserve + settle)':<52} {trips:9.3f}")
         results["budget_redis_per_call"] = rtime
         results["budget_redis_round_trips"] = trips

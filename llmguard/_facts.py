@@ -42,13 +42,12 @@ FinishHook = Callable[[Outcome, "BaseException | None"], None]
 _OK = Outcome.OK  # enum member lookups cost ~50 ns; the hot path uses this
 
 # ``_CURRENT`` is the call whose user code is running now and its attempt:
-# ``(call, attempt)``, or the attempt's slot (`_runner.Call._begin`) whose
-# first item is the call and last the attempt, None until the record exists
-# (report_usage writes there): how `report_usage()`, `current_call()` and
+# ``(call, attempt)``, or ``(call, slot)`` with the attempt's slot
+# (`_runner.Call._begin`) before the record exists (report_usage writes there): how `report_usage()`, `current_call()` and
 # nested guarded calls find it. Tokens are always reset in the same frame
 # that set them, and never held across a ``yield`` (streams set and reset it
 # around each pull).
-_CURRENT: contextvars.ContextVar[tuple[Call, Attempt] | list[Any] | None] = contextvars.ContextVar("llmguard_current", default=None)
+_CURRENT: contextvars.ContextVar[tuple[Call, Attempt | list[Any]] | None] = contextvars.ContextVar("llmguard_current", default=None)
 
 
 def _apply_notes(record: CallRecord, notes: dict[str, Any]) -> None:
@@ -200,10 +199,12 @@ def report_usage(
         reasoning_tokens,
         estimated,
     )
-    attempt = running[-1]
-    if attempt is None:  # a runner's slot before the record exists (see `_runner.Call._begin`)
-        running[0].record  # noqa: B018 - built now; it makes the slot's attempt
-        attempt = running[-1]
+    call, attempt = running
+    if not isinstance(attempt, Attempt):  # a runner's slot (see `_runner.Call._begin`)
+        slot = attempt
+        if slot[5] is None:  # no record yet: built now, it makes the slot's attempt
+            call.record  # noqa: B018
+        attempt = slot[5]
     _report_on(attempt, usage, model, provider)
     return True
 

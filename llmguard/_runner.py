@@ -70,6 +70,7 @@ from ._facts import (
 )
 from ._record import Attempt, CallRecord, Usage
 from ._stream import (
+    _PLAIN_TYPES,
     _STREAM_TYPES,
     _UNSEEN,
     AsyncGuardedStream,
@@ -261,10 +262,10 @@ class Call:
         self._record = record
         slots, self._attempts = self._attempts, None
         for slot in slots or ():
-            _, started, model, ended, result, exc, _ = slot
+            started, model, ended, result, exc, _ = slot
             attempt = Attempt(len(record.attempts) + 1, model if isinstance(model, str) else record.request_model, started)
-            slot[4] = slot[5] = None  # the attempt has what it needs of them
-            slot[6] = attempt
+            slot[3] = slot[4] = None  # the attempt has what it needs of them
+            slot[5] = attempt
             record.attempts.append(attempt)
             if ended is None:
                 continue  # still running: it settles itself
@@ -340,7 +341,7 @@ class Call:
         if self._record is not None or slots is None:
             return None
         out: list[tuple[Usage | None, str | None, str | None]] = []
-        for _, _, model, ended, result, exc, _ in slots[since:]:
+        for _, model, ended, result, exc, _ in slots[since:]:
             if ended is None or exc is not None:
                 return None
             found = providers.observe_usage(result)
@@ -415,18 +416,20 @@ class Call:
         return await self.runner._inside_async(self, self._pos + 1, run)
 
     # -- attempts --------------------------------------------------------------
-    # Each attempt has a *slot*, a list ``[call, started, model, ended,
-    # result, error, attempt]``, which is also what `_CURRENT` holds while
-    # it runs. Before the record exists the slot is all there is (cheaper
-    # than an `Attempt`); building the record makes its ``Attempt``.
+    # Each attempt has a *slot*, a list ``[started, model, ended, result,
+    # error, attempt]``; while it runs `_CURRENT` holds ``(call, slot)``.
+    # Before the record exists the slot is all there is (cheaper than an
+    # `Attempt`); building the record makes its ``Attempt``. (A slot never
+    # refers to its call: a reference cycle on every call would cost the
+    # cyclic garbage collector more than all of this.)
 
     def _begin(self) -> list[Any]:
         """A new attempt's slot, with its `Attempt` at once if the record exists."""
         record = self._record
         if record is not None:
             attempt = _begin_attempt(record, self._model, _clock.now())
-            return [self, attempt.started_at, attempt.model, None, None, None, attempt]
-        slot = [self, _clock.now(), self._model, None, None, None, None]
+            return [attempt.started_at, attempt.model, None, None, None, attempt]
+        slot = [_clock.now(), self._model, None, None, None, None]
         attempts = self._attempts
         if attempts is None:
             self._attempts = [slot]
@@ -436,21 +439,21 @@ class Call:
 
     def _failed(self, slot: list[Any], exc: BaseException) -> None:
         """The attempt of *slot* raised *exc*: settled now if it is on the record, else when it is built."""
-        attempt = slot[6]
+        attempt = slot[5]
         if attempt is not None:
             _fail_attempt(attempt, exc, _clock.now())
         else:
-            slot[5] = exc
-            slot[3] = _clock.now()
+            slot[4] = exc
+            slot[2] = _clock.now()
 
     def _returned(self, slot: list[Any], result: Any) -> Any:
         """The attempt of *slot* returned a stream or an unseen type, or is on the record: observe it."""
-        attempt = slot[6]
+        attempt = slot[5]
         if attempt is None:
             # A stream, or a type not seen before: it needs the record. Built
             # while the attempt is still running, it takes the attempt on.
             self.record  # noqa: B018
-            attempt = slot[6]
+            attempt = slot[5]
         return self._observe(attempt, result)
 
     def _observe(self, attempt: Attempt, result: Any) -> Any:
@@ -663,14 +666,14 @@ class _Runner:
             attempt = _begin_attempt(record, call._model, _clock.now())
             return GuardedStream(source=self.fn(*a, **call.kwargs), record=record, attempt=attempt, call=call)
         if call._record is None:
-            slot = [call, _clock.now(), call._model, None, None, None, None]
+            slot = [_clock.now(), call._model, None, None, None, None]
             if call._attempts is None:
                 call._attempts = [slot]
             else:
                 call._attempts.append(slot)
         else:
             slot = call._begin()
-        token = _CURRENT.set(slot)
+        token = _CURRENT.set((call, slot))
         try:
             result = self.fn(*a, **call.kwargs)
         except BaseException as exc:
@@ -678,10 +681,10 @@ class _Runner:
             raise
         finally:
             _CURRENT.reset(token)
-        if slot[6] is None and _STREAM_TYPES.get(type(result), _UNSEEN) is None:
+        if slot[5] is None and type(result) in _PLAIN_TYPES:
             # A plain result, nobody has read the record: settled from it if and when somebody does.
-            slot[4] = result
-            slot[3] = _clock.now()
+            slot[3] = result
+            slot[2] = _clock.now()
             return result
         return call._returned(slot, result)
 
@@ -693,14 +696,14 @@ class _Runner:
             attempt = _begin_attempt(record, call._model, _clock.now())
             return AsyncGuardedStream(source=self.fn(*a, **call.kwargs), record=record, attempt=attempt, call=call)
         if call._record is None:
-            slot = [call, _clock.now(), call._model, None, None, None, None]
+            slot = [_clock.now(), call._model, None, None, None, None]
             if call._attempts is None:
                 call._attempts = [slot]
             else:
                 call._attempts.append(slot)
         else:
             slot = call._begin()
-        token = _CURRENT.set(slot)
+        token = _CURRENT.set((call, slot))
         try:
             result = await self.fn(*a, **call.kwargs)
         except BaseException as exc:
@@ -708,9 +711,9 @@ class _Runner:
             raise
         finally:
             _CURRENT.reset(token)
-        if slot[6] is None and _STREAM_TYPES.get(type(result), _UNSEEN) is None:
-            slot[4] = result
-            slot[3] = _clock.now()
+        if slot[5] is None and type(result) in _PLAIN_TYPES:
+            slot[3] = result
+            slot[2] = _clock.now()
             return result
         return call._returned(slot, result)
 

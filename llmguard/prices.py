@@ -150,35 +150,12 @@ def set_price(
 def clear_price_cache() -> None:
     """Forget resolved prices (overrides stay); the next lookup re-resolves."""
     _cache.clear()
-    _flat.clear()
     epoch[0] += 1
 
 
 # Bumped whenever resolved prices are forgotten (`set_price`, `clear_price_cache`):
-# code that keeps `plain_rates` of its own compares it to know they still hold.
+# code that keeps rates of its own (`plain_rates`, a budget's worst-case rates) compares it to know they still hold.
 epoch: list[int] = [0]
-
-
-# Per model (any provider): pico-dollars per input token (the dearer of plain
-# and cache write), per output token, and per call; None when the model has
-# no flat price. What a budget's worst case multiplies, on every call.
-_flat: dict[str, tuple[float, float, float] | None] = {}
-_FLAT_KEPT = 256
-
-
-def flat_rates(model: str) -> tuple[float, float, float] | None:
-    """The worst-case rates of *model* in pico-dollars (see `_flat`), cached."""
-    known = _flat.get(model, _MISS)
-    if known is not _MISS:
-        return known  # type: ignore[no-any-return]
-    entry = _entry(model, None)
-    rates: tuple[float, float, float] | None = None
-    if entry is not None and not entry.exact and entry.tier_from is None:
-        pico = 10**12
-        rates = (max(entry.in_rate, entry.write_rate) * pico, entry.out_rate * pico, entry.per_call * pico)
-    if len(_flat) < _FLAT_KEPT:
-        _flat[model] = rates
-    return rates
 
 
 def _override_for(model: str, provider: str | None) -> Price | None:

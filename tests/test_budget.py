@@ -25,7 +25,8 @@ from sdk_http import httpx
 import llmguard as lg
 
 from llmguard import providers
-from llmguard._budget import Budget, _FunctionBudget, budget, budget_spend
+from llmguard._budget import Budget, budget, budget_spend
+from llmguard._budget_ledger import used
 from llmguard._fake_provider import DEFAULT_REPLY, FakeProvider, Step
 from llmguard.stores.budget import (
     PICO,
@@ -442,10 +443,10 @@ def test_attempt_ending_while_settled_is_followed_not_charged_zero() -> None:
     record.attempts.append(_EndsAfterItsUsageIsRead(1, GPT))
     call: Any = types.SimpleNamespace(estimated_input_tokens=lambda: 7)
 
-    usd, tokens, estimated, unpriced, running = _FunctionBudget._used(record, 0, GPT, call, 1)
+    usd, tokens, estimated, unpriced, running = used(record, 0, GPT, call, 1)
     assert (tokens, estimated, unpriced, running) == (7, True, False, True)
     assert usd > 0
-    assert _FunctionBudget._used(record, 0, GPT, call, 1)[1:] == (1200, False, False, False)
+    assert used(record, 0, GPT, call, 1)[1:] == (1200, False, False, False)
 
 
 class _SlowCorrections(MemoryBudgetStore):
@@ -1554,24 +1555,17 @@ def test_on_alert_with_per_call_is_refused() -> None:
         budget(usd=0.01, per="call", on_alert=print)
 
 
-# -- the fast lane ------------------------------------------------------------------------
+# -- a lone budget ("lane": once the core's fast lane, now the one path) ----------------
 # A lone budget on a def / async def with SDK-shaped arguments (a model, an output
-# cap, the messages), no estimate= and a store that answers without I/O runs on the
-# core's fast lane: it reserves from the arguments and settles from the usage the
-# function reported or its result carries, with `BudgetStore.hold` / `release`.
+# cap, the messages), no estimate= and a store that answers without I/O: it reserves
+# from the arguments and settles from the usage its result carries
+# (`Call.plain_usage`, without the record) or the function reported.
 
 
-class ViaLines(MemoryBudgetStore):
-    """A memory store on the `BudgetStore` defaults of hold and release (reserve and settle a `Line`)."""
-
-    hold = BudgetStore.hold
-    release = BudgetStore.release
-
-
-@pytest.fixture(params=["memory", "via-lines"])
-def lane_store(request: pytest.FixtureRequest) -> BudgetStore:
-    """A store the fast lane runs on: the memory store, and one on the generic hold/release."""
-    return MemoryBudgetStore() if request.param == "memory" else ViaLines()
+@pytest.fixture
+def lane_store() -> BudgetStore:
+    """The memory store, for a lone budget."""
+    return MemoryBudgetStore()
 
 
 def test_lane_ledger_is_the_exact_sum_of_every_kind_of_result(
@@ -1677,6 +1671,31 @@ def test_lane_settles_at_a_price_set_after_earlier_calls(monkeypatch: pytest.Mon
         prices.clear_price_cache()
 
     assert (2.0, 7.0) == (spent_before, b.spend().usd)
+
+
+def test_a_price_set_between_calls_prices_the_next_worst_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    """set_price between calls: the next reservation is the worst case at the new price (its rates memo follows the price epoch)."""
+    from llmguard import prices
+
+    monkeypatch.setattr(prices, "_overrides", {})
+    lg.set_price("my-model", input=0.0, output=1.0)  # $1 per Mtok out: 500 tokens' worst case is $0.0005
+    b = budget(usd=0.001, store=MemoryBudgetStore())
+
+    @b
+    def ask(messages: Any, model: str = "my-model", max_tokens: int = 500) -> str:
+        lg.report_usage(input_tokens=1, output_tokens=0, model=model)
+        return "ok"
+
+    try:
+        first = ask(MESSAGES)
+        lg.set_price("my-model", input=0.0, output=10.0)  # now $0.005: more than the whole budget
+        with pytest.raises(lg.BudgetExceeded) as refused:
+            ask(MESSAGES)
+    finally:
+        prices.clear_price_cache()
+
+    assert "ok" == first
+    assert 0.005 == pytest.approx(refused.value.requested)
 
 
 def _on_path(path: str, b: Budget, fn: Any) -> Any:
@@ -1884,6 +1903,9 @@ def test_lane_settles_a_returned_stream_when_it_ends(
 class _LosingStore(MemoryBudgetStore):
     """Holds, but cannot settle."""
 
+    def settle(self, *args: Any, **kwargs: Any) -> Any:
+        raise BudgetStoreError("settlement lost")
+
     def release(self, *args: Any) -> Any:
         raise BudgetStoreError("settlement lost")
 
@@ -1946,11 +1968,11 @@ def test_lane_threads_never_overspend_and_the_ledger_stays_exact(lane_store: Bud
 # -- hold and release: one bucket, no Line -----------------------------------------------
 
 
-@pytest.fixture(params=["memory", "via-lines", "redis"])
+@pytest.fixture(params=["memory", "redis"])
 async def any_store(request: pytest.FixtureRequest) -> AsyncIterator[BudgetStore]:
-    """Each store, and the generic hold/release on the memory store."""
+    """Each store."""
     if request.param != "redis":
-        yield MemoryBudgetStore() if request.param == "memory" else ViaLines()
+        yield MemoryBudgetStore()
         return
     redis_store = RedisBudgetStore(request.getfixturevalue("redis_url"), namespace=uuid.uuid4().hex)
     yield redis_store

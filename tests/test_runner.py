@@ -398,3 +398,56 @@ def test_nested_guarded_calls_get_their_own_record_with_the_outer_as_parent() ->
 
     assert ["c"] == list(parent())
     assert inner.record.parent is outer.record
+
+
+# -- no cyclic garbage on the hot path --------------------------------------------------
+
+CYCLE_STACKS: dict[str, Callable[[Any], Any]] = {
+    "retry": lg.retry,
+    "timeout": lg.timeout(5),
+    "budget": lg.budget(usd=100),
+    "trace": lg.trace,
+    "cache": lg.cache,
+    "trace, retry, budget, timeout": lambda f: lg.trace(lg.retry(lg.budget(usd=100)(lg.timeout(5)(f)))),
+}
+
+
+@pytest.mark.parametrize("stack", list(CYCLE_STACKS))
+def test_a_guarded_call_leaves_no_cyclic_garbage(stack: str) -> None:
+    """Every object a call makes is freed by reference counting.
+
+    A cycle per call (a slot pointing back at its call, say) costs the cyclic
+    collector more than the guard itself.
+    """
+    import gc
+
+    def ask(q: str, model: str = "claude-sonnet-4-6", max_tokens: int = 10) -> str:
+        return q
+
+    async def aask(q: str, model: str = "claude-sonnet-4-6", max_tokens: int = 10) -> str:
+        return q
+
+    f, af = CYCLE_STACKS[stack](ask), CYCLE_STACKS[stack](aask)
+
+    async def many() -> None:
+        for _ in range(100):
+            await af("q")
+
+    loop = asyncio.new_event_loop()
+    try:
+        f("q")
+        loop.run_until_complete(af("q"))
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(100):
+                f("q")
+            sync_garbage = gc.collect()
+            loop.run_until_complete(many())
+            async_garbage = gc.collect()
+        finally:
+            gc.enable()
+    finally:
+        loop.close()
+
+    assert (0, 0) == (sync_garbage, async_garbage)

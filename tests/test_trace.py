@@ -1247,6 +1247,9 @@ def test_other_guards_log_lines_do_not_leak_keys(anthropic_client: anthropic.Ant
 class _LosingStore(MemoryBudgetStore):
     """Holds, but cannot settle."""
 
+    def settle(self, *args: Any, **kwargs: Any) -> Any:
+        raise BudgetStoreError("settlement lost")
+
     def release(self, *args: Any) -> Any:
         raise BudgetStoreError("settlement lost")
 
