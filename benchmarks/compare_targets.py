@@ -42,7 +42,7 @@ def parse(path: Path) -> tuple[str, dict[str, tuple[str, str]]]:
         if m:
             target = m["target"] or ""
             quiet = m["quiet"]
-            if quiet is None and scale and m["measured"] != "—":
+            if quiet is None and scale and m["measured"] != "—" and " e2e " not in m["what"]:
                 quiet = f"{float(m['measured'].split()[0]) / scale:.2f} µs"
             measured = m["measured"] + (f" (~{quiet})" if quiet else "")
             figure = m["ratio"] if m["ratio"] and target.rstrip().endswith("x") else measured
