@@ -6,10 +6,10 @@
 * "cachetools.cached, hand-made key": the usual shortcut, a tuple of the
   fields someone remembered to include (and only those: a key too narrow
   serves one request's answer to another, the bug that shortcut costs).
-* llmguard's hit: the wrapping core (a lone cache answers a hit on its
-  fast lane), binding and normalising every argument, the canonical JSON
-  and SHA-256, the TTL+LRU lookup, and the hit counted with what it saved
-  (the call record too, when anyone listens for it).
+* llmguard's hit: the runner (the cache's ``enter`` answers a hit from
+  memory in place), binding and normalising every argument, the canonical
+  JSON and SHA-256, the TTL+LRU lookup, and the hit counted with what it
+  saved (the call record too, when anyone listens for it).
 
 Then the miss path's own cost and the memory each entry takes.
 """
@@ -28,11 +28,11 @@ from typing import Any
 
 import cachetools
 
-from _harness import PassThrough, overhead, per_call, per_call_async, row
+from _harness import overhead, per_call, per_call_async, row
 
 from llmguard._cache import cache
 from llmguard._record import Usage
-from llmguard._wrap import Layer
+from llmguard._runner import Guard
 from llmguard.stores.cache import CacheEntry
 
 
@@ -147,17 +147,14 @@ def run() -> dict[str, float]:
     tools = cachetools.cached(cachetools.TTLCache(1024, 3600), key=hand_key)(ask)
     tools(MESSAGES)
     tools_hit = per_call(lambda: tools(MESSAGES))
-    bare = Layer()(ask)
+    bare = Guard()(ask)
     core = per_call(lambda: bare(MESSAGES))
-    lane = PassThrough()(ask)
-    lane_core = per_call(lambda: lane(MESSAGES))
     cached = cache(ask)
     cached(MESSAGES)
     hit = per_call(lambda: cached(MESSAGES))
     print(row("canonical JSON + sha256 + dict lookup (reference)", reference))
     print(row("cachetools.cached, hand-made key (partial!)", tools_hit, reference, "of ref"))
-    print(row("wrapping core, bare Layer (no cache)", core, reference, "of ref"))
-    print(row("wrapping core's fast lane, what a hit runs on", lane_core, reference, "of ref"))
+    print(row("the runner, a guard with no hooks (no cache)", core, reference, "of ref"))
     print(row("llmguard cache hit, sync", hit, reference, "of ref"))
     print(row("  ... vs cachetools.cached", hit, tools_hit, "of cachetools"))
     paired = _paired(by_hand, lambda: cached(MESSAGES))
@@ -173,7 +170,7 @@ def run() -> dict[str, float]:
     miss = per_call(lambda: missing(MESSAGES, max_tokens=next(counter)), number=5_000)
     bare_miss = per_call(lambda: bare(MESSAGES, max_tokens=next(counter)), number=5_000)
     print(row("llmguard cache miss (key + store + record)", miss))
-    print(row("  cache's own cost on a miss (minus bare Layer)", overhead(miss, bare_miss)))
+    print(row("  cache's own cost on a miss (minus the runner)", overhead(miss, bare_miss)))
 
     small = _memory_per_entry(ANSWER)
     print(f"  {'memory per entry (key, entry, TTL+LRU bookkeeping)':<52} {small:9.0f} B")

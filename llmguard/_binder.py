@@ -18,7 +18,7 @@ So ``def ask(this, q)`` in a class is a method like ``def ask(self, q)``,
 called as ``obj.ask(q)`` or ``Class.ask(obj, q)``, on every call shape (the
 closures of ``def``/``async def`` get the instance from Python's binding,
 wrapt's generator wrappers put it back for the binder: see
-`_wrap._unbound_args`), and so is ``def make(klass, q)`` under
+`_runner._wrapper`), and so is ``def make(klass, q)`` under
 ``@classmethod``. A module-level function is never a method, whatever its
 first parameter is called, nor is one guarded outside a class and assigned
 to it later (define it in the class body). A static method has no instance: the guard is

@@ -2,8 +2,8 @@
 
 ``_DEADLINE`` is the active deadline (monotonic seconds) set by
 ``with lg.timeout(...)`` and by `timeout` layers; `remaining()` reads it.
-The call's own state (``_HANDOFF``, ``_CURRENT``, `current_call`) lives with
-the call machinery in `_wrap`; this module imports nothing of it.
+The call's own state (``_CURRENT``, `current_call`) lives with
+the call machinery in `_runner` and `_facts`; this module imports nothing of them.
 
 Tokens are always reset in the same frame that set them, and never held
 across a ``yield``.

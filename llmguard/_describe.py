@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._wrap import layers_of
+from ._runner import layers_of
 
 
 @dataclass(frozen=True, slots=True)

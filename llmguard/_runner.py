@@ -42,6 +42,8 @@ method, and the `CallRecord`, built only when something reads it.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import inspect
 import sys
@@ -214,7 +216,7 @@ class Call:
     _returned_at: float | None = None  # when the runner returned a plain result (`_end` without building a tuple)
     _deadline: float | None = None
     _notes: dict[str, Any] | None = None
-    _model: Any = None  # the model a guard's proceed(kwargs=) asks for, while it runs
+    _model: Any = None  # the model the inside asks for while a guard's `Run` changes the arguments
     _given: tuple[tuple[Any, ...], dict[str, Any]] | None = None  # the caller's arguments, while a guard's replace them
     _pos = 0  # the running `Layer`'s index, for its ``call.proceed()``
     entered: Any = None  # read by the cache's lane, going away (#13)
@@ -302,7 +304,8 @@ class Call:
             extra = facts.pop("extra", None)
             self._notes.update(facts)
             if extra:
-                self._notes.setdefault("extra", {}).update(extra)
+                # A new dict: the one a guard passed first is its own, never written into.
+                self._notes["extra"] = {**self._notes.get("extra", {}), **extra}
 
     def set_deadline(self, deadline: float | None) -> None:
         """Note the call's deadline on its record (without building the record)."""
@@ -335,7 +338,7 @@ class Call:
         named, else the one asked for. None when that cannot be read this
         cheaply: the record exists, or one of those attempts raised, is still
         running, or returned a stream. Then read ``call.record``. (The model
-        asked for is given only when a guard's `Run` named one.)
+        asked for is given only when a guard's `Run` changed the arguments.)
         """
         slots = self._attempts
         if self._record is not None or slots is None:
@@ -414,6 +417,19 @@ class Call:
         """For a `Layer`'s ``around_async``: run the inside."""
         run = None if args is None and kwargs is None else Run(0.0, args, kwargs)
         return await self.runner._inside_async(self, self._pos + 1, run)
+
+    def _use(self, run: Run) -> tuple[Any, ...]:
+        """Make *run*'s arguments the call's while the inside runs; returns what to restore."""
+        saved = self.args, self.kwargs, self._model, self._given
+        if self._given is None:
+            self._given = self.args, self.kwargs
+        if run.args is not None:
+            self.args = run.args
+        if run.kwargs is not None:
+            self.kwargs = run.kwargs
+        # The model the inside asks for, by keyword or by position (a route may pass either).
+        self._model = _request_model(self.runner.info, self.instance, self.args, self.kwargs)
+        return saved
 
     # -- attempts --------------------------------------------------------------
     # Each attempt has a *slot*, a list ``[started, model, ended, result,
@@ -549,8 +565,12 @@ class _Runner:
                 return state.value
             if type(state) is Run:
                 run, state = state, (None if state.state is _KEEP else state.state)
+        delay: float | None = None  # a Run's, slept before running again (0 too: async yields once)
         while True:
             try:
+                if delay is not None:
+                    # In the try: an interrupt while waiting reaches `fail` like one from the inside.
+                    _clock.get_clock().sleep(delay)
                 if run is None and via is None:
                     result = self._invoke_sync(call) if i + 1 == self.n else self.run_sync(call, i + 1)
                 else:
@@ -568,12 +588,19 @@ class _Runner:
                     state = again.state
                 if again.args is not None or again.kwargs is not None:
                     run = again
-                _clock.get_clock().sleep(again.delay)
+                delay = again.delay
                 # Gone past: it stays on the record, never raised, and must not
                 # keep the frames of this call (and what they will hold) alive.
                 release_frames(exc, sys._getframe())
                 continue
-            return result if leave is None else leave(call, state, result)
+            if leave is None:
+                return result
+            try:
+                return leave(call, state, result)
+            except BaseException:
+                if isinstance(result, _StreamBase):
+                    _close_quietly(result)  # nobody will read it: end it now, not when collected
+                raise
 
     async def run_async(self, call: Call, i: int = 0) -> Any:  # noqa: PLR0912 - the decision loop, in one frame
         """`run_sync` for an ``async def`` or async generator function."""
@@ -594,8 +621,11 @@ class _Runner:
                 return state.value
             if type(state) is Run:
                 run, state = state, (None if state.state is _KEEP else state.state)
+        delay: float | None = None  # a Run's, slept before running again (0 too: async yields once)
         while True:
             try:
+                if delay is not None:
+                    await _clock.get_clock().asleep(delay)
                 if run is None:
                     result = await self.run_async(call, i + 1)
                 else:
@@ -613,44 +643,55 @@ class _Runner:
                     state = again.state
                 if again.args is not None or again.kwargs is not None:
                     run = again
-                await _clock.get_clock().asleep(again.delay)
+                delay = again.delay
                 release_frames(exc, sys._getframe())
                 continue
             if leave is None:
                 return result
-            return (await leave(call, state, result)) if leave_awaits else leave(call, state, result)
+            try:
+                return (await leave(call, state, result)) if leave_awaits else leave(call, state, result)
+            except BaseException:
+                if isinstance(result, _StreamBase):
+                    await _aclose_quietly(result)
+                raise
 
     def _inside_sync(self, call: Call, i: int, run: Run | None, via: Any, state: Any) -> Any:
         """Run guards *i*.. and the function with *run*'s arguments, through *via* if given."""
+        if via is not None:
+            return self._via(call, i, run, via, state)
         if run is None:
-            return self.run_sync(call, i) if via is None else via(call, state, lambda: self.run_sync(call, i))
-        saved = call.args, call.kwargs, call._model, call._given
-        if call._given is None:
-            call._given = call.args, call.kwargs
-        if run.args is not None:
-            call.args = run.args
-        if run.kwargs is not None:
-            call.kwargs = run.kwargs
-            call._model = run.kwargs.get("model")
+            return self.run_sync(call, i)
+        saved = call._use(run)
         try:
-            if via is not None:
-                return via(call, state, lambda: self.run_sync(call, i))
             return self.run_sync(call, i)
         finally:
             call.args, call.kwargs, call._model, call._given = saved
+
+    def _via(self, call: Call, i: int, run: Run | None, via: Any, state: Any) -> Any:
+        """Hand guards *i*.. and the function to *via*, which may run them on another thread.
+
+        `via` may give up on that thread (sync timeout) while it goes on
+        running. So the record is built first (an attempt begun or ended there
+        never races the caller's thread building it from the attempts' slots),
+        and the inside runs on its own copy of the call: the caller restoring
+        its arguments, or a guard outside running again with others, never
+        changes the arguments of a run it already handed over.
+        """
+        if call._record is None:
+            call._materialize()
+        saved = None if run is None else call._use(run)
+        try:
+            handed = copy.copy(call)  # shares the record; its own arguments
+            return via(call, state, lambda: self.run_sync(handed, i))
+        finally:
+            if saved is not None:
+                call.args, call.kwargs, call._model, call._given = saved
 
     async def _inside_async(self, call: Call, i: int, run: Run | None) -> Any:
         """`_inside_sync` for async calls (no ``via``)."""
         if run is None:
             return await self.run_async(call, i)
-        saved = call.args, call.kwargs, call._model, call._given
-        if call._given is None:
-            call._given = call.args, call.kwargs
-        if run.args is not None:
-            call.args = run.args
-        if run.kwargs is not None:
-            call.kwargs = run.kwargs
-            call._model = run.kwargs.get("model")
+        saved = call._use(run)
         try:
             return await self.run_async(call, i)
         finally:
@@ -730,6 +771,21 @@ def _interrupted(exc: BaseException, stream: _StreamBase) -> BaseException | Non
     )
 
 
+def _close_quietly(stream: _StreamBase) -> None:
+    """End *stream*, which a raising ``leave`` hands nobody; that hook's error is the one raised."""
+    with contextlib.suppress(Exception):
+        cast("GuardedStream", stream).close()
+
+
+async def _aclose_quietly(stream: _StreamBase) -> None:
+    """`_close_quietly` for the async runner (whose result may be either kind of stream)."""
+    if not isinstance(stream, AsyncGuardedStream):
+        _close_quietly(stream)
+        return
+    with contextlib.suppress(Exception):
+        await stream.aclose()
+
+
 # -- wrapping ----------------------------------------------------------------
 
 
@@ -763,13 +819,18 @@ def wrap(guard: Guard, fn: Callable[P, R], *, static: bool = False) -> Callable[
     if not callable(cast("object", fn)):
         msg = f"llmguard.{guard.name}() can only decorate a callable, got {type(fn).__name__}: {fn!r}"
         raise TypeError(msg)
-    below = runner_of(fn)
+    # A bound method (``service.ask``) is already bound: it has no instance
+    # to split off, and if it is a guarded method, extending its function's
+    # runner would drop the instance, so it is guarded like any callable.
+    bound = inspect.ismethod(fn) or isinstance(fn, wrapt.BoundFunctionWrapper)
+    below = None if bound else runner_of(fn)
     if below is not None:
         base, static, info, guards = below.fn, below.static, below.info, below.guards
     else:
+        static = static or bound
         base, info, guards = fn, _FunctionInfo(fn, static=static), ()
-    bound = guard.for_function(base, info.shape, info.binder)
-    runner = _Runner((bound, *guards), info, base, static=static)
+    made = guard.for_function(base, info.shape, info.binder)
+    runner = _Runner((made, *guards), info, base, static=static)
     return cast("Callable[P, R]", _wrapper(runner, base))
 
 
@@ -783,9 +844,12 @@ def _wrapper(runner: _Runner, fn: Callable[..., Any]) -> Callable[..., Any]:
         is_async = shape == ASYNCGEN
         stream_type = AsyncGuardedStream if is_async else GuardedStream
         start = runner.run_async if is_async else runner.run_sync
+        # wrapt hands a bound method's ``__self__`` as *instance*; a bound
+        # method (the only static callable wrapt binds) already passes it.
+        keeps_instance = not runner.static
 
         def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:  # noqa: ARG001
-            call = Call(runner, *split(args if instance is None else (instance, *args)), kwargs)
+            call = Call(runner, *split(args if instance is None or not keeps_instance else (instance, *args)), kwargs)
             record = call.record
             stream = stream_type(start=lambda: start(call), record=record)
             stream.on_finish(_end_record_hook(record))

@@ -20,18 +20,23 @@ product with numpy when it is installed, plain Python otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 import math
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from . import _check
 
 
-__all__ = ["Semantic"]
+if TYPE_CHECKING:
+    from .stores.cache import Candidate
+
+
+__all__ = ["Query", "Semantic"]
 
 # Arguments that usually carry the user's message, in the order tried when
 # `Semantic(param=...)` is not given.
@@ -102,6 +107,42 @@ class Semantic:
             f"is the user's message; pass Semantic(param='<name>')"
         )
         raise ValueError(msg)
+
+    async def aembed(self, text: str) -> Any:
+        """`embed` from an event loop: awaited if async, else in a worker thread (it is CPU work)."""
+        if self.is_async:
+            return await self.embed(text)
+        return await asyncio.to_thread(self.embed, text)
+
+    def matches(self, query: Query, candidates: list[Candidate]) -> list[tuple[Candidate, float]]:
+        """The candidates that may answer *query*, best first (at or above the threshold, verified).
+
+        Notes the best score on *query* (``record.cache_similarity`` of a miss).
+        """
+        ranked = rank(query.vector, [c.vector for c in candidates])
+        if ranked:
+            query.best = ranked[0][1]
+        out = []
+        for i, score in ranked:
+            if score < self.threshold:
+                break
+            candidate = candidates[i]
+            if self.verify is not None and not self.verify(query.text, candidate.text):
+                continue
+            out.append((candidate, score))
+        return out
+
+
+class Query:
+    """The semantic side of one miss: where to look, and what was asked."""
+
+    __slots__ = ("best", "namespace", "text", "vector")
+
+    def __init__(self, namespace: str, text: str, vector: tuple[float, ...]) -> None:
+        self.namespace = namespace  # the hash of the request but its last user message
+        self.text = text  # that message
+        self.vector = vector  # its embedding, unit length
+        self.best: float | None = None  # the best candidate's score, once ranked
 
 
 def _is_async_callable(fn: object) -> bool:

@@ -67,10 +67,11 @@ from typing import Any, cast
 from . import _check, _clock, _events
 from ._binder import Binder
 from ._context import _DEADLINE
+from ._facts import ASYNC, SYNC, error_kind_of
 from ._record import ErrorKind
 from ._runner import Call, Guard
+from ._stream import AsyncGuardedStream, GuardedStream, _StreamBase
 from ._timers import _WORKERS, _arm_at, _Entry, _fired_alone, _release, _Wheel
-from ._wrap import ASYNC, SYNC, AsyncGuardedStream, GuardedStream, _StreamBase, error_kind_of
 from .errors import GuardTimeout
 
 

@@ -38,8 +38,9 @@ import llmguard as lg
 
 from llmguard._context import _DEADLINE
 from llmguard._fake_provider import FakeProvider, Step
+from llmguard._runner import Guard
 from llmguard.errors import GuardTimeout
-from llmguard.stores.cache import MemoryCacheStore, RedisCacheStore
+from llmguard.stores.cache import CacheEntry, MemoryCacheStore, RedisCacheStore
 from llmguard.testing import FakeClock
 
 
@@ -451,10 +452,9 @@ def test_fallback_answers_are_not_cached() -> None:
     """A result a fallback target produced (record.fallback_target set) is not stored."""
     calls = []
 
-    class PretendFallback(lg._wrap.Layer):
-        def around(self, call: Any) -> Any:
+    class PretendFallback(Guard):
+        def enter(self, call: Any) -> None:
             call.record.fallback_target = "backup"
-            return call.proceed()
 
     @lg.cache
     @PretendFallback()
@@ -503,6 +503,23 @@ def test_maxsize_evicts_the_least_recently_used() -> None:
 
 
 # -- every call shape ------------------------------------------------------------
+
+
+def test_memory_store_drops_expired_entries_before_evicting_live_ones(fake_clock: FakeClock) -> None:
+    """One store, entries with their own TTLs: a full store sheds what expired, not its least recently used live entry."""
+    store = MemoryCacheStore(maxsize=2)
+    store.set("short", CacheEntry(value=1, ttl=1))
+    store.set("long", CacheEntry(value=2, ttl=100))
+    assert store.get("short") is not None  # now the most recently used
+    fake_clock.advance(2)
+    store.set("new", CacheEntry(value=3, ttl=100))
+
+    assert [None, 2, 3] == [e and e.value for e in map(store.get, ["short", "long", "new"])]
+    assert 2 == store.size("")
+    for i in range(500):  # replacing entries leaves no unbounded bookkeeping behind
+        store.set("long", CacheEntry(value=i, ttl=100 + i))
+    assert len(store._data._heap) < 200
+    assert 499 == store.get("long").value  # type: ignore[union-attr]
 
 
 async def test_async_def_and_async_sdk_calls_hit(
@@ -776,6 +793,27 @@ async def test_fifty_tasks_missing_together_make_one_request(
     assert 1 == len({id(r) for r in results})
 
 
+def test_waiters_get_a_leaders_none_without_calling() -> None:
+    """None is an answer like any other: threads waiting for a leader that returned it make no call."""
+    calls: list[str] = []
+    start = threading.Barrier(5)
+
+    @lg.cache
+    def ask(q: str) -> None:
+        calls.append(q)
+        time.sleep(0.3)  # the others join the flight meanwhile
+
+    def go() -> None:
+        start.wait()
+        ask("same")
+
+    with ThreadPoolExecutor(5) as pool:
+        list(pool.map(lambda _: go(), range(5)))
+
+    assert ["same"] == calls
+    assert 4 == lg.cache_info(ask).hits
+
+
 def test_waiters_share_the_leaders_error_which_is_not_cached(
     anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
 ) -> None:
@@ -801,6 +839,71 @@ def test_waiters_share_the_leaders_error_which_is_not_cached(
     assert 1 == len(fake_provider.requests)
     ask("same")
     assert 2 == len(fake_provider.requests)
+
+
+def test_each_waiter_raises_its_own_copy_of_the_leaders_error(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """Waiters in other threads never raise one shared exception object (their tracebacks would mix).
+
+    Each gets an exception of the provider's class with its attributes, caused by the leader's.
+    """
+    fake_provider.script(Step(status=529, delay=0.3))
+    start = threading.Barrier(6)
+
+    @lg.cache
+    def ask(q: str) -> Any:
+        return anthropic_client.messages.create(model=SONNET, max_tokens=64, messages=user(q))
+
+    def go() -> BaseException:
+        start.wait()
+        try:
+            ask("same")
+        except anthropic.APIStatusError as exc:
+            return exc
+        raise AssertionError
+
+    with ThreadPoolExecutor(6) as pool:
+        errors = list(pool.map(lambda _: go(), range(6)))
+
+    assert 1 == len(fake_provider.requests)
+    assert 6 == len({id(e) for e in errors})  # one object each
+    leaders = [e for e in errors if e.__cause__ is None]
+    assert 1 == len(leaders)
+    for exc in errors:
+        assert (type(leaders[0]), 529) == (type(exc), exc.status_code)  # type: ignore[attr-defined]
+        assert exc.__cause__ in (None, leaders[0])
+        frames = []
+        tb = exc.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame.f_code.co_name)
+            tb = tb.tb_next
+        assert 1 == frames.count("go")  # its own thread's frames only
+
+
+async def test_each_waiting_task_raises_its_own_copy_of_the_leaders_error() -> None:
+    """Tasks waiting on one leader each raise their own exception object, caused by the leader's."""
+    release = asyncio.Event()
+
+    class Refused(Exception):
+        def __init__(self, message: str, *, code: int) -> None:  # keyword-only, as the SDKs' errors
+            super().__init__(message)
+            self.code = code
+
+    @lg.cache
+    async def ask(q: str) -> str:
+        await release.wait()
+        raise Refused(q, code=451)
+
+    tasks = [asyncio.create_task(ask("same")) for _ in range(4)]
+    await asyncio.sleep(0.05)
+    release.set()
+    errors = await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert 4 == len({id(e) for e in errors})
+    leader = next(e for e in errors if e.__cause__ is None)
+    assert all(e is leader or e.__cause__ is leader for e in errors)
+    assert all((type(e), e.args, e.code) == (Refused, ("same",), 451) for e in errors)  # type: ignore[union-attr]
 
 
 async def test_a_cancelled_leader_lets_a_waiter_make_the_call(
@@ -1023,14 +1126,14 @@ _CHILD = """
 import json, os, sys
 import anthropic
 import llmguard as lg
+from llmguard._runner import Guard
 
 client = anthropic.Anthropic(base_url=os.environ["FAKE_URL"], api_key="k", max_retries=0)
 rec = {}
 
-class Watch(lg._wrap.Layer):
-    def around(self, call):
+class Watch(Guard):
+    def enter(self, call):
         rec["r"] = call.record
-        return call.proceed()
 
 @Watch()
 @lg.cache(store=os.environ["REDIS_URL"], ttl=60)
@@ -1332,14 +1435,11 @@ def test_a_hit_read_late_still_says_hit_and_what_it_saved(
     fake_provider: FakeProvider, anthropic_client: anthropic.Anthropic
 ) -> None:
     """A layer that reads the record only after the call sees cache=hit, the saving and the cached usage."""
-    from llmguard._wrap import Layer
-
     fake_provider.script(Step(usage={"input_tokens": 100, "output_tokens": 10}))
     calls: list[Any] = []
 
-    class ReadsLate(Layer):
-        def around(self, call: Any) -> Any:
-            result = call.proceed()
+    class ReadsLate(Guard):
+        def leave(self, call: Any, state: None, result: Any) -> Any:
             calls.append(call)
             return result
 
@@ -1679,11 +1779,10 @@ def test_waiters_do_not_get_a_fallbacks_answer() -> None:
     """A waiter is not handed an answer a fallback produced: it makes its own call."""
     calls = []
 
-    class PretendFallback(lg._wrap.Layer):
-        def around(self, call: Any) -> Any:
+    class PretendFallback(Guard):
+        def enter(self, call: Any) -> None:
             if not calls:
                 call.record.fallback_target = "backup"
-            return call.proceed()
 
     @lg.cache
     @PretendFallback()

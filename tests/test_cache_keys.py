@@ -23,7 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llmguard._cache import CacheLayer, _layer_of, cache, canonical
+from llmguard._cache import CacheLayer, _layer_of, cache
+from llmguard._cache_key import canonical
 
 
 REPO = Path(__file__).resolve().parent.parent

@@ -22,7 +22,6 @@ import pytest
 from shapes import SHAPES, build
 
 import llmguard as lg
-import llmguard._wrap
 
 from llmguard._fake_provider import FakeProvider, Step
 from llmguard._runner import Guard

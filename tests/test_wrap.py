@@ -17,12 +17,11 @@ from estimates import estimate_tokens, estimated_input
 from probe import Probe
 
 import llmguard as lg
-import llmguard._wrap
 
 from llmguard import GuardedStream, Outcome
+from llmguard._facts import _CURRENT
 from llmguard._fake_provider import FakeProvider, Step
-from llmguard._runner import Answer, Call, Guard, wrap
-from llmguard._wrap import _CURRENT
+from llmguard._runner import Answer, Call, Guard, layers_of, wrap
 
 
 MODEL = "claude-sonnet-4-6"
@@ -917,7 +916,7 @@ def test_report_usage_from_an_abandoned_attempt_lands_on_that_attempt() -> None:
         lg.report_usage(input_tokens=10, output_tokens=10)
         return "fast"
 
-    late = lg._wrap.layers_of(work)[0]
+    late = layers_of(work)[0]
     assert "fast" == work()
     time.sleep(0.4)
     record = late.calls[0].record  # type: ignore[attr-defined]

@@ -11,7 +11,7 @@ import openai
 
 from .._record import CallRecord
 from .._runner import Call, Guard
-from .._wrap import AsyncGuardedStream, GuardedStream
+from .._stream import AsyncGuardedStream, GuardedStream
 from ..testing import FakeProvider, Step
 
 
