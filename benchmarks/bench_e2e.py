@@ -12,7 +12,7 @@ Sync (``anthropic.Anthropic``) and async (``anthropic.AsyncAnthropic``):
   ``timeout(30, first_token=5, idle=10)`` (sync: a worker thread per call);
 * the untraced stack ``retry → budget → timeout``;
 * the README stack ``trace → cache → retry → budget → timeout``, the cache
-  missing every call.
+  missing every call, and the same without ``timeout``.
 
 A batch is `CALLS` pairs of calls, bare then guarded, each call timed on
 its own; the batch's figure is the median guarded call minus the median
@@ -53,6 +53,7 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "timeout": ("timeout",),
     "untraced stack: retry → budget → timeout": ("retry", "budget", "timeout"),
     "README stack (cache miss)": ("trace", "cache", "retry", "budget", "timeout"),
+    "README stack without timeout (cache miss)": ("trace", "cache", "retry", "budget"),
 }
 
 SERVER = """
