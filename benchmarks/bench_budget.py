@@ -47,10 +47,9 @@ from _harness import (
     row,
 )
 
-from llmguard import prices
+from llmguard import prices, report_usage
 from llmguard._budget import budget
 from llmguard._record import Usage
-from llmguard._wrap import Layer, report_usage, wrap
 
 
 MODEL = "claude-sonnet-4-6"
@@ -155,8 +154,6 @@ def _memory_rows() -> dict[str, float]:
         results[key] = overhead(ours, core)
         results[key + "_total"] = overhead(ours, bare)
 
-    general = per_call(lambda f=wrap(Layer(), target): f(MESSAGES))
-    print(row("sync  (general path: pass-through layer, record built)", general))
     naive = check_then_record(target, 1_000_000.0)
     anchor = overhead(per_call(lambda: naive(MESSAGES)), per_call(lambda: target(MESSAGES)))
     print(row("sync  check-then-record overhead (anchor - bare)", anchor))

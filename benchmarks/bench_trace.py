@@ -42,9 +42,9 @@ from _harness import (
     row,
 )
 
+from llmguard import report_usage
 from llmguard._record import Usage
 from llmguard._trace import trace
-from llmguard._wrap import report_usage
 
 
 MODEL = "claude-sonnet-4-6"
@@ -283,8 +283,10 @@ _AREAS = (
     ("/opentelemetry/sdk/", "opentelemetry SDK"),
     ("/opentelemetry/", "opentelemetry API (attributes, context)"),
     ("llmguard/_trace", "llmguard trace"),
-    ("llmguard/_wrap", "llmguard core (_wrap, _record)"),
-    ("llmguard/_record", "llmguard core (_wrap, _record)"),
+    ("llmguard/_runner", "llmguard core (_runner, _facts, _stream, _record)"),
+    ("llmguard/_facts", "llmguard core (_runner, _facts, _stream, _record)"),
+    ("llmguard/_stream", "llmguard core (_runner, _facts, _stream, _record)"),
+    ("llmguard/_record", "llmguard core (_runner, _facts, _stream, _record)"),
     ("llmguard/", "llmguard, other modules"),
     ("contextlib", "contextlib"),
     ("bench_trace", "the benchmark's function"),
