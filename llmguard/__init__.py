@@ -6,12 +6,12 @@ have; see the README for what each promises.
 
 from ._budget import BudgetAlert, BudgetSpend, budget, budget_spend
 from ._cache import CacheInfo, cache, cache_clear, cache_info
+from ._call import current_call
 from ._context import remaining
 from ._describe import GuardInfo, describe
 from ._facts import report_usage
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 from ._retry import RetryAttempt, retry
-from ._runner import current_call
 from ._semantic import Semantic
 from ._stream import AsyncGuardedStream, GuardedStream
 from ._timeout import timeout

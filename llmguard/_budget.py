@@ -68,8 +68,9 @@ from ._binder import Binder
 from ._budget_estimate import Estimator, mismatch_error, names_read, not_bound, signature_mismatch
 from ._budget_ledger import Group, Ticket
 from ._budget_scope import SCOPES, Budget, BudgetAlert, BudgetSpend, Per
+from ._call import Call
 from ._record import Outcome
-from ._runner import Call, Guard, layers_of
+from ._runner import Guard, layers_of
 from ._stream import _StreamBase
 
 

@@ -63,7 +63,7 @@ from .stores.budget import PICO
 if TYPE_CHECKING:
     from ._binder import Binder
     from ._budget_scope import Budget
-    from ._runner import Call
+    from ._call import Call
 
 
 INPUT_NAMES: Final = _estimate.INPUT_NAMES

@@ -49,7 +49,7 @@ from .stores.budget import PICO, BudgetStore, BudgetStoreError, Crossing, Line, 
 
 if TYPE_CHECKING:
     from ._budget_scope import Budget
-    from ._runner import Call
+    from ._call import Call
     from .errors import BudgetExceeded
 
 

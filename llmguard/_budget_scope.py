@@ -88,8 +88,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 from . import _check, _clock, _events
 from ._budget_estimate import Estimate, why
+from ._call import Call
 from ._record import CallRecord
-from ._runner import Call, Guard
+from ._runner import Guard
 from .errors import BudgetExceeded
 from .stores import is_redis_target
 from .stores.budget import PICO, BucketSpec, BudgetStore, Line, MemoryBudgetStore, RedisBudgetStore

@@ -85,8 +85,8 @@ from .stores.cache import (
 
 if TYPE_CHECKING:
     from ._binder import Binder
+    from ._call import Call
     from ._record import CallRecord, Usage
-    from ._runner import Call
 
 
 __all__ = ["TRANSPORT", "CacheInfo", "CacheLayer", "cache", "cache_clear", "cache_info"]

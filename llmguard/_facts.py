@@ -30,7 +30,7 @@ from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 
 
 if TYPE_CHECKING:
-    from ._runner import Call
+    from ._call import Call
 
 
 SYNC = "sync"

@@ -46,9 +46,10 @@ from typing import Any, Final, Literal, ParamSpec, TypeVar, cast, overload
 
 from . import _check, _clock, _events
 from ._binder import Binder
+from ._call import Call
 from ._context import deadline as active_deadline
 from ._record import CallRecord, ErrorKind
-from ._runner import Call, Guard, Run
+from ._runner import Guard, Run
 from .errors import GuardTimeout, LLMGuardError, StreamInterrupted
 from .providers import classify
 

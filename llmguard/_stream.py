@@ -34,7 +34,7 @@ from .errors import StreamFailed
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
-    from ._runner import Call
+    from ._call import Call
 
 
 ErrorMap = Callable[["BaseException", "_StreamBase"], "BaseException | None"]

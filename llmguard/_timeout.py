@@ -66,10 +66,11 @@ from typing import Any, cast
 
 from . import _check, _clock, _events
 from ._binder import Binder
+from ._call import Call
 from ._context import _DEADLINE
 from ._facts import ASYNC, SYNC, error_kind_of
 from ._record import ErrorKind
-from ._runner import Call, Guard
+from ._runner import Guard
 from ._stream import AsyncGuardedStream, GuardedStream, _StreamBase
 from ._timers import _WORKERS, _arm_at, _Entry, _fired_alone, _release, _Wheel
 from .errors import GuardTimeout

@@ -86,10 +86,11 @@ from opentelemetry.metrics import _internal as _otel_metrics_state
 from opentelemetry.trace import NonRecordingSpan, Span, SpanKind, Status, StatusCode
 
 from . import _clock, _events, _semconv
+from ._call import Call
 from ._check import number as check_number
 from ._facts import outcome_of
 from ._record import Outcome
-from ._runner import Call, Guard
+from ._runner import Guard
 from ._stream import _StreamBase
 from ._trace_call import _SCOPES, _CallTrace, _end_time, _restore, _Scope, _start_time
 from ._trace_client import _ClientFinder

@@ -25,8 +25,8 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.trace import Span, SpanKind
 
 from . import _clock, _events, _semconv, prices, providers
+from ._call import _request_model, _requests_stream
 from ._record import CallRecord, Outcome
-from ._runner import _request_model, _requests_stream
 from ._stream import AsyncGuardedStream, GuardedStream, _StreamBase
 from ._trace_client import _GLOBAL_PROVIDER, _address_of_url, _stream_address
 from ._trace_content import _content_attributes, _ContentBudget
@@ -48,8 +48,8 @@ if TYPE_CHECKING:
 
     from opentelemetry.context import Context
 
+    from ._call import Call
     from ._record import Attempt, Usage
-    from ._runner import Call
     from ._trace import TraceLayer
     from ._trace_otel import _Telemetry
 

@@ -18,7 +18,7 @@ from ._secrets import SECRET_KEY_NAMES, scrub
 
 
 if TYPE_CHECKING:
-    from ._runner import Call
+    from ._call import Call
     from ._stream import _StreamBase
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from llmguard import AsyncGuardedStream, CallRecord, GuardedStream, Outcome
-from llmguard._runner import Call, Guard
+from llmguard._call import Call
+from llmguard._runner import Guard
 
 
 class Probe(Guard):

@@ -23,8 +23,9 @@ from shapes import SHAPES, build
 
 import llmguard as lg
 
+from llmguard._call import Call
 from llmguard._fake_provider import FakeProvider, Step
-from llmguard._runner import Answer, Call, Guard, Run, layers_of, runner_of, wrap
+from llmguard._runner import Answer, Guard, Run, layers_of, runner_of, wrap
 
 
 USAGE = {"input_tokens": 21, "output_tokens": 5}

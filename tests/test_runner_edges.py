@@ -17,9 +17,10 @@ from probe import LaneProbe, Probe
 
 import llmguard as lg
 
+from llmguard._call import Call
 from llmguard._clock import set_clock
 from llmguard._fake_provider import FakeProvider, Step
-from llmguard._runner import Call, Guard, Run
+from llmguard._runner import Guard, Run
 from llmguard.testing import FakeClock
 
 

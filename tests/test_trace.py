@@ -40,8 +40,9 @@ from shapes import SHAPES, build, text_of_events
 import llmguard as lg
 
 from llmguard import _events, _semconv
+from llmguard._call import Call
 from llmguard._fake_provider import FakeProvider, Step
-from llmguard._runner import Call, Guard
+from llmguard._runner import Guard
 from llmguard.stores.budget import BudgetStoreError, MemoryBudgetStore
 from llmguard.testing import CapturedEvent, FakeClock
 

@@ -19,9 +19,10 @@ from probe import Probe
 import llmguard as lg
 
 from llmguard import GuardedStream, Outcome
+from llmguard._call import Call
 from llmguard._facts import _CURRENT
 from llmguard._fake_provider import FakeProvider, Step
-from llmguard._runner import Answer, Call, Guard, layers_of, wrap
+from llmguard._runner import Answer, Guard, layers_of, wrap
 
 
 MODEL = "claude-sonnet-4-6"

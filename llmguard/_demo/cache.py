@@ -8,8 +8,9 @@ from typing import Any
 import anthropic
 
 from .._cache import cache, cache_info
+from .._call import Call
 from .._record import CallRecord
-from .._runner import Call, Guard
+from .._runner import Guard
 from ..testing import FakeProvider, Step
 
 

@@ -9,8 +9,9 @@ from typing import Any
 import anthropic
 import openai
 
+from .._call import Call
 from .._record import CallRecord
-from .._runner import Call, Guard
+from .._runner import Guard
 from .._stream import AsyncGuardedStream, GuardedStream
 from ..testing import FakeProvider, Step
 
