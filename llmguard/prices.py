@@ -331,17 +331,7 @@ def cost_of(usage: Usage, model: str | None, provider: str | None = None) -> flo
     rates: Rates = entry.rates
     if entry.exact or usage.input_tokens > rates[5]:
         return _exact_cost(entry, usage)
-    # `cost_at`, inlined: a budget prices every call.
-    cache_read = usage.cache_read_tokens
-    cache_write = usage.cache_write_tokens
-    plain = usage.input_tokens - cache_read - cache_write
-    return (
-        (plain if plain > 0 else 0) * rates[0]  # noqa: FURB136 - max() is a call: dearer on every call
-        + cache_read * rates[1]
-        + cache_write * rates[2]
-        + usage.output_tokens * rates[3]
-        + rates[4]
-    )
+    return cost_at(rates, usage)
 
 
 def plain_rates(model: str | None, provider: str | None = None) -> Rates | None:
