@@ -14,7 +14,7 @@ import anthropic
 import openai
 import pytest
 
-from probe import EarlyLaneProbe, LaneProbe, Probe
+from probe import Probe, ReadsBothProbe, ReadsLateProbe
 
 from llmguard._fake_provider import FakeProvider
 
@@ -66,10 +66,10 @@ def async_openai_client(fake_provider: FakeProvider) -> openai.AsyncOpenAI:
     )
 
 
-@pytest.fixture(params=["general", "lane", "lane-early"])
+@pytest.fixture(params=["reads-before", "reads-after", "reads-both"])
 def probe(request: pytest.FixtureRequest) -> Probe:
-    """A fresh probe layer: on the general path, and on the core's fast lane (record built late or early)."""
-    return {"general": Probe, "lane": LaneProbe, "lane-early": EarlyLaneProbe}[request.param]()
+    """A fresh probe guard reading the call's record before the call, after it, or both (built early or late)."""
+    return {"reads-before": Probe, "reads-after": ReadsLateProbe, "reads-both": ReadsBothProbe}[request.param]()
 
 
 def _free_port() -> int:

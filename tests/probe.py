@@ -45,7 +45,7 @@ class Probe(Guard):
         return self.records[-1]
 
 
-class LaneProbe(Probe):
+class ReadsLateProbe(Probe):
     """A `Probe` that reads the record only after the call returned.
 
     The record is then built after the fact from what the runner kept (as
@@ -67,8 +67,8 @@ class LaneProbe(Probe):
         self._seen(call)
 
 
-class EarlyLaneProbe(LaneProbe):
-    """A `LaneProbe` that also builds the record before the function runs."""
+class ReadsBothProbe(ReadsLateProbe):
+    """A `ReadsLateProbe` that also builds the record before the function runs."""
 
     def enter(self, call: Call) -> None:
         call.record  # noqa: B018 - built early on purpose: the attempt must still land on it

@@ -18,7 +18,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from probe import EarlyLaneProbe, LaneProbe, Probe
+from probe import Probe, ReadsBothProbe, ReadsLateProbe
 from shapes import SHAPES, build
 
 import llmguard as lg
@@ -346,7 +346,7 @@ def _facts(record: lg.CallRecord) -> tuple[Any, ...]:
 
 @pytest.mark.parametrize("stack", list(STACKS))
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("probe_kind", [Probe, LaneProbe, EarlyLaneProbe])
+@pytest.mark.parametrize("probe_kind", [Probe, ReadsLateProbe, ReadsBothProbe])
 def test_one_path_records_the_same_facts_on_every_shape_in_every_stack(
     shape: str,
     stack: str,

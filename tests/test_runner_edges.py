@@ -13,7 +13,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from probe import LaneProbe, Probe
+from probe import Probe, ReadsLateProbe
 
 import llmguard as lg
 
@@ -104,7 +104,7 @@ def test_an_abandoned_workers_attempt_is_on_the_record_built_while_it_runs(
     """
     fake_provider.script(Step(reply="warm", usage=USAGE), Step(reply="late", usage=USAGE))
     guard = _GivesUp(gate, arm_at_start=moment == "attempt begins")
-    probe = LaneProbe()  # reads the record in its fail: in the caller's thread, while the worker runs
+    probe = ReadsLateProbe()  # reads the record in its fail: in the caller's thread, while the worker runs
 
     @probe
     @guard
@@ -139,7 +139,7 @@ def test_an_abandoned_worker_calls_the_function_with_the_runs_arguments(gate: _G
 
     guard = _GivesUp(gate, arm_at_start=True)
     guard.give_up = True
-    probe = LaneProbe()
+    probe = ReadsLateProbe()
     seen: list[str] = []
 
     @Routes()
@@ -277,7 +277,7 @@ async def test_an_aleave_that_raises_on_an_async_stream_closes_it() -> None:
 # -- what a guard changes --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("probe_kind", [Probe, LaneProbe])
+@pytest.mark.parametrize("probe_kind", [Probe, ReadsLateProbe])
 def test_a_run_changing_a_positional_model_is_the_attempts_model(probe_kind: type[Probe]) -> None:
     """Run(args=) that passes another model positionally (a route): the attempt names the model it ran with."""
 
@@ -420,7 +420,7 @@ def test_a_call_returning_a_nested_guarded_calls_stream_counts_its_usage_as_for_
     helper's, so a budget on ``ask`` charged nothing for it.
     """
     fake_provider.script(Step(reply="hi there", usage=USAGE))
-    outer = LaneProbe()
+    outer = ReadsLateProbe()
 
     @lg.retry
     def helper() -> Any:
