@@ -182,12 +182,12 @@ class _FunctionBudget(Guard):
     def _settle(self, ticket: Ticket) -> None:
         """Settle *ticket* (once), then remember the outputs and model if this function's estimates read them."""
         if ledger.settle(ticket) and self.estimator.history:
-            self.estimator.observe(ticket.record, ticket.n0)
+            self.estimator.observe(ticket)
 
     async def _asettle(self, ticket: Ticket) -> None:
         """`_settle` for a call on an event loop."""
         if await ledger.asettle(ticket) and self.estimator.history:
-            self.estimator.observe(ticket.record, ticket.n0)
+            self.estimator.observe(ticket)
 
     def _watch(self, ticket: Ticket, result: _StreamBase) -> _StreamBase:
         settle = self._settle
@@ -225,7 +225,7 @@ class _FunctionBudget(Guard):
         if isinstance(result, _StreamBase):
             return self._watch(ticket, result)
         if ledger.settle(ticket) and self.estimator.history:  # `_settle`
-            self.estimator.observe(ticket.record, ticket.n0)
+            self.estimator.observe(ticket)
         return result
 
     async def aleave(self, call: Call, ticket: Ticket | None, result: Any) -> Any:  # noqa: ARG002

@@ -56,12 +56,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _estimate, prices
-from ._record import CallRecord, Usage
+from ._record import Usage
 from .stores.budget import PICO
 
 
 if TYPE_CHECKING:
     from ._binder import Binder
+    from ._budget_ledger import Ticket
     from ._budget_scope import Budget
     from ._call import Call
 
@@ -470,9 +471,19 @@ class Estimator:
             model = next((s.model for s in reversed(scopes) if s.model), None)
         return model or self._last_model
 
-    def observe(self, record: CallRecord, n0: int) -> None:
-        """Remember the outputs and model of the call's attempts from *n0* on, for later estimates."""
-        for att in record.attempts[n0:]:
+    def observe(self, ticket: Ticket) -> None:
+        """Remember the outputs and model of the call's attempts (from the ticket's on), for later estimates.
+
+        From the facts it was charged by when it read them without the
+        record (the model asked for, else the one that answered, as the
+        record names an attempt's model); else from the record.
+        """
+        if ticket.plain is not None:
+            asked = ticket.call.request_model()
+            for usage, named, _ in ticket.plain:
+                self._observe_usage(usage, asked or named)
+            return
+        for att in ticket.record.attempts[ticket.n0 :]:
             self._observe_usage(att.usage, att.model or att.response_model)
 
     def _observe_usage(self, usage: Usage | None, model: str | None) -> None:

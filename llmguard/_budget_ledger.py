@@ -112,6 +112,9 @@ class Ticket:
     settled = False
     unchecked = False  # a store let it through unreserved (on_store_error="fail_open")
     running = False  # an attempt had not ended when it settled (see `follow`)
+    # (usage, model, provider) of its attempts when it was charged from their plain results
+    # without building the record (`Call.plain_usage`); None when it read the record.
+    plain: list[tuple[Usage | None, str | None, str | None]] | None = None
 
     def __init__(self, call: Call, groups: list[Group], model: str | None, rid: str, now: float, n0: int) -> None:
         self.call = call  # its record is read only when needed (see `Call.record`)
@@ -411,6 +414,8 @@ def _begin_settling(ticket: Ticket) -> bool | None:
     if plain is not None:
         ticket.n1 = n0 + len(plain)
         usage = _plain_used(plain, call, ticket.model)
+        if usage is not None:
+            ticket.plain = plain
     if usage is None:
         ticket.n1 = call.attempt_count()
         usage = used(call.record, n0, ticket.model, call, ticket.n1)

@@ -2249,3 +2249,32 @@ def test_an_image_sent_as_base64_is_not_reserved_as_text(store: BudgetStore, ope
 
     assert 810 == budget_spend(ask).tokens
     assert 1 == len(fake_provider.requests)
+
+
+def test_a_budget_keeping_output_history_charges_a_plain_result_without_building_the_record(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """No max_tokens parameter: the estimator remembers outputs, read from the facts the charge used, not a record built for it."""
+    from llmguard._runner import Guard
+
+    built: list[bool] = []
+
+    class Recorded(Guard):
+        def leave(self, call: Any, state: None, result: Any) -> Any:
+            built.append(call.recorded)
+            return result
+
+    spend = lg.budget(usd=10, max_output=64)
+
+    @Recorded()
+    @spend
+    def ask(q: str, model: str = "claude-sonnet-4-6") -> Any:
+        return anthropic_client.messages.create(model=model, max_tokens=64, messages=[{"role": "user", "content": q}])
+
+    fake_provider.script(*(Step(usage={"input_tokens": 100, "output_tokens": n}) for n in (5, 7, 9)))
+    ask("a first result of a type never seen builds the record once")
+    ask("hi")
+    ask("again")
+
+    assert [False, False] == built[1:]
+    assert lg.cost_of(lg.Usage(300, 21), "claude-sonnet-4-6") == pytest.approx(spend.spent)
