@@ -36,6 +36,7 @@ from sdk_http import MID_STREAM_CUT
 
 import llmguard as lg
 
+from llmguard._cache import _layer_of
 from llmguard._context import _DEADLINE
 from llmguard._fake_provider import FakeProvider, Step
 from llmguard._runner import Guard
@@ -1335,7 +1336,14 @@ async def test_redis_replays_sdk_stream_chunks_as_validated_objects(
         )
 
     first = [e async for e in await ask("stream me")]
-    await asyncio.sleep(0.2)  # the store write runs as a task after the stream ends
+    # The store write runs as a task after the stream ends: wait until it has landed
+    # (not a fixed sleep: under load the write can take longer than any guess).
+    key = _layer_of(ask).key_for("stream me")
+    assert key is not None
+    for _ in range(200):
+        if store.get(key) is not None:
+            break
+        await asyncio.sleep(0.025)
     second = [e async for e in await ask("stream me")]
 
     assert 1 == len(fake_provider.requests)
