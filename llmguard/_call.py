@@ -28,7 +28,14 @@ from ._facts import (
     shape_of,
 )
 from ._record import Attempt, CallRecord, Usage
-from ._stream import _STREAM_TYPES, _UNSEEN, AsyncGuardedStream, GuardedStream, stream_kind
+from ._stream import (
+    _PLAIN_TYPES,
+    _STREAM_TYPES,
+    _UNSEEN,
+    AsyncGuardedStream,
+    GuardedStream,
+    stream_kind,
+)
 
 
 if TYPE_CHECKING:
@@ -243,6 +250,11 @@ class Call:
         """All arguments by name, defaults applied, ``**kwargs`` flat (as ``key=`` and ``estimate=`` get them)."""
         return self.info.binder.arguments(self.instance, self.args, self.kwargs)
 
+    def positional(self) -> tuple[Any, ...]:
+        """The positional arguments the function itself receives (a method's instance first)."""
+        instance = self.instance
+        return self.args if instance is None else (instance, *self.args)
+
     def request_model(self) -> str | None:
         """The model the call asks for (its ``model`` argument), if it names one."""
         return _request_model(self.info, self.instance, self.args, self.kwargs)
@@ -315,8 +327,13 @@ class Call:
             slot[2] = _clock.now()
 
     def _returned(self, slot: list[Any], result: Any) -> Any:
-        """The attempt of *slot* returned a stream or an unseen type, or is on the record: observe it."""
+        """The attempt of *slot* returned *result*: what the call's guards get (a stream is wrapped)."""
         attempt = slot[5]
+        if attempt is None and type(result) in _PLAIN_TYPES:
+            # A plain result, nobody has read the record: settled from it if and when somebody does.
+            slot[3] = result
+            slot[2] = _clock.now()
+            return result
         if attempt is None:
             # A stream, or a type not seen before: it needs the record. Built
             # while the attempt is still running, it takes the attempt on.

@@ -66,7 +66,6 @@ from ._facts import (
     release_frames,
 )
 from ._stream import (
-    _PLAIN_TYPES,
     AsyncGuardedStream,
     GuardedStream,
     _StreamBase,
@@ -312,63 +311,39 @@ class _Runner:
     # -- the innermost step: one attempt, the function itself ---------------------
 
     def _invoke_sync(self, call: Call) -> Any:
-        instance = call.instance
-        a = call.args if instance is None else (instance, *call.args)
         if self.stream_shape:
-            record = call.record
-            attempt = _begin_attempt(record, call._model, _clock.now())
-            return GuardedStream(source=self.fn(*a, **call.kwargs), record=record, attempt=attempt, call=call)
-        if call._record is None:
-            slot = [_clock.now(), call._model, None, None, None, None]
-            if call._attempts is None:
-                call._attempts = [slot]
-            else:
-                call._attempts.append(slot)
-        else:
-            slot = call._begin()
+            return self._stream_of(call)
+        slot = call._begin()
         token = _CURRENT.set((call, slot))
         try:
-            result = self.fn(*a, **call.kwargs)
+            result = self.fn(*call.positional(), **call.kwargs)
         except BaseException as exc:
             call._failed(slot, exc)
             raise
         finally:
             _CURRENT.reset(token)
-        if slot[5] is None and type(result) in _PLAIN_TYPES:
-            # A plain result, nobody has read the record: settled from it if and when somebody does.
-            slot[3] = result
-            slot[2] = _clock.now()
-            return result
         return call._returned(slot, result)
 
     async def _invoke_async(self, call: Call) -> Any:
-        instance = call.instance
-        a = call.args if instance is None else (instance, *call.args)
         if self.stream_shape:
-            record = call.record
-            attempt = _begin_attempt(record, call._model, _clock.now())
-            return AsyncGuardedStream(source=self.fn(*a, **call.kwargs), record=record, attempt=attempt, call=call)
-        if call._record is None:
-            slot = [_clock.now(), call._model, None, None, None, None]
-            if call._attempts is None:
-                call._attempts = [slot]
-            else:
-                call._attempts.append(slot)
-        else:
-            slot = call._begin()
+            return self._stream_of(call)
+        slot = call._begin()
         token = _CURRENT.set((call, slot))
         try:
-            result = await self.fn(*a, **call.kwargs)
+            result = await self.fn(*call.positional(), **call.kwargs)
         except BaseException as exc:
             call._failed(slot, exc)
             raise
         finally:
             _CURRENT.reset(token)
-        if slot[5] is None and type(result) in _PLAIN_TYPES:
-            slot[3] = result
-            slot[2] = _clock.now()
-            return result
         return call._returned(slot, result)
+
+    def _stream_of(self, call: Call) -> _StreamBase:
+        """A generator function's call: its generator, guarded, its attempt begun (nothing runs yet)."""
+        record = call.record
+        attempt = _begin_attempt(record, call._model, _clock.now())
+        stream_type = AsyncGuardedStream if self.is_async else GuardedStream
+        return stream_type(source=self.fn(*call.positional(), **call.kwargs), record=record, attempt=attempt, call=call)
 
 
 def _interrupted(exc: BaseException, stream: _StreamBase) -> BaseException | None:
