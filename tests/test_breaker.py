@@ -7,6 +7,7 @@ The state machine runs on the memory store and on a real redis-server (the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import subprocess
@@ -389,10 +390,8 @@ def test_half_open_lets_exactly_one_probe_through_under_20_tasks(
             return await async_anthropic_client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
 
         fake_provider.script(Step(status=529))
-        try:
+        with contextlib.suppress(anthropic.APIStatusError):
             await ask()
-        except anthropic.APIStatusError:
-            pass
         release.clear()
         fake_clock.advance(5)
         refused: list[Any] = []
