@@ -545,6 +545,45 @@ def test_cancelled_probe_frees_its_slot(fake_clock: FakeClock) -> None:
     assert isinstance(circ.admit(), Probe)
 
 
+def test_what_each_error_means_for_the_circuit() -> None:
+    """A GuardTimeout is a fault; its refusals, a bug, a cancellation are not counted; a 429 with no wait is a fault."""
+    from llmguard._breaker import judge  # noqa: PLC0415
+    from llmguard.stores._breaker_base import FAULT, NEUTRAL, OK, Rules  # noqa: PLC0415
+
+    rules = Rules(5, None, 60.0, 10, 30.0, 600.0, 1)
+
+    class Bare429(Exception):
+        status_code = 429
+
+    assert FAULT == judge(lg.GuardTimeout("late"), rules)[0]
+    assert FAULT == judge(ConnectionResetError(), rules)[0]
+    assert FAULT == judge(Bare429(), rules)[0]
+    assert OK == judge(None, rules)[0]
+    for silent in (lg.CircuitOpen("open"), lg.BudgetExceeded("no"), RuntimeError("bug"), asyncio.CancelledError(), KeyboardInterrupt()):
+        assert NEUTRAL == judge(silent, rules)[0], silent
+
+
+def test_redis_out_of_reach_lets_calls_through_uncounted(fake_clock: FakeClock) -> None:
+    """With no Redis to ask, calls go through (a breaker never fails the application) and store_error says why."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+
+    @lg.breaker(failures=1, store=f"redis://127.0.0.1:{port}/0")
+    def call(fail: bool) -> str:
+        if fail:
+            raise TimeoutError
+        return "ok"
+
+    with capture_events("llmguard.breaker.") as events:
+        assert isinstance(swallow(lambda: call(True)), TimeoutError)
+        assert "ok" == call(False)
+    assert {"llmguard.breaker.store_error"} == {e.name for e in events}
+    assert "admit" == events[0]["stage"]
+
+
 # -- the Circuit interface (what fallback uses) --------------------------------------
 
 
