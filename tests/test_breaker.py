@@ -349,6 +349,7 @@ def test_half_open_lets_exactly_probes_through_under_20_threads(
 
     barrier = threading.Barrier(20)
     results: list[Any] = []
+    refused = [0]
     lock = threading.Lock()
 
     def caller() -> None:
@@ -358,9 +359,9 @@ def test_half_open_lets_exactly_probes_through_under_20_threads(
         except lg.CircuitOpen as exc:
             outcome = exc
             with lock:
-                refused = sum(isinstance(r, lg.CircuitOpen) for r in results) + 1
-            if refused == 20 - probes:
-                release.set()  # every refused caller returned while the probes were still out
+                refused[0] += 1
+                if refused[0] == 20 - probes:
+                    release.set()  # every refused caller returned while the probes were still out
         with lock:
             results.append(outcome)
 
