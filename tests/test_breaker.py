@@ -461,6 +461,17 @@ def test_retry_above_stops_at_circuit_open_and_budget_below_reserves_nothing(
     assert [g.name for g in lg.describe(ask)] == ["retry", "breaker", "budget"]
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+def test_under_retry_every_shape_stops_when_the_circuit_opens(
+    shape: str, clients: Any, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    """retry(5) over breaker(failures=2), every call shape (streams fail before their first chunk): two requests, then CircuitOpen."""
+    fake_provider.script(*[Step(status=529)] * 5)
+    call = build(shape, lambda f: lg.retry(attempts=5)(lg.breaker(failures=2)(f)), *clients)
+    assert isinstance(swallow(call), lg.CircuitOpen)
+    assert 2 == api_requests(fake_provider)
+
+
 def test_retry_waits_out_a_retry_after_and_the_breaker_lets_the_probe_through(
     anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider, fake_clock: FakeClock
 ) -> None:
