@@ -8,8 +8,6 @@ explicit ``__cause__``; an implicit ``__context__`` does not count), for retry a
 from __future__ import annotations
 
 import asyncio
-import os
-import warnings
 
 from types import ModuleType
 from typing import Any
@@ -18,6 +16,7 @@ import anthropic
 import pydantic
 import pytest
 
+from conftest import json_mode
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -216,29 +215,9 @@ def test_the_span_keeps_the_outer_error_type_and_gives_the_kind_underneath(
 # ------------------------------------------------------------- real instructor
 
 
-@pytest.fixture
-def instructor() -> ModuleType:
-    # instructor pins jiter below what openai >= 3.4 needs, so the locked environment cannot
-    # hold it; .ci/run installs it in an environment of its own and sets this variable so
-    # that a missing instructor fails there instead of skipping.
-    if os.environ.get("LLMGUARD_TEST_INSTRUCTOR"):
-        import instructor  # noqa: PLC0415
-
-        return instructor
-    return pytest.importorskip("instructor")
-
-
 # Instructor's own retries: older releases (1.7, say) retried any error, a 429 too, at once; newer
 # ones only replies that fail validation. One attempt leaves the request's failures to llmguard.
 ONE_TRY = 1
-
-
-def json_mode(instructor: ModuleType, client: Any) -> Any:
-    """*client* patched by instructor to parse the reply's text as JSON, on every supported version."""
-    with warnings.catch_warnings():
-        # Newer releases deprecate ANTHROPIC_JSON for JSON, which older ones refuse here.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return instructor.from_anthropic(client, mode=instructor.Mode.ANTHROPIC_JSON)
 
 
 @pytest.fixture

@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import anthropic
 import openai
+import pydantic
 import pytest
 
-from conftest import API_KEY
+from conftest import API_KEY, json_mode
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
@@ -379,3 +381,39 @@ async def test_async_anthropic_behind_a_lookup_counts_once(
         await asyncio.sleep(0)
     _check_once(exporter, ledger, True, requests=1)
     await registry["llm"].close()
+
+
+@pytest.mark.skipif(not SELF_TRACING, reason="this anthropic release does not trace itself")
+def test_a_client_wrapped_by_instructor_counts_once(
+    instructor: ModuleType,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    ledger: Ledger,
+    fake_provider: FakeProvider,
+) -> None:
+    """Instructor's client hides the SDK's: its span starting under llmguard's is what says the usage is there."""
+    client = anthropic.Anthropic(
+        base_url=fake_provider.anthropic_base_url,
+        api_key=API_KEY,
+        max_retries=0,
+        open_telemetry={"tracer_provider": tracer_provider},
+    )
+    structured = json_mode(instructor, client)
+    fake_provider.script(Step(reply='{"name": "Ada"}', usage=USAGE))
+
+    @lg.trace(tracer_provider=tracer_provider)
+    def ask() -> Any:
+        _user, completion = structured.messages.create_with_completion(
+            model=MODEL, max_tokens=64, messages=MESSAGES, response_model=User, max_retries=1
+        )
+        return completion  # the SDK's Message: llmguard reads its usage
+
+    with client:
+        ask()
+    _check_once(exporter, ledger, True, requests=1)
+
+
+class User(pydantic.BaseModel):
+    """What instructor extracts."""
+
+    name: str
