@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 import anthropic
+import openai
 import pydantic
 import pytest
 
@@ -186,6 +187,95 @@ def test_a_runtime_error_raised_from_a_400_is_not_retried_and_stays_what_the_cal
     with pytest.raises(RuntimeError, match="^x$"):
         ask()
     assert 1 == api_requests(fake_provider)
+    assert lg.ErrorKind.BAD_REQUEST == probe.record.error_kind
+
+
+class LLMCallFailed(Exception):
+    """A user's own error, raised ``from`` the SDK's."""
+
+
+# (SDK, async?): a call through the real SDK that turns its APIStatusError into LLMCallFailed.
+WRAPPED_SDKS = [("anthropic", False), ("anthropic", True), ("openai", False), ("openai", True)]
+
+
+def wrapping_call(sdk: str, is_async: bool, fake: FakeProvider) -> Any:
+    """The guarded function's body: one request through the real *sdk*, its errors wrapped ``from``."""
+    if sdk == "anthropic":
+        if is_async:
+            aclient = anthropic.AsyncAnthropic(base_url=fake.anthropic_base_url, api_key="k", max_retries=0)
+
+            async def acall() -> Any:
+                try:
+                    return await aclient.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
+                except anthropic.APIStatusError as exc:
+                    raise LLMCallFailed("the model call failed") from exc
+
+            return acall
+        client = anthropic.Anthropic(base_url=fake.anthropic_base_url, api_key="k", max_retries=0)
+
+        def call() -> Any:
+            try:
+                return client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
+            except anthropic.APIStatusError as exc:
+                raise LLMCallFailed("the model call failed") from exc
+
+        return call
+    if is_async:
+        aoclient = openai.AsyncOpenAI(base_url=fake.openai_base_url, api_key="k", max_retries=0)
+
+        async def aocall() -> Any:
+            try:
+                return await aoclient.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+            except openai.APIStatusError as exc:
+                raise LLMCallFailed("the model call failed") from exc
+
+        return aocall
+    oclient = openai.OpenAI(base_url=fake.openai_base_url, api_key="k", max_retries=0)
+
+    def ocall() -> Any:
+        try:
+            return oclient.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        except openai.APIStatusError as exc:
+            raise LLMCallFailed("the model call failed") from exc
+
+    return ocall
+
+
+async def outcome(fn: Any) -> Any:
+    """What calling the guarded *fn* gives (awaited when it is async); its error, raised."""
+    result = fn()
+    return await result if asyncio.iscoroutine(result) else result
+
+
+@pytest.mark.parametrize(("sdk", "is_async"), WRAPPED_SDKS, ids=[f"{s}-{'async' if a else 'sync'}" for s, a in WRAPPED_SDKS])
+async def test_every_sdks_429_under_a_users_error_is_retried_after_its_retry_after(
+    sdk: str, is_async: bool, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    probe = Probe()
+    ask = probe(lg.retry(attempts=3)(wrapping_call(sdk, is_async, fake_provider)))
+    fake_provider.script(Step(status=429, headers={"retry-after": "5"}), Step(reply="ok now"))
+
+    await outcome(ask)
+
+    assert 2 == api_requests(fake_provider)
+    assert 1 == len(fake_clock.sleeps)
+    assert fake_clock.sleeps[0] >= 5.0  # the server's retry-after, read under the user's error
+    assert [lg.ErrorKind.RATE_LIMITED, None] == [a.error_kind for a in probe.record.attempts]
+
+
+@pytest.mark.parametrize(("sdk", "is_async"), WRAPPED_SDKS, ids=[f"{s}-{'async' if a else 'sync'}" for s, a in WRAPPED_SDKS])
+async def test_every_sdks_400_under_a_users_error_is_not_retried(
+    sdk: str, is_async: bool, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    probe = Probe()
+    ask = probe(lg.retry(attempts=3)(wrapping_call(sdk, is_async, fake_provider)))
+    fake_provider.script(Step(status=400), Step(reply="never"))
+
+    with pytest.raises(LLMCallFailed):
+        await outcome(ask)
+
+    assert 1 == api_requests(fake_provider)
+    assert [] == fake_clock.sleeps
     assert lg.ErrorKind.BAD_REQUEST == probe.record.error_kind
 
 
