@@ -271,6 +271,30 @@ def test_a_client_behind_a_lookup_counts_once(
     _check_once(exporter, ledger, sdk_spans, requests=1)
 
 
+@pytest.mark.parametrize("how", [how for how in CLIENTS if how.startswith("anthropic")])
+def test_a_stream_helper_opened_after_the_function_returned_counts_once(
+    how: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tracer_provider: TracerProvider,
+    exporter: InMemorySpanExporter,
+    ledger: Ledger,
+    fake_provider: FakeProvider,
+) -> None:
+    """``messages.stream()`` sends its request when the caller enters it: the SDK's span starts then, under llmguard's."""
+    make, sdk_spans = CLIENTS[how]
+    registry = {"llm": make(fake_provider, tracer_provider, monkeypatch)}
+    fake_provider.script(Step(usage=USAGE))
+
+    @lg.trace(tracer_provider=tracer_provider)
+    def ask() -> Any:
+        return registry["llm"].messages.stream(model=MODEL, max_tokens=32, messages=MESSAGES)
+
+    with registry["llm"], ask() as stream:
+        for _ in stream.text_stream:
+            pass
+    _check_once(exporter, ledger, sdk_spans, requests=1)
+
+
 @pytest.mark.parametrize("how", list(CLIENTS))
 def test_a_retried_call_through_a_lookup_counts_its_usage_once(
     how: str,
