@@ -279,6 +279,48 @@ async def test_every_sdks_400_under_a_users_error_is_not_retried(
     assert lg.ErrorKind.BAD_REQUEST == probe.record.error_kind
 
 
+def test_a_generators_429_under_a_users_error_is_retried_before_its_first_chunk(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    @lg.retry
+    def ask() -> Any:
+        try:
+            stream = anthropic_client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, stream=True)
+        except anthropic.APIStatusError as exc:
+            raise LLMCallFailed("the model call failed") from exc
+        for event in stream:
+            if event.type == "content_block_delta":
+                yield event.delta.text  # type: ignore[union-attr]
+
+    fake_provider.script(Step(status=429, headers={"retry-after": "3"}), Step(reply="ok now"))
+
+    assert "ok now" == "".join(ask())
+    assert 2 == api_requests(fake_provider)
+    assert [3.0] == fake_clock.sleeps
+
+
+async def test_an_async_generators_429_under_a_users_error_is_retried_before_its_first_chunk(
+    async_anthropic_client: anthropic.AsyncAnthropic, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    @lg.retry
+    async def ask() -> Any:
+        try:
+            stream = await async_anthropic_client.messages.create(
+                model=MODEL, max_tokens=64, messages=MESSAGES, stream=True
+            )
+        except anthropic.APIStatusError as exc:
+            raise LLMCallFailed("the model call failed") from exc
+        async for event in stream:
+            if event.type == "content_block_delta":
+                yield event.delta.text  # type: ignore[union-attr]
+
+    fake_provider.script(Step(status=429, headers={"retry-after": "3"}), Step(reply="ok now"))
+
+    assert "ok now" == "".join([text async for text in ask()])
+    assert 2 == api_requests(fake_provider)
+    assert [3.0] == fake_clock.sleeps
+
+
 def test_the_span_keeps_the_outer_error_type_and_gives_the_kind_underneath(
     anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
 ) -> None:
