@@ -123,10 +123,10 @@ class Guard:
     primes: ClassVar[bool] = False
     enter: Callable[[Call], Any] | None = None
     leave: Callable[[Call, Any, Any], Any] | None = None
-    fail: Callable[[Call, Any, BaseException], Run | None] | None = None
+    fail: Callable[[Call, Any, BaseException], Run | Answer | None] | None = None
     aenter: Callable[[Call], Awaitable[Any]] | None = None
     aleave: Callable[[Call, Any, Any], Awaitable[Any]] | None = None
-    afail: Callable[[Call, Any, BaseException], Awaitable[Run | None]] | None = None
+    afail: Callable[[Call, Any, BaseException], Awaitable[Run | Answer | None]] | None = None
     via: Callable[[Call, Any, Callable[[], Any]], Any] | None = None
 
     def settings(self) -> dict[str, Any]:
