@@ -9,6 +9,7 @@ from ._cache import CacheInfo, cache, cache_clear, cache_info
 from ._call import current_call
 from ._context import remaining
 from ._describe import GuardInfo, describe
+from ._fallback import fallback
 from ._facts import report_usage
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 from ._retry import RetryAttempt, retry
@@ -18,6 +19,7 @@ from ._timeout import timeout
 from ._trace import trace
 from .errors import (
     AllFailed,
+    AnswerRejected,
     BudgetExceeded,
     CircuitOpen,
     GuardTimeout,
@@ -34,6 +36,7 @@ from .providers import classify, usage_from
 
 __all__ = [
     "AllFailed",
+    "AnswerRejected",
     "AsyncGuardedStream",
     "Attempt",
     "BudgetAlert",
@@ -67,6 +70,7 @@ __all__ = [
     "cost_of",
     "current_call",
     "describe",
+    "fallback",
     "remaining",
     "report_usage",
     "retry",
