@@ -58,9 +58,19 @@ class Pair:
 
     def __init__(self, shape: str, fake: FakeProvider, decorate: Callable[[Any], Any], stack: Callable[[Any], Any] = lambda f: f) -> None:
         ac = anthropic.Anthropic(base_url=fake.anthropic_base_url, api_key="k", max_retries=0)
-        aac = anthropic.AsyncAnthropic(base_url=fake.anthropic_base_url, api_key="k", max_retries=0)
         oc = openai.OpenAI(base_url=fake.openai_base_url, api_key="k", max_retries=0)
-        aoc = openai.AsyncOpenAI(base_url=fake.openai_base_url, api_key="k", max_retries=0)
+        # Async clients per event loop: each `asyncio.run` has its own, and a connection kept
+        # alive from a closed loop cannot be reused.
+        loops: dict[int, tuple[anthropic.AsyncAnthropic, openai.AsyncOpenAI]] = {}
+
+        def aclients() -> tuple[anthropic.AsyncAnthropic, openai.AsyncOpenAI]:
+            key = id(asyncio.get_running_loop())
+            if key not in loops:
+                loops[key] = (
+                    anthropic.AsyncAnthropic(base_url=fake.anthropic_base_url, api_key="k", max_retries=0),
+                    openai.AsyncOpenAI(base_url=fake.openai_base_url, api_key="k", max_retries=0),
+                )
+            return loops[key]
 
         def a_create(model: str, **kw: Any) -> Any:
             return ac.messages.create(model=model, max_tokens=64, messages=MESSAGES, **kw)
@@ -69,10 +79,10 @@ class Pair:
             return oc.chat.completions.create(model=model, max_tokens=64, messages=MESSAGES, **kw)
 
         async def aa_create(model: str, **kw: Any) -> Any:
-            return await aac.messages.create(model=model, max_tokens=64, messages=MESSAGES, **kw)
+            return await aclients()[0].messages.create(model=model, max_tokens=64, messages=MESSAGES, **kw)
 
         async def ao_create(model: str, **kw: Any) -> Any:
-            return await aoc.chat.completions.create(model=model, max_tokens=64, messages=MESSAGES, **kw)
+            return await aclients()[1].chat.completions.create(model=model, max_tokens=64, messages=MESSAGES, **kw)
 
         self.shape = shape
         self.run: Callable[[], str]
@@ -298,4 +308,340 @@ def _anthropic_body(text: str, stop: str, usage: dict[str, int]) -> dict[str, An
         "stop_reason": stop,
         "stop_sequence": None,
         "usage": usage,
+    }
+
+
+# -- keyword overrides, what does not fall back, reject= ------------------------------------
+
+
+@pytest.mark.parametrize("positional", [False, True], ids=["keyword", "positional"])
+def test_keyword_overrides_run_the_same_function_with_another_model(positional: bool, anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider) -> None:
+    """{"model": ...} runs the primary again with that model (in place when the caller passed it by position)."""
+    probe = Probe()
+
+    @probe
+    @lg.fallback({"model": HAIKU})
+    def ask(q: str, model: str = SONNET) -> Any:
+        return anthropic_client.messages.create(model=model, max_tokens=64, messages=[{"role": "user", "content": q}])
+
+    fake_provider.script(Step(status=529), Step(reply="haiku here"))
+    result = ask("hi", SONNET) if positional else ask("hi", model=SONNET)
+
+    assert "haiku here" == text_of(result)
+    assert [SONNET, HAIKU] == models(fake_provider)
+    assert f"model={HAIKU}" == probe.record.fallback_target
+    assert [SONNET, HAIKU] == [a.model for a in probe.record.attempts]
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_no_fallback_on_a_bad_request_one_request_and_the_error_as_it_is(is_async: bool, fake_provider: FakeProvider) -> None:
+    """A 400 is the caller's to fix: exactly one request, the SDK's own error, no alternate tried."""
+    pair = Pair("async def" if is_async else "def", fake_provider, lg.fallback)
+    fake_provider.script(Step(status=400))
+
+    with pytest.raises(anthropic.BadRequestError):
+        pair.run()
+    assert ["messages"] == paths(fake_provider)
+
+
+@pytest.mark.parametrize("exc", [lg.BudgetExceeded("no money"), lg.InputRejected("bad input"), lg.ValidationFailed("never valid"), anthropic.AuthenticationError.__name__])
+def test_llmguards_refusals_and_auth_never_fall_back_by_default(exc: Any, anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider) -> None:
+    """BudgetExceeded, InputRejected, ValidationFailed and a 401 are raised as they are; on= can say otherwise."""
+    tried: list[str] = []
+
+    def alternate(q: str) -> str:
+        tried.append(q)
+        return "alternate"
+
+    def primary(q: str) -> Any:
+        if isinstance(exc, Exception):
+            raise exc
+        return anthropic_client.messages.create(model=SONNET, max_tokens=8, messages=[{"role": "user", "content": q}])
+
+    fake_provider.script(Step(status=401))
+    with pytest.raises(type(exc) if isinstance(exc, Exception) else anthropic.AuthenticationError):
+        lg.fallback(alternate)(primary)("hi")
+    assert [] == tried
+
+    fake_provider.script(Step(status=401))
+    kind = (type(exc),) if isinstance(exc, Exception) else lg.ErrorKind.AUTH
+    assert "alternate" == lg.fallback(alternate, on=kind)(primary)("hi")
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_reject_on_finish_reason_length_moves_on(is_async: bool, fake_provider: FakeProvider) -> None:
+    """An openai answer cut at max_tokens (finish reason "length", HTTP 200) is refused: the next target answers."""
+    probe = Probe()
+    oc = openai.OpenAI(base_url=fake_provider.openai_base_url, api_key="k", max_retries=0)
+    aoc = openai.AsyncOpenAI(base_url=fake_provider.openai_base_url, api_key="k", max_retries=0)
+
+    def cut(result: Any, attempt: lg.Attempt) -> bool:
+        return "length" in attempt.finish_reasons
+
+    if is_async:
+
+        @probe
+        @lg.fallback({"model": "gpt-4o"}, reject=cut)
+        async def aask(model: str = MINI) -> Any:
+            return await aoc.chat.completions.create(model=model, max_tokens=8, messages=MESSAGES)
+
+        run: Callable[[], Any] = lambda: asyncio.run(aask())  # noqa: E731
+    else:
+
+        @probe
+        @lg.fallback({"model": "gpt-4o"}, reject=cut)
+        def ask(model: str = MINI) -> Any:
+            return oc.chat.completions.create(model=model, max_tokens=8, messages=MESSAGES)
+
+        run = ask
+    fake_provider.script(Step(raw_body=json.dumps(_chat_body("cut sh", "length"))), Step(reply="whole answer"))
+
+    assert "whole answer" == text_of(run())
+    assert [MINI, "gpt-4o"] == models(fake_provider)
+    assert "model=gpt-4o" == probe.record.fallback_target
+
+
+def test_reject_of_one_argument_sees_the_answer_and_empty_text_moves_on(anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider) -> None:
+    """reject=lambda answer: ... (no attempt): an empty answer moves on."""
+
+    @lg.fallback({"model": HAIKU}, reject=lambda r: not text_of(r).strip())
+    def ask(model: str = SONNET) -> Any:
+        return anthropic_client.messages.create(model=model, max_tokens=8, messages=MESSAGES)
+
+    fake_provider.script(Step(reply="   "), Step(reply="something"))
+    assert "something" == text_of(ask())
+    fake_provider.script(Step(reply="first"))
+    assert "first" == text_of(ask())
+    assert [SONNET, HAIKU, SONNET] == models(fake_provider)
+
+
+# -- when everything fails ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_all_failed_holds_each_targets_error_in_order(is_async: bool, fake_provider: FakeProvider, fake_clock: FakeClock) -> None:
+    """529 (after retry), openai's 500, a refused answer: AllFailed holds the three in that order, the answer kept."""
+    reject = lambda r: text_of(r) == "refuse me"  # noqa: E731
+    pair = Pair(
+        "async def" if is_async else "def",
+        fake_provider,
+        lambda alt: lg.fallback(alt, {"model": HAIKU}, reject=reject),
+        lg.retry(attempts=2),
+    )
+    fake_provider.script(Step(status=529), Step(status=529), Step(status=500), Step(status=500), Step(reply="refuse me"))
+
+    with pytest.raises(lg.AllFailed) as info:
+        pair.run()
+
+    errors = info.value.exceptions
+    assert [anthropic.InternalServerError, openai.InternalServerError, lg.AnswerRejected] == [type(e).__mro__[1] if type(e).__name__ == "OverloadedError" else type(e) for e in errors]
+    assert 529 == errors[0].status_code  # type: ignore[attr-defined]
+    assert 500 == errors[1].status_code  # type: ignore[attr-defined]
+    rejected = errors[2]
+    assert isinstance(rejected, lg.AnswerRejected)
+    assert "refuse me" == text_of(rejected.answer)
+    assert f"model={HAIKU}" == rejected.target
+    assert "ask: overloaded" in str(info.value)
+    assert "ask_openai: server" in str(info.value)
+    assert [SONNET, SONNET, MINI, MINI, HAIKU] == models(fake_provider)
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_default_answers_when_everything_failed(is_async: bool, fake_provider: FakeProvider) -> None:
+    """default= a value, or a callable of the call's arguments (awaited for an async function)."""
+    probe = Probe()
+    for default in ("sorry", lambda model=None: f"sorry from {model}"):
+        pair = Pair("async def" if is_async else "def", fake_provider, lambda alt, d=default: lambda f: probe(lg.fallback(alt, default=d)(f)))
+        fake_provider.script(Step(status=503), Step(status=503))
+        want = "sorry" if default == "sorry" else "sorry from None"
+        assert want == pair.run()
+        assert "default" == probe.record.fallback_target
+
+    async def adefault() -> str:
+        return "awaited"
+
+    if is_async:
+        pair = Pair("async def", fake_provider, lambda alt: lg.fallback(alt, default=adefault))
+        fake_provider.script(Step(status=503), Step(status=503))
+        assert "awaited" == pair.run()
+
+
+def test_deadline_passed_no_alternate_starts(anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider, fake_clock: FakeClock) -> None:
+    """The primary failed after the active deadline: no alternate starts; AllFailed says why."""
+    tried: list[str] = []
+
+    def alternate(q: str) -> str:
+        tried.append(q)
+        return "late"
+
+    @lg.fallback(alternate)
+    def ask(q: str) -> Any:
+        fake_clock.advance(6.0)  # the request took longer than the block allows
+        return anthropic_client.messages.create(model=SONNET, max_tokens=8, messages=[{"role": "user", "content": q}])
+
+    fake_provider.script(Step(status=529))
+    with lg.timeout(5), pytest.raises(lg.AllFailed) as info:
+        ask("hi")
+    assert [] == tried
+    assert [anthropic.InternalServerError, lg.GuardTimeout] == [type(e).__mro__[1] if type(e).__name__ == "OverloadedError" else type(e) for e in info.value.exceptions]
+    assert "the deadline passed before alternate could start" in str(info.value.exceptions[1])
+
+    # Within the deadline the alternate runs.
+    fake_provider.script(Step(status=529))
+    with lg.timeout(10):
+        assert "late" == ask("again")
+
+
+# -- circuits ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_an_open_circuit_skips_its_target_without_a_call(is_async: bool, fake_provider: FakeProvider, circuits: dict[str, StandInCircuit]) -> None:
+    """The primary fails once, its circuit opens: later calls go straight to openai, no anthropic request."""
+    probe = Probe()
+    pair = Pair("async def" if is_async else "def", fake_provider, lambda alt: lambda f: probe(lg.fallback(alt)(f)))
+    fake_provider.script(Step(status=529), Step(reply="one"), Step(reply="two"))
+
+    assert "one" == pair.run()
+    assert "open" == circuits["ask"].state
+    assert "two" == pair.run()
+
+    assert ["messages", "completions", "completions"] == paths(fake_provider)
+    assert [{"target": "ask", "reason": "circuit open"}] == probe.record.extra["fallback_passed_over"]
+    assert [None, None] == circuits["ask_openai"].recorded  # each answer told its circuit
+    assert 1 == circuits["ask"].admitted
+
+    # Everything open, no default: AllFailed of CircuitOpen errors, and nothing sent.
+    circuits["ask_openai"].state = "open"
+    with pytest.raises(lg.AllFailed) as info:
+        pair.run()
+    assert [lg.CircuitOpen, lg.CircuitOpen] == [type(e) for e in info.value.exceptions]
+    assert 3 == len(fake_provider.requests)
+
+
+def test_breaker_false_makes_no_circuits_and_a_bad_breaker_is_refused(circuits: dict[str, StandInCircuit]) -> None:
+    """breaker=False: none; a dict: its settings to each circuit; anything else: a TypeError naming breaker."""
+    lg.fallback({"model": HAIKU}, breaker=False)(lambda model=SONNET: model)
+    assert {} == circuits
+    lg.fallback({"model": HAIKU}, breaker={"failures": 3})(lambda model=SONNET: model)
+    assert [3, 3] == [c.failures for c in circuits.values()]
+    with pytest.raises(TypeError, match=r"fallback\(breaker=\.\.\.\)"):
+        lg.fallback({"model": HAIKU}, breaker="yes")
+
+
+# -- streams -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", ["def->stream", "async def->stream", "generator", "async generator"])
+def test_a_stream_failing_before_its_first_chunk_falls_back_after_it_is_interrupted(shape: str, fake_provider: FakeProvider) -> None:
+    """Before the first chunk reached the caller: the alternate; after: StreamInterrupted, no alternate."""
+    pair = Pair(shape, fake_provider, lg.fallback)
+    # A generator's first chunk is its first text; an SDK stream's is its first event, which
+    # comes before any text: there the stream fails before it when the connection drops.
+    first = Step(error_after=0) if "generator" in shape else Step(drop=True)
+    fake_provider.script(first, Step(reply="from openai"))
+    assert "from openai" == pair.run()
+    assert ["messages", "completions"] == paths(fake_provider)
+
+    fake_provider.reset()
+    fake_provider.script(Step(drop_after=1, reply="a b c d"))
+    with pytest.raises(lg.StreamInterrupted):
+        pair.run()
+    assert ["messages"] == paths(fake_provider)
+
+
+# -- the cache above ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_an_alternates_answer_is_never_cached_as_the_primarys(is_async: bool, fake_provider: FakeProvider) -> None:
+    """cache above fallback: openai's answer is returned, not stored; the primary's next answer is."""
+    pair = Pair("async def" if is_async else "def", fake_provider, lambda alt: lambda f: lg.cache(lg.fallback(alt)(f)))
+    fake_provider.script(Step(status=529), Step(reply="from openai"), Step(reply="from anthropic"))
+
+    with capture_events("llmguard.cache") as events:
+        assert "from openai" == pair.run()
+        assert "from anthropic" == pair.run()  # not a hit: the alternate's answer was not kept
+        assert "from anthropic" == pair.run()  # a hit: the primary's was
+    assert ["messages", "completions", "messages"] == paths(fake_provider)
+    assert ("llmguard.cache.skipped", "a fallback answered") in [(e.name, e.fields.get("reason")) for e in events]
+
+
+# -- an alternate calling the decorated function ------------------------------------------
+
+
+def test_an_alternate_calling_the_decorated_function_again_does_not_recurse(anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider) -> None:
+    """DESIGN's `lambda q, **kw: ask(q, model=...)`: the inner call does not fall back again; it just runs."""
+
+    @lg.fallback(lambda q, **kw: ask(q, model=HAIKU))
+    def ask(q: str, model: str = SONNET) -> Any:
+        return anthropic_client.messages.create(model=model, max_tokens=8, messages=[{"role": "user", "content": q}])
+
+    fake_provider.script(Step(status=529), Step(reply="haiku"))
+    assert "haiku" == text_of(ask("hi"))
+    fake_provider.script(Step(status=529), Step(status=529))
+    with pytest.raises(lg.AllFailed) as info:
+        ask("hi")
+    assert 2 == len(info.value.exceptions)
+    assert [SONNET, HAIKU, SONNET, HAIKU] == models(fake_provider)
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+def test_bad_configuration_fails_at_decoration_naming_the_parameter() -> None:
+    """A non-callable non-dict alternate, an override naming no parameter, bad on=, reject=, shapes."""
+
+    def ask(q: str, model: str = SONNET) -> str:
+        return q
+
+    async def aask(q: str, model: str = SONNET) -> str:
+        return q
+
+    with pytest.raises(TypeError, match="alternate 1 must be a function"):
+        lg.fallback(42)
+    with pytest.raises(TypeError, match="needs at least one alternate"):
+        lg.fallback()
+    with pytest.raises(ValueError, match="alternate 2 overrides 'modle', which ask has no parameter for"):
+        lg.fallback({"model": HAIKU}, {"modle": HAIKU})(ask)
+    with pytest.raises(ValueError, match="alternate 1 is an empty dict"):
+        lg.fallback({})
+    with pytest.raises(TypeError, match=r"fallback\(on=\.\.\.\)"):
+        lg.fallback({"model": HAIKU}, on="overloaded")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"fallback\(on=\.\.\.\) takes ErrorKinds"):
+        lg.fallback({"model": HAIKU}, on=(lg.ErrorKind.OVERLOADED, "server"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"fallback\(reject=\.\.\.\)"):
+        lg.fallback({"model": HAIKU}, reject="length")
+    with pytest.raises(TypeError, match=r"fallback\(reject=\.\.\.\)"):
+        lg.fallback({"model": HAIKU}, reject=lambda a, b, c: True)
+    with pytest.raises(TypeError, match="alternate 1 \\(aask\\) is a async function; ask is a sync function"):
+        lg.fallback(aask)(ask)
+    # A function taking **kwargs takes any override.
+    lg.fallback({"anything": 1})(lambda **kw: kw)
+
+
+def test_describe_shows_the_targets() -> None:
+    """lg.describe names the alternates and the settings."""
+
+    def ask_openai(q: str) -> str:
+        return q
+
+    @lg.fallback(ask_openai, {"model": HAIKU}, default=None, breaker=False)
+    def ask(q: str, model: str = SONNET) -> str:
+        return q
+
+    (info,) = lg.describe(ask)
+    assert "fallback" == info.name
+    assert ["ask_openai", f"model={HAIKU}"] == info.settings["alternates"]
+    assert info.settings["breaker"] is False
+
+
+def _chat_body(text: str, finish: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-cut",
+        "object": "chat.completion",
+        "created": 0,
+        "model": MINI,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18},
     }
