@@ -555,7 +555,7 @@ def test_a_stream_failing_before_its_first_chunk_falls_back_after_it_is_interrup
 
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
 def test_an_alternates_answer_is_never_cached_as_the_primarys(is_async: bool, fake_provider: FakeProvider) -> None:
-    """cache above fallback: openai's answer is returned, not stored; the primary's next answer is."""
+    """Cache above fallback: openai's answer is returned, not stored; the primary's next answer is."""
     pair = Pair("async def" if is_async else "def", fake_provider, lambda alt: lambda f: lg.cache(lg.fallback(alt)(f)))
     fake_provider.script(Step(status=529), Step(reply="from openai"), Step(reply="from anthropic"))
 
