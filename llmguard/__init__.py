@@ -4,6 +4,7 @@ Composable decorators and context managers that wrap any function you already
 have; see the README for what each promises.
 """
 
+from ._breaker import breaker
 from ._budget import BudgetAlert, BudgetSpend, budget, budget_spend
 from ._cache import CacheInfo, cache, cache_clear, cache_info
 from ._call import current_call
@@ -61,6 +62,7 @@ __all__ = [
     "Usage",
     "ValidationFailed",
     "__version__",
+    "breaker",
     "budget",
     "budget_spend",
     "cache",
