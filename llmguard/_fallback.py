@@ -47,12 +47,14 @@ earlier target and why it was passed over, and the event
 from __future__ import annotations
 
 import inspect
+import threading
 
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, ParamSpec, Protocol, TypeVar, overload
 
 from . import _clock, _events
 from ._binder import Binder
+from ._breaker import circuit as new_circuit
 from ._call import Call
 from ._context import deadline as active_deadline
 from ._facts import ASYNC, ASYNCGEN, GEN, SYNC, shape_of
@@ -76,7 +78,9 @@ _CALLERS_STATUSES: Final = frozenset({400, 401, 403, 404, 422})
 class Circuit(Protocol):
     """What fallback needs of a circuit breaker (`llmguard._breaker.circuit` makes one per target)."""
 
-    state: str
+    @property
+    def state(self) -> str:
+        """``"closed"``, ``"open"`` or ``"half_open"``."""
 
     def admit(self) -> object:
         """A ticket for one call; raises `CircuitOpen` when the circuit refuses it."""
@@ -91,13 +95,22 @@ class Circuit(Protocol):
         """`record` on an event loop."""
 
 
-def _circuit_factory() -> Callable[..., Circuit] | None:
-    """`llmguard._breaker.circuit`, once that module provides it; None until then (no breakers)."""
-    try:
-        from ._breaker import circuit  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
-    except ImportError:
-        return None
-    return circuit  # type: ignore[no-any-return,unused-ignore]
+_NAMES: dict[str, int] = {}  # circuit names given out in this process, and how many times
+_NAMES_LOCK: Final = threading.Lock()
+
+
+def _circuit_name(base: str, settings: Mapping[str, Any]) -> str:
+    """*base*, made unique in this process when the circuits are in its memory.
+
+    Two functions of one module and qualified name (made in a loop, a test)
+    must not share a circuit by accident; with a shared ``store=`` (Redis)
+    the name is kept as it is, so every process names a target alike.
+    """
+    if settings.get("store") is not None:
+        return base
+    with _NAMES_LOCK:
+        n = _NAMES[base] = _NAMES.get(base, 0) + 1
+    return base if n == 1 else f"{base}#{n}"
 
 
 # -- targets -------------------------------------------------------------------------
@@ -267,7 +280,8 @@ class FallbackLayer(Guard):
         if isinstance(breaker, Mapping):
             return dict(breaker)
         if isinstance(breaker, Guard) and breaker.name == "breaker":
-            return dict(breaker.settings())
+            # Its settings, not its name: each target has a circuit of its own.
+            return {k: v for k, v in breaker.settings().items() if k != "name"}
         msg = f"fallback(breaker=...) must be True, False, a dict of lg.breaker settings or an lg.breaker(...), got {breaker!r}"
         raise TypeError(msg)
 
@@ -309,11 +323,10 @@ class FallbackLayer(Guard):
         layer = _copy(self)
         layer.targets = tuple(targets)
         settings = self._breaker_settings
-        factory = _circuit_factory() if settings is not None else None
-        if factory is not None and settings is not None:
+        if settings is not None:
             where = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', fn_name)}"
             for target in targets:
-                target.circuit = factory(f"fallback:{where}:{target.name}", **settings)
+                target.circuit = new_circuit(_circuit_name(f"fallback:{where}:{target.name}", settings), **settings)
         layer._first = targets[0].circuit
         layer.fail = layer._fail
         if any(t.circuit is not None for t in targets):

@@ -1,8 +1,8 @@
 """`fallback`: real anthropic and openai SDKs against the fake provider, every call shape.
 
 The primary is an anthropic function; the alternate an openai function of the same shape
-(it returns openai's own types), or keyword overrides of the primary. Circuits are a
-private stand-in until `llmguard._breaker.circuit` exists (see `stand_in_circuits`).
+(it returns openai's own types), or keyword overrides of the primary. Each target has
+its circuit (`llmguard._breaker.circuit`) unless breaker=False.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from probe import Probe
 
 import llmguard as lg
 
-from llmguard import _fallback
 from llmguard._fake_provider import FakeProvider, Step
+from llmguard._runner import layers_of
 from llmguard.prices import cost_of
 from llmguard.testing import FakeClock, capture_events
 
@@ -186,50 +186,10 @@ def models(fake: FakeProvider) -> list[str]:
     return [r.body["model"] for r in fake.requests]
 
 
-# -- circuits: a stand-in for llmguard._breaker.circuit --------------------------------------
-
-
-class StandInCircuit:
-    """Opens after `failures` consecutive failures of any kind; never half-opens."""
-
-    def __init__(self, name: str, failures: int = 1) -> None:
-        self.name = name
-        self.failures = failures
-        self.count = 0
-        self.state = "closed"
-        self.admitted = 0
-        self.recorded: list[BaseException | None] = []
-
-    def admit(self) -> object:
-        if self.state == "open":
-            raise lg.CircuitOpen(f"{self.name} is open", target=self.name)
-        self.admitted += 1
-        return object()
-
-    def record(self, ticket: object, exc: BaseException | None) -> None:
-        self.recorded.append(exc)
-        self.count = self.count + 1 if exc is not None else 0
-        if self.count >= self.failures:
-            self.state = "open"
-
-    async def aadmit(self) -> object:
-        return self.admit()
-
-    async def arecord(self, ticket: object, exc: BaseException | None) -> None:
-        self.record(ticket, exc)
-
-
-@pytest.fixture
-def circuits(monkeypatch: pytest.MonkeyPatch) -> dict[str, StandInCircuit]:
-    """Every circuit fallback makes from now on, by target name (the part after the last colon)."""
-    made: dict[str, StandInCircuit] = {}
-
-    def factory(name: str, **settings: Any) -> StandInCircuit:
-        made[name.rsplit(":", 1)[-1]] = circuit = StandInCircuit(name, **settings)
-        return circuit
-
-    monkeypatch.setattr(_fallback, "_circuit_factory", lambda: factory)
-    return made
+def circuits_of(fn: Any) -> dict[str, Any]:
+    """The circuit of each target of *fn*'s fallback, by target name."""
+    (layer,) = [g for g in layers_of(fn) if g.name == "fallback"]
+    return {t.name: t.circuit for t in layer.targets}  # type: ignore[attr-defined]
 
 
 # -- the primary down: the other provider answers -----------------------------------------
@@ -496,37 +456,51 @@ def test_deadline_passed_no_alternate_starts(anthropic_client: anthropic.Anthrop
 
 
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
-def test_an_open_circuit_skips_its_target_without_a_call(is_async: bool, fake_provider: FakeProvider, circuits: dict[str, StandInCircuit]) -> None:
-    """The primary fails once, its circuit opens: later calls go straight to openai, no anthropic request."""
+def test_an_open_circuit_skips_its_target_without_a_call_then_a_probe_closes_it(is_async: bool, fake_provider: FakeProvider, fake_clock: FakeClock) -> None:
+    """failures=1: the primary's 529 opens its circuit; the next call goes straight to openai; after the cooldown one probe closes it."""
     probe = Probe()
-    pair = Pair("async def" if is_async else "def", fake_provider, lambda alt: lambda f: probe(lg.fallback(alt)(f)))
-    fake_provider.script(Step(status=529), Step(reply="one"), Step(reply="two"))
+    pair = Pair("async def" if is_async else "def", fake_provider, lambda alt: lambda f: probe(lg.fallback(alt, breaker={"failures": 1, "cooldown": 30})(f)))
+    circuits = circuits_of(pair.fn)
+    fake_provider.script(Step(status=529), Step(reply="one"), Step(reply="two"), Step(reply="three"))
 
     assert "one" == pair.run()
-    assert "open" == circuits["ask"].state
-    assert "two" == pair.run()
-
+    assert ("open", "closed") == (circuits["ask"].state, circuits["ask_openai"].state)
+    with capture_events("llmguard.fallback") as events:
+        assert "two" == pair.run()
     assert ["messages", "completions", "completions"] == paths(fake_provider)
     assert [{"target": "ask", "reason": "circuit open"}] == probe.record.extra["fallback_passed_over"]
-    assert [None, None] == circuits["ask_openai"].recorded  # each answer told its circuit
-    assert 1 == circuits["ask"].admitted
+    assert "ask: circuit open" == events[0].fields["passed_over"]
 
-    # Everything open, no default: AllFailed of CircuitOpen errors, and nothing sent.
-    circuits["ask_openai"].state = "open"
+    fake_clock.advance(31)  # past the cooldown: half-open, one probe
+    assert "three" == pair.run()
+    assert "closed" == circuits["ask"].state
+    assert ["messages", "completions", "completions", "messages"] == paths(fake_provider)
+
+    # Both fail: both open; the next call sends nothing and AllFailed holds two CircuitOpen.
+    fake_provider.script(Step(status=529), Step(status=500))
+    with pytest.raises(lg.AllFailed):
+        pair.run()
     with pytest.raises(lg.AllFailed) as info:
         pair.run()
     assert [lg.CircuitOpen, lg.CircuitOpen] == [type(e) for e in info.value.exceptions]
-    assert 3 == len(fake_provider.requests)
+    assert 6 == len(fake_provider.requests)
 
 
-def test_breaker_false_makes_no_circuits_and_a_bad_breaker_is_refused(circuits: dict[str, StandInCircuit]) -> None:
-    """breaker=False: none; a dict: its settings to each circuit; anything else: a TypeError naming breaker."""
-    lg.fallback({"model": HAIKU}, breaker=False)(lambda model=SONNET: model)
-    assert {} == circuits
-    lg.fallback({"model": HAIKU}, breaker={"failures": 3})(lambda model=SONNET: model)
-    assert [3, 3] == [c.failures for c in circuits.values()]
+def test_breaker_settings_false_a_dict_or_an_lg_breaker_and_bad_ones_refused_at_decoration() -> None:
+    """breaker=False: no circuits; a dict or an lg.breaker(...): those settings, a circuit per target; bad: named."""
+
+    def ask(model: str = SONNET) -> str:
+        return model
+
+    assert {"ask": None, f"model={HAIKU}": None} == circuits_of(lg.fallback({"model": HAIKU}, breaker=False)(ask))
+    by_dict = circuits_of(lg.fallback({"model": HAIKU}, breaker={"failures": 3})(ask))
+    by_breaker = circuits_of(lg.fallback({"model": HAIKU}, breaker=lg.breaker(failures=3, name="ignored"))(ask))
+    assert [3, 3, 3, 3] == [c.rules.failures for c in [*by_dict.values(), *by_breaker.values()]]
+    assert len({id(c) for c in [*by_dict.values(), *by_breaker.values()]}) == 4  # each its own circuit
     with pytest.raises(TypeError, match=r"fallback\(breaker=\.\.\.\)"):
         lg.fallback({"model": HAIKU}, breaker="yes")
+    with pytest.raises(ValueError, match=r"breaker\(failures=\.\.\.\)"):
+        lg.fallback({"model": HAIKU}, breaker={"failures": 0})(ask)
 
 
 # -- streams -----------------------------------------------------------------------------
