@@ -10,8 +10,8 @@ from ._cache import CacheInfo, cache, cache_clear, cache_info
 from ._call import current_call
 from ._context import remaining
 from ._describe import GuardInfo, describe
-from ._fallback import fallback
 from ._facts import report_usage
+from ._fallback import fallback
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 from ._retry import RetryAttempt, retry
 from ._semantic import Semantic
