@@ -297,6 +297,20 @@ class FallbackLayer(Guard):
 
     def for_function(self, fn: Callable[..., Any], shape: str, binder: Binder) -> FallbackLayer:
         """A copy for *fn*: its targets checked against its signature and shape, a circuit each."""
+        targets = self._targets_of(fn, shape, binder)
+        layer = _copy(self)
+        layer.targets = targets
+        settings = self._breaker_settings
+        if settings is not None:
+            where = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', targets[0].name)}"
+            for target in targets:
+                target.circuit = new_circuit(_circuit_name(f"fallback:{where}:{target.name}", settings), **settings)
+        layer._first = targets[0].circuit
+        layer._choose_hooks(settings)
+        return layer
+
+    def _targets_of(self, fn: Callable[..., Any], shape: str, binder: Binder) -> tuple[_Target, ...]:
+        """The primary and each alternate, checked against *fn*'s parameters and shape, named uniquely."""
         fn_name = _name_of(fn)
         targets = [_Target(fn_name, None, None, None)]
         params = binder.signature.parameters if binder.signature is not None else None
@@ -316,29 +330,28 @@ class FallbackLayer(Guard):
             alt_model = Binder(alt).defaults.get("model")
             targets.append(_Target(_name_of(alt), alt, None, alt_model if isinstance(alt_model, str) else None))
         seen: dict[str, int] = {}
-        for target in targets:  # unique names: the record and the circuits tell targets apart by name
+        for target in targets:  # the record and the circuits tell targets apart by name
             n = seen[target.name] = seen.get(target.name, 0) + 1
             if n > 1:
                 target.name = f"{target.name}#{n}"
-        layer = _copy(self)
-        layer.targets = tuple(targets)
-        settings = self._breaker_settings
+        return tuple(targets)
+
+    def _choose_hooks(self, settings: dict[str, Any] | None) -> None:
+        """The hooks this configuration needs, and no more (the runner skips the others at no cost)."""
+        self.fail = self._fail
         if settings is not None:
-            where = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', fn_name)}"
-            for target in targets:
-                target.circuit = new_circuit(_circuit_name(f"fallback:{where}:{target.name}", settings), **settings)
-        layer._first = targets[0].circuit
-        layer.fail = layer._fail
-        if any(t.circuit is not None for t in targets):
-            layer.enter, layer.leave = layer._enter, layer._leave
-            layer.aenter, layer.aleave, layer.afail = layer._aenter, layer._aleave, layer._afail
+            self.enter, self.leave = self._enter, self._leave
+            if settings.get("store") is not None:
+                # A store that may do I/O (Redis): an async call awaits it. The
+                # default, this process's memory, answers at once: the sync hooks serve.
+                self.aenter, self.aleave, self.afail = self._aenter, self._aleave, self._afail
         else:
-            # Nothing to admit or tell: the primary just runs, and no hook awaits
-            # anything but a default= callable's awaitable (`afail` awaits it).
-            layer.leave = layer._leave if self.reject is not None else layer._leave_plain_free
-            if callable(self.default):
-                layer.afail = layer._afail
-        return layer
+            self.leave = self._leave if self.reject is not None else self._leave_plain_free
+        if callable(self.default):
+            # The async hooks await what a default= callable returns, if awaitable.
+            self.afail = self._afail
+            if self.leave == self._leave:
+                self.aleave = self._aleave
 
     # -- the decision, written once ----------------------------------------------------
 
@@ -418,17 +431,17 @@ class FallbackLayer(Guard):
         return state
 
     # -- sync hooks ----------------------------------------------------------------------
+    # The primary's state is its circuit's ticket as it is (no `_State` on the success
+    # path); a `_State` once the call moved past it. With no circuits there is no enter,
+    # and the state is None until the primary fails.
 
     def _enter(self, call: Call) -> Any:
-        """Admit the primary through its circuit; an open one is skipped without a call."""
-        circuit = self._first
-        if circuit is None:
-            return _State(0, None)
+        """Admit the primary through its circuit (its ticket is the state); an open one is skipped without a call."""
         try:
-            return _State(0, circuit.admit())
+            return self._first.admit()  # type: ignore[union-attr]
         except CircuitOpen as open_:
             state = _State(0, None)
-            self._skipped(state, open_)
+            state.errors.append(open_)
             return self._next(call, state)
 
     def _next(self, call: Call, state: _State) -> Run | Answer:
@@ -440,14 +453,20 @@ class FallbackLayer(Guard):
             try:
                 ticket = None if circuit is None else circuit.admit()
             except CircuitOpen as open_:
-                self._skipped(state, open_)
+                state.errors.append(open_)
                 continue
             return self._run(call, state, index, ticket)
         return self._exhausted(call, state)
 
-    def _leave(self, call: Call, state: _State | None, result: Any) -> Any:
+    def _leave(self, call: Call, state: Any, result: Any) -> Any:
         """The target answered (a stream: its first chunk came): refused, or the answer."""
-        if state is not None and state.ticket is not None:
+        if state.__class__ is not _State:
+            if state is not None:
+                self._first.record(state, None)  # type: ignore[union-attr]
+            if self.reject is None:
+                return result
+            state = None
+        elif state.ticket is not None:
             self.targets[state.index].circuit.record(state.ticket, None)  # type: ignore[union-attr]
         refused = self._refused(call, state, result)
         if refused is not None:
@@ -463,9 +482,11 @@ class FallbackLayer(Guard):
             self._answered(call, state)
         return result
 
-    def _fail(self, call: Call, state: _State | None, exc: BaseException) -> Run | Answer | None:
+    def _fail(self, call: Call, state: Any, exc: BaseException) -> Run | Answer | None:
         """The target failed: the next one, the default, `AllFailed`, or *exc* as it is."""
-        if state is None:
+        if state.__class__ is not _State:
+            if state is not None:
+                self._first.record(state, exc)  # type: ignore[union-attr]
             state = _State(0, None)
         elif state.ticket is not None:
             self.targets[state.index].circuit.record(state.ticket, exc)  # type: ignore[union-attr]
@@ -474,18 +495,15 @@ class FallbackLayer(Guard):
             return None
         return self._next(call, state)
 
-    # -- async hooks: the same decisions, awaiting the circuits ---------------------------
+    # -- async hooks: the same decisions, awaiting the circuits (a shared store's I/O) ----
 
     async def _aenter(self, call: Call) -> Any:
-        """`enter` on an event loop."""
-        circuit = self._first
-        if circuit is None:
-            return _State(0, None)
+        """`_enter` on an event loop."""
         try:
-            return _State(0, await circuit.aadmit())
+            return await self._first.aadmit()  # type: ignore[union-attr]
         except CircuitOpen as open_:
             state = _State(0, None)
-            self._skipped(state, open_)
+            state.errors.append(open_)
             return await self._anext(call, state)
 
     async def _anext(self, call: Call, state: _State) -> Run | Answer:
@@ -497,14 +515,20 @@ class FallbackLayer(Guard):
             try:
                 ticket = None if circuit is None else await circuit.aadmit()
             except CircuitOpen as open_:
-                self._skipped(state, open_)
+                state.errors.append(open_)
                 continue
             return self._run(call, state, index, ticket)
         return await _awaited(self._exhausted(call, state))
 
-    async def _aleave(self, call: Call, state: _State | None, result: Any) -> Any:
-        """`leave` on an event loop."""
-        if state is not None and state.ticket is not None:
+    async def _aleave(self, call: Call, state: Any, result: Any) -> Any:
+        """`_leave` on an event loop."""
+        if state.__class__ is not _State:
+            if state is not None:
+                await self._first.arecord(state, None)  # type: ignore[union-attr]
+            if self.reject is None:
+                return result
+            state = None
+        elif state.ticket is not None:
             await self.targets[state.index].circuit.arecord(state.ticket, None)  # type: ignore[union-attr]
         refused = self._refused(call, state, result)
         if refused is not None:
@@ -514,9 +538,11 @@ class FallbackLayer(Guard):
             self._answered(call, state)
         return result
 
-    async def _afail(self, call: Call, state: _State | None, exc: BaseException) -> Run | Answer | None:
-        """`fail` on an event loop."""
-        if state is None:
+    async def _afail(self, call: Call, state: Any, exc: BaseException) -> Run | Answer | None:
+        """`_fail` on an event loop."""
+        if state.__class__ is not _State:
+            if state is not None:
+                await self._first.arecord(state, exc)  # type: ignore[union-attr]
             state = _State(0, None)
         elif state.ticket is not None:
             await self.targets[state.index].circuit.arecord(state.ticket, exc)  # type: ignore[union-attr]

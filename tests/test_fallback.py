@@ -421,9 +421,13 @@ def test_default_answers_when_everything_failed(is_async: bool, fake_provider: F
         return "awaited"
 
     if is_async:
-        pair = Pair("async def", fake_provider, lambda alt: lg.fallback(alt, default=adefault))
-        fake_provider.script(Step(status=503), Step(status=503))
-        assert "awaited" == pair.run()
+        for breaker in (True, False):  # the hooks differ: with circuits, and without
+            pair = Pair("async def", fake_provider, lambda alt, b=breaker: lg.fallback(alt, default=adefault, breaker=b))
+            fake_provider.script(Step(status=503), Step(status=503))
+            assert "awaited" == pair.run()
+            # Every answer refused: the default, awaited too.
+            pair = Pair("async def", fake_provider, lambda alt, b=breaker: lg.fallback(alt, default=adefault, reject=lambda r: True, breaker=b))
+            assert "awaited" == pair.run()
 
 
 def test_deadline_passed_no_alternate_starts(anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider, fake_clock: FakeClock) -> None:
@@ -484,6 +488,23 @@ def test_an_open_circuit_skips_its_target_without_a_call_then_a_probe_closes_it(
         pair.run()
     assert [lg.CircuitOpen, lg.CircuitOpen] == [type(e) for e in info.value.exceptions]
     assert 6 == len(fake_provider.requests)
+
+
+def test_circuits_in_redis_are_awaited_by_an_async_call_and_named_alike_in_every_process(fake_provider: FakeProvider, redis_url: str) -> None:
+    """store=redis: the async hooks await the store; a second function of the same name shares the circuits."""
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    settings = {"failures": 1, "cooldown": 60, "store": redis_url}
+    first = Pair("async def", fake_provider, lambda alt: lg.fallback(alt, breaker=settings))
+    fake_provider.script(Step(status=529), Step(reply="one"), Step(reply="two"))
+    assert "one" == first.run()
+    assert "open" == circuits_of(first.fn)["ask"].state
+
+    # Another process (here: another decoration of the same function) sees the same circuit open.
+    second = Pair("async def", fake_provider, lambda alt: lg.fallback(alt, breaker=settings))
+    assert "two" == second.run()
+    assert ["messages", "completions", "completions"] == paths(fake_provider)
 
 
 def test_breaker_settings_false_a_dict_or_an_lg_breaker_and_bad_ones_refused_at_decoration() -> None:
