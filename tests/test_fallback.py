@@ -17,6 +17,9 @@ import anthropic
 import openai
 import pytest
 
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from probe import Probe
 
 import llmguard as lg
@@ -269,6 +272,34 @@ def _anthropic_body(text: str, stop: str, usage: dict[str, int]) -> dict[str, An
         "stop_sequence": None,
         "usage": usage,
     }
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_in_the_canonical_stack_the_span_says_which_target_answered_and_why(is_async: bool, fake_provider: FakeProvider, fake_clock: FakeClock) -> None:
+    """Trace -> cache -> fallback -> retry -> breaker -> budget -> timeout: one span, the target on it, the event with the reason."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+
+    def stack(f: Any) -> Any:
+        return lg.retry(attempts=2)(lg.breaker(failures=5)(lg.budget(usd=5.0, max_output=64)(lg.timeout(30)(f))))
+
+    pair = Pair(
+        "async def" if is_async else "def",
+        fake_provider,
+        lambda alt: lambda f: lg.trace(tracer_provider=provider)(lg.cache(lg.fallback(alt)(f))),
+        stack,
+    )
+    fake_provider.script(Step(status=529), Step(status=503), Step(reply="from openai"))
+
+    assert "from openai" == pair.run()
+
+    (span,) = exporter.get_finished_spans()
+    assert "ask_openai" == span.attributes["llmguard.fallback.target"]  # type: ignore[index]
+    (used,) = [e for e in span.events if e.name == "llmguard.fallback.used"]
+    assert "ask_openai" == used.attributes["llmguard.target"]  # type: ignore[index]
+    assert "ask: server (ServiceUnavailableError)" == used.attributes["llmguard.passed_over"]  # type: ignore[index]
+    assert ["messages", "messages", "completions"] == paths(fake_provider)
 
 
 # -- keyword overrides, what does not fall back, reject= ------------------------------------
