@@ -49,7 +49,7 @@ from __future__ import annotations
 import inspect
 import threading
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, Final, ParamSpec, Protocol, TypeVar, overload
 
 from . import _clock, _events
@@ -406,7 +406,10 @@ class FallbackLayer(Guard):
             raise AllFailed(msg, state.errors)
         record.fallback_target = "default"
         _events.emit(_events.FALLBACK_USED, record, target="default", passed_over=self._passed_over(state))
-        return Answer(default(*call.positional(), **call.kwargs) if callable(default) else default)
+        value = default(*call.positional(), **call.kwargs) if callable(default) else default
+        if call.shape == ASYNCGEN and not hasattr(value, "__aiter__"):
+            value = _chunks(value)  # an async generator function's default given as a list of chunks
+        return Answer(value)
 
     def _passed_list(self, state: _State) -> list[dict[str, str]]:
         return [{"target": self.targets[i].name, "reason": _reason(e)} for i, e in enumerate(state.errors)]
@@ -550,6 +553,12 @@ class FallbackLayer(Guard):
         if not self._failed(call, state, exc):
             return None
         return await self._anext(call, state)
+
+
+async def _chunks(items: Iterable[Any]) -> AsyncIterator[Any]:
+    """*items* as the async stream an async generator function's caller reads."""
+    for item in items:
+        yield item
 
 
 async def _awaited(out: Answer) -> Answer:

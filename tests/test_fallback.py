@@ -461,6 +461,14 @@ def test_default_answers_when_everything_failed(is_async: bool, fake_provider: F
             assert "awaited" == pair.run()
 
 
+@pytest.mark.parametrize("shape", ["generator", "async generator"])
+def test_a_generator_functions_default_is_its_chunks(shape: str, fake_provider: FakeProvider) -> None:
+    """A stream's default: an iterable of chunks, read by the caller as the stream (async too)."""
+    pair = Pair(shape, fake_provider, lambda alt: lg.fallback(alt, default=lambda model=None: ["sorry", ", later"]))
+    fake_provider.script(Step(status=503), Step(status=503))
+    assert "sorry, later" == pair.run()
+
+
 def test_deadline_passed_no_alternate_starts(anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider, fake_clock: FakeClock) -> None:
     """The primary failed after the active deadline: no alternate starts; AllFailed says why."""
     tried: list[str] = []
