@@ -50,7 +50,7 @@ import inspect
 import threading
 
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import Any, Final, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, Final, Protocol
 
 from . import _clock, _events
 from ._binder import Binder
@@ -64,9 +64,6 @@ from ._stream import _StreamBase
 from .errors import AllFailed, AnswerRejected, CircuitOpen, GuardTimeout, LLMGuardError
 from .providers import classify
 
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 On = ErrorKind | type[BaseException] | Iterable[ErrorKind | type[BaseException]] | Callable[[BaseException], bool] | None
 
@@ -380,9 +377,6 @@ class FallbackLayer(Guard):
         state.errors.append(GuardTimeout(f"the deadline passed before {self.targets[index].name} could start", limit="total"))
         return False
 
-    def _skipped(self, state: _State, open_: CircuitOpen) -> None:
-        state.errors.append(open_)
-
     def _run(self, call: Call, state: _State, index: int, ticket: object) -> Run:
         """Run target *index* as the inside."""
         state.index, state.ticket = index, ticket
@@ -600,17 +594,13 @@ def _copy(layer: FallbackLayer) -> FallbackLayer:
     return new
 
 
-@overload
 def fallback(
     *alternates: Callable[..., Any] | Mapping[str, Any],
     on: On = None,
     reject: Callable[..., Any] | None = None,
-    default: Any = ...,
+    default: Any = _NO_DEFAULT,
     breaker: Any = True,
-) -> FallbackLayer: ...
-@overload
-def fallback(*alternates: Any, **kwargs: Any) -> FallbackLayer: ...
-def fallback(*alternates: Any, **kwargs: Any) -> FallbackLayer:
+) -> FallbackLayer:
     """Try other targets, in order, when the decorated function's call fails or its answer is refused.
 
     ``@lg.fallback(*alternates, on=None, reject=None, default=<none>,
@@ -634,4 +624,4 @@ def fallback(*alternates: Any, **kwargs: Any) -> FallbackLayer:
 
     See the module docs for the rest (streams, the record, deadlines).
     """
-    return FallbackLayer(*alternates, **kwargs)
+    return FallbackLayer(*alternates, on=on, reject=reject, default=default, breaker=breaker)
