@@ -359,6 +359,26 @@ def test_llmguards_refusals_and_auth_never_fall_back_by_default(exc: Any, anthro
     assert "alternate" == lg.fallback(alternate, on=kind)(primary)("hi")
 
 
+def test_a_context_too_long_and_a_timeout_fall_back_by_default(openai_client: openai.OpenAI, fake_provider: FakeProvider) -> None:
+    """A 400 saying the context is too long moves on (a larger-context alternate); so does a GuardTimeout."""
+
+    @lg.fallback({"model": "gpt-4.1"})
+    def ask(model: str = MINI) -> Any:
+        return openai_client.chat.completions.create(model=model, messages=MESSAGES)
+
+    fake_provider.script(Step(status=400, error_code="context_length_exceeded", error_type="invalid_request_error"), Step(reply="long context"))
+    assert "long context" == text_of(ask())
+    assert [MINI, "gpt-4.1"] == models(fake_provider)
+
+    @lg.fallback({"model": "fast"})
+    def slow(model: str = "slow") -> str:
+        if model == "slow":
+            raise lg.GuardTimeout("too slow", seconds=1.0)
+        return model
+
+    assert "fast" == slow()
+
+
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
 def test_reject_on_finish_reason_length_moves_on(is_async: bool, fake_provider: FakeProvider) -> None:
     """An openai answer cut at max_tokens (finish reason "length", HTTP 200) is refused: the next target answers."""
