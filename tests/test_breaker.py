@@ -7,6 +7,7 @@ The state machine runs on the memory store and on a real redis-server (the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import subprocess
@@ -389,10 +390,8 @@ def test_half_open_lets_exactly_one_probe_through_under_20_tasks(
             return await async_anthropic_client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
 
         fake_provider.script(Step(status=529))
-        try:
+        with contextlib.suppress(anthropic.APIStatusError):
             await ask()
-        except anthropic.APIStatusError:
-            pass
         release.clear()
         fake_clock.advance(5)
         refused: list[Any] = []
@@ -483,7 +482,7 @@ def test_retry_waits_out_a_retry_after_and_the_breaker_lets_the_probe_through(
 
 
 def test_events_on_each_state_change(fake_clock: FakeClock, store: Any) -> None:
-    """opened (with why and for how long), half_opened, closed: one event each, naming the circuit."""
+    """Events opened (with why and for how long), half_opened and closed: one each, naming the circuit."""
     fail = [True]
 
     @lg.breaker(failures=2, cooldown=7, store=store, name=f"events-{uuid.uuid4().hex[:6]}")
@@ -544,6 +543,45 @@ def test_cancelled_probe_frees_its_slot(fake_clock: FakeClock) -> None:
     assert 0.0 == refused.value.retry_after
     circ.record(probe, asyncio.CancelledError())
     assert isinstance(circ.admit(), Probe)
+
+
+def test_what_each_error_means_for_the_circuit() -> None:
+    """A GuardTimeout is a fault; its refusals, a bug, a cancellation are not counted; a 429 with no wait is a fault."""
+    from llmguard._breaker import judge  # noqa: PLC0415
+    from llmguard.stores._breaker_base import FAULT, NEUTRAL, OK, Rules  # noqa: PLC0415
+
+    rules = Rules(5, None, 60.0, 10, 30.0, 600.0, 1)
+
+    class Bare429(Exception):
+        status_code = 429
+
+    assert FAULT == judge(lg.GuardTimeout("late"), rules)[0]
+    assert FAULT == judge(ConnectionResetError(), rules)[0]
+    assert FAULT == judge(Bare429(), rules)[0]
+    assert OK == judge(None, rules)[0]
+    for silent in (lg.CircuitOpen("open"), lg.BudgetExceeded("no"), RuntimeError("bug"), asyncio.CancelledError(), KeyboardInterrupt()):
+        assert NEUTRAL == judge(silent, rules)[0], silent
+
+
+def test_redis_out_of_reach_lets_calls_through_uncounted(fake_clock: FakeClock) -> None:
+    """With no Redis to ask, calls go through (a breaker never fails the application) and store_error says why."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+
+    @lg.breaker(failures=1, store=f"redis://127.0.0.1:{port}/0")
+    def call(fail: bool) -> str:
+        if fail:
+            raise TimeoutError
+        return "ok"
+
+    with capture_events("llmguard.breaker.") as events:
+        assert isinstance(swallow(lambda: call(True)), TimeoutError)
+        assert "ok" == call(False)
+    assert {"llmguard.breaker.store_error"} == {e.name for e in events}
+    assert "admit" == events[0]["stage"]
 
 
 # -- the Circuit interface (what fallback uses) --------------------------------------
@@ -672,11 +710,9 @@ def test_ratio_one_and_bare_decorator_are_accepted(fake_clock: FakeClock) -> Non
 # -- Redis: one breaker across processes ------------------------------------------------------
 
 
-def _worker(redis_url: str, namespace: str, base_url: str, start_at: float, clock_offset: float) -> None:
-    """One process: wait until *start_at*, make one call through the shared breaker, print what happened."""
-    import llmguard as lg  # noqa: PLC0415
+def _worker(redis_url: str, namespace: str, base_url: str) -> None:
+    """One process: say ready; then, for each line read (a clock offset), one call through the shared breaker."""
     from llmguard import _clock  # noqa: PLC0415
-    from llmguard.testing import FakeClock  # noqa: PLC0415
 
     client = openai.OpenAI(base_url=base_url, api_key="sk-test", max_retries=0)
 
@@ -684,54 +720,71 @@ def _worker(redis_url: str, namespace: str, base_url: str, start_at: float, cloc
     def ask() -> Any:
         return client.chat.completions.create(model=GPT, messages=MESSAGES)
 
-    if clock_offset:  # this process's clock runs ahead: past the cooldown
-        _clock.set_clock(FakeClock(start=time.monotonic(), wall=time.time() + clock_offset))
-    time.sleep(max(0.0, start_at - time.time()))
-    try:
-        ask()
-        outcome = "ok"
-    except lg.CircuitOpen:
-        outcome = "open"
-    except openai.APIStatusError:
-        outcome = "fault"
-    sys.stdout.write(json.dumps(outcome) + "\n")
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    for line in sys.stdin:  # the parent says go to all three at once
+        offset = float(line)
+        if offset:  # this process's clock runs ahead: past the cooldown
+            _clock.set_clock(FakeClock(start=time.monotonic(), wall=time.time() + offset))
+        try:
+            ask()
+            outcome = "ok"
+        except lg.CircuitOpen:
+            outcome = "open"
+        except openai.APIStatusError:
+            outcome = "fault"
+        sys.stdout.write(json.dumps(outcome) + "\n")
+        sys.stdout.flush()
 
 
-def _run_workers(redis_url: str, namespace: str, base_url: str, clock_offset: float = 0.0) -> list[str]:
-    start_at = time.time() + 8.0  # every process started and imported by then, even on a loaded machine
-    procs = [
-        subprocess.Popen(  # noqa: S603 - this file, as a script
-            [sys.executable, __file__, "worker", redis_url, namespace, base_url, str(start_at), str(clock_offset)],
-            stdout=subprocess.PIPE,
-            cwd=Path(__file__).parent,
-        )
-        for _ in range(3)
-    ]
+def _round(procs: list[subprocess.Popen[str]], clock_offset: float = 0.0) -> list[str]:
+    """One call in each worker, started together; their outcomes, sorted."""
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(f"{clock_offset}\n")
+        proc.stdin.flush()
     out = []
     for proc in procs:
-        stdout, _ = proc.communicate(timeout=120)
-        assert 0 == proc.returncode
-        out.append(json.loads(stdout.decode().strip().splitlines()[-1]))
+        assert proc.stdout is not None
+        out.append(json.loads(proc.stdout.readline()))
     return sorted(out)
 
 
 def test_a_redis_breaker_is_shared_by_three_processes(redis_url: str, fake_provider: FakeProvider) -> None:
     """3 processes: their 3 faults open one circuit; then all 3 are refused with no request; past the cooldown exactly one probes."""
     namespace = f"p{uuid.uuid4().hex[:8]}"
-    fake_provider.script(*[Step(status=500)] * 3)
-    assert ["fault", "fault", "fault"] == _run_workers(redis_url, namespace, fake_provider.openai_base_url)
-    assert 3 == api_requests(fake_provider)
+    procs = [
+        subprocess.Popen(  # noqa: S603 - this file, as a script
+            [sys.executable, __file__, "worker", redis_url, namespace, fake_provider.openai_base_url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).parent,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None
+            assert "ready" == proc.stdout.readline().strip()  # every worker imported and built its breaker
 
-    assert ["open", "open", "open"] == _run_workers(redis_url, namespace, fake_provider.openai_base_url)
-    assert 3 == api_requests(fake_provider)  # none sent
+        fake_provider.script(*[Step(status=500)] * 3)
+        assert ["fault", "fault", "fault"] == _round(procs)
+        assert 3 == api_requests(fake_provider)
 
-    fake_provider.script(Step(delay=1.0))  # the probe is out while the others ask
-    assert ["ok", "open", "open"] == _run_workers(redis_url, namespace, fake_provider.openai_base_url, clock_offset=601)
-    assert 4 == api_requests(fake_provider)
+        assert ["open", "open", "open"] == _round(procs)
+        assert 3 == api_requests(fake_provider)  # none sent
+
+        fake_provider.script(Step(delay=5.0))  # the probe is out while the others ask
+        assert ["ok", "open", "open"] == _round(procs, clock_offset=601)
+        assert 4 == api_requests(fake_provider)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.communicate(timeout=30)
     shared = circuit("shared", failures=3, cooldown=600, store=RedisBreakerStore(redis_url, namespace=namespace))
-    assert "closed" == shared.state
+    assert "closed" == shared.state  # the probe's success closed it for every process
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
-    url, ns, base, start, offset = sys.argv[2:7]
-    _worker(url, ns, base, float(start), float(offset))
+    _worker(*sys.argv[2:5])
