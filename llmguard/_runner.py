@@ -330,7 +330,7 @@ class _Runner:
         slot = call._begin()
         token = _CURRENT.set((call, slot))
         try:
-            result = (call._fn or self.fn)(*call.positional(), **call.kwargs)
+            result = (self.fn if call._fn is None else call._fn)(*call.positional(), **call.kwargs)
         except BaseException as exc:
             call._failed(slot, exc)
             raise
@@ -344,7 +344,7 @@ class _Runner:
         slot = call._begin()
         token = _CURRENT.set((call, slot))
         try:
-            result = await (call._fn or self.fn)(*call.positional(), **call.kwargs)
+            result = await (self.fn if call._fn is None else call._fn)(*call.positional(), **call.kwargs)
         except BaseException as exc:
             call._failed(slot, exc)
             raise
@@ -357,7 +357,7 @@ class _Runner:
         record = call.record
         attempt = _begin_attempt(record, call._model, _clock.now())
         stream_type = AsyncGuardedStream if self.is_async else GuardedStream
-        return stream_type(source=(call._fn or self.fn)(*call.positional(), **call.kwargs), record=record, attempt=attempt, call=call)
+        return stream_type(source=(self.fn if call._fn is None else call._fn)(*call.positional(), **call.kwargs), record=record, attempt=attempt, call=call)
 
 
 def _again(again: Run, state: Any, run: Run | None) -> tuple[Any, Run | None, float]:
