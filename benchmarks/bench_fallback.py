@@ -17,10 +17,17 @@ import statistics
 
 from typing import Any
 
-from _harness import interleaved_samples, interleaved_samples_async, paired_difference, row
+from _harness import (
+    interleaved_samples,
+    interleaved_samples_async,
+    paired_difference,
+    per_call,
+    row,
+)
 
 import llmguard as lg
 
+from llmguard._breaker import circuit as new_circuit
 from llmguard._runner import Guard
 
 
@@ -83,13 +90,26 @@ def _measure(label: str, fn: Any, alt: Any) -> tuple[float, float]:
     return added_plain, added_circuits
 
 
+def _circuit_share() -> float:
+    """Seconds a memory circuit's admit and record of a success take (the breaker's share of the figure)."""
+    circuit = new_circuit("bench_fallback.share")
+
+    def once() -> None:
+        circuit.record(circuit.admit(), None)
+
+    return per_call(once, number=20_000)
+
+
 def run() -> dict[str, float]:
     print("fallback: what @lg.fallback adds when the primary answers, over @lg.retry alone (median of paired batch differences)")
     out: dict[str, float] = {}
+    share = _circuit_share()
+    print(row("a memory circuit's admit + record (the breaker's share, per target tried)", share))
     for label, fn, alt in (("sync ", primary, alternate), ("async", aprimary, aalternate)):
         added_plain, added_circuits = _measure(label, fn, alt)
         out[f"fallback_{label.strip()}_no_breaker_us"] = added_plain * 1e6
         out[f"fallback_{label.strip()}_us"] = added_circuits * 1e6
+    out["fallback_circuit_share_us"] = share * 1e6
     return out
 
 

@@ -126,6 +126,11 @@ class _Target:
         self.circuit: Circuit | None = None
 
 
+def _no_circuit(*_: object) -> Any:
+    """Stands for the primary circuit's methods when there is none (never called: no hook uses them then)."""
+    raise AssertionError("no circuit")  # pragma: no cover
+
+
 class _State:
     """Where one call's fallback stands: the target running, its circuit ticket, the errors so far."""
 
@@ -266,6 +271,8 @@ class FallbackLayer(Guard):
         self._breaker_settings = self._breaker_settings_of(breaker)
         self.targets: tuple[_Target, ...] = ()
         self._first: Circuit | None = None  # the primary's circuit
+        self._admit_first: Callable[[], object] = _no_circuit
+        self._record_first: Callable[[object, BaseException | None], None] = _no_circuit
 
     @staticmethod
     def _breaker_settings_of(breaker: Any) -> dict[str, Any] | None:
@@ -302,7 +309,9 @@ class FallbackLayer(Guard):
             where = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', targets[0].name)}"
             for target in targets:
                 target.circuit = new_circuit(_circuit_name(f"fallback:{where}:{target.name}", settings), **settings)
-        layer._first = targets[0].circuit
+        first = layer._first = targets[0].circuit
+        if first is not None:  # bound once: the success path's two calls
+            layer._admit_first, layer._record_first = first.admit, first.record
         layer._choose_hooks(settings)
         return layer
 
@@ -435,7 +444,7 @@ class FallbackLayer(Guard):
     def _enter(self, call: Call) -> Any:
         """Admit the primary through its circuit (its ticket is the state); an open one is skipped without a call."""
         try:
-            return self._first.admit()  # type: ignore[union-attr]
+            return self._admit_first()
         except CircuitOpen as open_:
             state = _State(0, None)
             state.errors.append(open_)
@@ -459,7 +468,7 @@ class FallbackLayer(Guard):
         """The target answered (a stream: its first chunk came): refused, or the answer."""
         if state.__class__ is not _State:
             if state is not None:
-                self._first.record(state, None)  # type: ignore[union-attr]
+                self._record_first(state, None)
             if self.reject is None:
                 return result
             state = None
