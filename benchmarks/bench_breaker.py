@@ -19,6 +19,7 @@ from _harness import (
     interleaved_samples,
     overhead,
     paired_difference,
+    per_call,
     per_call_async,
     row,
 )
@@ -65,7 +66,9 @@ def run() -> dict[str, float]:
     aours = overhead(per_call_async(lambda f=lg.breaker(failures=5, cooldown=30)(atarget): f("q", n=2)), abare)
     print(row("async circuitbreaker.circuit", acb))
     print(row("async @lg.breaker(failures=5)", aours, acb, "of circuitbreaker"))
+    redis = _redis_row(pyb)
     return {
+        **redis,
         "breaker_sync": cost["ours"],
         "pybreaker_sync": pyb,
         "breaker_sync_ratio": cost["ours"] / pyb if pyb else 0.0,
@@ -74,6 +77,38 @@ def run() -> dict[str, float]:
         "breaker_async": aours,
         "circuitbreaker_async": acb,
     }
+
+
+def _redis_row(pyb: float) -> dict[str, float]:
+    """The success path on a Redis store: one round trip to admit, one to record (a local redis-server)."""
+    import os
+
+    from bench_budget import _redis_url, _round_trips
+
+    from llmguard.stores.breaker import RedisBreakerStore
+
+    url, proc = _redis_url()
+    if url is None:
+        print("  (no redis-server: the Redis row skipped)")
+        return {}
+    try:
+        store = RedisBreakerStore(url, namespace=f"bench{os.getpid()}")
+        guarded = lg.breaker(failures=5, store=store, name="bench")(target)
+        guarded("q")  # load the scripts
+        calls = 2000
+        before = _round_trips(store.client)
+        for _ in range(calls):
+            guarded("q")
+        trips = (_round_trips(store.client) - before) / calls
+        rtime = per_call(lambda: guarded("q"), number=2000, repeats=7)
+        print(row("sync  @lg.breaker, Redis store (local server, report)", rtime, pyb, "of pybreaker"))
+        print(f"  {'Redis round trips per call (admit + record)':<52} {trips:9.3f}")
+        store.close()
+        return {"breaker_redis_per_call": rtime, "breaker_redis_round_trips": trips}
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=5)
 
 
 if __name__ == "__main__":

@@ -349,6 +349,7 @@ def test_half_open_lets_exactly_probes_through_under_20_threads(
 
     barrier = threading.Barrier(20)
     results: list[Any] = []
+    refused = [0]
     lock = threading.Lock()
 
     def caller() -> None:
@@ -358,9 +359,9 @@ def test_half_open_lets_exactly_probes_through_under_20_threads(
         except lg.CircuitOpen as exc:
             outcome = exc
             with lock:
-                refused = sum(isinstance(r, lg.CircuitOpen) for r in results) + 1
-            if refused == 20 - probes:
-                release.set()  # every refused caller returned while the probes were still out
+                refused[0] += 1
+                if refused[0] == 20 - probes:
+                    release.set()  # every refused caller returned while the probes were still out
         with lock:
             results.append(outcome)
 
@@ -458,6 +459,17 @@ def test_retry_above_stops_at_circuit_open_and_budget_below_reserves_nothing(
     assert 0.0 == spend.usd
     assert spend.remaining_usd == pytest.approx(10.0)  # the refused attempt holds nothing
     assert [g.name for g in lg.describe(ask)] == ["retry", "breaker", "budget"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_under_retry_every_shape_stops_when_the_circuit_opens(
+    shape: str, clients: Any, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    """retry(5) over breaker(failures=2), every call shape (streams fail before their first chunk): two requests, then CircuitOpen."""
+    fake_provider.script(*[Step(status=529)] * 5)
+    call = build(shape, lambda f: lg.retry(attempts=5)(lg.breaker(failures=2)(f)), *clients)
+    assert isinstance(swallow(call), lg.CircuitOpen)
+    assert 2 == api_requests(fake_provider)
 
 
 def test_retry_waits_out_a_retry_after_and_the_breaker_lets_the_probe_through(

@@ -55,7 +55,7 @@ def run(fake: FakeProvider) -> None:
           f"requests sent while open: {len(fake.requests) - before - 3}")
 
     time.sleep(1.0)  # the cooldown: the next caller is the probe
-    fake.script(Step(reply="Back again.", delay=0.3))  # a slow recovery: the probe is out while the others ask
+    fake.script(Step(reply="Back again.", delay=1.0))  # a slow recovery: the probe is out while the others ask
     results: list[str] = []
     barrier = threading.Barrier(20)
     lock = threading.Lock()

@@ -119,7 +119,8 @@ class _MemoryCell(Cell):
             return None
 
     def _count(self, now: float, fault: int) -> tuple[int, int]:
-        # Under the lock: one call (a fault or not) in the current slot; the window's totals.
+        # Under the lock: one call (a fault or not) in the current slot; after a
+        # fault, the window's totals (a success opens nothing: (0, 0), unsummed).
         ring = self._ring
         assert ring is not None  # noqa: S101
         index = int(now // self.rules.slot)
@@ -127,7 +128,9 @@ class _MemoryCell(Cell):
         if slot[0] != index:
             slot[0], slot[1], slot[2] = index, 0, 0
         slot[1] += 1
-        slot[2] += fault
+        if not fault:
+            return 0, 0
+        slot[2] += 1
         calls = faults = 0
         for i, c, f in ring:
             if index - 10 < i <= index:
