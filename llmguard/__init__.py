@@ -11,6 +11,7 @@ from ._call import current_call
 from ._context import remaining
 from ._describe import GuardInfo, describe
 from ._facts import report_usage
+from ._fallback import fallback
 from ._order import OrderWarning
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 from ._retry import RetryAttempt, retry
@@ -21,6 +22,7 @@ from ._timeout import timeout
 from ._trace import trace
 from .errors import (
     AllFailed,
+    AnswerRejected,
     BudgetExceeded,
     CircuitOpen,
     GuardTimeout,
@@ -37,6 +39,7 @@ from .providers import classify, usage_from
 
 __all__ = [
     "AllFailed",
+    "AnswerRejected",
     "AsyncGuardedStream",
     "Attempt",
     "BudgetAlert",
@@ -74,6 +77,7 @@ __all__ = [
     "cost_of",
     "current_call",
     "describe",
+    "fallback",
     "remaining",
     "report_usage",
     "retry",

@@ -91,6 +91,7 @@ class Call:
     _notes: dict[str, Any] | None = None
     _model: Any = None  # the model the inside asks for while a guard's `Run` changes the arguments
     _given: tuple[tuple[Any, ...], dict[str, Any]] | None = None  # the caller's arguments, while a guard's replace them
+    _fn: Callable[..., Any] | None = None  # the function the innermost step calls while a guard's `Run(fn=)` replaces it
 
     def __init__(self, runner: _Runner, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.runner = runner
@@ -284,16 +285,22 @@ class Call:
 
     def _use(self, run: Run) -> tuple[Any, ...]:
         """Make *run*'s arguments the call's while the inside runs; returns what to restore."""
-        saved = self.args, self.kwargs, self._model, self._given
+        saved = self.args, self.kwargs, self._model, self._given, self._fn
         if self._given is None:
             self._given = self.args, self.kwargs
         if run.args is not None:
             self.args = run.args
         if run.kwargs is not None:
             self.kwargs = run.kwargs
+        if run.fn is not None:
+            self._fn = run.fn
         # The model the inside asks for, by keyword or by position (a route may pass either).
         self._model = _request_model(self.runner.info, self.instance, self.args, self.kwargs)
         return saved
+
+    def _restore(self, saved: tuple[Any, ...]) -> None:
+        """Undo `_use`: the arguments (and function) before that `Run`."""
+        self.args, self.kwargs, self._model, self._given, self._fn = saved
 
     # -- attempts --------------------------------------------------------------
     # Each attempt has a *slot*, a list ``[started, model, ended, result,
