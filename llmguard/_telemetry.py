@@ -173,17 +173,18 @@ def _metrics(kind: str, resource: Any, endpoint: str | None, options: dict[str, 
 def _logs(kind: str, resource: Any, endpoint: str | None, options: dict[str, Any]) -> tuple[Any, logging.Handler | None]:
     if kind == "none":
         return None, None
-    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler  # noqa: PLC0415
-    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, ConsoleLogExporter  # noqa: PLC0415
+    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler, export  # noqa: PLC0415
 
     provider = LoggerProvider(resource=resource)
     if kind == "console":
-        exporter: Any = ConsoleLogExporter()
+        # ConsoleLogRecordExporter since 1.39; ConsoleLogExporter before (deprecated since).
+        exporter: Any = getattr(export, "ConsoleLogRecordExporter", None) or export.ConsoleLogExporter
+        exporter = exporter()
     else:
         from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter  # noqa: PLC0415
 
         exporter = OTLPLogExporter(**_endpoint(endpoint, "logs"), **options)
-    provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+    provider.add_log_record_processor(export.BatchLogRecordProcessor(exporter))
     with warnings.catch_warnings():
         # Deprecated (since 1.39) in favour of opentelemetry-instrumentation-logging's, which
         # instruments the whole logging module; this one handler on one logger is all we need.
