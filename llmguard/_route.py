@@ -521,19 +521,18 @@ class RouteLayer(Guard):
         request = RouteRequest(call, self.param)
         index, reason, score = self._choose(request)
         chosen = self.tiers[index]
-        found = self._escalate(call, request, index)
-        if found is None:
-            tier, why = None, "no tier at or above it can take the request; the caller's model kept"
-        else:
-            tier, why = found
-        if why:
+        tier, why = self._escalate(call, request, index)
+        escalated = tier is not None and tier is not chosen
+        if tier is None:
+            reason = f"{reason}; no tier from {chosen.name!r} up can take the request ({why}): the caller's model kept"
+        elif escalated:
             reason = f"{reason}; escalated from {chosen.name!r}: {why}"
         decision = RouteDecision(
             tier=(tier or chosen).name,
             model=tier.model if tier is not None else None,
             reason=reason,
             score=score,
-            escalated_from=chosen.name if why else None,
+            escalated_from=chosen.name if escalated else None,
         )
         self._record(call, decision)
         if tier is None or tier.values is None:
@@ -569,8 +568,8 @@ class RouteLayer(Guard):
             return index, f"score {value:g} {bound}{f' ({signals})' if signals else ''}".replace("  ", " "), value
         return self._index[self.default], "default", None
 
-    def _escalate(self, call: Call, request: RouteRequest, index: int) -> tuple[_Tier | None, str] | None:
-        """The first tier from *index* up whose model takes the request, and why it moved (empty: it did not)."""
+    def _escalate(self, call: Call, request: RouteRequest, index: int) -> tuple[_Tier | None, str]:
+        """The first tier from *index* up whose model takes the request (None: none does), and why the first could not."""
         needed: int | None = None
         why = ""
         for j in range(index, len(self.tiers)):
@@ -587,7 +586,7 @@ class RouteLayer(Guard):
                     why = why or f"~{needed} tokens > {model}'s context window of {window}"
                     continue
             return tier, why
-        return None
+        return None, why
 
     def _capability(self, model: str | None) -> tuple[int | None, bool]:
         """(context window, takes images) of *model*: declared, else genai-prices' window and images assumed."""
