@@ -265,24 +265,32 @@ class _Matcher:
     word (``step by step``, a code fence) is a substring count.
     """
 
-    __slots__ = ("phrases", "words")
+    __slots__ = ("n_words", "phrases", "signal_of")
 
     def __init__(self, keywords: Mapping[str, Iterable[str]]) -> None:
-        self.words: dict[str, list[str]] = {}  # signal -> single-word keywords
-        self.phrases: dict[str, list[str]] = {}  # signal -> the others
+        self.signal_of: dict[str, list[str]] = {}  # single-word keyword -> the signals it counts for
+        self.phrases: dict[str, list[str]] = {}  # signal -> its other keywords
         for signal, words in keywords.items():
             for word in words:
                 w = word.strip().lower()
-                (self.words if _WORD.fullmatch(w) else self.phrases).setdefault(signal, []).append(w)
+                if _WORD.fullmatch(w):
+                    self.signal_of.setdefault(w, []).append(signal)
+                else:
+                    self.phrases.setdefault(signal, []).append(w)
+        self.n_words = len(self.signal_of)
 
     def hits(self, text: str) -> dict[str, int]:
         """Keyword occurrences per signal in *text* (already lowercased); signals without any left out."""
         counts = Counter(text.translate(_SPLIT).split())
         out: dict[str, int] = {}
-        for signal, words in self.words.items():
-            n = sum(counts[w] for w in words if w in counts)
-            if n:
-                out[signal] = n
+        signal_of = self.signal_of
+        if len(counts) <= self.n_words:  # look up the text's words in the keywords, or the other way
+            found = [(signal_of[w], n) for w, n in counts.items() if w in signal_of]
+        else:
+            found = [(signals, counts[w]) for w, signals in signal_of.items() if w in counts]
+        for signals, n in found:
+            for signal in signals:
+                out[signal] = out.get(signal, 0) + n
         for signal, phrases in self.phrases.items():
             n = sum(text.count(p) for p in phrases)
             if n:
@@ -308,7 +316,7 @@ class RouteScore:
     signals: Mapping[str, float] = field(default_factory=dict)
 
 
-# Each keyword signal: (weight, words). A signal's strength is min(1, hits / 2).
+# Each keyword signal: (weight, words). A signal's strength is 0.6 for one hit, 1 for two or more.
 _SIGNALS: Final[dict[str, tuple[float, tuple[str, ...]]]] = {
     "code": (
         0.30,
@@ -334,6 +342,7 @@ _SIGNALS: Final[dict[str, tuple[float, tuple[str, ...]]]] = {
          "spell", "capital of", "yes or no", "summarize", "summarise", "tl;dr"),
     ),
 }
+_ONE_HIT: Final = 0.6  # a keyword signal's strength for one hit; two or more: 1
 _LENGTH_WEIGHT: Final = 0.10
 _TOOLS_WEIGHT: Final = 0.10
 _QUESTIONS_WEIGHT: Final = 0.02
@@ -350,7 +359,7 @@ class RouteScorer:
     ========== ======= ===============================================================
     length     0.10    estimated input tokens, 0 at ``short_tokens`` (15) or fewer,
                        1 at ``long_tokens`` (400) or more, linear between
-    code       0.30    code words or a code fence: min(1, hits / 2)
+    code       0.30    code words or a code fence: 0.6 for one hit, 1 for two or more
     reasoning  0.25    "step by step", "prove", "explain why", "compare"...
     technical  0.25    "algorithm", "distributed", "database", "latency"...
     tools      0.10    the request carries tool definitions: 1
@@ -410,7 +419,7 @@ class RouteScorer:
         score = _LENGTH_WEIGHT * length
         weights = self._weights
         for name, count in hits.items():
-            strength = min(1.0, count / 2)
+            strength = 1.0 if count > 1 else _ONE_HIT
             signals[name] = strength
             score += weights[name] * strength
         if request.tools:

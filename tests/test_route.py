@@ -271,7 +271,7 @@ def test_the_default_scorer_is_documented_by_its_signals() -> None:
     assert (0.0, {"simple": 1.0}) == (simple.value, dict(simple.signals))
     assert 0.30 == pytest.approx(code.value)
     assert {"code": 1.0} == dict(code.signals)
-    assert 0.10 - 0.05 * 0.5 == pytest.approx(long.value)  # length 1 x 0.10, one "simple" word
+    assert 0.10 - 0.05 * 0.6 == pytest.approx(long.value)  # length 1 x 0.10, one "simple" word (0.6)
     assert 0.10 == pytest.approx(tools.value)
     assert (0.15,) == layer.thresholds
 
