@@ -646,9 +646,10 @@ class RouteLayer(Guard):
         record = call.record
         record.route = decision.tier
         record.extra["route"] = decision
-        _events.emit(
+        _events.emit(  # debug: the call's one info line (trace's) already names the tier
             _events.ROUTE_CHOSEN,
             record,
+            level="debug",
             tier=decision.tier,
             model=decision.model,
             reason=decision.reason,
