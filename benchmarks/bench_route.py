@@ -49,7 +49,7 @@ def _request(messages: list[Any]) -> RouteRequest:
 
     class Grab(PassThrough):  # type: ignore[misc, valid-type]
         def enter(self, call: Any) -> None:  # type: ignore[override]
-            seen.append(RouteRequest(call, "model"))
+            seen.append(RouteRequest.of(call))
 
     Grab()(target)(messages)
     return seen[0]

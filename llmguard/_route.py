@@ -100,21 +100,38 @@ class RouteRequest:
 
     __slots__ = ("_call", "_size", "images", "input_tokens", "model", "text", "tools")
 
-    def __init__(self, call: Call, param: str) -> None:
-        self._call = call
-        text, images = _text_and_images(call, param)
+    def __init__(
+        self, text: str, *, input_tokens: int | None = None, tools: bool = False, images: bool = False, model: str | None = None
+    ) -> None:
+        """A request of *text* alone (a sample for `RouteScorer.calibrate`, a test of your classifier).
+
+        *input_tokens* defaults to llmguard's estimate of the text.
+        """
+        self._call: Call | None = None
         self.text = text
+        self._size = size = _estimate.size(text)
+        self.input_tokens = _estimate.tokens(size) if input_tokens is None else input_tokens
+        self.tools = tools
         self.images = images
+        self.model = model
+
+    @classmethod
+    def of(cls, call: Call, param: str = "model") -> RouteRequest:
+        """The request of a guarded *call* (what `route` builds before each call)."""
+        self = object.__new__(cls)
+        self._call = call
+        self.text, self.images = _text_and_images(call, param)
         tools = call.param("tools")
         self.tools = bool(tools) and tools is not None
         self._size = size = call.estimated_input_size()  # read once: the scorer's tokens and the window check's
         self.input_tokens = _estimate.tokens(size)
         model = call.param(param)
         self.model = model if isinstance(model, str) else None
+        return self
 
     def arguments(self) -> dict[str, Any]:
-        """Every argument of the call by name, defaults applied (the instance left out)."""
-        return self._call.arguments()
+        """Every argument of the call by name, defaults applied (the instance left out); ``{}`` for a bare text."""
+        return {} if self._call is None else self._call.arguments()
 
     def __repr__(self) -> str:
         return (
@@ -430,6 +447,40 @@ class RouteScorer:
             score += _QUESTIONS_WEIGHT
         return RouteScore(min(1.0, max(0.0, round(score, 6))), signals)
 
+    def calibrate(self, samples: Iterable[str | RouteRequest], shares: Sequence[float]) -> tuple[float, ...]:
+        """The thresholds that split *samples* into tiers in the proportions *shares* (cheapest first).
+
+        RouteLLM's lesson: what share of your traffic goes to the strong
+        model is the setting that matters, and it depends on your traffic.
+        ``route(tiers, thresholds=scorer.calibrate(last_week, [0.75, 0.25]))``
+        sends about a quarter of requests like *samples* to the second tier.
+        *samples* are texts or `RouteRequest` objects; *shares* one per tier, summing
+        to 1. Requests scoring the same at a cut all go up (escalate), so a
+        share can come out higher than asked on ties.
+        """
+        requests = [s if isinstance(s, RouteRequest) else RouteRequest(s) for s in samples]
+        if not requests:
+            msg = "RouteScorer.calibrate(samples=...) needs at least one sample"
+            raise ValueError(msg)
+        if isinstance(shares, (str, bytes)) or not isinstance(shares, Sequence) or len(shares) < 2:  # two tiers at least
+            msg = f"RouteScorer.calibrate(shares=...) must give one share per tier, two tiers or more, got {shares!r}"
+            raise ValueError(msg)
+        checked = [float(_check.number("RouteScorer.calibrate", "shares", v, exclusive=False, maximum=1)) for v in shares]
+        if not math.isclose(sum(checked), 1.0, abs_tol=1e-6):
+            msg = f"RouteScorer.calibrate(shares=...) must sum to 1, got {sum(checked):g}"
+            raise ValueError(msg)
+        scores = sorted(self(r).value for r in requests)
+        n = len(scores)
+        cuts: list[float] = []
+        below = 0.0
+        for share in checked[:-1]:
+            below += share
+            i = round(below * n)  # the first sample (by score) to go up
+            cut = scores[i] if i < n else 1.0
+            floor = cuts[-1] + 1e-6 if cuts else 1e-6  # thresholds are > 0 and increase
+            cuts.append(round(min(1.0, max(cut, floor)), 6))
+        return _thresholds("RouteScorer.calibrate", cuts)
+
 
 def _thresholds(guard: str, values: Sequence[float]) -> tuple[float, ...]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
@@ -555,7 +606,7 @@ class RouteLayer(Guard):
 
     def enter(self, call: Call) -> Run | None:
         """Choose the tier, escalate it until its model can take the request, run the inside with it."""
-        request = RouteRequest(call, self.param)
+        request = RouteRequest.of(call, self.param)
         index, reason, score = self._choose(request)
         chosen = self.tiers[index]
         tier, why = self._escalate(call, request, index)

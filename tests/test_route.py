@@ -570,3 +570,50 @@ def test_describe_lists_the_route_and_its_settings() -> None:
     assert {"simple": {"model": HAIKU}, "complex": {"model": SONNET}} == info.settings["tiers"]
     assert (["complex: tools=True"], (0.15,), "complex") == (info.settings["rules"], info.settings["thresholds"], info.settings["default"])
     assert isinstance(lg.route(TIERS), RouteLayer)
+
+
+# -- calibration ------------------------------------------------------------------------------------
+
+WORKLOAD = [
+    "Hi! What is the capital of Australia?",
+    "Translate 'good morning' into Spanish.",
+    "Thanks! Who is the author of Dune?",
+    "When did the Berlin Wall fall?",
+    "Prove that the square root of 2 is irrational.",
+    "Write a Python function that merges intervals and explain why the algorithm is O(n log n).",
+    "Design a distributed rate limiter and compare the consistency trade-offs, step by step.",
+    "Refactor this SQL query and fix the bug in its JSON schema handling, then explain the latency.",
+]
+
+
+def test_calibrated_thresholds_send_the_asked_share_to_each_tier(
+    fake_provider: FakeProvider, anthropic_client: anthropic.Anthropic
+) -> None:
+    """RouteScorer.calibrate cuts a sample's scores so each tier gets its share; route with those thresholds sends them so."""
+    scorer = lg.RouteScorer()
+    scores = sorted(scorer(lg.RouteRequest(q)).value for q in WORKLOAD)
+    assert len(set(scores[-3:])) == 3  # distinct at the top: the cuts can be exact
+
+    two = scorer.calibrate(WORKLOAD, [0.75, 0.25])
+    three = scorer.calibrate(WORKLOAD, [0.5, 0.25, 0.25])
+
+    assert (scores[6],) == two
+    assert (scores[4], scores[6]) == three
+
+    @lg.route({"simple": HAIKU, "complex": SONNET}, thresholds=two)
+    def ask(q: str, model: str = OPUS) -> Any:
+        return anthropic_client.messages.create(model=model, max_tokens=8, messages=user(q))
+
+    for q in WORKLOAD:
+        ask(q)
+    assert {HAIKU: 6, SONNET: 2} == {m: received(fake_provider).count(m) for m in (HAIKU, SONNET)}
+
+
+@pytest.mark.parametrize(
+    ("samples", "shares", "named"),
+    [([], [0.5, 0.5], "samples"), (WORKLOAD, [1.0], "shares"), (WORKLOAD, [0.5, 0.4], "shares"), (WORKLOAD, [1.5, -0.5], "shares")],
+)
+def test_calibrate_refuses_bad_samples_and_shares(samples: list[str], shares: list[float], named: str) -> None:
+    """No samples, one tier, shares not summing to 1 or out of [0, 1]: a ValueError naming the parameter."""
+    with pytest.raises(ValueError, match=rf"RouteScorer\.calibrate\({named}=\.\.\.\)"):
+        lg.RouteScorer().calibrate(samples, shares)
