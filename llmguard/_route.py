@@ -58,12 +58,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, cast
 
 from . import _check, _estimate, _events, prices
-from ._runner import Guard, Run
+from ._runner import Guard
 
 
 if TYPE_CHECKING:
     from ._binder import Binder
     from ._call import Call
+    from ._runner import Run
 
 
 __all__ = ["RouteDecision", "RouteLayer", "RouteRequest", "RouteRule", "RouteScore", "RouteScorer", "route"]
@@ -625,7 +626,7 @@ class RouteLayer(Guard):
         self._record(call, decision)
         if tier is None or tier.values is None:
             return None
-        return _override(call, tier.values)
+        return call.run_with(tier.values)
 
     def _choose(self, request: RouteRequest) -> tuple[int, str, float | None]:
         """(tier index, reason, score) before the capability checks."""
@@ -744,30 +745,6 @@ def _needed_tokens(call: Call, size: int) -> int:
     """The worst case the request needs of a context window: input reserve plus its ``max_tokens``."""
     out = call.param("max_tokens") or call.param("max_output_tokens") or call.param("max_completion_tokens")
     return _estimate.reserve_tokens(size) + (out if isinstance(out, int) and not isinstance(out, bool) else 0)
-
-
-def _override(call: Call, values: Mapping[str, Any]) -> Run | None:
-    """A `Run` with *values* set: a parameter passed positionally is replaced where it stands."""
-    args, kwargs = call.args, call.kwargs
-    binder = call.info.binder
-    positions = binder.positions_after if call.instance is not None else binder.positions
-    new_args: list[Any] | None = None
-    new_kwargs: dict[str, Any] | None = None
-    for name, value in values.items():
-        pos = positions.get(name)
-        if pos is not None and pos < len(args) and name not in kwargs:
-            if args[pos] is value:
-                continue
-            if new_args is None:
-                new_args = list(args)
-            new_args[pos] = value
-        elif kwargs.get(name, _MISSING) is not value:
-            if new_kwargs is None:
-                new_kwargs = dict(kwargs)
-            new_kwargs[name] = value
-    if new_args is None and new_kwargs is None:
-        return None
-    return Run(args=None if new_args is None else tuple(new_args), kwargs=new_kwargs)
 
 
 def _tiers(tiers: Any, param: str) -> tuple[_Tier, ...]:
