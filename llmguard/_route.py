@@ -162,11 +162,14 @@ def _from_messages(messages: list[Any]) -> tuple[str, bool]:
     images = False
     text = ""
     for message in messages:
+        if isinstance(message, str):
+            text = message
+            continue
         role, content = _field(message, "role"), _field(message, "content")
         if content is None:
-            content = _field(message, "parts")  # google-genai
-        if isinstance(message, str):
-            content, role = message, "user"
+            content = _field(message, "parts")  # google-genai's Content
+        if content is None:
+            content = [message]  # a bare part or block (google-genai's contents=[part, "text"])
         if isinstance(content, str):
             if role in (None, "user"):
                 text = content

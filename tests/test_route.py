@@ -617,3 +617,26 @@ def test_calibrate_refuses_bad_samples_and_shares(samples: list[str], shares: li
     """No samples, one tier, shares not summing to 1 or out of [0, 1]: a ValueError naming the parameter."""
     with pytest.raises(ValueError, match=rf"RouteScorer\.calibrate\({named}=\.\.\.\)"):
         lg.RouteScorer().calibrate(samples, shares)
+
+
+def test_a_google_genai_image_part_escalates(fake_provider: FakeProvider) -> None:
+    """google-genai contents with an inline image part (bare or in a Content) skip a model declared without images."""
+    import base64
+    import re
+
+    from google import genai
+    from google.genai import types as genai_types
+
+    client = genai.Client(api_key="x", http_options=genai_types.HttpOptions(base_url=fake_provider.google_base_url))
+
+    @lg.route({"flash": "gemini-2.5-flash-lite", "pro": "gemini-2.5-pro"}, capabilities={"gemini-2.5-flash-lite": {"images": False}})
+    def gen(contents: Any, model: str = "gemini-2.5-pro") -> Any:
+        return client.models.generate_content(model=model, contents=contents)
+
+    image = genai_types.Part.from_bytes(data=base64.b64decode(PNG), mime_type="image/png")
+    gen([image, "what is this?"])
+    gen([genai_types.Content(role="user", parts=[image, genai_types.Part(text="hi")])])
+    gen("hi")
+
+    models = [re.search(r"models/([^:]+):", r.path).group(1) for r in fake_provider.requests]  # type: ignore[union-attr]
+    assert ["gemini-2.5-pro", "gemini-2.5-pro", "gemini-2.5-flash-lite"] == models
