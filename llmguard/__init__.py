@@ -15,6 +15,7 @@ from ._fallback import fallback
 from ._order import OrderWarning
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 from ._retry import RetryAttempt, retry
+from ._route import RouteDecision, RouteRequest, RouteRule, RouteScore, RouteScorer, route
 from ._semantic import Semantic
 from ._stream import AsyncGuardedStream, GuardedStream
 from ._telemetry import Telemetry, configure_telemetry
@@ -59,6 +60,11 @@ __all__ = [
     "Price",
     "RateLimited",
     "RetryAttempt",
+    "RouteDecision",
+    "RouteRequest",
+    "RouteRule",
+    "RouteScore",
+    "RouteScorer",
     "Semantic",
     "StreamFailed",
     "StreamInterrupted",
@@ -81,6 +87,7 @@ __all__ = [
     "remaining",
     "report_usage",
     "retry",
+    "route",
     "set_price",
     "timeout",
     "trace",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _clock, _estimate, providers
@@ -282,6 +282,37 @@ class Call:
     def estimated_input_tokens(self) -> int:
         """The best-guess input tokens of the request (`_estimate.tokens` of `estimated_input_size`)."""
         return _estimate.tokens(self.estimated_input_size())
+
+    def run_with(self, values: Mapping[str, Any]) -> Run | None:
+        """A `Run` of the inside with the arguments *values* names set (None: they already are).
+
+        An argument the caller passed positionally is replaced where it
+        stands (``ask("q", "claude-opus-4-1")``: a keyword ``model=`` beside
+        it would be "multiple values for argument 'model'"); any other is set
+        by keyword. For a guard's ``enter`` (route) or ``fail`` (fallback's
+        keyword overrides).
+        """
+        from ._runner import Run  # noqa: PLC0415 - _runner imports this module
+
+        args, kwargs = self.args, self.kwargs
+        binder = self.info.binder
+        positions = binder.positions_after if self.instance is not None else binder.positions
+        new_args: list[Any] | None = None
+        new_kwargs: dict[str, Any] | None = None
+        for name, value in values.items():
+            pos = positions.get(name)
+            if pos is not None and pos < len(args) and name not in kwargs:
+                if args[pos] is not value:
+                    if new_args is None:
+                        new_args = list(args)
+                    new_args[pos] = value
+            elif name not in kwargs or kwargs[name] is not value:
+                if new_kwargs is None:
+                    new_kwargs = dict(kwargs)
+                new_kwargs[name] = value
+        if new_args is None and new_kwargs is None:
+            return None
+        return Run(args=None if new_args is None else tuple(new_args), kwargs=new_kwargs)
 
     def _use(self, run: Run) -> tuple[Any, ...]:
         """Make *run*'s arguments the call's while the inside runs; returns what to restore."""
