@@ -391,7 +391,10 @@ class FallbackLayer(Guard):
         state.index, state.ticket = index, ticket
         target = self.targets[index]
         if target.overrides is not None:
-            args, kwargs = _override(call, target.overrides)
+            # Always a Run with arguments: it replaces an earlier target's (its function too).
+            run = call.run_with(target.overrides)
+            args = None if run is None else run.args
+            kwargs = call.kwargs if run is None or run.kwargs is None else run.kwargs
             return Run(args=args, kwargs=kwargs, state=state)
         kwargs = call.kwargs
         if target.model is not None and not _given(call, "model"):
@@ -577,24 +580,6 @@ def _given(call: Call, name: str) -> bool:
     binder = call.info.binder
     at = (binder.positions_after if call.instance is not None else binder.positions).get(name)
     return at is not None and at < len(call.args)
-
-
-def _override(call: Call, overrides: dict[str, Any]) -> tuple[tuple[Any, ...] | None, dict[str, Any]]:
-    """The call's arguments with *overrides* applied: in place where the caller passed one positionally."""
-    binder = call.info.binder
-    positions = binder.positions_after if call.instance is not None else binder.positions
-    args = call.args
-    kwargs = dict(call.kwargs)
-    replaced = None
-    for name, value in overrides.items():
-        at = positions.get(name)
-        if at is not None and at < len(args) and name not in kwargs:
-            if replaced is None:
-                replaced = list(args)
-            replaced[at] = value
-        else:
-            kwargs[name] = value
-    return (None if replaced is None else tuple(replaced)), kwargs
 
 
 def _copy(layer: FallbackLayer) -> FallbackLayer:
