@@ -640,3 +640,27 @@ def test_a_google_genai_image_part_escalates(fake_provider: FakeProvider) -> Non
 
     models = [re.search(r"models/([^:]+):", r.path).group(1) for r in fake_provider.requests]  # type: ignore[union-attr]
     assert ["gemini-2.5-pro", "gemini-2.5-pro", "gemini-2.5-flash-lite"] == models
+
+
+@pytest.mark.parametrize("given", ["default", "keyword", "positional"])
+def test_fallback_below_route_still_applies_its_alternates(
+    given: str, fake_provider: FakeProvider, anthropic_client: anthropic.Anthropic, fake_clock: FakeClock
+) -> None:
+    """A route picks haiku; its two 529s exhaust retry; fallback's override sends opus — model given any way."""
+
+    @lg.route(TIERS)
+    @lg.fallback({"model": OPUS}, breaker=False)
+    @lg.retry(attempts=2)
+    def ask(q: str, model: str = SONNET) -> Any:
+        return anthropic_client.messages.create(model=model, max_tokens=8, messages=[{"role": "user", "content": q}])
+
+    fake_provider.script(Step(status=529), Step(status=529), Step())
+    if given == "default":
+        answer = ask(SIMPLE)
+    elif given == "keyword":
+        answer = ask(SIMPLE, model=SONNET)
+    else:
+        answer = ask(SIMPLE, SONNET)
+
+    assert [HAIKU, HAIKU, OPUS] == [r.body["model"] for r in fake_provider.requests]
+    assert OPUS == answer.model
