@@ -10,6 +10,7 @@ from ._call import current_call
 from ._context import remaining
 from ._describe import GuardInfo, describe
 from ._facts import report_usage
+from ._ratelimit import ratelimit
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 from ._retry import RetryAttempt, retry
 from ._semantic import Semantic
@@ -67,6 +68,7 @@ __all__ = [
     "cost_of",
     "current_call",
     "describe",
+    "ratelimit",
     "remaining",
     "report_usage",
     "retry",
