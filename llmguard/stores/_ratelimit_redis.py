@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from . import key as _key
 from . import redis_client
@@ -134,6 +134,13 @@ class RedisRateLimitStore(RateLimitStore):
         if self._url is not None:
             self._client.close()
 
+    async def aclose(self) -> None:
+        """Close this event loop's async connections, then the sync ones."""
+        found = self._async.pop(asyncio.get_running_loop(), None)
+        if found is not None:
+            await found[0].aclose()
+        self.close()
+
     # -- the decisions ----------------------------------------------------------
 
     def _keys(self, names: list[str]) -> list[str]:
@@ -172,10 +179,11 @@ class RedisRateLimitStore(RateLimitStore):
         if self._url is None:
             return self._scripts  # a client you passed: one blocking round trip
         loop = asyncio.get_running_loop()
-        scripts = self._async.get(loop)
-        if scripts is None:
-            scripts = self._async[loop] = self._register(self._pooled(self._url, asynchronous=True))
-        return scripts
+        found = self._async.get(loop)
+        if found is None:
+            client = self._pooled(self._url, asynchronous=True)
+            found = self._async[loop] = (client, self._register(client))
+        return cast("tuple[Any, ...]", found[1])
 
     async def _arun(self, index: int, keys: list[str], args: list[str]) -> Any:
         scripts = self._async_scripts()
