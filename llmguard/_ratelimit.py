@@ -103,6 +103,7 @@ R = TypeVar("R")
 _SLOW_FOR: Final = 60.0  # seconds a key's rate stays halved after a 429
 _SLOW_FACTOR: Final = 2.0
 _PAUSE_429: Final = 1.0  # seconds a 429 without retry advice holds the key
+_HOLDS_KEPT: Final = 4096  # keys whose cells a limit remembers (then it starts again)
 
 # The `with lg.ratelimit(...)` scopes active in this context, outermost first.
 SCOPES: ContextVar[tuple[RateLimit, ...]] = ContextVar("llmguard_ratelimit_scopes", default=())
@@ -120,13 +121,27 @@ class _Hold(NamedTuple):
 class _Ticket:
     """A call's reservations in every limiter that applies, until they are corrected (once)."""
 
-    __slots__ = ("holds", "n0", "open", "tokens")
+    __slots__ = ("holds", "local", "n0", "open", "tokens")
 
-    def __init__(self, holds: list[_Hold], tokens: int, n0: int) -> None:
+    def __init__(self, holds: list[_Hold], tokens: int, n0: int, local: bool) -> None:
         self.holds = holds
         self.tokens = tokens  # tokens reserved (0 without a tpm limit)
         self.n0 = n0  # the call's attempts before this one
+        self.local = local  # every store is in memory: async callers use the sync methods
         self.open = True
+
+
+_CARRIES: dict[type, bool] = {}
+
+
+def _may_carry_headers(cls: type) -> bool:
+    """Whether results of *cls* may carry response headers: its class has ``headers`` or ``response`` (a raw response, an SDK stream)."""
+    found = _CARRIES.get(cls)
+    if found is None:
+        found = hasattr(cls, "headers") or hasattr(cls, "response")
+        if len(_CARRIES) < _HOLDS_KEPT:
+            _CARRIES[cls] = found
+    return found
 
 
 def _escape(text: str) -> str:
@@ -199,6 +214,8 @@ class RateLimit(Guard):
         self._per_token = 0.0 if tpm is None else 60.0 / tpm
         self._wait_limit = _clock.MAX_WAIT if max_wait is None else float(max_wait)
         self._slow: dict[str | None, float] = {}  # key -> until when its rate is halved (after a 429)
+        self._fixed: dict[str | None, _Hold] = {}  # key -> its hold, for a limit with no tpm (the same every call)
+        self._local = self._store.sync_ok
 
     @property
     def store(self) -> RateLimitStore:
@@ -231,7 +248,15 @@ class RateLimit(Guard):
 
     def _hold(self, key: str | None, tokens: int, now: float) -> _Hold:
         """What a call of *tokens* costs this limit's cells for *key* (slower after a 429)."""
-        factor = _SLOW_FACTOR if self._slow and self._slow.get(key, 0.0) > now else 1.0
+        slow = self._slow and self._slow.get(key, 0.0) > now
+        if self.tpm is None and not slow:
+            hold = self._fixed.get(key)
+            if hold is None:
+                if len(self._fixed) >= _HOLDS_KEPT:
+                    self._fixed.clear()
+                hold = self._fixed[key] = _Hold(self, key, [(self._cell(key, "rpm"), self._per_request)], 0.0)
+            return hold
+        factor = _SLOW_FACTOR if slow else 1.0
         cells: list[tuple[str, float]] = []
         if self.rpm is not None:
             cells.append((self._cell(key, "rpm"), self._per_request * factor))
@@ -288,6 +313,8 @@ class _FunctionRateLimit(Guard):
     def __init__(self, limiter: RateLimit, fn: Callable[..., Any], binder: Any) -> None:
         self.limiter = limiter
         self._own = (limiter,) if limiter.has_limits else ()
+        self._own_tpm = limiter.tpm is not None
+        self._own_local = limiter._local
         # The one estimate a budget reserves from (it reads estimate=, max_output= and model of its owner).
         self.estimator = Estimator(cast("Any", limiter), binder)
         where = getattr(fn, "__qualname__", repr(fn))
@@ -324,17 +351,19 @@ class _FunctionRateLimit(Guard):
         if scopes:
             limiters = list(self._own)
             limiters.extend(s for s in scopes if s not in limiters)
+            tpm = any(lim.tpm is not None for lim in limiters)
+            local = all(lim._local for lim in limiters)
         else:
-            limiters = self._own
-        if not limiters:
-            return None
+            limiters, tpm, local = self._own, self._own_tpm, self._own_local
+            if not limiters:
+                return None
         tokens = 0
-        if any(lim.tpm is not None for lim in limiters):
+        if tpm:
             input_tokens, cap, *_ = self.estimator.estimate(call, ())
             tokens = input_tokens + (cap or 0)
         now = _clock.now()
         holds = [lim._hold(lim._key_of(call), tokens, now) for lim in limiters]
-        return _Ticket(holds, tokens, call.attempt_count())
+        return _Ticket(holds, tokens, call.attempt_count(), local)
 
     def _limit(self, hold: _Hold) -> float:
         """The longest wait *hold* may be given: its ``max_wait``, or less when a deadline is nearer."""
@@ -409,6 +438,8 @@ class _FunctionRateLimit(Guard):
                 if h.limiter.backoff:
                     h.limiter._slow[h.key] = until
         else:
+            if not _may_carry_headers(type(result)):
+                return []
             h_ = lower_headers(headers_of(result))
             if not h_:
                 return []
@@ -418,6 +449,8 @@ class _FunctionRateLimit(Guard):
         return [(h.limiter._store, [n for n, _ in h.cells], pause) for h in ticket.holds if h.limiter.backoff]
 
     def _finish(self, call: Call, ticket: _Ticket, result: Any, exc: BaseException | None) -> None:
+        if not ticket.tokens and exc is None and not _may_carry_headers(type(result)):
+            return  # nothing to correct, nothing the provider said: the success path of an rpm limit
         for store, cells in self._corrections(call, ticket, exc):
             store.adjust(cells)
         for store, names, pause in self._pauses(ticket, result, exc):
@@ -441,11 +474,8 @@ class _FunctionRateLimit(Guard):
 
     # -- the hooks (`a...`: the same, awaiting the store and the sleep) ------------
 
-    def enter(self, call: Call) -> _Ticket | None:
-        """Take the call's turn in every limit that applies and sleep until it (or refuse at once)."""
-        ticket = self._plan(call)
-        if ticket is None:
-            return None
+    def _take(self, call: Call, ticket: _Ticket) -> float:
+        """Take *ticket*'s turn in every limit (or refuse, giving back what was taken): the wait."""
         wait = 0.0
         for i, hold in enumerate(ticket.holds):
             limit = self._limit(hold)
@@ -455,6 +485,27 @@ class _FunctionRateLimit(Guard):
                     store.adjust(cells)
                 raise self._refused(call, ticket, i, grant, limit)
             wait = max(wait, grant.wait)
+        return wait
+
+    async def _atake(self, call: Call, ticket: _Ticket) -> float:
+        """`_take` awaiting the stores."""
+        wait = 0.0
+        for i, hold in enumerate(ticket.holds):
+            limit = self._limit(hold)
+            grant = await hold.limiter._store.aacquire(hold.cells, limit)
+            if not grant.admitted:
+                for store, cells in self._given_back(ticket.holds[:i]):
+                    await store.aadjust(cells)
+                raise self._refused(call, ticket, i, grant, limit)
+            wait = max(wait, grant.wait)
+        return wait
+
+    def enter(self, call: Call) -> _Ticket | None:
+        """Take the call's turn in every limit that applies and sleep until it (or refuse at once)."""
+        ticket = self._plan(call)
+        if ticket is None:
+            return None
+        wait = self._take(call, ticket)
         if wait > 0:
             try:
                 _clock.get_clock().sleep(wait)
@@ -470,15 +521,7 @@ class _FunctionRateLimit(Guard):
         ticket = self._plan(call)
         if ticket is None:
             return None
-        wait = 0.0
-        for i, hold in enumerate(ticket.holds):
-            limit = self._limit(hold)
-            grant = await hold.limiter._store.aacquire(hold.cells, limit)
-            if not grant.admitted:
-                for store, cells in self._given_back(ticket.holds[:i]):
-                    await store.aadjust(cells)
-                raise self._refused(call, ticket, i, grant, limit)
-            wait = max(wait, grant.wait)
+        wait = self._take(call, ticket) if ticket.local else await self._atake(call, ticket)
         if wait > 0:
             try:
                 await _clock.get_clock().asleep(wait)
@@ -504,7 +547,10 @@ class _FunctionRateLimit(Guard):
             return result
         if isinstance(result, _StreamBase):
             return self._watch(call, ticket, result)
-        await self._afinish(call, ticket, result, None)
+        if ticket.local:
+            self._finish(call, ticket, result, None)
+        else:
+            await self._afinish(call, ticket, result, None)
         return result
 
     def fail(self, call: Call, ticket: _Ticket | None, exc: BaseException) -> None:
@@ -514,7 +560,9 @@ class _FunctionRateLimit(Guard):
 
     async def afail(self, call: Call, ticket: _Ticket | None, exc: BaseException) -> None:
         """`fail` for a call on an event loop."""
-        if ticket is not None:
+        if ticket is not None and ticket.local:
+            self._finish(call, ticket, None, exc if isinstance(exc, Exception) else None)
+        elif ticket is not None:
             await self._afinish(call, ticket, None, exc if isinstance(exc, Exception) else None)
 
 

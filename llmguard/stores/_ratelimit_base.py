@@ -28,7 +28,7 @@ limit is exhausted until its reset).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 
 class Grant(NamedTuple):
@@ -51,6 +51,9 @@ class RateLimitStore:
     given. The ``a``-prefixed methods are the same for callers on an event
     loop; a store without I/O inherits them (they run the sync ones).
     """
+
+    sync_ok: ClassVar[bool] = False
+    """True when the sync methods never block (async callers may use them)."""
 
     def acquire(self, cells: list[tuple[str, float]], max_wait: float) -> Grant:
         """Reserve ``(cell, cost)`` for each of *cells* at the caller's turn, unless that is over *max_wait* away."""

@@ -9,6 +9,7 @@ from ._ratelimit_base import Grant, RateLimitStore
 
 
 _SWEEP_EVERY = 60.0  # seconds between sweeps of idle cells
+_GO = Grant(True, 0.0, -1)  # admitted at once
 
 
 class MemoryRateLimitStore(RateLimitStore):
@@ -18,6 +19,8 @@ class MemoryRateLimitStore(RateLimitStore):
     never while anyone waits. A cell whose TAT has passed is idle (the same as
     absent) and is swept at most once a minute.
     """
+
+    sync_ok = True
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -34,6 +37,17 @@ class MemoryRateLimitStore(RateLimitStore):
             tats = self._tat
             if now >= self._next_sweep:
                 self._sweep(now)
+            if len(cells) == 1:  # one limit: the common case, without the loops
+                name, cost = cells[0]
+                tat = tats.get(name)
+                if tat is None or tat <= now:
+                    tats[name] = now + cost
+                    return _GO
+                wait = tat - now
+                if wait > max_wait:
+                    return Grant(False, wait, 0)
+                tats[name] = tat + cost
+                return Grant(True, wait, 0)
             admit, which = now, -1
             for i, (name, _) in enumerate(cells):
                 tat = tats.get(name, now)
