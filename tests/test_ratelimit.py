@@ -158,6 +158,41 @@ async def test_max_wait_refusal_async_and_on_every_store(
     assert len(fake_provider.requests) == 1
 
 
+def test_max_wait_refusal_sync_on_every_store(
+    fake_provider: FakeProvider, anthropic_client: anthropic.Anthropic, store: RateLimitStore
+) -> None:
+    """The refusal from threads, in memory and in Redis."""
+    limiter = lg.ratelimit(rpm=1, max_wait=10, store=store, name=f"t-{uuid.uuid4().hex}")
+
+    @limiter
+    def ask() -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
+
+    ask()
+    with pytest.raises(lg.RateLimited) as info:
+        ask()
+    assert 55 < info.value.wait <= 60.0
+    assert 55 < limiter.wait_for() <= 60.0  # the refusal took nothing
+    assert len(fake_provider.requests) == 1
+
+
+def test_a_wait_is_an_event_and_on_the_record(anthropic_client: anthropic.Anthropic, fake_clock: FakeClock, llmguard_events: list[Any]) -> None:
+    @lg.ratelimit(rpm=6, name="waits")
+    def ask() -> Any:
+        assert (record := lg.current_call()) is not None
+        waits.append(record.extra.get("ratelimit_wait"))
+        return anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
+
+    waits: list[Any] = []
+    ask()
+    ask()
+    assert waits == [None, 10.0]
+    waited = [e for e in llmguard_events if e.name == "llmguard.ratelimit.waited"]
+    assert len(waited) == 1
+    assert waited[0]["wait"] == 10.0
+    assert waited[0]["limiter"] == "waits"
+
+
 def test_max_wait_zero_never_waits_and_none_waits_without_limit(anthropic_client: anthropic.Anthropic, fake_clock: FakeClock) -> None:
     never = lg.ratelimit(rpm=60, max_wait=0)(lambda: anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES))
     never()
@@ -277,6 +312,20 @@ def test_concurrent_callers_cannot_slip_through_a_tpm_check(
     for t in threads:
         t.join()
     assert sorted(outcomes) == ["refused"] * 4 + ["sent"]
+    assert len(fake_provider.requests) == 1
+
+
+async def test_concurrent_tasks_cannot_slip_through_a_tpm_check(
+    fake_provider: FakeProvider, async_anthropic_client: anthropic.AsyncAnthropic, fake_clock: FakeClock
+) -> None:
+    """litellm#18730 with asyncio tasks: the check and the reservation are one step."""
+
+    @lg.ratelimit(tpm=100, max_wait=0)
+    async def ask(max_tokens: int = 120) -> Any:
+        return await async_anthropic_client.messages.create(model=MODEL, max_tokens=max_tokens, messages=MESSAGES)
+
+    results = await asyncio.gather(*(ask() for _ in range(5)), return_exceptions=True)
+    assert sum(isinstance(r, lg.RateLimited) for r in results) == 4
     assert len(fake_provider.requests) == 1
 
 
