@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import threading
 import time
 import warnings
 
-from _harness import PassThrough, load_average, overhead, per_call, per_call_async, row
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from _harness import PassThrough, interleaved, load_average, overhead, row
 
 import llmguard as lg
 
@@ -39,6 +43,25 @@ async def atarget(q: str) -> str:
 HUGE = 1e12  # per minute: never waits in a benchmark's lifetime
 
 
+def _interleaved_async(fns: dict[str, Callable[[], Awaitable[Any]]], number: int = 5_000, repeats: int = 15) -> dict[str, float]:
+    """Median seconds per awaited call of each of *fns*, their batches taken turn about on one loop (see `interleaved`)."""
+
+    async def main() -> dict[str, float]:
+        samples: dict[str, list[float]] = {name: [] for name in fns}
+        for fn in fns.values():  # warm up
+            for _ in range(500):
+                await fn()
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                for _ in range(number):
+                    await fn()
+                samples[name].append((time.perf_counter() - start) / number)
+        return {name: statistics.median(s) for name, s in samples.items()}
+
+    return asyncio.run(main())
+
+
 def success_path() -> dict[str, float]:
     import aiolimiter
 
@@ -48,16 +71,24 @@ def success_path() -> dict[str, float]:
 
     warnings.simplefilter("ignore")
     out: dict[str, float] = {}
-    abare = per_call_async(lambda: atarget("q"))
     limiter = aiolimiter.AsyncLimiter(HUGE, 60)
 
     async def with_aiolimiter() -> str:
         async with limiter:
             return await atarget("q")
 
-    aio = overhead(per_call_async(with_aiolimiter), abare)
-    ours = overhead(per_call_async(lambda f=lg.ratelimit(rpm=HUGE)(atarget): f("q")), abare)
-    floor = overhead(per_call_async(lambda f=PassThrough()(atarget): f("q")), abare)
+    guarded = lg.ratelimit(rpm=HUGE)(atarget)
+    nothing = PassThrough()(atarget)
+    a = _interleaved_async(
+        {
+            "bare": lambda: atarget("q"),
+            "aiolimiter": with_aiolimiter,
+            "ours": lambda: guarded("q"),
+            "runner": lambda: nothing("q"),
+            "aio acquire": limiter.acquire,
+        }
+    )
+    aio, ours, floor = (overhead(a[k], a["bare"]) for k in ("aiolimiter", "ours", "runner"))
     print(row("async aiolimiter: async with limiter around the call", aio))
     print(row("async @lg.ratelimit(rpm=...)", ours, aio, "of aiolimiter (target <= 1x)"))
     print(row("async a guard doing nothing (the runner alone)", floor, aio, "of aiolimiter"))
@@ -66,22 +97,26 @@ def success_path() -> dict[str, float]:
 
     store = MemoryRateLimitStore()
     cells = [("bench::rpm", 60.0 / HUGE)]
-    decision = per_call(lambda: store.acquire(cells, 60.0))
-    aio_acquire = per_call_async(limiter.acquire)
-    print(row("async aiolimiter: await limiter.acquire()", aio_acquire))
-    print(row("MemoryRateLimitStore.acquire (the decision alone)", decision, aio_acquire, "of aiolimiter.acquire"))
-    out["decision_ratio"] = decision / aio_acquire
-
-    bare = per_call(lambda: target("q"))
     window = MovingWindowRateLimiter(MemoryStorage())
     item = parse("1000000000/minute")
+    sync_guarded = lg.ratelimit(rpm=HUGE)(target)
 
     def with_limits() -> str:
         window.hit(item, "bench")
         return target("q")
 
-    mov = overhead(per_call(with_limits, number=5_000), bare)
-    sync_ours = overhead(per_call(lambda f=lg.ratelimit(rpm=HUGE)(target): f("q")), bare)
+    t = interleaved(
+        {
+            "bare": lambda: target("q"),
+            "decision": lambda: store.acquire(cells, 60.0),
+            "limits": with_limits,
+            "ours": lambda: sync_guarded("q"),
+        }
+    )
+    print(row("async aiolimiter: await limiter.acquire()", a["aio acquire"]))
+    print(row("MemoryRateLimitStore.acquire (the decision alone)", t["decision"], a["aio acquire"], "of aiolimiter.acquire"))
+    out["decision_ratio"] = t["decision"] / a["aio acquire"]
+    mov, sync_ours = overhead(t["limits"], t["bare"]), overhead(t["ours"], t["bare"])
     print(row("sync  limits MovingWindowRateLimiter.hit + the call", mov))
     print(row("sync  @lg.ratelimit(rpm=...)", sync_ours, mov, "of limits' moving window"))
     out["sync_guard_ratio"] = sync_ours / mov

@@ -85,7 +85,7 @@ from typing import Any, ClassVar, Final, NamedTuple, ParamSpec, TypeVar, cast, o
 from . import _check, _clock, _events, providers
 from ._budget_estimate import Estimator, signature_mismatch
 from ._call import Call
-from ._context import enter_scope, exit_scope, remaining
+from ._context import _DEADLINE, enter_scope, exit_scope, remaining
 from ._record import ErrorKind, Usage
 from ._runner import Guard
 from ._stream import _StreamBase
@@ -246,12 +246,12 @@ class RateLimit(Guard):
             self.label = f"scope-{id(self):x}"  # a scope that never decorated anything
         return f"{_escape(self.label)}:{'' if key is None else _escape(key)}:{which}"
 
-    def _hold(self, key: str | None, tokens: int, now: float) -> _Hold:
+    def _hold(self, key: str | None, tokens: int) -> _Hold:
         """What a call of *tokens* costs this limit's cells for *key* (slower after a 429)."""
-        slow = self._slow and self._slow.get(key, 0.0) > now
+        slow = bool(self._slow) and self._slow.get(key, 0.0) > _clock.now()
         if self.tpm is None and not slow:
             hold = self._fixed.get(key)
-            if hold is None:
+            if hold is None:  # a key seen for the first time
                 if len(self._fixed) >= _HOLDS_KEPT:
                     self._fixed.clear()
                 hold = self._fixed[key] = _Hold(self, key, [(self._cell(key, "rpm"), self._per_request)], 0.0)
@@ -357,18 +357,21 @@ class _FunctionRateLimit(Guard):
             limiters, tpm, local = self._own, self._own_tpm, self._own_local
             if not limiters:
                 return None
-        tokens = 0
+        tokens = n0 = 0
         if tpm:
             input_tokens, cap, *_ = self.estimator.estimate(call, ())
             tokens = input_tokens + (cap or 0)
-        now = _clock.now()
-        holds = [lim._hold(lim._key_of(call), tokens, now) for lim in limiters]
-        return _Ticket(holds, tokens, call.attempt_count(), local)
+            n0 = call.attempt_count()  # the attempts whose usage corrects the reservation start here
+        if len(limiters) == 1:
+            lim = limiters[0]
+            return _Ticket([lim._hold(lim._key_of(call), tokens)], tokens, n0, local)
+        return _Ticket([lim._hold(lim._key_of(call), tokens) for lim in limiters], tokens, n0, local)
 
     def _limit(self, hold: _Hold) -> float:
         """The longest wait *hold* may be given: its ``max_wait``, or less when a deadline is nearer."""
-        left = remaining()
-        return hold.limiter._wait_limit if left is None else min(hold.limiter._wait_limit, left)
+        if _DEADLINE.get() is None:
+            return hold.limiter._wait_limit
+        return min(hold.limiter._wait_limit, remaining() or 0.0)
 
     def _refused(self, call: Call, ticket: _Ticket, i: int, grant: Grant, limit: float) -> RateLimited:
         """The refusal of *ticket*'s *i*-th hold (the holds before it are given back by the caller)."""
@@ -480,11 +483,12 @@ class _FunctionRateLimit(Guard):
         for i, hold in enumerate(ticket.holds):
             limit = self._limit(hold)
             grant = hold.limiter._store.acquire(hold.cells, limit)
-            if not grant.admitted:
+            if not grant[0]:  # `Grant.admitted`
                 for store, cells in self._given_back(ticket.holds[:i]):
                     store.adjust(cells)
                 raise self._refused(call, ticket, i, grant, limit)
-            wait = max(wait, grant.wait)
+            if grant[1] > wait:  # noqa: PLR1730 - a comparison costs less than a call of max()
+                wait = grant[1]
         return wait
 
     async def _atake(self, call: Call, ticket: _Ticket) -> float:
@@ -493,11 +497,12 @@ class _FunctionRateLimit(Guard):
         for i, hold in enumerate(ticket.holds):
             limit = self._limit(hold)
             grant = await hold.limiter._store.aacquire(hold.cells, limit)
-            if not grant.admitted:
+            if not grant[0]:  # `Grant.admitted`
                 for store, cells in self._given_back(ticket.holds[:i]):
                     await store.aadjust(cells)
                 raise self._refused(call, ticket, i, grant, limit)
-            wait = max(wait, grant.wait)
+            if grant[1] > wait:  # noqa: PLR1730 - a comparison costs less than a call of max()
+                wait = grant[1]
         return wait
 
     def enter(self, call: Call) -> _Ticket | None:
