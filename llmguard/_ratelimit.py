@@ -78,9 +78,11 @@ decorated function's module and qualified name).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any, ClassVar, Final, NamedTuple, ParamSpec, TypeVar, cast, overload
+from typing import Any, ClassVar, Final, Literal, NamedTuple, ParamSpec, TypeVar, cast, overload
 
 from . import _check, _clock, _events, providers
 from ._budget_estimate import Estimator, signature_mismatch
@@ -131,6 +133,13 @@ class _Ticket:
         self.open = True
 
 
+_OPEN = Grant(True, 0.0, -1)  # a call let through while its store cannot be reached (fail_open)
+
+
+def _store_error(call: Call, stage: str, error: Exception, **fields: Any) -> None:
+    _events.emit(_events.RATELIMIT_STORE_ERROR, call.record, level="warning", stage=stage, error=repr(error), **fields)
+
+
 _CARRIES: dict[type, bool] = {}
 
 
@@ -179,6 +188,7 @@ class RateLimit(Guard):
         estimate: Callable[..., Any] | None = None,
         backoff: bool = True,
         name: str | None = None,
+        on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed",
     ) -> None:
         _check.number("ratelimit", "rpm", rpm, optional=True)
         _check.number("ratelimit", "tpm", tpm, optional=True)
@@ -195,6 +205,9 @@ class RateLimit(Guard):
         if name is not None and (not isinstance(name, str) or not name.strip()):
             msg = f"ratelimit(name=...) must be a non-empty string, got {name!r}"
             raise ValueError(msg)
+        if on_store_error not in ("fail_closed", "fail_open"):
+            msg = f"ratelimit(on_store_error=...) must be 'fail_closed' or 'fail_open', got {on_store_error!r}"
+            raise ValueError(msg)
         self.has_limits = rpm is not None or tpm is not None
         if not self.has_limits:
             given = [n for n, v in (("key", key), ("store", store), ("name", name), ("max_output", max_output), ("estimate", estimate)) if v is not None]
@@ -208,6 +221,7 @@ class RateLimit(Guard):
         self.max_output = max_output
         self.estimate = estimate
         self.backoff = backoff
+        self.on_store_error = on_store_error
         self.label = name
         self._store = _resolve_store(store) or MemoryRateLimitStore()
         self._per_request = 0.0 if rpm is None else 60.0 / rpm
@@ -231,6 +245,7 @@ class RateLimit(Guard):
             "max_wait": self.max_wait,
             "store": type(self._store).__name__,
             "backoff": self.backoff,
+            "on_store_error": self.on_store_error,
         }
 
     def for_function(self, fn: Callable[..., Any], shape: str, binder: Any) -> Guard:  # noqa: ARG002
@@ -396,8 +411,26 @@ class _FunctionRateLimit(Guard):
         _events.emit(_events.RATELIMIT_WAITED, record, limiter=ticket.holds[0].limiter.label, key=ticket.holds[0].key, wait=wait)
 
     @staticmethod
-    def _given_back(holds: list[_Hold]) -> list[tuple[RateLimitStore, list[tuple[str, float]]]]:
-        return [(h.limiter._store, [(n, -cost) for n, cost in h.cells]) for h in holds]
+    def _give_back(call: Call, holds: list[_Hold]) -> None:
+        """Give back the turns of *holds* (a refusal, a cancelled wait); a store that cannot be reached keeps them (a report, no error)."""
+        for h in holds:
+            if h.cells:
+                try:
+                    h.limiter._store.adjust([(n, -cost) for n, cost in h.cells])
+                except Exception as error:  # noqa: BLE001 - the refusal or the cancellation is what the caller gets
+                    _store_error(call, "give_back", error)
+
+    def _unreachable(self, call: Call, ticket: _Ticket, i: int, exc: Exception) -> Grant:
+        """The store of *ticket*'s *i*-th limit failed: refuse (``fail_closed``), or let the call through unlimited."""
+        hold = ticket.holds[i]
+        lim = hold.limiter
+        _store_error(call, "acquire", exc, limiter=lim.label, on_store_error=lim.on_store_error)
+        if lim.on_store_error == "fail_open":
+            ticket.holds[i] = hold._replace(cells=[], per_token=0.0)  # nothing held there: nothing to correct
+            return _OPEN
+        self._give_back(call, ticket.holds[:i])
+        msg = f"ratelimit {lim.label!r}: refused before sending; its store cannot be reached ({type(exc).__name__}: {exc}); on_store_error='fail_closed'"
+        raise RateLimited(msg, limiter=lim.label or "", key=hold.key, limit="store", wait=math.inf, max_wait=self._limit(hold)) from exc
 
     # -- after the call -----------------------------------------------------------
 
@@ -455,15 +488,27 @@ class _FunctionRateLimit(Guard):
         if not ticket.tokens and exc is None and not _may_carry_headers(type(result)):
             return  # nothing to correct, nothing the provider said: the success path of an rpm limit
         for store, cells in self._corrections(call, ticket, exc):
-            store.adjust(cells)
+            try:
+                store.adjust(cells)
+            except Exception as error:  # noqa: BLE001 - the call is done: a store outage must not lose its result
+                _store_error(call, "correct", error)
         for store, names, pause in self._pauses(ticket, result, exc):
-            store.push(names, pause)
+            try:
+                store.push(names, pause)
+            except Exception as error:  # noqa: BLE001 - as above
+                _store_error(call, "backoff", error)
 
     async def _afinish(self, call: Call, ticket: _Ticket, result: Any, exc: BaseException | None) -> None:
         for store, cells in self._corrections(call, ticket, exc):
-            await store.aadjust(cells)
+            try:
+                await store.aadjust(cells)
+            except Exception as error:  # noqa: BLE001 - the call is done: a store outage must not lose its result
+                _store_error(call, "correct", error)
         for store, names, pause in self._pauses(ticket, result, exc):
-            await store.apush(names, pause)
+            try:
+                await store.apush(names, pause)
+            except Exception as error:  # noqa: BLE001 - as above
+                _store_error(call, "backoff", error)
 
     def _watch(self, call: Call, ticket: _Ticket, result: _StreamBase) -> _StreamBase:
         """A stream keeps its reservation until it ends, however it ends."""
@@ -482,10 +527,12 @@ class _FunctionRateLimit(Guard):
         wait = 0.0
         for i, hold in enumerate(ticket.holds):
             limit = self._limit(hold)
-            grant = hold.limiter._store.acquire(hold.cells, limit)
+            try:
+                grant = hold.limiter._store.acquire(hold.cells, limit)
+            except Exception as exc:  # noqa: BLE001 - any store failure: on_store_error decides
+                grant = self._unreachable(call, ticket, i, exc)
             if not grant[0]:  # `Grant.admitted`
-                for store, cells in self._given_back(ticket.holds[:i]):
-                    store.adjust(cells)
+                self._give_back(call, ticket.holds[:i])
                 raise self._refused(call, ticket, i, grant, limit)
             if grant[1] > wait:  # noqa: PLR1730 - a comparison costs less than a call of max()
                 wait = grant[1]
@@ -496,10 +543,12 @@ class _FunctionRateLimit(Guard):
         wait = 0.0
         for i, hold in enumerate(ticket.holds):
             limit = self._limit(hold)
-            grant = await hold.limiter._store.aacquire(hold.cells, limit)
+            try:
+                grant = await hold.limiter._store.aacquire(hold.cells, limit)
+            except Exception as exc:  # noqa: BLE001 - any store failure: on_store_error decides
+                grant = self._unreachable(call, ticket, i, exc)
             if not grant[0]:  # `Grant.admitted`
-                for store, cells in self._given_back(ticket.holds[:i]):
-                    await store.aadjust(cells)
+                self._give_back(call, ticket.holds[:i])
                 raise self._refused(call, ticket, i, grant, limit)
             if grant[1] > wait:  # noqa: PLR1730 - a comparison costs less than a call of max()
                 wait = grant[1]
@@ -515,8 +564,7 @@ class _FunctionRateLimit(Guard):
             try:
                 _clock.get_clock().sleep(wait)
             except BaseException:
-                for store, cells in self._given_back(ticket.holds):
-                    store.adjust(cells)
+                self._give_back(call, ticket.holds)
                 raise
             self._waited(call, ticket, wait)
         return ticket
@@ -531,8 +579,7 @@ class _FunctionRateLimit(Guard):
             try:
                 await _clock.get_clock().asleep(wait)
             except BaseException:
-                for store, cells in self._given_back(ticket.holds):
-                    store.adjust(cells)  # a cancelled task may not await again
+                self._give_back(call, ticket.holds)  # sync: a cancelled task may not await again
                 raise
             self._waited(call, ticket, wait)
         return ticket
@@ -587,6 +634,7 @@ def ratelimit(
     estimate: Callable[..., Any] | None = None,
     backoff: bool = True,
     name: str | None = None,
+    on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed",
 ) -> RateLimit: ...
 
 
@@ -603,6 +651,7 @@ def ratelimit(
     estimate: Callable[..., Any] | None = None,
     backoff: bool = True,
     name: str | None = None,
+    on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed",
 ) -> Callable[P, R] | RateLimit:
     """Requests (*rpm*) and tokens (*tpm*) per minute, as a decorator or a ``with`` scope.
 
@@ -615,15 +664,17 @@ def ratelimit(
     a function without a ``max_tokens``-like argument, or the whole token
     estimate (``(input_tokens, max_output_tokens)``), for *tpm*. *backoff*:
     slow down on the provider's 429s and exhausted-limit headers. *name*:
-    the limit's name (the same in every process sharing a store). See the
-    module documentation.
+    the limit's name (the same in every process sharing a store).
+    *on_store_error*: when the store cannot be reached, ``"fail_closed"``
+    refuses the call with `RateLimited` (the store's error its cause),
+    ``"fail_open"`` lets it through unlimited. See the module documentation.
 
     ``@lg.ratelimit`` bare adds no limit: the function obeys the active
     ``with lg.ratelimit(...)`` scopes.
     """
     limiter = RateLimit(
         rpm=rpm, tpm=tpm, key=key, max_wait=max_wait, store=store,
-        max_output=max_output, estimate=estimate, backoff=backoff, name=name,
+        max_output=max_output, estimate=estimate, backoff=backoff, name=name, on_store_error=on_store_error,
     )
     if fn is None:
         return limiter

@@ -567,6 +567,7 @@ def test_key_gives_each_user_a_limit_of_their_own(anthropic_client: anthropic.An
         ({"rpm": 60, "key": 42}, TypeError, "key"),
         ({"rpm": 60, "backoff": "yes"}, TypeError, "backoff"),
         ({"rpm": 60, "store": "memcached://x"}, ValueError, "store"),
+        ({"rpm": 60, "on_store_error": "ignore"}, ValueError, "on_store_error"),
         ({"key": "alice"}, ValueError, "key"),
         ({"rpm": 60, "key": lambda tenant: tenant}, TypeError, "key"),
     ],
@@ -665,3 +666,44 @@ def test_four_processes_share_one_limit_on_redis(redis_url: str, fake_provider: 
     assert sum(r["refused"] for r in waiting) == 0
     assert times[-1] - times[0] >= 11 * 0.25 - 0.1  # the server's turns are 2.75 s apart end to end
     assert len(fake_provider.requests) == 13
+
+
+# -- the store cannot be reached ----------------------------------------------------------
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("policy", ["fail_closed", "fail_open"])
+def test_a_store_that_cannot_be_reached(
+    policy: str, fake_provider: FakeProvider, anthropic_client: anthropic.Anthropic, llmguard_events: list[Any]
+) -> None:
+    """fail_closed refuses with RateLimited (the store's error its cause), nothing sent; fail_open lets the call through."""
+    dead = RedisRateLimitStore("redis://127.0.0.1:1/0")
+
+    @lg.ratelimit(rpm=60, store=dead, on_store_error=policy)  # type: ignore[arg-type]
+    def ask() -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
+
+    if policy == "fail_closed":
+        with pytest.raises(lg.RateLimited, match="cannot be reached") as info:
+            ask()
+        assert info.value.__cause__ is not None
+        assert len(fake_provider.requests) == 0
+    else:
+        assert ask().content[0].text
+        assert len(fake_provider.requests) == 1
+    assert [e["stage"] for e in llmguard_events if e.name == "llmguard.ratelimit.store_error"] == ["acquire"]
+
+
+def test_a_correction_the_store_cannot_take_never_loses_the_result(
+    anthropic_client: anthropic.Anthropic, fake_clock: FakeClock, llmguard_events: list[Any]
+) -> None:
+    class Flaky(MemoryRateLimitStore):
+        def adjust(self, cells: list[tuple[str, float]]) -> None:
+            raise ConnectionError("store went away")
+
+    @lg.ratelimit(tpm=60_000, store=Flaky())
+    def ask(max_tokens: int = 100) -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=max_tokens, messages=MESSAGES)
+
+    assert ask().content[0].text  # the call's answer, though its correction failed
+    assert [e["stage"] for e in llmguard_events if e.name == "llmguard.ratelimit.store_error"] == ["correct"]
