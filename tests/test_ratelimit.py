@@ -204,6 +204,49 @@ def test_max_wait_zero_never_waits_and_none_waits_without_limit(anthropic_client
     assert fake_clock.sleeps == [60.0]
 
 
+def test_a_wait_of_exactly_max_wait_is_admitted(anthropic_client: anthropic.Anthropic, fake_clock: FakeClock) -> None:
+    """PyrateLimiter#289: an off-by-one at the boundary gave spurious timeouts. A turn exactly max_wait away is taken."""
+
+    @lg.ratelimit(rpm=6, max_wait=10)
+    def ask() -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
+
+    ask()
+    ask()
+    assert fake_clock.sleeps == [10.0]
+
+
+async def test_each_waiter_sleeps_once_no_polling(async_anthropic_client: anthropic.AsyncAnthropic, fake_clock: FakeClock) -> None:
+    """aiolimiter#73: every waiter woken on every tick. Here each of 20 waiters sleeps exactly once, until its turn."""
+
+    @lg.ratelimit(rpm=60)
+    async def ask() -> Any:
+        return await async_anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
+
+    await asyncio.gather(*(ask() for _ in range(21)))
+    assert len(fake_clock.sleeps) == 20
+
+
+async def test_a_waiting_key_does_not_hold_up_another(async_anthropic_client: anthropic.AsyncAnthropic) -> None:
+    """PyrateLimiter#304: the sync wait held the limiter's lock, serializing every key. Bob goes while Alice waits."""
+    limiter = lg.ratelimit(rpm=6, key=lambda user, **_: user)
+
+    @limiter
+    async def ask(user: str) -> Any:
+        return await async_anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
+
+    await ask("alice")
+    alice = asyncio.create_task(ask("alice"))  # her turn is 10 s away
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    await ask("bob")
+    assert time.monotonic() - started < 5
+    assert not alice.done()
+    alice.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await alice
+
+
 def test_no_burst_after_idle(anthropic_client: anthropic.Anthropic, fake_clock: FakeClock) -> None:
     """After a long idle time the rate is still the rate: calls are spaced, not let through in a burst (aiolimiter#298)."""
 
