@@ -525,8 +525,9 @@ class _FunctionRateLimit(Guard):
     def _take(self, call: Call, ticket: _Ticket) -> float:
         """Take *ticket*'s turn in every limit (or refuse, giving back what was taken): the wait."""
         wait = 0.0
+        no_deadline = _DEADLINE.get() is None
         for i, hold in enumerate(ticket.holds):
-            limit = self._limit(hold)
+            limit = hold.limiter._wait_limit if no_deadline else self._limit(hold)
             try:
                 grant = hold.limiter._store.acquire(hold.cells, limit)
             except Exception as exc:  # noqa: BLE001 - any store failure: on_store_error decides
