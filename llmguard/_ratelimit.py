@@ -474,8 +474,8 @@ class _FunctionRateLimit(Guard):
                 if h.limiter.backoff:
                     h.limiter._slow[h.key] = until
         else:
-            if not _may_carry_headers(type(result)):
-                return []
+            if not isinstance(result, _StreamBase) and not _may_carry_headers(type(result)):
+                return []  # (a guarded SDK stream passes on `.response`, the HTTP response it came in)
             h_ = lower_headers(headers_of(result))
             if not h_:
                 return []
@@ -518,6 +518,11 @@ class _FunctionRateLimit(Guard):
             finish(call, ticket, None, exc if isinstance(exc, Exception) else None)
 
         result.on_finish(hook)
+        for store, names, pause in self._pauses(ticket, result, None):  # its headers came before its chunks
+            try:
+                store.push(names, pause)
+            except Exception as error:  # noqa: BLE001 - the stream is the caller's: a store outage must not lose it
+                _store_error(call, "backoff", error)
         return result
 
     # -- the hooks (`a...`: the same, awaiting the store and the sleep) ------------

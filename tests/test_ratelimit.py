@@ -507,6 +507,27 @@ def test_headers_of_a_200_hold_the_key_until_the_reset(
     assert other.wait_for() == pytest.approx(0.1)  # a limit not exhausted holds nothing
 
 
+def test_headers_of_a_streamed_200_hold_the_key(
+    fake_provider: FakeProvider, anthropic_client: anthropic.Anthropic, fake_clock: FakeClock
+) -> None:
+    """An SDK stream's HTTP response is read for the headers as soon as the stream is returned."""
+    limiter = lg.ratelimit(rpm=600, max_wait=0)
+
+    @limiter
+    def stream() -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES, stream=True)
+
+    reset = _rfc3339(fake_clock.time() + 30)
+    fake_provider.script(
+        Step(headers={"anthropic-ratelimit-tokens-remaining": "0", "anthropic-ratelimit-tokens-reset": reset})
+    )
+    events = stream()
+    assert 29 <= limiter.wait_for() <= 30  # held before a chunk is read
+    assert list(events)
+    with pytest.raises(lg.RateLimited):
+        stream()
+
+
 # -- shapes, stacks, scopes, keys --------------------------------------------------------------
 
 
