@@ -11,6 +11,8 @@
    last admission against the configured one (target within +-2 %), and
    the process's CPU time while they wait as a share of wall time (target
    <= 5 %). ``LLMGUARD_BENCH_SHORT=1`` runs 100 waiters over 2 s instead.
+3. Per-call time through ``retry -> budget -> ratelimit -> timeout`` with 100
+   and with 10,000 asyncio callers at once (target <= 1.2x).
 """
 
 from __future__ import annotations
@@ -202,9 +204,39 @@ def rate_held() -> dict[str, float]:
     return out
 
 
+def concurrency() -> dict[str, float]:
+    """Per-call time through a stack with the limit, 100 vs 10,000 asyncio callers at once (target <= 1.2x)."""
+
+    @lg.retry(attempts=3)
+    @lg.budget(tokens=10**15, max_output=16)
+    @lg.ratelimit(rpm=HUGE)
+    @lg.timeout(30)
+    async def ask(q: str) -> str:
+        return await atarget(q)
+
+    def per_call_at(n: int, rounds: int = 5) -> float:
+        async def once() -> float:
+            start = time.perf_counter()
+            await asyncio.gather(*(ask("q") for _ in range(n)))
+            return (time.perf_counter() - start) / n
+
+        async def main() -> float:
+            await once()  # warm up
+            return statistics.median([await once() for _ in range(rounds)])
+
+        return asyncio.run(main())
+
+    few, many = per_call_at(100, rounds=50), per_call_at(10_000)
+    print("concurrency: retry -> budget -> ratelimit -> timeout on async def, callers gathered at once")
+    print(row("per call, 100 callers", few))
+    print(row("per call, 10,000 callers", many, few, "of 100 callers (target <= 1.2x)"))
+    return {"concurrency_ratio": many / few}
+
+
 def run() -> dict[str, float]:
     print(f"ratelimit: success path per call (guarded minus bare); load {load_average()}")
     out = success_path()
+    out.update(concurrency())
     out.update(rate_held())
     return out
 
