@@ -111,10 +111,9 @@ async def test_fifo_tasks_run_in_arrival_order(async_anthropic_client: anthropic
         times.append(loop.time())
         return await async_anthropic_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
 
-    tasks = []
-    for i in range(50):
-        tasks.append(asyncio.create_task(ask(i)))
-        await asyncio.sleep(0)  # task i asks (and is given its turn) before task i + 1 exists
+    # The tasks ask in the order they were created, all in the loop's next step, before any
+    # request is in flight: each is given its turn then, and only the first goes at once.
+    tasks = [asyncio.create_task(ask(i)) for i in range(50)]
     await asyncio.gather(*tasks)
     assert order == list(range(50))
     assert times[-1] - times[0] >= 49 * 0.05 - 0.01  # 49 intervals of 50 ms: no burst
