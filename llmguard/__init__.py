@@ -13,6 +13,7 @@ from ._describe import GuardInfo, describe
 from ._facts import report_usage
 from ._fallback import fallback
 from ._order import OrderWarning
+from ._ratelimit import ratelimit
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 from ._retry import RetryAttempt, retry
 from ._route import RouteDecision, RouteRequest, RouteRule, RouteScore, RouteScorer, route
@@ -84,6 +85,7 @@ __all__ = [
     "current_call",
     "describe",
     "fallback",
+    "ratelimit",
     "remaining",
     "report_usage",
     "retry",

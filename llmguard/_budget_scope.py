@@ -88,6 +88,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 from . import _check, _clock, _events
 from ._budget_estimate import Estimate, why
 from ._call import Call
+from ._context import enter_scope, exit_scope
 from ._record import CallRecord
 from ._runner import Guard
 from ._warn import warn
@@ -517,15 +518,11 @@ class Budget(Guard):
 
     def __enter__(self) -> Budget:
         self._check_scope()
-        SCOPES.set((*SCOPES.get(), self))
+        enter_scope(SCOPES, self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        scopes = SCOPES.get()
-        for i in range(len(scopes) - 1, -1, -1):
-            if scopes[i] is self:
-                SCOPES.set(scopes[:i] + scopes[i + 1 :])
-                break
+        exit_scope(SCOPES, self)
 
     async def __aenter__(self) -> Budget:
         return self.__enter__()

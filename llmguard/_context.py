@@ -1,9 +1,13 @@
-"""The active deadline, which travels with the call (a context variable).
+"""The active deadline, and the ``with`` scopes, which travel with the call (context variables).
 
 ``_DEADLINE`` is the active deadline (monotonic seconds) set by
 ``with lg.timeout(...)`` and by `timeout` layers; `remaining()` reads it.
 The call's own state (``_CURRENT``, `current_call`) lives with
 the call machinery in `_runner` and `_facts`; this module imports nothing of them.
+
+`enter_scope` / `exit_scope` keep a guard's ``with`` scopes (``with
+lg.budget(...)``, ``with lg.ratelimit(...)``): a tuple in the guard's own
+context variable, outermost first, that the calls made inside read.
 
 Tokens are always reset in the same frame that set them, and never held
 across a ``yield``.
@@ -12,8 +16,12 @@ across a ``yield``.
 from __future__ import annotations
 
 from contextvars import ContextVar
+from typing import TypeVar
 
 from ._clock import get_clock
+
+
+T = TypeVar("T")
 
 
 _DEADLINE: ContextVar[float | None] = ContextVar("llmguard_deadline", default=None)
@@ -36,3 +44,17 @@ def remaining() -> float | None:
     if dl is None:
         return None
     return max(0.0, dl - get_clock().monotonic())
+
+
+def enter_scope(scopes: ContextVar[tuple[T, ...]], scope: T) -> None:
+    """Make *scope* the innermost of the active *scopes* (in this thread or task and the tasks it starts)."""
+    scopes.set((*scopes.get(), scope))
+
+
+def exit_scope(scopes: ContextVar[tuple[T, ...]], scope: T) -> None:
+    """Remove the innermost occurrence of *scope* from *scopes* (``with`` blocks of async tasks may end out of order)."""
+    active = scopes.get()
+    for i in range(len(active) - 1, -1, -1):
+        if active[i] is scope:
+            scopes.set(active[:i] + active[i + 1 :])
+            break

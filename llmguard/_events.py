@@ -63,6 +63,7 @@ BREAKER_STORE_ERROR: Final = "llmguard.breaker.store_error"  # Redis out of reac
 ROUTE_CHOSEN: Final = "llmguard.route.chosen"  # the tier and model route chose, and why
 RATELIMIT_WAITED: Final = "llmguard.ratelimit.waited"
 RATELIMIT_REJECTED: Final = "llmguard.ratelimit.rejected"
+RATELIMIT_STORE_ERROR: Final = "llmguard.ratelimit.store_error"
 VALIDATE_FAILED: Final = "llmguard.validate.failed"
 STREAM_ABANDONED: Final = "llmguard.stream.abandoned"
 CALL: Final = "llmguard.call"

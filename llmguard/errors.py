@@ -68,7 +68,21 @@ class GuardTimeout(LLMGuardError, TimeoutError):
 
 
 class RateLimited(LLMGuardError):
-    """A local rate limit could not admit the call within ``max_wait``."""
+    """A local rate limit could not admit the call within ``max_wait``; it was refused before it was sent.
+
+    ``wait`` is the wait it would have needed (seconds), ``limit`` the limit
+    that set it (``"rpm"`` or ``"tpm"``), ``key`` the limit's key.
+    """
+
+    def __init__(
+        self, message: str, *, limiter: str = "", key: str | None = None, limit: str = "", wait: float = 0.0, max_wait: float = 0.0
+    ) -> None:
+        super().__init__(message)
+        self.limiter = limiter
+        self.key = key
+        self.limit = limit
+        self.wait = wait
+        self.max_wait = max_wait
 
 
 class CircuitOpen(LLMGuardError):
