@@ -111,6 +111,11 @@ class Step:
     """After this many content chunks, cut the connection mid-body."""
     raw_body: str | None = None
     """Send exactly this body (``application/json``, with `status`) instead of a generated one."""
+    tool_input: Mapping[str, Any] | None = None
+    """Answer with a tool call taking these arguments instead of text (not streamed): an anthropic
+    ``tool_use`` block, an openai chat ``tool_calls`` entry, a Responses ``function_call`` item."""
+    tool_name: str = "answer"
+    """The name of the tool `tool_input` calls."""
 
     def __post_init__(self) -> None:
         problem = self._problem()
@@ -129,6 +134,8 @@ class Step:
             value = getattr(self, name)
             if value is not None and value < 0:
                 return f"Step({name}=...) must be None or a chunk count >= 0, got {value!r}"
+        if self.tool_input is not None and not isinstance(self.tool_input, Mapping):
+            return f"Step(tool_input=...) must be a mapping of the tool's arguments, got {self.tool_input!r}"
         if self.usage is not None:
             unknown = sorted(set(self.usage) - _USAGE_KEYS)
             if unknown:
@@ -567,6 +574,12 @@ def _anthropic_message(call: _Call) -> dict[str, Any]:
         "stop_reason": "end_turn",
         "stop_sequence": None,
     }
+    tool = call.step.tool_input
+    if tool is not None:
+        message["content"] = [
+            {"type": "tool_use", "id": f"toolu_fake_{call.ident:06d}", "name": call.step.tool_name, "input": dict(tool)}
+        ]
+        message["stop_reason"] = "tool_use"
     if not call.step.omit_usage:
         message["usage"] = call.usage.anthropic()
     return message
@@ -645,6 +658,18 @@ def _chat_completion(call: _Call) -> dict[str, Any]:
         "service_tier": "default",
         "system_fingerprint": "fp_fake",
     }
+    tool = call.step.tool_input
+    if tool is not None:
+        choice = completion["choices"][0]
+        choice["message"]["content"] = None
+        choice["message"]["tool_calls"] = [
+            {
+                "id": f"call_fake{call.ident:06d}",
+                "type": "function",
+                "function": {"name": call.step.tool_name, "arguments": json.dumps(dict(tool))},
+            }
+        ]
+        choice["finish_reason"] = "tool_calls"
     if not call.step.omit_usage:
         completion["usage"] = call.usage.openai_chat()
     return completion
@@ -711,6 +736,20 @@ def _responses_message(call: _Call, *, done: bool) -> dict[str, Any]:
     }
 
 
+def _responses_output(call: _Call) -> dict[str, Any]:
+    tool = call.step.tool_input
+    if tool is None:
+        return _responses_message(call, done=True)
+    return {
+        "type": "function_call",
+        "id": f"fc_fake{call.ident:06d}",
+        "call_id": f"call_fake{call.ident:06d}",
+        "name": call.step.tool_name,
+        "arguments": json.dumps(dict(tool)),
+        "status": "completed",
+    }
+
+
 def _response(call: _Call, *, done: bool, created_at: float) -> dict[str, Any]:
     instructions = call.body.get("instructions")
     response: dict[str, Any] = {
@@ -725,7 +764,7 @@ def _response(call: _Call, *, done: bool, created_at: float) -> dict[str, Any]:
         "max_output_tokens": call.body.get("max_output_tokens"),
         "metadata": {},
         "model": call.model,
-        "output": [_responses_message(call, done=True)] if done else [],
+        "output": ([_responses_output(call)] if done else []),
         "parallel_tool_calls": True,
         "previous_response_id": None,
         "reasoning": {"effort": None, "summary": None},
@@ -994,6 +1033,8 @@ class _Handler(BaseHTTPRequestHandler):
         model = step.model or (google.group("model").removeprefix("models/") if google else None)
         model = model or str(body.get("model") or "fake-model")
         reply = DEFAULT_REPLY if step.reply is None else step.reply
+        if step.tool_input is not None and step.reply is None:
+            reply = json.dumps(dict(step.tool_input))  # what the usage counts
         given = step.usage or {}
         usage = _Usage(
             input=given.get("input_tokens", _prompt_words(api, body)),

@@ -17,7 +17,9 @@ cost::
   `Run` (the inside runs with other arguments: a route).
 - ``leave(call, state, result)``: after the inside returned; it returns
   what the caller gets. A stream result is a `GuardedStream`: the guard
-  attaches its per-chunk and finish hooks there.
+  attaches its per-chunk and finish hooks there. Returning `Run` runs the
+  inside again instead, as from ``fail`` (validate's re-ask of an answer
+  that did not validate).
 - ``fail(call, state, exc)``: after the inside raised. None re-raises;
   `Run` runs the inside again, after a delay and/or with other arguments
   (retry, fallback and a re-ask are all this one decision).
@@ -201,11 +203,7 @@ class _Runner:
                 again = fail(call, state, exc)
                 if again is None:
                     raise
-                if again.state is not _KEEP:
-                    state = again.state
-                if again.args is not None or again.kwargs is not None:
-                    run = again
-                delay = again.delay
+                state, run, delay = _again(again, state, run)
                 # Gone past: it stays on the record, never raised, and must not
                 # keep the frames of this call (and what they will hold) alive.
                 release_frames(exc, sys._getframe())
@@ -213,11 +211,15 @@ class _Runner:
             if leave is None:
                 return result
             try:
-                return leave(call, state, result)
+                out = leave(call, state, result)
             except BaseException:
                 if isinstance(result, _StreamBase):
                     _close_quietly(result)  # nobody will read it: end it now, not when collected
                 raise
+            if type(out) is not Run:
+                return out
+            # `leave` said run again (validate's re-ask): like `fail`'s Run.
+            state, run, delay = _again(out, state, run)
 
     async def run_async(self, call: Call, i: int = 0) -> Any:  # noqa: PLR0912 - the decision loop, in one frame
         """`run_sync` for an ``async def`` or async generator function."""
@@ -250,21 +252,20 @@ class _Runner:
                 again = (await fail(call, state, exc)) if fail_awaits else fail(call, state, exc)
                 if again is None:
                     raise
-                if again.state is not _KEEP:
-                    state = again.state
-                if again.args is not None or again.kwargs is not None:
-                    run = again
-                delay = again.delay
+                state, run, delay = _again(again, state, run)
                 release_frames(exc, sys._getframe())
                 continue
             if leave is None:
                 return result
             try:
-                return (await leave(call, state, result)) if leave_awaits else leave(call, state, result)
+                out = (await leave(call, state, result)) if leave_awaits else leave(call, state, result)
             except BaseException:
                 if isinstance(result, _StreamBase):
                     await _aclose_quietly(result)
                 raise
+            if type(out) is not Run:
+                return out
+            state, run, delay = _again(out, state, run)
 
     def _inside_sync(self, call: Call, i: int, run: Run | None, via: Any, state: Any) -> Any:
         """Run guards *i*.. and the function with *run*'s arguments, through *via* if given."""
@@ -344,6 +345,15 @@ class _Runner:
         attempt = _begin_attempt(record, call._model, _clock.now())
         stream_type = AsyncGuardedStream if self.is_async else GuardedStream
         return stream_type(source=self.fn(*call.positional(), **call.kwargs), record=record, attempt=attempt, call=call)
+
+
+def _again(again: Run, state: Any, run: Run | None) -> tuple[Any, Run | None, float]:
+    """The state, arguments and delay of the next run of the inside, after a `Run` from `leave`."""
+    if again.state is not _KEEP:
+        state = again.state
+    if again.args is not None or again.kwargs is not None:
+        run = again
+    return state, run, again.delay
 
 
 def _interrupted(exc: BaseException, stream: _StreamBase) -> BaseException | None:
