@@ -16,6 +16,7 @@ from ._semantic import Semantic
 from ._stream import AsyncGuardedStream, GuardedStream
 from ._timeout import timeout
 from ._trace import trace
+from ._validate import Feedback, feedback, validate
 from .errors import (
     AllFailed,
     BudgetExceeded,
@@ -43,6 +44,7 @@ __all__ = [
     "CallRecord",
     "CircuitOpen",
     "ErrorKind",
+    "Feedback",
     "GuardInfo",
     "GuardTimeout",
     "GuardedStream",
@@ -67,6 +69,7 @@ __all__ = [
     "cost_of",
     "current_call",
     "describe",
+    "feedback",
     "remaining",
     "report_usage",
     "retry",
@@ -74,6 +77,7 @@ __all__ = [
     "timeout",
     "trace",
     "usage_from",
+    "validate",
 ]
 
 

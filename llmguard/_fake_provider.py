@@ -134,7 +134,7 @@ class Step:
             value = getattr(self, name)
             if value is not None and value < 0:
                 return f"Step({name}=...) must be None or a chunk count >= 0, got {value!r}"
-        if self.tool_input is not None and not isinstance(self.tool_input, Mapping):
+        if self.tool_input is not None and not isinstance(cast("object", self.tool_input), Mapping):
             return f"Step(tool_input=...) must be a mapping of the tool's arguments, got {self.tool_input!r}"
         if self.usage is not None:
             unknown = sorted(set(self.usage) - _USAGE_KEYS)
