@@ -165,7 +165,7 @@ class _Target:
         if isinstance(model, type) or typing.get_origin(model) is not None:
             try:
                 self.adapter = pydantic.TypeAdapter(model)
-            except (pydantic.PydanticSchemaGenerationError, TypeError) as exc:
+            except (pydantic.PydanticSchemaGenerationError, pydantic.PydanticUserError, TypeError) as exc:
                 msg = f"validate(model=...) must be a type pydantic can validate, a BaseModel, or a callable raw -> value: {exc}"
                 raise TypeError(msg) from exc
             if isinstance(model, type) and issubclass(model, pydantic.BaseModel):
