@@ -437,8 +437,23 @@ class ValidateGuard(Guard, Generic[T]):
                 return [f"{_describe(check)}: {verdict or 'refused the output'}"]
         return []
 
+    def fail(self, call: Call, state: _State | None, exc: BaseException) -> Run | None:
+        """The function raised: a pydantic error is a bad answer (an SDK's ``.parse()``), re-asked; anything else propagates."""
+        if not isinstance(exc, pydantic.ValidationError):
+            return None  # a transport error, a refusal: retry's and fallback's, never fed into a prompt
+        roots = [e.get("input") for e in exc.errors(include_url=False) if not e["loc"]]  # the whole answer, if kept
+        text = next((i for i in roots if isinstance(i, str)), "(the answer, which the SDK could not parse)")
+        found = _extract.Extracted("parsed", None, text, ("parsed: the SDK's parse raised",))
+        return self._verdict(call, state, exc, None, _errors_of(exc), found, _NOTHING)
+
     def _decide(self, call: Call, state: _State | None, result: Any) -> Any:
         value, errors, found, parsed = self._validate(call, result)
+        raw = result.text if isinstance(result, _Read) else result
+        return self._verdict(call, state, raw, value, errors, found, parsed)
+
+    def _verdict(  # noqa: PLR0913 - one answer's facts
+        self, call: Call, state: _State | None, raw: Any, value: Any, errors: list[str], found: _extract.Extracted, parsed: Any
+    ) -> Any:
         if not errors:
             if state is not None:
                 call.note(extra={"reasks": len(state.history)})
@@ -446,7 +461,7 @@ class ValidateGuard(Guard, Generic[T]):
         if state is None:
             state = _State()
         state.history.append(errors)
-        state.raw = result.text if isinstance(result, _Read) else result
+        state.raw = raw
         state.text, state.step = found.text, found.step
         if parsed is not None and parsed is not _NOTHING:
             state.parsed = parsed

@@ -597,3 +597,19 @@ def test_the_extractor_raises_only_validation_failed(text: str, content: Any) ->
 
             with contextlib.suppress(lg.ValidationFailed):
                 ask()
+
+
+def test_an_sdk_parse_that_raises_is_a_bad_answer_reasked(fake_provider: FakeProvider, openai_client: openai.OpenAI) -> None:
+    @lg.validate(Contact, reask=1)
+    def ask(messages: Any) -> Any:
+        return openai_client.chat.completions.parse(model="gpt-4o", messages=messages, response_format=Contact)
+
+    fake_provider.script(Step(reply=BAD), Step(reply=GOOD))
+    assert ask(ASK) == Contact(name="Ada", age=36)
+    fed = fake_provider.requests[1].body["messages"]
+    assert len(fed) == len(ASK) + 2
+    assert "age" in fed[-1]["content"]
+    fake_provider.script(Step(reply=BAD), Step(reply=BAD))
+    with pytest.raises(lg.ValidationFailed) as caught:
+        ask(ASK)
+    assert caught.value.attempts == 2
