@@ -444,14 +444,15 @@ class ValidateGuard(Guard, Generic[T]):
         roots = [e.get("input") for e in exc.errors(include_url=False) if not e["loc"]]  # the whole answer, if kept
         text = next((i for i in roots if isinstance(i, str)), "(the answer, which the SDK could not parse)")
         found = _extract.Extracted("parsed", None, text, ("parsed: the SDK's parse raised",))
-        return self._verdict(call, state, exc, None, _errors_of(exc), found, _NOTHING)
+        again: Run = self._verdict(call, state, exc, None, _errors_of(exc), found, _NOTHING)  # errors: never a value
+        return again
 
     def _decide(self, call: Call, state: _State | None, result: Any) -> Any:
         value, errors, found, parsed = self._validate(call, result)
         raw = result.text if isinstance(result, _Read) else result
         return self._verdict(call, state, raw, value, errors, found, parsed)
 
-    def _verdict(  # noqa: PLR0913 - one answer's facts
+    def _verdict(
         self, call: Call, state: _State | None, raw: Any, value: Any, errors: list[str], found: _extract.Extracted, parsed: Any
     ) -> Any:
         if not errors:
