@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from typing import Any
@@ -38,9 +39,9 @@ def _answer() -> str:
 
 def _reask_sizes() -> list[int]:
     """The JSON body sizes of the first request and of re-asks 1-3 (every answer invalid)."""
-    import anthropic  # noqa: PLC0415
+    import anthropic
 
-    from llmguard.testing import FakeProvider, Step  # noqa: PLC0415
+    from llmguard.testing import FakeProvider, Step
 
     answer = json.loads(_answer())
     answer["lines"][3]["quantity"] = "three"  # one bad field: an answer of the same size each time
@@ -54,10 +55,8 @@ def _reask_sizes() -> list[int]:
             return client.messages.create(model="claude-sonnet-4-6", max_tokens=1000, messages=messages)
 
         fake.script(*(Step(reply=bad) for _ in range(4)))
-        try:
+        with contextlib.suppress(lg.ValidationFailed):
             ask(messages)
-        except lg.ValidationFailed:
-            pass
         return [len(json.dumps(r.body)) for r in fake.requests]
 
 
