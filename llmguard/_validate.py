@@ -385,17 +385,19 @@ class ValidateGuard(Guard, Generic[T]):
     def leave(self, call: Call, state: _State | None, result: Any) -> Any:
         """Validate the answer: the value, or `Run` (a re-ask), or `ValidationFailed`."""
         if isinstance(result, GuardedStream):
-            for _ in result:  # validated at its end: the caller gets the value, never a half-read stream
-                pass
-            result = _Read(result.text)
+            acc = StreamAccumulator()  # a cache's replay has no text of its own
+            for chunk in result:  # validated at its end: the caller gets the value, never a half-read stream
+                acc.feed(chunk)
+            result = _Read(result.text or acc.text)
         return self._decide(call, state, result)
 
     async def _aleave(self, call: Call, state: _State | None, result: Any) -> Any:
         """``aleave`` of an ``async def``: an async stream is read here, the decision is `leave`'s."""
         if isinstance(result, AsyncGuardedStream):
-            async for _ in result:
-                pass
-            result = _Read(result.text)
+            acc = StreamAccumulator()
+            async for chunk in result:
+                acc.feed(chunk)
+            result = _Read(result.text or acc.text)
         return self.leave(call, state, result)
 
     def judge(self, call: Call, result: Any) -> str | None:

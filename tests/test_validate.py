@@ -613,3 +613,17 @@ def test_an_sdk_parse_that_raises_is_a_bad_answer_reasked(fake_provider: FakePro
     with pytest.raises(lg.ValidationFailed) as caught:
         ask(ASK)
     assert caught.value.attempts == 2
+
+
+def test_cache_beneath_never_keeps_a_rejected_stream(fake_provider: FakeProvider, anthropic_client: anthropic.Anthropic) -> None:
+    @lg.validate(Contact, reask=1)
+    @lg.cache(ttl=60)
+    def ask(messages: Any) -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=100, messages=messages, stream=True)
+
+    fake_provider.script(Step(reply=BAD), Step(reply=GOOD), Step(reply=GOOD))
+    assert ask(ASK) == Contact(name="Ada", age=36)
+    assert ask(ASK) == Contact(name="Ada", age=36)
+    assert len(fake_provider.requests) == 3  # the rejected stream was not kept: asked again
+    assert ask(ASK) == Contact(name="Ada", age=36)
+    assert len(fake_provider.requests) == 3  # the stream that passed was kept and replayed
