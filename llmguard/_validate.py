@@ -353,9 +353,7 @@ class ValidateGuard(Guard, Generic[T]):
     # -- before anything is sent ----------------------------------------------
 
     def _check_input(self, call: Call) -> None:
-        """``enter``: the input checks; raising `InputRejected` sends nothing."""
-        if call.__dict__.get("_llmguard_feedback") is not None:
-            return  # a re-ask: the input was checked before the first answer
+        """``enter`` (once a call, re-asks included): the input checks; raising `InputRejected` sends nothing."""
         if self.max_input_chars is not None or self.max_input_tokens is not None:
             text = _input_text(call, _ALL_INPUT)
             if self.max_input_chars is not None and len(text) > self.max_input_chars:
