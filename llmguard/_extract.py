@@ -131,10 +131,57 @@ def _as_text(value: Any) -> str:
         return repr(value)
 
 
-def extract(result: Any, *, text: str | None = None) -> Extracted:
-    """Where the answer is in *result* (see the module docs); *text* is a read stream's text. Never raises."""
+class StreamedTool:
+    """The first tool call's arguments in a stream's chunks, fed one by one (never raises).
+
+    anthropic: a ``tool_use`` block's ``input_json_delta`` pieces; openai
+    chat: ``delta.tool_calls[0].function.arguments`` pieces; Responses:
+    ``response.function_call_arguments.delta`` events.
+    """
+
+    __slots__ = ("block", "parts", "seen")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.seen = False
+        self.block: Any = None  # the anthropic block index of the first tool_use
+
+    def feed(self, chunk: Any) -> None:
+        kind = _get(chunk, "type")
+        if kind == "content_block_start":
+            if not self.seen and _get(_get(chunk, "content_block"), "type") == "tool_use":
+                self.seen, self.block = True, _get(chunk, "index")
+        elif kind == "content_block_delta":
+            delta = _get(chunk, "delta")
+            if self.seen and _get(chunk, "index") == self.block and _get(delta, "type") == "input_json_delta":
+                self._add(_get(delta, "partial_json"))
+        elif kind == "response.function_call_arguments.delta":
+            self.seen = True
+            if _get(chunk, "output_index") in (None, 0) or len(self.parts) > 0:
+                self._add(_get(chunk, "delta"))
+        else:
+            for choice in _items(_get(chunk, "choices"))[:1]:
+                for call in _items(_get(_get(choice, "delta"), "tool_calls")):
+                    if _get(call, "index") in (None, 0):
+                        self.seen = True
+                        self._add(_get(_get(call, "function"), "arguments"))
+
+    def _add(self, piece: Any) -> None:
+        if isinstance(piece, str):
+            self.parts.append(piece)
+
+    @property
+    def arguments(self) -> str | None:
+        """The tool call's arguments as JSON text, or None when the stream had no tool call."""
+        return "".join(self.parts) if self.seen else None
+
+
+def extract(result: Any, *, text: str | None = None, tool: str | None = None) -> Extracted:
+    """Where the answer is in *result* (see the module docs); *text* / *tool* are a read stream's. Never raises."""
+    if tool is not None:
+        return Extracted("tool", tool, tool, ("parsed: a stream",))
     if text is not None:
-        return Extracted("text", text, text, ("parsed: a stream", "tool: a stream"))
+        return Extracted("text", text, text, ("parsed: a stream", "tool call: none in the stream"))
     if isinstance(result, str):
         return Extracted("text", result, result, ())
     if not _is_sdk_shaped(result):

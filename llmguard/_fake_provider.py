@@ -112,8 +112,9 @@ class Step:
     raw_body: str | None = None
     """Send exactly this body (``application/json``, with `status`) instead of a generated one."""
     tool_input: Mapping[str, Any] | None = None
-    """Answer with a tool call taking these arguments instead of text (not streamed): an anthropic
-    ``tool_use`` block, an openai chat ``tool_calls`` entry, a Responses ``function_call`` item."""
+    """Answer with a tool call taking these arguments instead of text: an anthropic ``tool_use``
+    block, an openai chat ``tool_calls`` entry, a Responses ``function_call`` item. Streamed
+    (anthropic and openai chat), the arguments' JSON arrives in pieces, the way `reply`'s words do."""
     tool_name: str = "answer"
     """The name of the tool `tool_input` calls."""
 
@@ -603,17 +604,16 @@ def _anthropic_stream(call: _Call) -> _StreamPlan:
             "message": call.step.error_message or "Overloaded",
         },
     }
+    tool = call.step.tool_input is not None
+    block: dict[str, Any] = {"type": "text", "text": ""}
+    if tool:  # the tool's arguments arrive as JSON pieces, the reply being that JSON
+        start["content"] = []
+        block = {"type": "tool_use", "id": f"toolu_fake_{call.ident:06d}", "name": call.step.tool_name, "input": {}}
+        delta["delta"]["stop_reason"] = "tool_use"
     return _StreamPlan(
         preamble=[
             _sse({"type": "message_start", "message": start}, "message_start"),
-            _sse(
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "text", "text": ""},
-                },
-                "content_block_start",
-            ),
+            _sse({"type": "content_block_start", "index": 0, "content_block": block}, "content_block_start"),
             _sse({"type": "ping"}, "ping"),
         ],
         deltas=[
@@ -621,7 +621,9 @@ def _anthropic_stream(call: _Call) -> _StreamPlan:
                 {
                     "type": "content_block_delta",
                     "index": 0,
-                    "delta": {"type": "text_delta", "text": chunk},
+                    "delta": {"type": "input_json_delta", "partial_json": chunk}
+                    if tool
+                    else {"type": "text_delta", "text": chunk},
                 },
                 "content_block_delta",
             )
@@ -708,14 +710,22 @@ def _chat_stream(call: _Call) -> _StreamPlan:
     def choice(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
-    epilogue = [chunk([choice({}, "stop")])]
+    tool = call.step.tool_input is not None
+    first: dict[str, Any] = {"role": "assistant", "content": "", "refusal": None}
+    if tool:
+        opening = {"index": 0, "id": f"call_fake{call.ident:06d}", "type": "function"}
+        first = {"role": "assistant", "content": None, "tool_calls": [opening | {"function": {"name": call.step.tool_name, "arguments": ""}}]}
+    epilogue = [chunk([choice({}, "tool_calls" if tool else "stop")])]
     if include_usage and not call.step.omit_usage:
         epilogue.append(chunk([], call.usage.openai_chat()))
     epilogue.append(_sse("[DONE]"))
     error = {"error": _in_stream_openai_error(call.step)}
     return _StreamPlan(
-        preamble=[chunk([choice({"role": "assistant", "content": "", "refusal": None})])],
-        deltas=[chunk([choice({"content": text})]) for text in call.chunks],
+        preamble=[chunk([choice(first)])],
+        deltas=[
+            chunk([choice({"tool_calls": [{"index": 0, "function": {"arguments": text}}]} if tool else {"content": text})])
+            for text in call.chunks
+        ],
         epilogue=epilogue,
         error_event=lambda _: _sse(error),
     )

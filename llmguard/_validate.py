@@ -287,9 +287,27 @@ class _State:
 
 
 class _Read(NamedTuple):
-    """A stream `validate` read to its end: its text."""
+    """A stream `validate` read to its end: its text, and its first tool call's arguments if it had one."""
 
     text: str
+    tool: str | None = None
+
+
+class _Reading:
+    """A stream being read: its text and its first tool call, chunk by chunk."""
+
+    __slots__ = ("acc", "tool")
+
+    def __init__(self) -> None:
+        self.acc = StreamAccumulator()  # a cache's replay has no text of its own: read it here too
+        self.tool = _extract.StreamedTool()
+
+    def feed(self, chunk: Any) -> None:
+        self.acc.feed(chunk)
+        self.tool.feed(chunk)
+
+    def done(self, text: str) -> _Read:
+        return _Read(text or self.acc.text, self.tool.arguments)
 
 
 class ValidateGuard(Guard, Generic[T]):
@@ -383,28 +401,28 @@ class ValidateGuard(Guard, Generic[T]):
     def leave(self, call: Call, state: _State | None, result: Any) -> Any:
         """Validate the answer: the value, or `Run` (a re-ask), or `ValidationFailed`."""
         if isinstance(result, GuardedStream):
-            acc = StreamAccumulator()  # a cache's replay has no text of its own
+            read = _Reading()
             for chunk in result:  # validated at its end: the caller gets the value, never a half-read stream
-                acc.feed(chunk)
-            result = _Read(result.text or acc.text)
+                read.feed(chunk)
+            result = read.done(result.text)
         return self._decide(call, state, result)
 
     async def _aleave(self, call: Call, state: _State | None, result: Any) -> Any:
         """``aleave`` of an ``async def``: an async stream is read here, the decision is `leave`'s."""
         if isinstance(result, AsyncGuardedStream):
-            acc = StreamAccumulator()
+            read = _Reading()
             async for chunk in result:
-                acc.feed(chunk)
-            result = _Read(result.text or acc.text)
+                read.feed(chunk)
+            result = read.done(result.text)
         return self.leave(call, state, result)
 
     def judge(self, call: Call, result: Any) -> str | None:
         """Why the answer *result* will be rejected, or None: what a cache below asks before keeping it."""
         if isinstance(result, tuple) and not isinstance(result, _Read):
-            acc = StreamAccumulator()  # a stream's chunks, as a cache kept them
+            read = _Reading()  # a stream's chunks, as a cache kept them
             for chunk in result:
-                acc.feed(chunk)
-            result = _Read(acc.text)
+                read.feed(chunk)
+            result = read.done("")
             memo = None
         else:
             memo = result
@@ -418,7 +436,7 @@ class ValidateGuard(Guard, Generic[T]):
         if memo is not None and memo[0] is result:
             return memo[1], memo[2], memo[3], memo[4]
         round_ = call.__dict__.get("_llmguard_round", 1)
-        found = _extract.extract(None, text=result.text) if isinstance(result, _Read) else _extract.extract(result)
+        found = _extract.extract(None, text=result.text, tool=result.tool) if isinstance(result, _Read) else _extract.extract(result)
         context = {"attempt": round_, "reask": self.reask, "remaining": remaining()}
         value, errors, parsed = self.target.check(found, context)
         if not errors:
@@ -449,7 +467,7 @@ class ValidateGuard(Guard, Generic[T]):
 
     def _decide(self, call: Call, state: _State | None, result: Any) -> Any:
         value, errors, found, parsed = self._validate(call, result)
-        raw = result.text if isinstance(result, _Read) else result
+        raw = found.text if isinstance(result, _Read) else result
         return self._verdict(call, state, raw, value, errors, found, parsed)
 
     def _verdict(

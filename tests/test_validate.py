@@ -25,7 +25,7 @@ from typing_extensions import TypedDict
 
 import llmguard as lg
 
-from llmguard._extract import extract
+from llmguard._extract import StreamedTool, extract
 from llmguard._fake_provider import FakeProvider, Step
 from llmguard.testing import capture_events
 
@@ -597,6 +597,10 @@ def test_the_extractor_raises_only_validation_failed(text: str, content: Any) ->
 
             with contextlib.suppress(lg.ValidationFailed):
                 ask()
+    tool = StreamedTool()
+    for chunk in (content, *_sdk_shaped(content), {"type": "content_block_delta", "delta": content}):
+        tool.feed(chunk)
+    assert tool.arguments is None or isinstance(tool.arguments, str)
 
 
 def test_an_sdk_parse_that_raises_is_a_bad_answer_reasked(fake_provider: FakeProvider, openai_client: openai.OpenAI) -> None:
@@ -627,3 +631,22 @@ def test_cache_beneath_never_keeps_a_rejected_stream(fake_provider: FakeProvider
     assert len(fake_provider.requests) == 3  # the rejected stream was not kept: asked again
     assert ask(ASK) == Contact(name="Ada", age=36)
     assert len(fake_provider.requests) == 3  # the stream that passed was kept and replayed
+
+
+def test_a_streamed_tool_call_is_read_and_validated(fake_provider: FakeProvider, anthropic_client: anthropic.Anthropic) -> None:
+    @lg.validate(Contact, reask=1)
+    def ask(messages: Any) -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=100, messages=messages, stream=True)
+
+    fake_provider.script(Step(tool_input={"name": "Ada", "age": "old"}), Step(tool_input={"name": "Ada", "age": 36}))
+    assert ask(ASK) == Contact(name="Ada", age=36)
+    assert json.loads(fake_provider.requests[1].body["messages"][-2]["content"]) == {"name": "Ada", "age": "old"}
+
+
+def test_an_async_streamed_openai_tool_call(fake_provider: FakeProvider, async_openai_client: openai.AsyncOpenAI) -> None:
+    @lg.validate(Contact)
+    async def ask(messages: Any) -> Any:
+        return await async_openai_client.chat.completions.create(model="gpt-4o", messages=messages, stream=True)
+
+    fake_provider.script(Step(tool_input={"name": "Ada", "age": 36}))
+    assert asyncio.run(ask(ASK)) == Contact(name="Ada", age=36)
