@@ -349,8 +349,10 @@ def test_validate_failed_event_and_record(fake_provider: FakeProvider, anthropic
     assert [e.name for e in events] == ["llmguard.validate.failed"]
     assert events[0].fields["attempt"] == 1
     assert events[0].fields["reask"] is True
-    (span,) = exporter.get_finished_spans()
+    (span,) = exporter.get_finished_spans()  # one span for the call, re-asks included
     assert [e.name for e in span.events].count("llmguard.validate.failed") == 1
+    assert span.attributes is not None
+    assert span.attributes["llmguard.attempts"] == 2
 
 
 # -- transport errors are not answers ---------------------------------------------------
