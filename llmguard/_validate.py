@@ -200,8 +200,8 @@ class _Target:
         if found.step == "text":
             try:  # the whole text is the JSON: the common case, first
                 return typing.cast("Callable[..., Any]", self.validate_json)(value, context=context), [], None
-            except Exception:  # noqa: BLE001 - not that: the slow path says what is wrong
-                return self._text(typing.cast("pydantic.TypeAdapter[Any]", self.adapter), value, context)
+            except Exception as exc:  # noqa: BLE001 - not that: the slow path says what is wrong
+                return self._text(typing.cast("pydantic.TypeAdapter[Any]", self.adapter), value, context, exc)
         adapter = typing.cast("pydantic.TypeAdapter[Any]", self.adapter)
         if found.step == "tool" and isinstance(value, str):
             return self._json(adapter, value, context)
@@ -219,18 +219,14 @@ class _Target:
     def _json(self, adapter: pydantic.TypeAdapter[Any], text: str, context: dict[str, Any]) -> tuple[Any, list[str], Any]:
         try:
             return adapter.validate_json(text, context=context), [], None
-        except pydantic.ValidationError as exc:
-            if _only_json_invalid(exc):
-                return None, [f"not valid JSON: {_first_message(exc)}"], None
-            return None, _errors_of(exc), _loads(text)
-        except Exception as exc:  # noqa: BLE001 - a validator of the model raised something else
-            return None, _errors_of(exc), _loads(text)
+        except Exception as exc:  # noqa: BLE001 - a pydantic error, or a validator of the model raised something else
+            return _json_failure(exc, text)
 
-    def _text(self, adapter: pydantic.TypeAdapter[Any], text: str, context: dict[str, Any]) -> tuple[Any, list[str], Any]:
-        """The whole text as JSON first (the fast path), then a fenced block, then JSON inside prose."""
-        value, errors, parsed = self._json(adapter, text, context)
-        if not errors or (parsed is not None and parsed is not _NOTHING):
-            return value, errors, parsed
+    def _text(self, adapter: pydantic.TypeAdapter[Any], text: str, context: dict[str, Any], first: Exception) -> tuple[Any, list[str], Any]:
+        """After the whole text failed as JSON (*first*): a fenced block, then JSON inside prose, then the text itself."""
+        value, errors, parsed = _json_failure(first, text)
+        if parsed is not None and parsed is not _NOTHING:
+            return value, errors, parsed  # it was JSON: what is wrong is the value
         for candidate, where in _extract.json_candidates(text):
             value, errors, parsed = self._json(adapter, candidate, context)
             if not errors:
@@ -247,6 +243,13 @@ class _Target:
 
 
 _NOTHING: Final[Any] = object()
+
+
+def _json_failure(exc: Exception, text: str) -> tuple[Any, list[str], Any]:
+    """``(None, errors, parsed)`` of *text* failing to validate as JSON with *exc* (*parsed* None: not JSON)."""
+    if isinstance(exc, pydantic.ValidationError) and _only_json_invalid(exc):
+        return None, [f"not valid JSON: {_first_message(exc)}"], None
+    return None, _errors_of(exc), _loads(text)
 
 
 def _loads(text: str) -> Any:
