@@ -495,7 +495,8 @@ class ValidateGuard(Guard, Generic[T]):
         if parsed is not None and parsed is not _NOTHING:
             state.parsed = parsed
         made = len(state.history)
-        again = made <= self.reask
+        left = remaining()  # a re-ask past the call's deadline could only time out: the answer's failure is the news
+        again = made <= self.reask and (left is None or left > 0)
         record = call.record
         record.extra["reasks"] = made - 1 + again
         _events.emit(

@@ -652,3 +652,19 @@ def test_an_async_streamed_openai_tool_call(fake_provider: FakeProvider, async_o
 
     fake_provider.script(Step(tool_input={"name": "Ada", "age": 36}))
     assert asyncio.run(ask(ASK)) == Contact(name="Ada", age=36)
+
+
+def test_no_reask_past_the_deadline(fake_provider: FakeProvider, anthropic_client: anthropic.Anthropic, fake_clock: Any) -> None:
+    def slow_to_judge(raw: str) -> Contact:
+        fake_clock.advance(10)  # the answer took the call past its deadline
+        return Contact.model_validate_json(raw)
+
+    @lg.validate(slow_to_judge, reask=2)
+    def ask(messages: Any) -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=100, messages=messages)
+
+    fake_provider.script(Step(reply=BAD), Step(reply=GOOD))
+    with lg.timeout(5), pytest.raises(lg.ValidationFailed) as caught:
+        ask(ASK)
+    assert caught.value.attempts == 1
+    assert len(fake_provider.requests) == 1
