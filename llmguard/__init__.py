@@ -10,10 +10,12 @@ from ._call import current_call
 from ._context import remaining
 from ._describe import GuardInfo, describe
 from ._facts import report_usage
+from ._order import OrderWarning
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 from ._retry import RetryAttempt, retry
 from ._semantic import Semantic
 from ._stream import AsyncGuardedStream, GuardedStream
+from ._telemetry import Telemetry, configure_telemetry
 from ._timeout import timeout
 from ._trace import trace
 from ._validate import Feedback, feedback, validate
@@ -50,6 +52,7 @@ __all__ = [
     "GuardedStream",
     "InputRejected",
     "LLMGuardError",
+    "OrderWarning",
     "Outcome",
     "Price",
     "RateLimited",
@@ -57,6 +60,7 @@ __all__ = [
     "Semantic",
     "StreamFailed",
     "StreamInterrupted",
+    "Telemetry",
     "Usage",
     "ValidationFailed",
     "__version__",
@@ -66,6 +70,7 @@ __all__ = [
     "cache_clear",
     "cache_info",
     "classify",
+    "configure_telemetry",
     "cost_of",
     "current_call",
     "describe",
