@@ -642,7 +642,16 @@ def validate(
     max_input_tokens: int | None = None,
     feed: bool = True,
 ) -> Validator[Any]: ...
-def validate(model: Any, **kwargs: Any) -> Validator[Any]:
+def validate(
+    model: Any,
+    *,
+    reask: int = 2,
+    input: Sequence[str | Callable[[str], Any]] = (),  # noqa: A002 - the public name
+    output: Sequence[Callable[[Any], Any]] = (),
+    max_input_chars: int | None = None,
+    max_input_tokens: int | None = None,
+    feed: bool = True,
+) -> Validator[Any]:
     """Make the function return its answer validated as *model*, re-asking up to *reask* times.
 
     *model*: a pydantic ``BaseModel``, anything ``TypeAdapter`` takes
@@ -662,4 +671,12 @@ def validate(model: Any, **kwargs: Any) -> Validator[Any]:
     Raises `lg.InputRejected` (nothing sent) and `lg.ValidationFailed`
     (after ``1 + reask`` answers); errors of the function itself propagate.
     """
-    return Validator(model, **kwargs)
+    return Validator(
+        model,
+        reask=reask,
+        input=input,
+        output=output,
+        max_input_chars=max_input_chars,
+        max_input_tokens=max_input_tokens,
+        feed=feed,
+    )

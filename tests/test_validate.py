@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 
 from typing import Any, Literal
@@ -542,6 +543,11 @@ def test_the_system_prompt_is_not_checked_for_injection(fake_provider: FakeProvi
 def test_bad_configuration_fails_at_decoration(args: Any, kwargs: Any, error: type[Exception], names: str) -> None:
     with pytest.raises(error, match=rf"validate\({names}="):
         lg.validate(*args, **kwargs)
+
+
+def test_validate_shows_its_real_parameters() -> None:
+    params = inspect.signature(lg.validate).parameters
+    assert list(params) == ["model", "reask", "input", "output", "max_input_chars", "max_input_tokens", "feed"]
 
 
 def test_describe_lists_validate() -> None:
