@@ -674,3 +674,31 @@ def test_no_reask_past_the_deadline(fake_provider: FakeProvider, anthropic_clien
         ask(ASK)
     assert caught.value.attempts == 1
     assert len(fake_provider.requests) == 1
+
+
+def test_concurrent_calls_keep_their_own_reasks_and_feedback() -> None:
+    """Per-call state only: threads and tasks re-asking at once never see each other's feedback."""
+
+    @lg.validate(Contact, reask=1, feed=False)
+    def ask(i: int) -> str:
+        fb = lg.feedback()
+        if fb is None:
+            return f'{{"name": "n{i}", "age": "bad{i}"}}'
+        assert f"bad{i}" in fb.answer
+        return f'{{"name": "n{i}", "age": {i}}}'
+
+    @lg.validate(Contact, reask=1, feed=False)
+    async def aask(i: int) -> str:
+        await asyncio.sleep(0)
+        return ask.__wrapped__(i)  # type: ignore[attr-defined,no-any-return]
+
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(ask, range(200)))
+    assert got == [Contact(name=f"n{i}", age=i) for i in range(200)]
+
+    async def many() -> list[Contact]:
+        return await asyncio.gather(*(aask(i) for i in range(100)))
+
+    assert asyncio.run(many()) == [Contact(name=f"n{i}", age=i) for i in range(100)]
