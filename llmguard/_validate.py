@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import re
 import typing
 
 from collections.abc import Callable, Coroutine, Sequence
@@ -38,6 +37,7 @@ from ._binder import Binder
 from ._call import Call
 from ._context import remaining
 from ._facts import _CURRENT, ASYNC, ASYNCGEN, GEN
+from ._input_check import ALL_INPUT, USER_INPUT, describe, input_checks, input_text
 from ._runner import Guard, Run
 from ._stream import AsyncGuardedStream, GuardedStream
 from .errors import InputRejected, ValidationFailed
@@ -50,9 +50,6 @@ T = TypeVar("T")
 _MAX_ERRORS: Final = 20  # errors fed back and kept per attempt: a huge answer's 500 errors would be a prompt of their own
 _REASK_INTRO: Final = "Your previous answer did not validate:"
 _REASK_ASK: Final = "Answer again with the corrected output only."
-# Arguments whose text the input checks read; the developer's own instructions are not checked for injection.
-_USER_INPUT: Final = ("messages", "prompt", "input", "contents")
-_ALL_INPUT: Final = ("messages", "system", "prompt", "input", "instructions", "contents")
 
 
 # -- feedback -----------------------------------------------------------------
@@ -99,56 +96,7 @@ def _message(errors: Sequence[str]) -> str:
     return "\n".join((_REASK_INTRO, *(f"- {e}" for e in errors), _REASK_ASK))
 
 
-# -- input checks ---------------------------------------------------------------
-
-# Cheap heuristics (regex), not a guarantee: a determined attacker writes around any list of phrases.
-_INJECTION: Final = re.compile(
-    r"\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+|the\s+|your\s+|of\s+)*"
-    r"(?:previous|prior|above|earlier|preceding|system)\s+(?:instructions?|prompts?|messages?|rules|directions)"
-    r"|\b(?:reveal|print|show|repeat|output|leak)\s+(?:me\s+)?(?:your|the)\s+(?:system\s+prompt|hidden\s+prompt|initial\s+instructions|instructions\s+above)"
-    r"|\byou\s+are\s+now\s+(?:in\s+)?(?:DAN|developer\s+mode|jailbroken|unrestricted)"
-    r"|\bnew\s+system\s+prompt\s*:"
-    r"|<\|(?:im_start|im_end|system|endoftext)\|>|\[/?INST\]|<<SYS>>",
-    re.IGNORECASE,
-)
-# Text a reader does not see: Unicode tags (ASCII smuggling), zero-width characters, bidi controls.
-_INVISIBLE: Final = re.compile("[\U000e0000-\U000e007f\u200b-\u200f\u2060-\u2064\ufeff\u202a-\u202e\u2066-\u2069]")
-_NAMED_CHECKS: Final = ("injection", "invisible")
-
-
-def _strings(value: Any, out: list[str], depth: int = 0) -> None:
-    """The strings inside *value* (messages, content blocks), appended to *out*."""
-    if isinstance(value, str):
-        out.append(value)
-    elif depth > 6:
-        return
-    elif isinstance(value, dict):
-        for key in ("content", "text", "parts", "input"):
-            if key in value:
-                _strings(value[key], out, depth + 1)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _strings(item, out, depth + 1)
-
-
-def _input_text(call: Call, names: Sequence[str]) -> str:
-    out: list[str] = []
-    found = False
-    for name in names:
-        value = call.param(name)
-        if value is not None:
-            found = True
-            _strings(value, out)
-    if not found:  # a function of its own shape: every string it was given
-        _strings(list(call.args) + list(call.kwargs.values()), out)
-    return "\n".join(out)
-
-
 # -- the target -------------------------------------------------------------------
-
-
-def _describe(fn: Any) -> str:
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
 class _Target:
@@ -157,7 +105,7 @@ class _Target:
     __slots__ = ("adapter", "fn", "instance_of", "name", "validate_json", "wants_context")
 
     def __init__(self, model: Any) -> None:
-        self.name = _describe(model)
+        self.name = describe(model)
         self.adapter: pydantic.TypeAdapter[Any] | None = None
         self.validate_json: Callable[..., Any] | None = None
         self.fn: Callable[..., Any] | None = None
@@ -345,7 +293,7 @@ class ValidateGuard(Guard, Generic[T]):
         self.target = _Target(model)
         self.model = model
         self.reask = int(reask)
-        self.input_checks = _input_checks(input)
+        self.input_checks = input_checks(input)
         self.output_checks = _output_checks(output)
         self.max_input_chars = max_input_chars
         self.max_input_tokens = max_input_tokens
@@ -357,7 +305,7 @@ class ValidateGuard(Guard, Generic[T]):
             "model": self.target.name,
             "reask": self.reask,
             "input": tuple(name for name, _ in self.input_checks),
-            "output": tuple(_describe(c) for c in self.output_checks),
+            "output": tuple(describe(c) for c in self.output_checks),
             "max_input_chars": self.max_input_chars,
             "max_input_tokens": self.max_input_tokens,
             "feed": self.feed,
@@ -367,7 +315,7 @@ class ValidateGuard(Guard, Generic[T]):
         """A copy for *fn*: its input checks as ``enter`` (only if any), its stream reading for its shape."""
         if shape in (GEN, ASYNCGEN):
             msg = (
-                f"validate() cannot decorate the generator function {_describe(fn)}: it returns one validated "
+                f"validate() cannot decorate the generator function {describe(fn)}: it returns one validated "
                 "value, not a stream; return the SDK stream (or the text) from a plain function instead"
             )
             raise TypeError(msg)
@@ -383,7 +331,7 @@ class ValidateGuard(Guard, Generic[T]):
     def _check_input(self, call: Call) -> None:
         """``enter`` (once a call, re-asks included): the input checks; raising `InputRejected` sends nothing."""
         if self.max_input_chars is not None or self.max_input_tokens is not None:
-            text = _input_text(call, _ALL_INPUT)
+            text = input_text(call, ALL_INPUT)
             if self.max_input_chars is not None and len(text) > self.max_input_chars:
                 self._reject(call, "max_input_chars", f"{len(text)} characters > max_input_chars={self.max_input_chars}")
             if self.max_input_tokens is not None:
@@ -391,7 +339,7 @@ class ValidateGuard(Guard, Generic[T]):
                 if tokens > self.max_input_tokens:
                     self._reject(call, "max_input_tokens", f"about {tokens} tokens > max_input_tokens={self.max_input_tokens}")
         if self.input_checks:
-            text = _input_text(call, _USER_INPUT)
+            text = input_text(call, USER_INPUT)
             for name, check in self.input_checks:
                 try:
                     verdict = check(text)
@@ -460,9 +408,9 @@ class ValidateGuard(Guard, Generic[T]):
             try:
                 verdict = check(value)
             except Exception as exc:  # noqa: BLE001 - a check's way of refusing
-                return [f"{_describe(check)}: {type(exc).__name__}: {exc}"]
+                return [f"{describe(check)}: {type(exc).__name__}: {exc}"]
             if verdict is False or isinstance(verdict, str):
-                return [f"{_describe(check)}: {verdict or 'refused the output'}"]
+                return [f"{describe(check)}: {verdict or 'refused the output'}"]
         return []
 
     def fail(self, call: Call, state: _State | None, exc: BaseException) -> Run | None:
@@ -556,45 +504,11 @@ def _replace(call: Call, name: str, value: Any) -> tuple[tuple[Any, ...] | None,
     return None, {**call.kwargs, name: value}
 
 
-def _input_checks(given: Any) -> tuple[tuple[str, Callable[[str], Any]], ...]:
-    if isinstance(given, (str, bytes)) or callable(given):
-        given = (given,)
-    if not isinstance(given, Sequence):
-        msg = f"validate(input=...) must be a sequence of check names {_NAMED_CHECKS} or callables, got {given!r}"
-        raise TypeError(msg)
-    out: list[tuple[str, Callable[[str], Any]]] = []
-    for check in given:
-        if isinstance(check, str):
-            if check not in _NAMED_CHECKS:
-                msg = f"validate(input=...) has an unknown check {check!r}; the named checks are {list(_NAMED_CHECKS)} (or pass a callable)"
-                raise ValueError(msg)
-            pattern = _INJECTION if check == "injection" else _INVISIBLE
-            out.append((check, _pattern_check(pattern, check)))
-        elif callable(check):
-            out.append((_describe(check), check))
-        else:
-            msg = f"validate(input=...) must hold check names {_NAMED_CHECKS} or callables, got {check!r}"
-            raise TypeError(msg)
-    return tuple(out)
-
-
 def _output_checks(given: object) -> tuple[Callable[[Any], Any], ...]:
     if isinstance(given, (str, bytes)) or not isinstance(given, Sequence) or not all(callable(c) for c in given):
         msg = f"validate(output=...) must be a sequence of callables taking the validated value, got {given!r}"
         raise TypeError(msg)
     return tuple(given)
-
-
-def _pattern_check(pattern: re.Pattern[str], name: str) -> Callable[[str], str | None]:
-    def check(text: str) -> str | None:
-        found = pattern.search(text)
-        if found is None:
-            return None
-        shown = found.group(0).encode("unicode_escape").decode() if name == "invisible" else found.group(0)
-        return f"matched {shown!r} at {found.start()}"
-
-    check.__qualname__ = name
-    return check
 
 
 class Validator(ValidateGuard[T]):
