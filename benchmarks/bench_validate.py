@@ -77,9 +77,14 @@ def run() -> dict[str, float]:
     print(row("Order.model_validate_json(text)", times["pydantic"]))
     print(row("a pass-through guard's call, then model_validate_json", times["runner"], times["pydantic"], "of model_validate_json"))
     print(row("@lg.validate(Order) on a def returning text", times["validate"], times["pydantic"], "of model_validate_json (target <= 1.2x)"))
+    messages: Any = [{"role": "user", "content": "Please extract the order from this email. " * 48}]  # ~2 KB
+    checked = lg.validate(Order, input=["injection", "invisible"], max_input_chars=100_000)(lambda messages: text)
+    unchecked = lg.validate(Order)(lambda messages: text)
+    checks = interleaved({"unchecked": lambda: unchecked(messages), "checked": lambda: checked(messages)}, number=5_000, repeats=15)
+    print(row("input checks (injection, invisible, chars) of a 2 KB message", checks["checked"] - checks["unchecked"]))
     sizes = _reask_sizes()
     print("  request body sizes, B (each re-ask replaces the failed exchange before it):")
     print(f"    first request {sizes[0]:>7}")
     for n, b in enumerate(sizes[1:], 1):
         print(f"    re-ask {n}      {b:>7}  (+{b - sizes[0]} over the first, +{b - sizes[n - 1]} over the one before)")
-    return {"validate_ratio": times["validate"] / times["pydantic"], **{f"reask_{n}_bytes": float(b) for n, b in enumerate(sizes)}}
+    return {"validate_ratio": times["validate"] / times["pydantic"], "input_checks_s": checks["checked"] - checks["unchecked"], **{f"reask_{n}_bytes": float(b) for n, b in enumerate(sizes)}}

@@ -22,16 +22,46 @@ USER_INPUT: Final = ("messages", "prompt", "input", "contents")
 ALL_INPUT: Final = ("messages", "system", "prompt", "input", "instructions", "contents")
 
 
-# Cheap heuristics (regex), not a guarantee: a determined attacker writes around any list of phrases.
-_INJECTION: Final = re.compile(
-    r"\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+|the\s+|your\s+|of\s+)*"
-    r"(?:previous|prior|above|earlier|preceding|system)\s+(?:instructions?|prompts?|messages?|rules|directions)"
-    r"|\b(?:reveal|print|show|repeat|output|leak)\s+(?:me\s+)?(?:your|the)\s+(?:system\s+prompt|hidden\s+prompt|initial\s+instructions|instructions\s+above)"
-    r"|\byou\s+are\s+now\s+(?:in\s+)?(?:DAN|developer\s+mode|jailbroken|unrestricted)"
-    r"|\bnew\s+system\s+prompt\s*:"
-    r"|<\|(?:im_start|im_end|system|endoftext)\|>|\[/?INST\]|<<SYS>>",
-    re.IGNORECASE,
+# Cheap heuristics, not a guarantee: a determined attacker writes around any list of phrases.
+# The text is lowercased once; each phrase's regex runs only if one of its words is in the text
+# (a substring search at C speed), so a benign 2 KB message costs microseconds, not a regex
+# alternation tried at every position (~0.5 ms).
+_TOKENS: Final = ("<|im_start|>", "<|im_end|>", "<|system|>", "<|endoftext|>", "[inst]", "[/inst]", "<<sys>>")
+_PHRASES: Final = (
+    (
+        ("ignore", "disregard", "forget", "override"),
+        re.compile(
+            r"(?:ignore|disregard|forget|override)\s+(?:(?:all|any|the|your|of)\s+)*"
+            r"(?:previous|prior|above|earlier|preceding|system)\s+(?:instructions?|prompts?|messages?|rules|directions)"
+        ),
+    ),
+    (
+        ("prompt", "instructions"),
+        re.compile(
+            r"(?:reveal|print|show|repeat|output|leak)\s+(?:me\s+)?(?:your|the)\s+"
+            r"(?:system\s+prompt|hidden\s+prompt|initial\s+instructions|instructions\s+above)"
+        ),
+    ),
+    (("now",), re.compile(r"you\s+are\s+now\s+(?:in\s+)?(?:dan\b|developer\s+mode|jailbroken|unrestricted)")),
+    (("system",), re.compile(r"new\s+system\s+prompt\s*:")),
 )
+
+
+def _injection(text: str) -> str | None:
+    """Why *text* looks like a prompt injection, or None."""
+    low = text.lower()
+    for token in _TOKENS:
+        at = low.find(token)
+        if at >= 0:
+            return f"matched {text[at : at + len(token)]!r} at {at}"
+    for words, pattern in _PHRASES:
+        if any(word in low for word in words):
+            found = pattern.search(low)
+            if found is not None:
+                return f"matched {text[found.start() : found.end()]!r} at {found.start()}"
+    return None
+
+
 # Text a reader does not see: Unicode tags (ASCII smuggling), zero-width characters, bidi controls.
 _INVISIBLE: Final = re.compile("[\U000e0000-\U000e007f\u200b-\u200f\u2060-\u2064\ufeff\u202a-\u202e\u2066-\u2069]")
 NAMED_CHECKS: Final = ("injection", "invisible")
@@ -81,8 +111,7 @@ def input_checks(given: Any) -> tuple[tuple[str, Callable[[str], Any]], ...]:
             if check not in NAMED_CHECKS:
                 msg = f"validate(input=...) has an unknown check {check!r}; the named checks are {list(NAMED_CHECKS)} (or pass a callable)"
                 raise ValueError(msg)
-            pattern = _INJECTION if check == "injection" else _INVISIBLE
-            out.append((check, _pattern_check(pattern, check)))
+            out.append((check, _injection if check == "injection" else _invisible))
         elif callable(check):
             out.append((describe(check), check))
         else:
@@ -91,13 +120,9 @@ def input_checks(given: Any) -> tuple[tuple[str, Callable[[str], Any]], ...]:
     return tuple(out)
 
 
-def _pattern_check(pattern: re.Pattern[str], name: str) -> Callable[[str], str | None]:
-    def check(text: str) -> str | None:
-        found = pattern.search(text)
-        if found is None:
-            return None
-        shown = found.group(0).encode("unicode_escape").decode() if name == "invisible" else found.group(0)
-        return f"matched {shown!r} at {found.start()}"
-
-    check.__qualname__ = name
-    return check
+def _invisible(text: str) -> str | None:
+    """Why *text* holds text a reader does not see, or None."""
+    found = _INVISIBLE.search(text)
+    if found is None:
+        return None
+    return f"matched {found.group(0).encode('unicode_escape').decode()!r} at {found.start()}"
