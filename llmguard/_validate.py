@@ -376,8 +376,8 @@ class ValidateGuard(Guard, Generic[T]):
 
     def judge(self, call: Call, result: Any) -> str | None:
         """Why the answer *result* will be rejected, or None: what a cache below asks before keeping it."""
-        if isinstance(result, tuple) and not isinstance(result, _Read):
-            read = _Reading()  # a stream's chunks, as a cache kept them
+        if isinstance(result, tuple) and not isinstance(result, _Read) and call.recorded and call.record.stream:
+            read = _Reading()  # a stream's chunks, as a cache kept them (a tuple a function returns is a value)
             for chunk in result:
                 read.feed(chunk)
             result = read.done("")

@@ -702,3 +702,17 @@ def test_concurrent_calls_keep_their_own_reasks_and_feedback() -> None:
         return await asyncio.gather(*(aask(i) for i in range(100)))
 
     assert asyncio.run(many()) == [Contact(name=f"n{i}", age=i) for i in range(100)]
+
+
+def test_cache_beneath_keeps_a_valid_tuple_answer() -> None:
+    calls: list[int] = []
+
+    @lg.validate(tuple[int, int])
+    @lg.cache(ttl=60)
+    def pair(x: int) -> tuple[int, int]:
+        calls.append(x)
+        return (x, x + 1)
+
+    assert pair(1) == (1, 2)
+    assert pair(1) == (1, 2)
+    assert calls == [1]  # a tuple the function returns is a value, not a stream's chunks
