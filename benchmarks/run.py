@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 HERE = Path(__file__).parent
-ORDER = ["core", "retry", "budget", "cache", "trace", "validate", "stack", "e2e"]
+ORDER = ["core", "retry", "breaker", "budget", "cache", "route", "trace", "fallback", "validate", "stack", "e2e"]
 ONLY_BY_NAME = {"targets"}  # runs the others again: only when asked for
 
 

@@ -4,15 +4,18 @@ Composable decorators and context managers that wrap any function you already
 have; see the README for what each promises.
 """
 
+from ._breaker import breaker
 from ._budget import BudgetAlert, BudgetSpend, budget, budget_spend
 from ._cache import CacheInfo, cache, cache_clear, cache_info
 from ._call import current_call
 from ._context import remaining
 from ._describe import GuardInfo, describe
 from ._facts import report_usage
+from ._fallback import fallback
 from ._order import OrderWarning
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 from ._retry import RetryAttempt, retry
+from ._route import RouteDecision, RouteRequest, RouteRule, RouteScore, RouteScorer, route
 from ._semantic import Semantic
 from ._stream import AsyncGuardedStream, GuardedStream
 from ._telemetry import Telemetry, configure_telemetry
@@ -21,6 +24,7 @@ from ._trace import trace
 from ._validate import Feedback, feedback, validate
 from .errors import (
     AllFailed,
+    AnswerRejected,
     BudgetExceeded,
     CircuitOpen,
     GuardTimeout,
@@ -37,6 +41,7 @@ from .providers import classify, usage_from
 
 __all__ = [
     "AllFailed",
+    "AnswerRejected",
     "AsyncGuardedStream",
     "Attempt",
     "BudgetAlert",
@@ -57,6 +62,11 @@ __all__ = [
     "Price",
     "RateLimited",
     "RetryAttempt",
+    "RouteDecision",
+    "RouteRequest",
+    "RouteRule",
+    "RouteScore",
+    "RouteScorer",
     "Semantic",
     "StreamFailed",
     "StreamInterrupted",
@@ -64,6 +74,7 @@ __all__ = [
     "Usage",
     "ValidationFailed",
     "__version__",
+    "breaker",
     "budget",
     "budget_spend",
     "cache",
@@ -74,10 +85,12 @@ __all__ = [
     "cost_of",
     "current_call",
     "describe",
+    "fallback",
     "feedback",
     "remaining",
     "report_usage",
     "retry",
+    "route",
     "set_price",
     "timeout",
     "trace",

@@ -13,6 +13,7 @@ working.
     ├── RateLimited
     ├── CircuitOpen
     ├── AllFailed (also an ExceptionGroup)
+    ├── AnswerRejected (in an AllFailed: an answer fallback's reject= refused)
     ├── ValidationFailed
     ├── InputRejected
     ├── StreamInterrupted
@@ -71,12 +72,16 @@ class RateLimited(LLMGuardError):
 
 
 class CircuitOpen(LLMGuardError):
-    """The circuit breaker for a target is open; the call was not made."""
+    """The circuit breaker for a target is open (or half-open with its probes out); the call was not made.
 
-    def __init__(self, message: str, *, target: str = "", retry_in: float | None = None) -> None:
+    ``target`` is the circuit's name; ``retry_after`` the seconds until it
+    lets a probe through (0 when it is half-open: a probe is deciding).
+    """
+
+    def __init__(self, message: str, *, target: str = "", retry_after: float | None = None) -> None:
         super().__init__(message)
         self.target = target
-        self.retry_in = retry_in
+        self.retry_after = retry_after
 
 
 class AllFailed(LLMGuardError, ExceptionGroup[Exception]):
@@ -89,6 +94,18 @@ class AllFailed(LLMGuardError, ExceptionGroup[Exception]):
     def derive(self, excs: Sequence[Exception]) -> AllFailed:  # type: ignore[override] # narrower on purpose
         """Keep the class when ``except*`` splits the group."""
         return AllFailed(self.message, excs)
+
+
+class AnswerRejected(LLMGuardError):
+    """A fallback target answered, and ``reject=`` refused the answer; `answer` is what it returned.
+
+    Found inside `AllFailed` (never raised alone), in the place of the target that gave it.
+    """
+
+    def __init__(self, message: str, *, answer: Any = None, target: str = "") -> None:
+        super().__init__(message)
+        self.answer = answer
+        self.target = target
 
 
 class ValidationFailed(LLMGuardError):
