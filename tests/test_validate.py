@@ -716,3 +716,26 @@ def test_cache_beneath_keeps_a_valid_tuple_answer() -> None:
     assert pair(1) == (1, 2)
     assert pair(1) == (1, 2)
     assert calls == [1]  # a tuple the function returns is a value, not a stream's chunks
+
+
+def test_a_fallback_below_does_not_switch_provider_on_a_bad_answer(
+    fake_provider: FakeProvider, anthropic_client: anthropic.Anthropic, openai_client: openai.OpenAI
+) -> None:
+    """The canonical order: validate above fallback. A bad answer is re-asked of the provider that gave it."""
+
+    def from_openai(messages: Any) -> Any:
+        return openai_client.chat.completions.create(model="gpt-4o", messages=messages)
+
+    @lg.validate(Contact, reask=1)
+    @lg.fallback(from_openai)
+    def ask(messages: Any) -> Any:
+        return anthropic_client.messages.create(model=MODEL, max_tokens=100, messages=messages)
+
+    fake_provider.script(Step(reply=BAD), Step(reply=GOOD))
+    assert ask(ASK) == Contact(name="Ada", age=36)
+    assert [r.api for r in fake_provider.requests] == ["anthropic", "anthropic"]
+
+    # A transport failure is fallback's: the same call moves to openai, and its answer is validated.
+    fake_provider.script(Step(status=529), Step(reply=GOOD))
+    assert ask(ASK) == Contact(name="Ada", age=36)
+    assert [r.api for r in fake_provider.requests][2:] == ["anthropic", "openai.chat"]
