@@ -22,6 +22,7 @@ from ._stream import AsyncGuardedStream, GuardedStream
 from ._telemetry import Telemetry, configure_telemetry
 from ._timeout import timeout
 from ._trace import trace
+from ._validate import Feedback, feedback, validate
 from .errors import (
     AllFailed,
     AnswerRejected,
@@ -51,6 +52,7 @@ __all__ = [
     "CallRecord",
     "CircuitOpen",
     "ErrorKind",
+    "Feedback",
     "GuardInfo",
     "GuardTimeout",
     "GuardedStream",
@@ -85,6 +87,7 @@ __all__ = [
     "current_call",
     "describe",
     "fallback",
+    "feedback",
     "ratelimit",
     "remaining",
     "report_usage",
@@ -94,6 +97,7 @@ __all__ = [
     "timeout",
     "trace",
     "usage_from",
+    "validate",
 ]
 
 

@@ -351,7 +351,7 @@ class CacheLayer(Guard):
                 if flight is not None:
                     self._streams_seen = True  # a stream is its caller's to read: waiters call themselves
                 return self._keep_stream(call, key, result, miss.sem)
-            if (why := self._refusal(call.record, result)) is not None:
+            if (why := self._refusal(call, result)) is not None:
                 self._skipped(call.record, why)  # not kept: not an answer to share either
                 return result
             entry = self._entry_for(call.record, result, None)
@@ -500,10 +500,13 @@ class CacheLayer(Guard):
             ttl=self.ttl,
         )
 
-    def _refusal(self, record: CallRecord, result: Any) -> str | None:
+    def _refusal(self, call: Call, result: Any) -> str | None:
         """Why *result* must not be stored, or None."""
+        record = call.record
         if record.fallback_target is not None:
             return "a fallback answered"
+        if (why := call.rejected(result, self)) is not None:  # validate above will not take it
+            return why
         if self.cache_if is not None:
             try:
                 keep = self.cache_if(result)
@@ -559,7 +562,7 @@ class CacheLayer(Guard):
                 self._skipped(record, f"the stream ended {outcome.value}")
                 return
             kept = tuple(chunks)
-            if (why := self._refusal(record, kept)) is not None:
+            if (why := self._refusal(call, kept)) is not None:
                 self._skipped(record, why)
                 return
             entry = self._entry_for(record, None, kept)

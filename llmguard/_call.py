@@ -227,6 +227,20 @@ class Call:
                 out.append((usage, response_model or (model if isinstance(model, str) else None), provider))
         return out
 
+    def rejected(self, result: Any, below: Any) -> str | None:
+        """Why a guard above *below* on this call will reject *result* (validate: it does not validate), or None.
+
+        What a guard that keeps results (cache) asks before keeping one, so a
+        rejected answer is never kept to be served again.
+        """
+        for guard in self.runner.guards:
+            if guard is below:
+                return None
+            judge = guard.judge
+            if judge is not None and (why := judge(self, result)) is not None:
+                return why
+        return None
+
     # -- the arguments ------------------------------------------------------
 
     @property

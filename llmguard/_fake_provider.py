@@ -111,6 +111,12 @@ class Step:
     """After this many content chunks, cut the connection mid-body."""
     raw_body: str | None = None
     """Send exactly this body (``application/json``, with `status`) instead of a generated one."""
+    tool_input: Mapping[str, Any] | None = None
+    """Answer with a tool call taking these arguments instead of text: an anthropic ``tool_use``
+    block, an openai chat ``tool_calls`` entry, a Responses ``function_call`` item. Streamed
+    (anthropic and openai chat), the arguments' JSON arrives in pieces, the way `reply`'s words do."""
+    tool_name: str = "answer"
+    """The name of the tool `tool_input` calls."""
 
     def __post_init__(self) -> None:
         problem = self._problem()
@@ -129,6 +135,8 @@ class Step:
             value = getattr(self, name)
             if value is not None and value < 0:
                 return f"Step({name}=...) must be None or a chunk count >= 0, got {value!r}"
+        if self.tool_input is not None and not isinstance(cast("object", self.tool_input), Mapping):
+            return f"Step(tool_input=...) must be a mapping of the tool's arguments, got {self.tool_input!r}"
         if self.usage is not None:
             unknown = sorted(set(self.usage) - _USAGE_KEYS)
             if unknown:
@@ -567,6 +575,12 @@ def _anthropic_message(call: _Call) -> dict[str, Any]:
         "stop_reason": "end_turn",
         "stop_sequence": None,
     }
+    tool = call.step.tool_input
+    if tool is not None:
+        message["content"] = [
+            {"type": "tool_use", "id": f"toolu_fake_{call.ident:06d}", "name": call.step.tool_name, "input": dict(tool)}
+        ]
+        message["stop_reason"] = "tool_use"
     if not call.step.omit_usage:
         message["usage"] = call.usage.anthropic()
     return message
@@ -590,17 +604,16 @@ def _anthropic_stream(call: _Call) -> _StreamPlan:
             "message": call.step.error_message or "Overloaded",
         },
     }
+    tool = call.step.tool_input is not None
+    block: dict[str, Any] = {"type": "text", "text": ""}
+    if tool:  # the tool's arguments arrive as JSON pieces, the reply being that JSON
+        start["content"] = []
+        block = {"type": "tool_use", "id": f"toolu_fake_{call.ident:06d}", "name": call.step.tool_name, "input": {}}
+        delta["delta"]["stop_reason"] = "tool_use"
     return _StreamPlan(
         preamble=[
             _sse({"type": "message_start", "message": start}, "message_start"),
-            _sse(
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "text", "text": ""},
-                },
-                "content_block_start",
-            ),
+            _sse({"type": "content_block_start", "index": 0, "content_block": block}, "content_block_start"),
             _sse({"type": "ping"}, "ping"),
         ],
         deltas=[
@@ -608,7 +621,9 @@ def _anthropic_stream(call: _Call) -> _StreamPlan:
                 {
                     "type": "content_block_delta",
                     "index": 0,
-                    "delta": {"type": "text_delta", "text": chunk},
+                    "delta": {"type": "input_json_delta", "partial_json": chunk}
+                    if tool
+                    else {"type": "text_delta", "text": chunk},
                 },
                 "content_block_delta",
             )
@@ -645,6 +660,18 @@ def _chat_completion(call: _Call) -> dict[str, Any]:
         "service_tier": "default",
         "system_fingerprint": "fp_fake",
     }
+    tool = call.step.tool_input
+    if tool is not None:
+        choice = completion["choices"][0]
+        choice["message"]["content"] = None
+        choice["message"]["tool_calls"] = [
+            {
+                "id": f"call_fake{call.ident:06d}",
+                "type": "function",
+                "function": {"name": call.step.tool_name, "arguments": json.dumps(dict(tool))},
+            }
+        ]
+        choice["finish_reason"] = "tool_calls"
     if not call.step.omit_usage:
         completion["usage"] = call.usage.openai_chat()
     return completion
@@ -683,14 +710,22 @@ def _chat_stream(call: _Call) -> _StreamPlan:
     def choice(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
-    epilogue = [chunk([choice({}, "stop")])]
+    tool = call.step.tool_input is not None
+    first: dict[str, Any] = {"role": "assistant", "content": "", "refusal": None}
+    if tool:
+        opening = {"index": 0, "id": f"call_fake{call.ident:06d}", "type": "function"}
+        first = {"role": "assistant", "content": None, "tool_calls": [opening | {"function": {"name": call.step.tool_name, "arguments": ""}}]}
+    epilogue = [chunk([choice({}, "tool_calls" if tool else "stop")])]
     if include_usage and not call.step.omit_usage:
         epilogue.append(chunk([], call.usage.openai_chat()))
     epilogue.append(_sse("[DONE]"))
     error = {"error": _in_stream_openai_error(call.step)}
     return _StreamPlan(
-        preamble=[chunk([choice({"role": "assistant", "content": "", "refusal": None})])],
-        deltas=[chunk([choice({"content": text})]) for text in call.chunks],
+        preamble=[chunk([choice(first)])],
+        deltas=[
+            chunk([choice({"tool_calls": [{"index": 0, "function": {"arguments": text}}]} if tool else {"content": text})])
+            for text in call.chunks
+        ],
         epilogue=epilogue,
         error_event=lambda _: _sse(error),
     )
@@ -711,6 +746,20 @@ def _responses_message(call: _Call, *, done: bool) -> dict[str, Any]:
     }
 
 
+def _responses_output(call: _Call) -> dict[str, Any]:
+    tool = call.step.tool_input
+    if tool is None:
+        return _responses_message(call, done=True)
+    return {
+        "type": "function_call",
+        "id": f"fc_fake{call.ident:06d}",
+        "call_id": f"call_fake{call.ident:06d}",
+        "name": call.step.tool_name,
+        "arguments": json.dumps(dict(tool)),
+        "status": "completed",
+    }
+
+
 def _response(call: _Call, *, done: bool, created_at: float) -> dict[str, Any]:
     instructions = call.body.get("instructions")
     response: dict[str, Any] = {
@@ -725,7 +774,7 @@ def _response(call: _Call, *, done: bool, created_at: float) -> dict[str, Any]:
         "max_output_tokens": call.body.get("max_output_tokens"),
         "metadata": {},
         "model": call.model,
-        "output": [_responses_message(call, done=True)] if done else [],
+        "output": ([_responses_output(call)] if done else []),
         "parallel_tool_calls": True,
         "previous_response_id": None,
         "reasoning": {"effort": None, "summary": None},
@@ -994,6 +1043,8 @@ class _Handler(BaseHTTPRequestHandler):
         model = step.model or (google.group("model").removeprefix("models/") if google else None)
         model = model or str(body.get("model") or "fake-model")
         reply = DEFAULT_REPLY if step.reply is None else step.reply
+        if step.tool_input is not None and step.reply is None:
+            reply = json.dumps(dict(step.tool_input))  # what the usage counts
         given = step.usage or {}
         usage = _Usage(
             input=given.get("input_tokens", _prompt_words(api, body)),

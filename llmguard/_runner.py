@@ -129,6 +129,9 @@ class Guard:
     aleave: Callable[[Call, Any, Any], Awaitable[Any]] | None = None
     afail: Callable[[Call, Any, BaseException], Awaitable[Run | Answer | None]] | None = None
     via: Callable[[Call, Any, Callable[[], Any]], Any] | None = None
+    # Why this guard will reject a result the guards below produced (validate), or None;
+    # a guard below that keeps results (cache) asks through `Call.rejected` before keeping one.
+    judge: Callable[[Call, Any], str | None] | None = None
 
     def settings(self) -> dict[str, Any]:
         """The guard's configuration, for `describe`."""

@@ -123,7 +123,17 @@ class AnswerRejected(LLMGuardError):
 
 
 class ValidationFailed(LLMGuardError):
-    """The output never validated, even after the re-asks."""
+    """The output never validated, even after the re-asks (`llmguard.validate`).
+
+    ``raw`` is the last answer as the function returned it (a read stream:
+    its text), ``text`` the same as text, ``parsed`` the last JSON value
+    that parsed but did not validate (None if none did), ``errors`` the last
+    attempt's errors, ``history`` every attempt's errors in order,
+    ``attempts`` the answers validated (1 + the re-asks made), ``usage`` the
+    total usage of the call's attempts (None when no attempt reported any),
+    and ``step`` where the last answer was found (``parsed``, ``tool``,
+    ``text``, ``value``).
+    """
 
     def __init__(
         self,
@@ -132,15 +142,35 @@ class ValidationFailed(LLMGuardError):
         raw: Any = None,
         errors: Any = None,
         attempts: int = 0,
+        parsed: Any = None,
+        history: Sequence[Sequence[str]] = (),
+        usage: Usage | None = None,
+        text: str = "",
+        step: str = "",
     ) -> None:
         super().__init__(message)
         self.raw = raw
         self.errors = errors
         self.attempts = attempts
+        self.parsed = parsed
+        self.history = [list(h) for h in history]
+        self.usage = usage
+        self.text = text
+        self.step = step
 
 
 class InputRejected(LLMGuardError):
-    """The input was rejected before any call (too long, prompt injection)."""
+    """The input was rejected before any request was sent (too long, a prompt-injection pattern, a custom check).
+
+    ``check`` names the check that refused it (``max_input_chars``,
+    ``max_input_tokens``, ``injection``, ``invisible``, or a custom
+    check's name) and ``reason`` says why.
+    """
+
+    def __init__(self, message: str, *, check: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.check = check
+        self.reason = reason
 
 
 class StreamFailed(LLMGuardError):
