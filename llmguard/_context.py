@@ -19,6 +19,17 @@ from ._clock import get_clock
 _DEADLINE: ContextVar[float | None] = ContextVar("llmguard_deadline", default=None)
 
 
+class DeadlinePassed(BaseException):
+    """The active deadline passed while an SDK request was on the wire (`llmguard._wire`).
+
+    A `BaseException`, like `asyncio.CancelledError`: the SDKs retry any
+    `Exception` from their HTTP client (sleeping first), which would hold the
+    caller past the deadline. The `timeout` guard or block that set the
+    deadline turns it into `GuardTimeout`; its ``__cause__`` is the HTTP
+    library's timeout, when one fired.
+    """
+
+
 def deadline() -> float | None:
     """The active deadline in the clock's monotonic seconds, or None."""
     return _DEADLINE.get()
