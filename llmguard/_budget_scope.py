@@ -89,6 +89,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 from . import _check, _clock, _events
 from ._budget_estimate import Estimate, why
 from ._call import Call
+from ._context import Refused
 from ._record import CallRecord
 from ._runner import Guard
 from .errors import BudgetExceeded
@@ -515,6 +516,9 @@ class Budget(Guard):
             if scopes[i] is self:
                 SCOPES.set(scopes[:i] + scopes[i + 1 :])
                 break
+        exc = exc_info[1] if len(exc_info) > 1 else None
+        if isinstance(exc, Refused):  # an SDK request refused at the wire (`llmguard._wire_budget`)
+            raise exc.error
 
     async def __aenter__(self) -> Budget:
         return self.__enter__()

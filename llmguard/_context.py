@@ -19,6 +19,12 @@ from ._clock import get_clock
 _DEADLINE: ContextVar[float | None] = ContextVar("llmguard_deadline", default=None)
 
 
+# The deadline a sync `timeout` in its thread mode enforces itself, by giving up on its worker
+# (which then runs on, and is charged what it used when it ends): the wire leaves the worker's
+# requests unbounded by it (`llmguard._wire`).
+_WORKER_DEADLINE: ContextVar[float | None] = ContextVar("llmguard_worker_deadline", default=None)
+
+
 class DeadlinePassed(BaseException):
     """The active deadline passed while an SDK request was on the wire (`llmguard._wire`).
 
@@ -47,3 +53,16 @@ def remaining() -> float | None:
     if dl is None:
         return None
     return max(0.0, dl - get_clock().monotonic())
+
+
+class Refused(BaseException):
+    """A budget scope refused an SDK request at the wire: carries the `BudgetExceeded` (*error*).
+
+    A `BaseException` for the reason `DeadlinePassed` is: the SDKs would wrap
+    an `Exception` from their HTTP client as a connection error and retry it.
+    The scope (``with lg.budget(...)``) raises *error* in its place.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error

@@ -67,7 +67,7 @@ from typing import Any, cast
 from . import _check, _clock, _events
 from ._binder import Binder
 from ._call import Call
-from ._context import _DEADLINE, DeadlinePassed
+from ._context import _DEADLINE, _WORKER_DEADLINE, DeadlinePassed
 from ._facts import ASYNC, SYNC, error_kind_of
 from ._record import ErrorKind
 from ._runner import Guard
@@ -244,6 +244,7 @@ class TimeoutLayer(Guard):
         deadline, _, wait_until, limit, _ = limits
         ctx = contextvars.copy_context()
         ctx.run(_DEADLINE.set, deadline)
+        ctx.run(_WORKER_DEADLINE.set, deadline)  # ours to enforce: the wire leaves the worker's requests be
         if wait_until is None:  # only idle limits: nothing to bound yet
             return ctx.run(inside)
         allowed = max(wait_until - _clock.now(), 0.0)

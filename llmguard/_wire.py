@@ -30,6 +30,7 @@ or `uninstall()`; `install()` puts it back. Both are idempotent.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
@@ -37,8 +38,9 @@ import os
 
 from typing import Any
 
-from . import _clock, providers
-from ._context import _DEADLINE, DeadlinePassed
+from . import _clock, _wire_budget, providers
+from ._budget_scope import SCOPES
+from ._context import _DEADLINE, _WORKER_DEADLINE, DeadlinePassed
 from ._facts import _CURRENT, sane_usage, wire_report
 from .providers._headers import lower_headers
 
@@ -96,20 +98,21 @@ def _sync_sender(original: Any, lib: Any, observed: type[_SyncObserved]) -> Any:
     def _send_single_request(self: Any, request: Any) -> Any:
         running = _CURRENT.get()
         deadline = _DEADLINE.get()
-        if running is None and deadline is None:
+        scopes = SCOPES.get()
+        if running is None and deadline is None and not scopes:
             return original(self, request)
-        if deadline is None:
+        if deadline is not None:
+            deadline = _bound(request, deadline)
+        scoped = _scoped(request, running) if scopes else None
+        try:
             response = original(self, request)
-        else:
-            _bound(request, deadline)
-            try:
-                response = original(self, request)
-            except timeout_error as exc:
+        except BaseException as exc:
+            if scoped is not None:
+                _wire_budget.settle(scoped, exc)
+            if deadline is not None and isinstance(exc, timeout_error):
                 _passed(deadline, exc)
-                raise
-        watch = None if running is None else _Watch.of(request, response, running, lib)
-        if watch is not None or deadline is not None:
-            _attach(response, watch, observed, deadline, timeout_error)
+            raise
+        _follow(request, response, running, scoped, deadline, lib, observed)
         return response
 
     _send_single_request.__llmguard_wire__ = True  # type: ignore[attr-defined]
@@ -122,24 +125,51 @@ def _async_sender(original: Any, lib: Any, observed: type[_AsyncObserved]) -> An
     async def _send_single_request(self: Any, request: Any) -> Any:
         running = _CURRENT.get()
         deadline = _DEADLINE.get()
-        if running is None and deadline is None:
+        scopes = SCOPES.get()
+        if running is None and deadline is None and not scopes:
             return await original(self, request)
-        if deadline is None:
+        if deadline is not None:
+            deadline = _bound(request, deadline)
+        scoped = _scoped(request, running) if scopes else None
+        try:
             response = await original(self, request)
-        else:
-            _bound(request, deadline)
-            try:
-                response = await original(self, request)
-            except timeout_error as exc:
+        except BaseException as exc:
+            if scoped is not None:
+                _wire_budget.settle(scoped, exc)
+            if deadline is not None and isinstance(exc, timeout_error):
                 _passed(deadline, exc)
-                raise
-        watch = None if running is None else _Watch.of(request, response, running, lib)
-        if watch is not None or deadline is not None:
-            _attach(response, watch, observed, deadline, timeout_error)
+            raise
+        _follow(request, response, running, scoped, deadline, lib, observed)
         return response
 
     _send_single_request.__llmguard_wire__ = True  # type: ignore[attr-defined]
     return _send_single_request
+
+
+def _scoped(request: Any, running: Any) -> Any:
+    """A budget scope's reservation for *request* when no budget guard covers it (`_wire_budget`), else None."""
+    if _wire_budget.covered(running):
+        return None
+    return _wire_budget.reserve(request)
+
+
+def _follow(
+    request: Any,
+    response: Any,
+    running: Any,
+    scoped: Any,
+    deadline: float | None,
+    lib: Any,
+    observed: type[_SyncObserved | _AsyncObserved],
+) -> None:
+    """Watch *response* for the running attempt and a scope's reservation; bound its body by *deadline*."""
+    runnings = [r for r in (running, None if scoped is None else (scoped[0], scoped[1])) if r is not None]
+    after = None if scoped is None else functools.partial(_wire_budget.settle, scoped)
+    watch = _Watch.of(request, response, runnings, lib, after) if runnings else None
+    if watch is None and after is not None:
+        after()  # nothing to read: the scopes are charged an estimate now
+    if watch is not None or deadline is not None:
+        _attach(response, watch, observed, deadline, lib.TimeoutException)
 
 
 # -- deadlines ------------------------------------------------------------------------
@@ -147,8 +177,15 @@ def _async_sender(original: Any, lib: Any, observed: type[_AsyncObserved]) -> An
 _TIMEOUT_KEYS = ("connect", "read", "write", "pool")
 
 
-def _bound(request: Any, deadline: float) -> None:
-    """Give *request* the time left before *deadline* as its own timeout (each phase: the smaller)."""
+def _bound(request: Any, deadline: float) -> float | None:
+    """Give *request* the time left before *deadline* as its own timeout (each phase: the smaller); the deadline bounding it.
+
+    None when a sync `timeout`'s worker thread runs the request under that
+    very deadline: the timeout enforces it by giving up on the worker, which
+    runs on and is charged what it used (`_context._WORKER_DEADLINE`).
+    """
+    if _WORKER_DEADLINE.get() == deadline:
+        return None
     left = deadline - _clock.now()
     if left <= 0:
         msg = "the deadline passed before the request was sent"
@@ -160,6 +197,7 @@ def _bound(request: Any, deadline: float) -> None:
         value = given.get(key)
         bounded[key] = left if value is None or value > left else value
     extensions["timeout"] = bounded
+    return deadline
 
 
 def _passed(deadline: float, exc: BaseException) -> None:
@@ -215,10 +253,11 @@ def _provider_of_path(path: str) -> str | None:
 class _Watch:
     """What one response tells, read as its bytes pass; delivered to the attempt once, at its end."""
 
-    __slots__ = ("_acc", "_body", "_data", "_decoder", "_done", "_final", "_line", "_running", "facts", "sse")
+    __slots__ = ("_acc", "_after", "_body", "_data", "_decoder", "_done", "_final", "_line", "_running", "facts", "sse")
 
-    def __init__(self, running: Any, sse: bool, decoder: Any, facts: dict[str, Any]) -> None:
+    def __init__(self, running: list[Any], sse: bool, decoder: Any, facts: dict[str, Any], after: Any = None) -> None:
         self._running = running
+        self._after = after
         self.sse = sse
         self._decoder = decoder
         self.facts = facts
@@ -230,7 +269,7 @@ class _Watch:
         self._acc: providers.StreamAccumulator | None = providers.StreamAccumulator() if sse else None
 
     @classmethod
-    def of(cls, request: Any, response: Any, running: Any, lib: Any) -> _Watch | None:
+    def of(cls, request: Any, response: Any, running: list[Any], lib: Any, after: Any = None) -> _Watch | None:
         """A watch for *response*, or None when its body is neither JSON nor SSE (or cannot be decoded)."""
         try:
             headers = response.headers
@@ -257,7 +296,7 @@ class _Watch:
                     break
         except Exception:  # noqa: BLE001 - observing never breaks the request
             return None
-        return cls(running, sse, decoder, facts)
+        return cls(running, sse, decoder, facts, after)
 
     def decoded(self) -> None:
         """The body will be fed decoded already."""
@@ -354,10 +393,14 @@ class _Watch:
         facts["usage"] = usage if complete and sane_usage(usage) else None
         if usage is not None and facts["usage"] is None and complete:
             facts["absurd"] = repr(usage)
-        try:  # noqa: SIM105 - free when nothing is raised
-            wire_report(self._running, facts)
-        except Exception:  # noqa: BLE001, S110 - never break the caller's request
-            pass
+        for running in self._running:
+            try:  # noqa: SIM105 - free when nothing is raised
+                wire_report(running, facts)
+            except Exception:  # noqa: BLE001, S110 - never break the caller's request
+                pass
+        after, self._after = self._after, None
+        if after is not None:
+            after()  # a scope's charge: BudgetStoreError and the like are the caller's to see
 
 
 def _joined(decoded: Any) -> bytes:
