@@ -5,16 +5,19 @@ have; see the README for what each promises.
 """
 
 from . import _wire
+from ._breaker import breaker
 from ._budget import BudgetAlert, BudgetSpend, budget, budget_spend
 from ._cache import CacheInfo, cache, cache_clear, cache_info
 from ._call import current_call
 from ._context import remaining
 from ._describe import GuardInfo, describe
 from ._facts import report_usage
+from ._order import OrderWarning
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 from ._retry import RetryAttempt, retry
 from ._semantic import Semantic
 from ._stream import AsyncGuardedStream, GuardedStream
+from ._telemetry import Telemetry, configure_telemetry
 from ._timeout import timeout
 from ._trace import trace
 from .errors import (
@@ -54,6 +57,7 @@ __all__ = [
     "GuardedStream",
     "InputRejected",
     "LLMGuardError",
+    "OrderWarning",
     "Outcome",
     "Price",
     "RateLimited",
@@ -61,15 +65,18 @@ __all__ = [
     "Semantic",
     "StreamFailed",
     "StreamInterrupted",
+    "Telemetry",
     "Usage",
     "ValidationFailed",
     "__version__",
+    "breaker",
     "budget",
     "budget_spend",
     "cache",
     "cache_clear",
     "cache_info",
     "classify",
+    "configure_telemetry",
     "cost_of",
     "current_call",
     "describe",

@@ -72,6 +72,7 @@ from ._call import Call
 from ._record import Outcome
 from ._runner import Guard, layers_of
 from ._stream import _StreamBase
+from .errors import BudgetExceeded
 
 
 __all__ = ["Budget", "BudgetAlert", "BudgetSpend", "budget", "budget_spend"]
@@ -262,6 +263,7 @@ def budget(
     store: Any = None,
     alert_at: Iterable[float] = (0.5, 0.8, 1.0),
     on_alert: Callable[[BudgetAlert], Any] | None = None,
+    on_refused: Callable[[BudgetExceeded], Any] | None = None,
     unknown_cost: Literal["reject", "allow"] | float = "reject",
     max_call_usd: float | None = None,
     model: str | None = None,
@@ -284,6 +286,7 @@ def budget(
     store: Any = None,
     alert_at: Iterable[float] = (0.5, 0.8, 1.0),
     on_alert: Callable[[BudgetAlert], Any] | None = None,
+    on_refused: Callable[[BudgetExceeded], Any] | None = None,
     unknown_cost: Literal["reject", "allow"] | float = "reject",
     max_call_usd: float | None = None,
     model: str | None = None,
@@ -301,7 +304,10 @@ def budget(
     *key*: a string or a callable of the call's arguments by name giving
     the ledger's key. *store*: a `BudgetStore`, a ``redis://`` URL or a
     redis-py client (default: in memory). *alert_at* / *on_alert*: spend
-    fractions that fire alerts once per window and key. *unknown_cost*:
+    fractions that fire alerts once per window and key. *on_refused*: called
+    with each `BudgetExceeded` before it is raised (a refusal can come before
+    any alert fires: a worst case refused at 72 % spent), so the app learns
+    who was refused. *unknown_cost*:
     ``"reject"``, ``"allow"`` or a USD amount to reserve when the worst case
     cannot be computed. *max_call_usd*: refuse any call whose worst case
     costs more. *model*, *max_output*, *estimate*: inputs to the worst case
@@ -321,6 +327,7 @@ def budget(
         store=store,
         alert_at=alert_at,
         on_alert=on_alert,
+        on_refused=on_refused,
         unknown_cost=unknown_cost,
         max_call_usd=max_call_usd,
         model=model,

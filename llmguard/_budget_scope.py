@@ -78,7 +78,6 @@ stream on a Redis store settles with one blocking round trip.
 from __future__ import annotations
 
 import math
-import warnings
 
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
@@ -92,6 +91,7 @@ from ._call import Call
 from ._context import Refused
 from ._record import CallRecord
 from ._runner import Guard
+from ._warn import warn
 from .errors import BudgetExceeded
 from .stores import is_redis_target
 from .stores.budget import PICO, BucketSpec, BudgetStore, Line, MemoryBudgetStore, RedisBudgetStore
@@ -216,6 +216,7 @@ def _validate(**config: Any) -> tuple[float, ...]:
         raise ValueError(msg)
     _check_callable("key", config["key"], allow_str=True)
     _check_callable("on_alert", config["on_alert"])
+    _check_callable("on_refused", config["on_refused"])
     _check_callable("estimate", config["estimate"])
     _check_name("model", config["model"])
     _check_name("name", config["name"])
@@ -273,6 +274,7 @@ class Budget(Guard):
         store: Any = None,
         alert_at: Iterable[float] = (0.5, 0.8, 1.0),
         on_alert: Callable[[BudgetAlert], Any] | None = None,
+        on_refused: Callable[[BudgetExceeded], Any] | None = None,
         unknown_cost: Literal["reject", "allow"] | float = "reject",
         max_call_usd: float | None = None,
         model: str | None = None,
@@ -289,6 +291,7 @@ class Budget(Guard):
             key=key,
             alert_at=alert_at,
             on_alert=on_alert,
+            on_refused=on_refused,
             unknown_cost=unknown_cost,
             max_call_usd=max_call_usd,
             model=model,
@@ -302,7 +305,14 @@ class Budget(Guard):
         if not self.has_limits:
             given = [
                 n
-                for n, v in (("per", per), ("key", key), ("store", store), ("on_alert", on_alert), ("name", name))
+                for n, v in (
+                    ("per", per),
+                    ("key", key),
+                    ("store", store),
+                    ("on_alert", on_alert),
+                    ("on_refused", on_refused),
+                    ("name", name),
+                )
                 if v is not None
             ]
             if given:
@@ -318,6 +328,7 @@ class Budget(Guard):
         self.key = key
         self.alert_at = alerts if per != "call" else ()
         self.on_alert = on_alert
+        self.on_refused = on_refused
         self.unknown_cost = unknown_cost
         self.max_call_usd = max_call_usd
         self.model = model
@@ -638,7 +649,7 @@ class Budget(Guard):
             reserved=reserved_f,
             requested=requested_f,
         )
-        return BudgetExceeded(
+        refused = BudgetExceeded(
             message,
             scope=scope,
             limit=limit_f,
@@ -647,6 +658,12 @@ class Budget(Guard):
             requested=requested_f,
             unit=unit,
         )
+        if self.on_refused is not None:
+            try:
+                self.on_refused(refused)
+            except Exception as exc:  # noqa: BLE001 - the refusal stands; a callback bug must not replace it
+                warn(f"llmguard: budget on_refused callback failed: {exc!r}", RuntimeWarning)
+        return refused
 
     def _alert(self, record: CallRecord, key: str | None, start: float | None, unit: str, level: int, spent: int) -> None:
         threshold = self.alert_at[level]
@@ -674,4 +691,4 @@ class Budget(Guard):
             try:
                 self.on_alert(alert)
             except Exception as exc:  # noqa: BLE001 - the call is done and billed; a callback bug must not lose its result
-                warnings.warn(f"llmguard: budget on_alert callback failed: {exc!r}", RuntimeWarning, stacklevel=2)
+                warn(f"llmguard: budget on_alert callback failed: {exc!r}", RuntimeWarning)

@@ -21,12 +21,11 @@ import asyncio
 import contextvars
 import inspect
 import types
-import warnings
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _clock, _estimate, _events, prices, providers
+from . import _clock, _estimate, _events, _warn, prices, providers
 from ._context import DeadlinePassed
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 
@@ -384,11 +383,10 @@ def estimate_unmeasured(call: Call, attempt: Attempt, result: Any) -> None:
             else "no SDK request was seen (another client, raw HTTP, or a transport llmguard does not patch): "
             "call lg.report_usage(...) inside the function with the provider's numbers"
         )
-        warnings.warn(
+        _warn.warn(
             f"llmguard: {name} returned {type(result).__name__} and no usage was measured, so its usage "
             f"is estimated (flagged estimated, event {_events.USAGE_ESTIMATED}); {hint}",
             RuntimeWarning,
-            stacklevel=2,
         )
 
 

@@ -17,7 +17,7 @@ default (a uniform draw below that cap; "equal" keeps half of it fixed,
 A delay the server asks for (``retry-after-ms``, ``retry-after``, the
 rate-limit reset headers) wins when it is longer. Retrying stops at once, with
 no pointless sleep, when the wait would end past the active deadline
-(``with lg.timeout(...)``) or past ``max_elapsed``, or when the server asks
+(``with lg.timeout(...)``) or past ``max_elapsed`` (60 s by default), or when the server asks
 for more than ``max_retry_after`` seconds.
 
 On giving up, the **original** last exception is re-raised (so ``except
@@ -36,10 +36,10 @@ warns once when it can see a client that still retries.
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import math
 import random
 import threading
-import warnings
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Final, Literal, ParamSpec, TypeVar, cast, overload
@@ -50,6 +50,7 @@ from ._call import Call
 from ._context import deadline as active_deadline
 from ._record import CallRecord, ErrorKind
 from ._runner import Guard, Run
+from ._warn import warn
 from .errors import GuardTimeout, LLMGuardError, StreamInterrupted
 from .providers import classify
 
@@ -139,7 +140,7 @@ class RetryLayer(Guard):
         max_delay: float | dt.timedelta = 30.0,
         multiplier: float = 2.0,
         jitter: Jitter = "full",
-        max_elapsed: float | dt.timedelta | None = None,
+        max_elapsed: float | dt.timedelta | None = 60.0,
         max_retry_after: float | dt.timedelta = 300.0,
         budget_ratio: float | None = None,
     ) -> None:
@@ -375,13 +376,12 @@ class RetryLayer(Guard):
         if self._warned:
             return
         self._warned = True
-        warnings.warn(
+        warn(
             f"llmguard.retry on {self._function}: the {type(client).__module__.partition('.')[0]} "
             f"client it calls also retries (max_retries={client.max_retries}), so attempts "
             f"multiply ({self.max_attempts} x {client.max_retries + 1}); create the client with "
             "max_retries=0 and let llmguard do the retrying",
             UserWarning,
-            stacklevel=4,
         )
 
     def _check_sdk_retried(self, exc: BaseException) -> None:
@@ -395,12 +395,11 @@ class RetryLayer(Guard):
             return
         if count > 0 and not self._warned:
             self._warned = True
-            warnings.warn(
+            warn(
                 f"llmguard.retry on {self._function}: the SDK client underneath retried too "
                 f"({count} retries on the last attempt), so attempts multiply; create the "
                 "client with max_retries=0 and let llmguard do the retrying",
                 UserWarning,
-                stacklevel=4,
             )
 
 
@@ -503,7 +502,7 @@ def retry(
     max_delay: float | dt.timedelta = 30.0,
     multiplier: float = 2.0,
     jitter: Jitter = "full",
-    max_elapsed: float | dt.timedelta | None = None,
+    max_elapsed: float | dt.timedelta | None = 60.0,
     max_retry_after: float | dt.timedelta = 300.0,
     budget_ratio: float | None = None,
 ) -> RetryLayer: ...
@@ -511,13 +510,16 @@ def retry(fn_or_attempts: Any = None, /, **kwargs: Any) -> Any:
     """Retry transient LLM API failures with capped, jittered backoff.
 
     ``@lg.retry`` or ``@lg.retry(attempts=4, on=None, initial=0.5,
-    max_delay=30, multiplier=2, jitter="full", max_elapsed=None,
+    max_delay=30, multiplier=2, jitter="full", max_elapsed=60,
     max_retry_after=300, budget_ratio=None)``. ``attempts`` counts the
     first call too. ``on`` replaces the default classification: exception
     classes, or a predicate returning True/False or a delay in seconds
     (finite and >= 0, or a timedelta; anything else is an error naming ``on=``).
-    ``budget_ratio`` caps retries, across all callers of the function, at that
-    fraction of recent calls. The returned object is also the block form::
+    ``max_elapsed`` (60 s by default; None for no cap) bounds the whole
+    retrying, from the first attempt's start: a wait that would end past it is
+    not slept, and the last error is raised at once (three 429s asking
+    ``retry-after: 250`` would otherwise wait 750 s). ``budget_ratio`` caps
+    retries, across all callers of the function, at that fraction of recent calls. The returned object is also the block form::
 
         retrying = lg.retry(attempts=3)
         for attempt in retrying.attempts():
@@ -534,3 +536,13 @@ def retry(fn_or_attempts: Any = None, /, **kwargs: Any) -> Any:
             raise TypeError(msg)
         return RetryLayer()(fn_or_attempts)
     return RetryLayer(fn_or_attempts, **kwargs)
+
+
+
+# help(), IDEs and inspect.signature show the real parameters, not (fn_or_attempts, **kwargs).
+retry.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        inspect.Parameter("attempts", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=4),
+        *list(inspect.signature(RetryLayer.__init__).parameters.values())[2:],
+    ]
+)

@@ -65,6 +65,7 @@ from ._facts import (
     _end_record_hook,
     release_frames,
 )
+from ._order import warn_surprises
 from ._stream import (
     AsyncGuardedStream,
     GuardedStream,
@@ -418,6 +419,8 @@ def wrap(guard: Guard, fn: Callable[P, R], *, static: bool = False) -> Callable[
         base, info, guards = fn, _FunctionInfo(fn, static=static), ()
     made = guard.for_function(base, info.shape, info.binder)
     runner = _Runner((made, *guards), info, base, static=static)
+    if guards:
+        warn_surprises([g.name for g in runner.guards], about=0)
     return cast("Callable[P, R]", _wrapper(runner, base))
 
 

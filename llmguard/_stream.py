@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import inspect
 import threading
-import warnings
 
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 from . import _clock, _estimate, providers
 from ._facts import _CURRENT, _OK, FinishHook, _price, error_kind_of, outcome_of
 from ._record import Attempt, CallRecord, Outcome, Usage
+from ._warn import warn
 from .errors import StreamFailed
 
 
@@ -321,11 +321,7 @@ class _StreamBase:
             try:
                 hook(outcome, exc)
             except Exception as hook_exc:  # noqa: BLE001 - a guard's bug must not mask the stream's end
-                warnings.warn(
-                    f"llmguard: a stream finish hook failed: {hook_exc!r}",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                warn(f"llmguard: a stream finish hook failed: {hook_exc!r}", RuntimeWarning)
 
     def _settle(self, outcome: Outcome, exc: BaseException | None) -> None:
         attempt = self._attempt

@@ -71,12 +71,16 @@ class RateLimited(LLMGuardError):
 
 
 class CircuitOpen(LLMGuardError):
-    """The circuit breaker for a target is open; the call was not made."""
+    """The circuit breaker for a target is open (or half-open with its probes out); the call was not made.
 
-    def __init__(self, message: str, *, target: str = "", retry_in: float | None = None) -> None:
+    ``target`` is the circuit's name; ``retry_after`` the seconds until it
+    lets a probe through (0 when it is half-open: a probe is deciding).
+    """
+
+    def __init__(self, message: str, *, target: str = "", retry_after: float | None = None) -> None:
         super().__init__(message)
         self.target = target
-        self.retry_in = retry_in
+        self.retry_after = retry_after
 
 
 class AllFailed(LLMGuardError, ExceptionGroup[Exception]):

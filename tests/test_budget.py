@@ -1346,6 +1346,45 @@ def test_alerts_fire_once_per_threshold_per_window(
     assert "ask" in events[0]["function"]
 
 
+def test_on_refused_tells_the_app_who_was_refused_before_any_alert_could(
+    store: BudgetStore, openai_client: openai.OpenAI
+) -> None:
+    """72 % spent, the next worst case does not fit: refused before the 80 % alert ever fires; on_refused hears it."""
+    alerts: list[lg.BudgetAlert] = []
+    refused: list[lg.BudgetExceeded] = []
+    limit = worst(720, 10) / 0.72
+
+    @budget(
+        usd=limit, per="day", store=store, key=lambda user: user, on_alert=alerts.append,
+        on_refused=refused.append, estimate=lambda **_: (1000, 10), model=GPT,
+    )
+    def ask(user: str) -> Any:
+        return openai_client.chat.completions.create(
+            model=GPT, messages=MESSAGES, extra_headers=script(usage={"input_tokens": 720, "output_tokens": 10})
+        )
+
+    ask("ada")
+    with pytest.raises(lg.BudgetExceeded) as info:
+        ask("ada")
+
+    assert [0.5] == [a.threshold for a in alerts]
+    assert [info.value] == refused
+    assert "ada" in refused[0].scope
+    assert refused[0].spent == pytest.approx(0.72 * limit)
+
+
+def test_a_failing_refusal_callback_warns_and_the_refusal_stands() -> None:
+    def broken(exc: lg.BudgetExceeded) -> None:
+        raise RuntimeError("pager down")
+
+    @budget(usd=1e-9, on_refused=broken, estimate=lambda **_: (1000, 10), model=GPT)
+    def ask() -> str:
+        return "never"
+
+    with pytest.warns(RuntimeWarning, match="on_refused callback failed"), pytest.raises(lg.BudgetExceeded):
+        ask()
+
+
 def test_a_failing_alert_callback_does_not_lose_the_result(
     openai_client: openai.OpenAI, llmguard_events: list[CapturedEvent]
 ) -> None:

@@ -288,7 +288,7 @@ def test_backoff_past_the_largest_float_waits_max_delay() -> None:
     the retry loop once n passed ~1024 (multiplier 2), or at once for a huge multiplier.
     """
     for attempts, multiplier in ((1100, 2.0), (4, 1e300)):
-        layer = lg.retry(attempts=attempts, multiplier=multiplier, initial=1e-3, max_delay=5.0, jitter=None)
+        layer = lg.retry(attempts=attempts, multiplier=multiplier, initial=1e-3, max_delay=5.0, jitter=None, max_elapsed=None)
         with fake_clock() as clock, pytest.raises(ConnectionError, match="down"):
             _fail_every_attempt(layer)
         assert attempts - 1 == len(clock.sleeps)

@@ -490,11 +490,14 @@ def test_warns_once_when_the_sdk_client_also_retries(fake_provider: FakeProvider
     """Decorating a function that uses a client with max_retries > 0 warns, naming the fix."""
     retrying_client = anthropic.Anthropic(base_url=fake_provider.anthropic_base_url, api_key="k")
 
-    with pytest.warns(UserWarning, match="max_retries=0"):
+    with pytest.warns(UserWarning, match="max_retries=0") as caught:
 
         @lg.retry
         def ask() -> Any:
             return retrying_client.messages.create(model=MODEL, max_tokens=8, messages=MESSAGES)
+
+    # It points at the decorated line here, not into llmguard.
+    assert [w.filename for w in caught] == [__file__]
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -535,7 +535,7 @@ def classify(exc: BaseException, now: float | None = None) -> ErrorInfo:
     # The classification is the underlying error's; the message stays the
     # one the caller sees.
     return ErrorInfo(
-        under.kind, under.status, under.retry_after, under.should_retry, under.provider, found.message
+        under.kind, under.status, under.retry_after, under.should_retry, under.provider, found.message, under.exhausted
     )
 
 

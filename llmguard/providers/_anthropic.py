@@ -246,10 +246,12 @@ def _classify_status(exc: BaseException, now: float | None) -> ErrorInfo:
         kind = refine_bad_request(kind, f"{api_message or ''} {code or ''} {message}")
         if kind is ErrorKind.BAD_REQUEST and "refusal" in (code or ""):
             kind = ErrorKind.CONTENT_FILTERED
-    if kind is ErrorKind.RATE_LIMITED and code and "spend_limit" in code:
+    spent = kind is ErrorKind.RATE_LIMITED and bool(code) and "spend_limit" in (code or "")
+    if spent:
         # Still a 429, but waiting a few seconds will not lift a spend limit.
         message = f"spend limit reached ({code}): {message}"
-    return info(kind, exc, status, PROVIDER, now, message)
+    exhausted = spent or etype == "billing_error" or status == 402
+    return info(kind, exc, status, PROVIDER, now, message, exhausted=exhausted)
 
 
 def classifier_for(cls: type) -> Callable[[BaseException, float | None], ErrorInfo]:

@@ -63,6 +63,9 @@ class ErrorInfo:
     should_retry: bool | None  # the server's x-should-retry verdict
     provider: str | None
     message: str
+    # The account is out of quota or credit (a billing error, an exhausted
+    # quota, a spend limit): waiting seconds will not help, whatever the kind.
+    exhausted: bool = False
 
 
 # --------------------------------------------------------------------- dicts
@@ -545,6 +548,8 @@ def info(
     provider: str | None,
     now: float | None,
     message: str | None = None,
+    *,
+    exhausted: bool = False,
 ) -> ErrorInfo:
     """Build an ErrorInfo, reading the retry advice from *exc*'s response headers."""
     h = lower_headers(headers_of(exc))
@@ -555,6 +560,7 @@ def info(
         should_retry_lower(h) if h else None,
         provider,
         message_of(exc) if message is None else message,
+        exhausted,
     )
 
 
@@ -600,7 +606,7 @@ def classify_generic_status(exc: BaseException, now: float | None) -> ErrorInfo:
         return ErrorInfo(ErrorKind.UNKNOWN, None, None, None, provider_of(exc), message_of(exc))
     message = message_of(exc)
     kind = refine_bad_request(kind_for_status(status), message)
-    return info(kind, exc, status, provider_of(exc), now, message)
+    return info(kind, exc, status, provider_of(exc), now, message, exhausted=status == 402)
 
 
 def mro_names(cls: type, roots: tuple[str, ...]) -> set[str]:

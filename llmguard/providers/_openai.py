@@ -272,10 +272,11 @@ def _classify_status(exc: BaseException, now: float | None) -> ErrorInfo:
             kind = by_code
         else:
             kind = refine_bad_request(kind, f"{body_msg} {message}")
-    if kind is ErrorKind.RATE_LIMITED and code == "insufficient_quota":
+    exhausted = kind is ErrorKind.RATE_LIMITED and code == "insufficient_quota"
+    if exhausted:
         # Still a 429, but the account is out of credit: waiting won't help.
         message = f"quota exhausted (insufficient_quota): {message}"
-    return info(kind, exc, status, PROVIDER, now, message)
+    return info(kind, exc, status, PROVIDER, now, message, exhausted=exhausted or status == 402)
 
 
 def _classify_stream_error(exc: BaseException, now: float | None) -> ErrorInfo:  # noqa: ARG001

@@ -135,3 +135,21 @@ same_budgeted = assert_type(budgeted_coro, Coroutine[Any, Any, float])
 same_budgeted.close()
 with lg.budget(usd=0.5) as scope:
     assert_type(scope.spent, float)
+
+
+@lg.breaker
+def broken(q: str) -> int:
+    return len(q)
+
+
+@lg.retry
+@lg.breaker(failures=3, cooldown=10)
+async def broken_async(q: str, *, model: str = "gpt-4o") -> bytes:
+    return q.encode()
+
+
+assert_type(broken("x"), int)
+broken_coro = broken_async("x", model="m")
+same_broken = assert_type(broken_coro, Coroutine[Any, Any, bytes])
+same_broken.close()
+broken(3)  # type: ignore[arg-type]
