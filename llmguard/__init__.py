@@ -12,9 +12,11 @@ from ._call import current_call
 from ._context import remaining
 from ._describe import GuardInfo, describe
 from ._facts import report_usage
+from ._fallback import fallback
 from ._order import OrderWarning
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 from ._retry import RetryAttempt, retry
+from ._route import RouteDecision, RouteRequest, RouteRule, RouteScore, RouteScorer, route
 from ._semantic import Semantic
 from ._stream import AsyncGuardedStream, GuardedStream
 from ._telemetry import Telemetry, configure_telemetry
@@ -22,6 +24,7 @@ from ._timeout import timeout
 from ._trace import trace
 from .errors import (
     AllFailed,
+    AnswerRejected,
     BudgetExceeded,
     CircuitOpen,
     GuardTimeout,
@@ -43,6 +46,7 @@ if _wire._enabled_by_environment():
 
 __all__ = [
     "AllFailed",
+    "AnswerRejected",
     "AsyncGuardedStream",
     "Attempt",
     "BudgetAlert",
@@ -62,6 +66,11 @@ __all__ = [
     "Price",
     "RateLimited",
     "RetryAttempt",
+    "RouteDecision",
+    "RouteRequest",
+    "RouteRule",
+    "RouteScore",
+    "RouteScorer",
     "Semantic",
     "StreamFailed",
     "StreamInterrupted",
@@ -80,9 +89,11 @@ __all__ = [
     "cost_of",
     "current_call",
     "describe",
+    "fallback",
     "remaining",
     "report_usage",
     "retry",
+    "route",
     "set_price",
     "timeout",
     "trace",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _clock, _estimate, providers
@@ -96,6 +96,7 @@ class Call:
     _notes: dict[str, Any] | None = None
     _model: Any = None  # the model the inside asks for while a guard's `Run` changes the arguments
     _given: tuple[tuple[Any, ...], dict[str, Any]] | None = None  # the caller's arguments, while a guard's replace them
+    _fn: Callable[..., Any] | None = None  # the function the innermost step calls while a guard's `Run(fn=)` replaces it
 
     def __init__(self, runner: _Runner, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.runner = runner
@@ -296,18 +297,55 @@ class Call:
         """The best-guess input tokens of the request (`_estimate.tokens` of `estimated_input_size`)."""
         return _estimate.tokens(self.estimated_input_size())
 
+    def run_with(self, values: Mapping[str, Any]) -> Run | None:
+        """A `Run` of the inside with the arguments *values* names set (None: they already are).
+
+        An argument the caller passed positionally is replaced where it
+        stands (``ask("q", "claude-opus-4-1")``: a keyword ``model=`` beside
+        it would be "multiple values for argument 'model'"); any other is set
+        by keyword. For a guard's ``enter`` (route) or ``fail`` (fallback's
+        keyword overrides).
+        """
+        from ._runner import Run  # noqa: PLC0415 - _runner imports this module
+
+        args, kwargs = self.args, self.kwargs
+        binder = self.info.binder
+        positions = binder.positions_after if self.instance is not None else binder.positions
+        new_args: list[Any] | None = None
+        new_kwargs: dict[str, Any] | None = None
+        for name, value in values.items():
+            pos = positions.get(name)
+            if pos is not None and pos < len(args) and name not in kwargs:
+                if args[pos] is not value:
+                    if new_args is None:
+                        new_args = list(args)
+                    new_args[pos] = value
+            elif name not in kwargs or kwargs[name] is not value:
+                if new_kwargs is None:
+                    new_kwargs = dict(kwargs)
+                new_kwargs[name] = value
+        if new_args is None and new_kwargs is None:
+            return None
+        return Run(args=None if new_args is None else tuple(new_args), kwargs=new_kwargs)
+
     def _use(self, run: Run) -> tuple[Any, ...]:
         """Make *run*'s arguments the call's while the inside runs; returns what to restore."""
-        saved = self.args, self.kwargs, self._model, self._given
+        saved = self.args, self.kwargs, self._model, self._given, self._fn
         if self._given is None:
             self._given = self.args, self.kwargs
         if run.args is not None:
             self.args = run.args
         if run.kwargs is not None:
             self.kwargs = run.kwargs
+        if run.fn is not None:
+            self._fn = run.fn
         # The model the inside asks for, by keyword or by position (a route may pass either).
         self._model = _request_model(self.runner.info, self.instance, self.args, self.kwargs)
         return saved
+
+    def _restore(self, saved: tuple[Any, ...]) -> None:
+        """Undo `_use`: the arguments (and function) before that `Run`."""
+        self.args, self.kwargs, self._model, self._given, self._fn = saved
 
     # -- attempts --------------------------------------------------------------
     # Each attempt has a *slot*, a list ``[started, model, ended, result,

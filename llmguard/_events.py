@@ -60,6 +60,7 @@ BREAKER_OPENED: Final = "llmguard.breaker.opened"
 BREAKER_HALF_OPENED: Final = "llmguard.breaker.half_opened"
 BREAKER_CLOSED: Final = "llmguard.breaker.closed"
 BREAKER_STORE_ERROR: Final = "llmguard.breaker.store_error"  # Redis out of reach: the call went on, uncounted
+ROUTE_CHOSEN: Final = "llmguard.route.chosen"  # the tier and model route chose, and why
 RATELIMIT_WAITED: Final = "llmguard.ratelimit.waited"
 RATELIMIT_REJECTED: Final = "llmguard.ratelimit.rejected"
 VALIDATE_FAILED: Final = "llmguard.validate.failed"

@@ -17,10 +17,17 @@ cost::
   `Run` (the inside runs with other arguments: a route).
 - ``leave(call, state, result)``: after the inside returned; it returns
   what the caller gets. A stream result is a `GuardedStream`: the guard
-  attaches its per-chunk and finish hooks there.
+  attaches its per-chunk and finish hooks there. Returning `Run` runs the
+  inside again instead, as from ``fail`` (validate's re-ask of an answer
+  that did not validate, fallback's move past an answer ``reject=`` refused).
 - ``fail(call, state, exc)``: after the inside raised. None re-raises;
   `Run` runs the inside again, after a delay and/or with other arguments
-  (retry, fallback and a re-ask are all this one decision).
+  (retry, fallback and a re-ask are all this one decision); `Answer` makes
+  its value the result instead (fallback's ``default=``).
+- ``Run(fn=other)`` (from any hook that returns a `Run`): the innermost step
+  calls *other* in place of the decorated function for that run, with the
+  same arguments; every guard inside still applies (fallback's alternate
+  functions).
 - ``aenter`` / ``aleave`` / ``afail``: the same for calls on an event loop,
   only for guards that await I/O (a Redis store); else the sync hook runs.
 - ``via(call, state, inside)``: runs the inside itself (sync `timeout`
@@ -91,13 +98,17 @@ class Run(NamedTuple):
 
     *delay* seconds first (on llmguard's clock; `fail` only); *args* /
     *kwargs* replace the call's while the inside runs (None keeps them);
-    *state* replaces the guard's state for this call (left out: kept).
+    *state* replaces the guard's state for this call (left out: kept);
+    *fn* is called by the innermost step in place of the decorated function
+    while the inside runs (None keeps it): same arguments, same shape, every
+    guard inside applies to it.
     """
 
     delay: float = 0.0
     args: tuple[Any, ...] | None = None
     kwargs: dict[str, Any] | None = None
     state: Any = _KEEP
+    fn: Callable[..., Any] | None = None
 
 
 class Guard:
@@ -113,10 +124,10 @@ class Guard:
     primes: ClassVar[bool] = False
     enter: Callable[[Call], Any] | None = None
     leave: Callable[[Call, Any, Any], Any] | None = None
-    fail: Callable[[Call, Any, BaseException], Run | None] | None = None
+    fail: Callable[[Call, Any, BaseException], Run | Answer | None] | None = None
     aenter: Callable[[Call], Awaitable[Any]] | None = None
     aleave: Callable[[Call, Any, Any], Awaitable[Any]] | None = None
-    afail: Callable[[Call, Any, BaseException], Awaitable[Run | None]] | None = None
+    afail: Callable[[Call, Any, BaseException], Awaitable[Run | Answer | None]] | None = None
     via: Callable[[Call, Any, Callable[[], Any]], Any] | None = None
 
     def settings(self) -> dict[str, Any]:
@@ -202,23 +213,25 @@ class _Runner:
                 again = fail(call, state, exc)
                 if again is None:
                     raise
-                if again.state is not _KEEP:
-                    state = again.state
-                if again.args is not None or again.kwargs is not None:
-                    run = again
-                delay = again.delay
                 # Gone past: it stays on the record, never raised, and must not
                 # keep the frames of this call (and what they will hold) alive.
                 release_frames(exc, sys._getframe())
+                if type(again) is Answer:
+                    return again.value  # `fail` answered the call itself (fallback's default=)
+                state, run, delay = _again(again, state, run)
                 continue
             if leave is None:
                 return result
             try:
-                return leave(call, state, result)
+                out = leave(call, state, result)
             except BaseException:
                 if isinstance(result, _StreamBase):
                     _close_quietly(result)  # nobody will read it: end it now, not when collected
                 raise
+            if type(out) is not Run:
+                return out
+            # `leave` said run again (validate's re-ask): like `fail`'s Run.
+            state, run, delay = _again(out, state, run)
 
     async def run_async(self, call: Call, i: int = 0) -> Any:  # noqa: PLR0912 - the decision loop, in one frame
         """`run_sync` for an ``async def`` or async generator function."""
@@ -251,21 +264,22 @@ class _Runner:
                 again = (await fail(call, state, exc)) if fail_awaits else fail(call, state, exc)
                 if again is None:
                     raise
-                if again.state is not _KEEP:
-                    state = again.state
-                if again.args is not None or again.kwargs is not None:
-                    run = again
-                delay = again.delay
                 release_frames(exc, sys._getframe())
+                if type(again) is Answer:
+                    return again.value
+                state, run, delay = _again(again, state, run)
                 continue
             if leave is None:
                 return result
             try:
-                return (await leave(call, state, result)) if leave_awaits else leave(call, state, result)
+                out = (await leave(call, state, result)) if leave_awaits else leave(call, state, result)
             except BaseException:
                 if isinstance(result, _StreamBase):
                     await _aclose_quietly(result)
                 raise
+            if type(out) is not Run:
+                return out
+            state, run, delay = _again(out, state, run)
 
     def _inside_sync(self, call: Call, i: int, run: Run | None, via: Any, state: Any) -> Any:
         """Run guards *i*.. and the function with *run*'s arguments, through *via* if given."""
@@ -277,7 +291,7 @@ class _Runner:
         try:
             return self.run_sync(call, i)
         finally:
-            call.args, call.kwargs, call._model, call._given = saved
+            call._restore(saved)
 
     def _via(self, call: Call, i: int, run: Run | None, via: Any, state: Any) -> Any:
         """Hand guards *i*.. and the function to *via*, which may run them on another thread.
@@ -297,7 +311,7 @@ class _Runner:
             return via(call, state, lambda: self.run_sync(handed, i))
         finally:
             if saved is not None:
-                call.args, call.kwargs, call._model, call._given = saved
+                call._restore(saved)
 
     async def _inside_async(self, call: Call, i: int, run: Run | None) -> Any:
         """`_inside_sync` for async calls (no ``via``)."""
@@ -307,7 +321,7 @@ class _Runner:
         try:
             return await self.run_async(call, i)
         finally:
-            call.args, call.kwargs, call._model, call._given = saved
+            call._restore(saved)
 
     # -- the innermost step: one attempt, the function itself ---------------------
 
@@ -317,7 +331,7 @@ class _Runner:
         slot = call._begin()
         token = _CURRENT.set((call, slot))
         try:
-            result = self.fn(*call.positional(), **call.kwargs)
+            result = (self.fn if call._fn is None else call._fn)(*call.positional(), **call.kwargs)
         except BaseException as exc:
             call._failed(slot, exc)
             raise
@@ -331,7 +345,7 @@ class _Runner:
         slot = call._begin()
         token = _CURRENT.set((call, slot))
         try:
-            result = await self.fn(*call.positional(), **call.kwargs)
+            result = await (self.fn if call._fn is None else call._fn)(*call.positional(), **call.kwargs)
         except BaseException as exc:
             call._failed(slot, exc)
             raise
@@ -344,7 +358,16 @@ class _Runner:
         record = call.record
         attempt = _begin_attempt(record, call._model, _clock.now())
         stream_type = AsyncGuardedStream if self.is_async else GuardedStream
-        return stream_type(source=self.fn(*call.positional(), **call.kwargs), record=record, attempt=attempt, call=call)
+        return stream_type(source=(self.fn if call._fn is None else call._fn)(*call.positional(), **call.kwargs), record=record, attempt=attempt, call=call)
+
+
+def _again(again: Run, state: Any, run: Run | None) -> tuple[Any, Run | None, float]:
+    """The state, arguments and delay of the next run of the inside, after a `Run` from `fail` or `leave`."""
+    if again.state is not _KEEP:
+        state = again.state
+    if again.args is not None or again.kwargs is not None or again.fn is not None:
+        run = again
+    return state, run, again.delay
 
 
 def _interrupted(exc: BaseException, stream: _StreamBase) -> BaseException | None:

@@ -43,6 +43,7 @@ class Telemetry:
     meter_provider: Any = None
     logger_provider: Any = None
     handler: logging.Handler | None = None
+    level: int = logging.NOTSET  # the ``llmguard`` logger's level before, restored by `shutdown`
 
     def force_flush(self) -> None:
         """Export everything still buffered now (each provider's own flush)."""
@@ -53,7 +54,9 @@ class Telemetry:
     def shutdown(self) -> None:
         """Flush and stop every provider, and detach the log handler (also done at exit)."""
         if self.handler is not None:
-            logging.getLogger("llmguard").removeHandler(self.handler)
+            logger = logging.getLogger("llmguard")
+            logger.removeHandler(self.handler)
+            logger.setLevel(self.level)
         for provider in (self.tracer_provider, self.meter_provider, self.logger_provider):
             if provider is not None:
                 provider.shutdown()
@@ -123,12 +126,13 @@ def configure_telemetry(
             otel_trace.set_tracer_provider(tracer_provider)
         if meter_provider is not None:
             otel_metrics.set_meter_provider(meter_provider)
+    logger = logging.getLogger("llmguard")
+    level = logger.level
     if handler is not None:
-        logger = logging.getLogger("llmguard")
         logger.addHandler(handler)
-        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        if level == logging.NOTSET or level > logging.INFO:
             logger.setLevel(logging.INFO)
-    return Telemetry(tracer_provider, meter_provider, logger_provider, handler)
+    return Telemetry(tracer_provider, meter_provider, logger_provider, handler, level)
 
 
 def _traces(kind: str, resource: Any, endpoint: str | None, options: dict[str, Any]) -> Any:
@@ -169,17 +173,18 @@ def _metrics(kind: str, resource: Any, endpoint: str | None, options: dict[str, 
 def _logs(kind: str, resource: Any, endpoint: str | None, options: dict[str, Any]) -> tuple[Any, logging.Handler | None]:
     if kind == "none":
         return None, None
-    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler  # noqa: PLC0415
-    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, ConsoleLogExporter  # noqa: PLC0415
+    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler, export  # noqa: PLC0415
 
     provider = LoggerProvider(resource=resource)
     if kind == "console":
-        exporter: Any = ConsoleLogExporter()
+        # ConsoleLogRecordExporter since 1.39; ConsoleLogExporter before (deprecated since).
+        exporter: Any = getattr(export, "ConsoleLogRecordExporter", None) or export.ConsoleLogExporter
+        exporter = exporter()
     else:
         from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter  # noqa: PLC0415
 
         exporter = OTLPLogExporter(**_endpoint(endpoint, "logs"), **options)
-    provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+    provider.add_log_record_processor(export.BatchLogRecordProcessor(exporter))
     with warnings.catch_warnings():
         # Deprecated (since 1.39) in favour of opentelemetry-instrumentation-logging's, which
         # instruments the whole logging module; this one handler on one logger is all we need.

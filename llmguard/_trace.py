@@ -44,19 +44,27 @@ the SDK's own retries inside it, so a call llmguard retries has several),
 carrying that request's ``gen_ai.usage.*``; it records no metrics, and openai and
 google-genai trace nothing. So the spans divide the work: llmguard's span
 is the *operation* (attempts, retries, cache, budget, fallback, cost), the
-SDK's span is the *request* and owns its usage. When the client the call
-uses (the one `_ClientFinder` finds) says it traces itself — its public,
-resolved ``open_telemetry`` option is enabled (``ANTHROPIC_OPEN_TELEMETRY``
-or ``open_telemetry=`` not false) and the tracer provider it uses records —
-llmguard's span leaves out ``gen_ai.usage.*`` for the attempts answered
-through that SDK and keeps the call's totals as ``llmguard.usage.input_tokens``
-/ ``llmguard.usage.output_tokens`` (and ``llmguard.cost_usd``); attempts
-answered elsewhere keep their usage on llmguard's span, so summing
-``gen_ai.usage.*`` over a trace gives what the servers sent, once. llmguard
-asks the SDK's own switch rather than watching spans start (that would need
-a SpanProcessor in the user's pipeline, which is theirs); the GenAI metrics
-stay llmguard's, since no SDK records them. A client llmguard cannot find
-(built inside the function) is taken as not tracing itself.
+SDK's span is the *request* and owns its usage. llmguard learns it at run
+time: inside the call the current span is a thin view of llmguard's
+(`_trace_otel._ParentSpan`) that notices a GenAI span starting under it
+(a tracer's ``start_span`` asks its parent's span context; a CLIENT span
+starting with ``gen_ai.operation.name`` / ``gen_ai.provider.name``, from
+a tracer that records), during which attempt. So the client may be
+anywhere (a getter, a registry, wrapped by instructor), and an
+instrumentation's spans (openai's, a nested llmguard call's) count too.
+It also asks the client it finds (`_ClientFinder`) for its public,
+resolved ``open_telemetry`` option (``ANTHROPIC_OPEN_TELEMETRY`` or
+``open_telemetry=`` not false) with a tracer provider that records, for a
+tracer whose start cannot be seen. Either way, llmguard's span leaves out
+``gen_ai.usage.*`` for those attempts and keeps the call's totals as
+``llmguard.usage.input_tokens`` / ``llmguard.usage.output_tokens`` (cost
+stays in one place, ``llmguard.cost_usd`` on llmguard's span: no SDK
+prices); other attempts keep their usage on llmguard's span, so summing
+``gen_ai.usage.*`` over a trace gives what the servers sent, once. No
+SpanProcessor is added (the pipeline is the user's); the GenAI metrics
+stay llmguard's, since no SDK records them. Known limit: an attempt that
+sent two requests, one traced by its SDK and one not, has all its usage
+on the SDK's span.
 
 With no OpenTelemetry SDK configured (the API's proxy or no-op providers)
 and nobody listening for events, a call costs two attribute reads and a

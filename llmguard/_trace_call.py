@@ -31,7 +31,7 @@ from ._record import CallRecord, Outcome
 from ._stream import AsyncGuardedStream, GuardedStream, _StreamBase
 from ._trace_client import _GLOBAL_PROVIDER, _address_of_url, _stream_address
 from ._trace_content import _content_attributes, _ContentBudget
-from ._trace_otel import _records_spans, _RecordSpan
+from ._trace_otel import _ParentSpan, _records_spans, _RecordSpan
 from ._trace_report import (
     _answer_attributes,
     _emit,
@@ -193,6 +193,8 @@ class _CallTrace:
     address: tuple[str, int] | None = None
     client_provider: str | None = None  # llmguard's name for the client's SDK
     sdk_spans: Any = None  # the client opens its own GenAI spans: `_sdk_span_provider`
+    sdk_attempts: set[int] | None = None  # attempts (0-based) under which a GenAI span started: `_ParentSpan`
+    parent_span: _ParentSpan | None = None  # the span as the code inside sees it (recording spans only)
     start_provider: str | None = None  # gen_ai.provider.name set at the start
     start_address: bool = False
     start_stream: bool = False
@@ -307,7 +309,21 @@ class _CallTrace:
                     call._notes = {"span": _RecordSpan(span)}
                 else:
                     notes["span"] = _RecordSpan(span)
-        self.ctx = _set_span_in_context(span, parent)
+            # Inside the call the current span notices a GenAI span started
+            # under it (an SDK's own): that request's usage is counted there.
+            self.parent_span = watch = _ParentSpan(span, self)
+            self.ctx = _set_span_in_context(watch, parent)
+        else:
+            self.ctx = _set_span_in_context(span, parent)
+
+    def _genai_child(self) -> None:
+        """A GenAI span started under this call's span, during the current attempt (`_ParentSpan`)."""
+        attempt = max(self.call.attempt_count() - 1, 0)
+        seen = self.sdk_attempts
+        if seen is None:
+            self.sdk_attempts = {attempt}
+        else:
+            seen.add(attempt)
 
     # -- streams -------------------------------------------------------------
 
@@ -357,6 +373,8 @@ class _CallTrace:
             if span is not None and span.is_recording():
                 span.end(_end_time(self.t0_ns, self.t0, _clock.now()))
         finally:
+            if self.parent_span is not None:
+                self.parent_span.owner = None
             call = self.call
             record = call._record
             if record is not None:
@@ -436,7 +454,7 @@ class _CallTrace:
                     attrs[n.provider] = provider
                 own = (
                     usage
-                    if self.sdk_spans is None
+                    if self.sdk_spans is None and self.sdk_attempts is None
                     else self._own_usage(attrs, n, usage, [(a.usage, a.provider) for a in record.attempts])
                 )
                 _answer_attributes(
@@ -513,7 +531,11 @@ class _CallTrace:
                 attrs: dict[str, Any] = {n.lg_attempts: 1}
                 if provider and provider != self.start_provider:
                     attrs[n.provider] = provider
-                own = usage if self.sdk_spans is None else self._own_usage(attrs, n, usage, [(usage, provider)])
+                own = (
+                    usage
+                    if self.sdk_spans is None and self.sdk_attempts is None
+                    else self._own_usage(attrs, n, usage, [(usage, provider)])
+                )
                 _answer_attributes(
                     attrs, n, span, layer, self.request_model, CallRecord.operation,
                     (response_model, response_id, finish_reasons, own, cost),
@@ -535,22 +557,35 @@ class _CallTrace:
     ) -> Usage | None:
         """The usage this span carries as ``gen_ai.usage.*``: what no SDK span of the call carries.
 
-        The client opens its own GenAI span per request, a child of this one
-        (`_sdk_span_provider`): when that span records, each attempt answered
-        through that SDK (*parts*: each attempt's usage and provider) has its
-        usage there, once, and this span keeps the call's totals under
-        ``llmguard.usage.*`` instead. Attempts answered elsewhere (a fallback
-        to another SDK) stay here, so the sum over the trace is the server's.
+        *parts* are the attempts' usage and provider, in order. An attempt has
+        its usage on another GenAI span, a child of this one, when one started
+        under this span during it (`sdk_attempts`: seen at run time, whatever
+        client made it), or when the client the call uses says it opens its
+        own (`_sdk_span_provider`) and the provider that span goes to records
+        and the attempt was answered through that SDK. Those attempts' usage
+        is counted there, once, and this span keeps the call's totals under
+        ``llmguard.usage.*`` instead. Other attempts (a fallback to an SDK
+        that traces nothing) stay here, so the sum over the trace is the
+        servers'.
         """
-        sdk_spans = self.sdk_spans
-        tp = otel_trace.get_tracer_provider() if sdk_spans is _GLOBAL_PROVIDER else sdk_spans
-        if usage is None or not _records_spans(tp):
+        if usage is None:
             return usage
-        sdk = self.client_provider
+        seen = self.sdk_attempts
+        sdk_spans = self.sdk_spans
+        sdk: str | None = None
+        if sdk_spans is not None:
+            tp = otel_trace.get_tracer_provider() if sdk_spans is _GLOBAL_PROVIDER else sdk_spans
+            if _records_spans(tp):
+                sdk = self.client_provider or ""
+        if seen is None and sdk is None:
+            return usage
         own: Usage | None = None
-        for used, provider in parts:
-            if used is not None and provider is not None and provider != sdk:
-                own = used if own is None else own + used
+        for attempt, (used, provider) in enumerate(parts):
+            if used is None or (seen is not None and attempt in seen):
+                continue
+            if sdk is not None and (provider is None or provider == sdk):
+                continue
+            own = used if own is None else own + used
         attrs[n.lg_total_input] = usage.input_tokens
         attrs[n.lg_total_output] = usage.output_tokens
         if usage.estimated:

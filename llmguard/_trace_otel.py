@@ -4,11 +4,14 @@
 whether anything would be recorded, and builds the tracer and the spec's
 instruments for it. `_RecordSpan` is the call's span as other guards see it
 on ``record.span``: every string they put on it is scrubbed of secrets.
+`_ParentSpan` is the call's span as the code inside the call sees it (the
+current span): it notices a GenAI span started under it (`_genai_child`).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import traceback
 
@@ -17,7 +20,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.metrics import _internal as _otel_metrics_state
-from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, Span, Status, StatusCode
+from opentelemetry.trace import (
+    NoOpTracer,
+    NoOpTracerProvider,
+    ProxyTracerProvider,
+    Span,
+    Status,
+    StatusCode,
+)
 
 from . import _semconv
 from ._secrets import scrub, scrub_named
@@ -254,3 +264,114 @@ def _add_exception_event(
         event.update(attributes)
     span.add_event("exception", event, timestamp)
 
+
+
+# -- the current span inside a traced call: who starts a span under it ----------
+
+# Attributes by which a span says, when it starts, that it is a GenAI
+# operation (the semantic conventions ask for them at the start, for samplers).
+_GENAI_START: Final = ("gen_ai.operation.name", "gen_ai.provider.name")
+
+
+def _genai_child(frame: Any) -> bool:
+    """Whether *frame*, the caller of the parent's ``get_span_context``, starts a GenAI span.
+
+    A tracer's ``start_span`` reads its parent's span context first (the
+    OpenTelemetry SDK's does so in ``start_span`` itself; so does any
+    implementation keeping the API's parameter names). A GenAI span (an
+    SDK's own, an instrumentation's, a nested llmguard call's) is a CLIENT
+    span that starts with ``gen_ai.operation.name`` or
+    ``gen_ai.provider.name``. Anything else reading the span's context (a
+    propagator, log correlation) is not a ``start_span`` frame. A tracer that
+    records nothing (the API's no-op tracer, behind a proxy with no SDK set
+    or an SDK switched off, or a disabled SDK tracer) starts no span that
+    counts.
+    """
+    if frame.f_code.co_name != "start_span":
+        return False
+    local = frame.f_locals
+    tracer = local.get("self")
+    if isinstance(tracer, NoOpTracer):
+        return False
+    enabled = getattr(tracer, "_is_enabled", None)  # the SDK's tracer configurator (1.39+)
+    if enabled is not None and not enabled():
+        return False
+    attributes = local.get("attributes")
+    kind = local.get("kind")
+    return (
+        getattr(kind, "name", None) == "CLIENT"
+        and isinstance(attributes, Mapping)
+        and any(key in attributes for key in _GENAI_START)
+    )
+
+
+class _ParentSpan(Span):
+    """The call's span as the code inside the call sees it: itself, but it notices GenAI children.
+
+    A GenAI span started under it (`_genai_child`) calls the owner's
+    ``_genai_child()`` (the call's `_CallTrace`), so the
+    call's span knows, per attempt, that another span carries that
+    request's ``gen_ai.usage.*`` (see `trace`'s module docstring). Every
+    other method is the span's own: writes go to the span unchanged, and
+    what is not part of the API (``attributes``, ``name``...) is read
+    through. Only recording spans get one; the call lets go of it when it
+    ends (``owner`` None: no cycle keeps the call, or its stream, alive).
+    """
+
+    __slots__ = ("owner", "span")
+
+    def __init__(self, span: Span, owner: Any) -> None:
+        self.span = span
+        self.owner = owner
+
+    def get_span_context(self) -> SpanContext:
+        try:
+            owner = self.owner  # None once the call has ended
+            if owner is not None and _genai_child(sys._getframe(1)):  # who asks: see `_genai_child`
+                owner._genai_child()
+        except Exception:  # noqa: BLE001, S110 - noticing must never break the span's start
+            pass
+        return self.span.get_span_context()
+
+    def end(self, end_time: int | None = None) -> None:
+        self.span.end(end_time)
+
+    def set_attributes(self, attributes: Mapping[str, otel_types.AnyValue]) -> None:
+        self.span.set_attributes(attributes)
+
+    def set_attribute(self, key: str, value: otel_types.AnyValue) -> None:
+        self.span.set_attribute(key, value)
+
+    def add_event(
+        self, name: str, attributes: otel_types.Attributes = None, timestamp: int | None = None
+    ) -> None:
+        self.span.add_event(name, attributes, timestamp)
+
+    def add_link(self, context: SpanContext, attributes: otel_types.Attributes = None) -> None:
+        self.span.add_link(context, attributes)
+
+    def update_name(self, name: str) -> None:
+        self.span.update_name(name)
+
+    def is_recording(self) -> bool:
+        return self.span.is_recording()
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        self.span.set_status(status, description)
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: otel_types.Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        self.span.record_exception(exception, attributes, timestamp, escaped)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _ParentSpan.__slots__:  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self.span, name)
+
+    def __repr__(self) -> str:
+        return f"_ParentSpan({self.span!r})"

@@ -13,6 +13,7 @@ working.
     ├── RateLimited
     ├── CircuitOpen
     ├── AllFailed (also an ExceptionGroup)
+    ├── AnswerRejected (in an AllFailed: an answer fallback's reject= refused)
     ├── ValidationFailed
     ├── InputRejected
     ├── StreamInterrupted
@@ -93,6 +94,18 @@ class AllFailed(LLMGuardError, ExceptionGroup[Exception]):
     def derive(self, excs: Sequence[Exception]) -> AllFailed:  # type: ignore[override] # narrower on purpose
         """Keep the class when ``except*`` splits the group."""
         return AllFailed(self.message, excs)
+
+
+class AnswerRejected(LLMGuardError):
+    """A fallback target answered, and ``reject=`` refused the answer; `answer` is what it returned.
+
+    Found inside `AllFailed` (never raised alone), in the place of the target that gave it.
+    """
+
+    def __init__(self, message: str, *, answer: Any = None, target: str = "") -> None:
+        super().__init__(message)
+        self.answer = answer
+        self.target = target
 
 
 class ValidationFailed(LLMGuardError):

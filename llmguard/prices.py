@@ -40,7 +40,17 @@ from typing import Any
 from ._record import Usage
 
 
-__all__ = ["Price", "Rates", "clear_price_cache", "cost_at", "cost_of", "plain_rates", "price_of", "set_price"]
+__all__ = [
+    "Price",
+    "Rates",
+    "clear_price_cache",
+    "context_window",
+    "cost_at",
+    "cost_of",
+    "plain_rates",
+    "price_of",
+    "set_price",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,3 +357,27 @@ def plain_rates(model: str | None, provider: str | None = None) -> Rates | None:
     if entry is None or entry.exact:
         return None
     return entry.rates  # type: ignore[no-any-return]
+
+
+_windows: dict[str, int | None] = {}
+
+
+def context_window(model: str | None) -> int | None:
+    """*model*'s context window in tokens, from genai-prices' model data; None when unknown.
+
+    Resolved once per model (genai-prices' lookup costs tens of
+    microseconds), as `route`'s capability check reads it on every call.
+    """
+    if not model or not isinstance(model, str):
+        return None
+    window = _windows.get(model, _MISS)
+    if window is _MISS:
+        try:
+            calc = _lookup_genai(model, None)
+            found = getattr(getattr(calc, "model", None), "context_window", None)
+        except Exception:  # noqa: BLE001 - malformed data must not break a call
+            found = None
+        window = found if isinstance(found, int) and found > 0 else None
+        if len(_windows) < 4096:  # bounded: model names come from callers
+            _windows[model] = window
+    return window  # type: ignore[no-any-return]

@@ -7,8 +7,11 @@ import shutil
 import socket
 import subprocess
 import time
+import warnings
 
 from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
 
 import anthropic
 import openai
@@ -64,6 +67,29 @@ def async_openai_client(fake_provider: FakeProvider) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(
         base_url=fake_provider.openai_base_url, api_key=API_KEY, max_retries=0
     )
+
+
+@pytest.fixture
+def instructor() -> ModuleType:
+    """The real instructor package (tests/test_chain.py, tests/test_trace_sdk_spans.py).
+
+    instructor pins jiter below what openai >= 3.4 needs, so the locked environment cannot
+    hold it (the test skips there); .ci/run installs it in an environment of its own and sets
+    LLMGUARD_TEST_INSTRUCTOR so that a missing instructor fails there instead of skipping.
+    """
+    if os.environ.get("LLMGUARD_TEST_INSTRUCTOR"):
+        import instructor  # noqa: PLC0415
+
+        return instructor
+    return pytest.importorskip("instructor")
+
+
+def json_mode(instructor: ModuleType, client: Any) -> Any:
+    """*client* patched by instructor to parse the reply's text as JSON, on every supported version."""
+    with warnings.catch_warnings():
+        # Newer releases deprecate ANTHROPIC_JSON for JSON, which older ones refuse here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return instructor.from_anthropic(client, mode=instructor.Mode.ANTHROPIC_JSON)
 
 
 @pytest.fixture(params=["reads-before", "reads-after", "reads-both"])

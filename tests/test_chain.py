@@ -8,16 +8,16 @@ explicit ``__cause__``; an implicit ``__context__`` does not count), for retry a
 from __future__ import annotations
 
 import asyncio
-import os
-import warnings
 
 from types import ModuleType
 from typing import Any
 
 import anthropic
+import openai
 import pydantic
 import pytest
 
+from conftest import json_mode
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -190,6 +190,137 @@ def test_a_runtime_error_raised_from_a_400_is_not_retried_and_stays_what_the_cal
     assert lg.ErrorKind.BAD_REQUEST == probe.record.error_kind
 
 
+class LLMCallFailed(Exception):
+    """A user's own error, raised ``from`` the SDK's."""
+
+
+# (SDK, async?): a call through the real SDK that turns its APIStatusError into LLMCallFailed.
+WRAPPED_SDKS = [("anthropic", False), ("anthropic", True), ("openai", False), ("openai", True)]
+
+
+def wrapping_call(sdk: str, is_async: bool, fake: FakeProvider) -> Any:
+    """The guarded function's body: one request through the real *sdk*, its errors wrapped ``from``."""
+    if sdk == "anthropic":
+        if is_async:
+            aclient = anthropic.AsyncAnthropic(base_url=fake.anthropic_base_url, api_key="k", max_retries=0)
+
+            async def acall() -> Any:
+                try:
+                    return await aclient.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
+                except anthropic.APIStatusError as exc:
+                    raise LLMCallFailed("the model call failed") from exc
+
+            return acall
+        client = anthropic.Anthropic(base_url=fake.anthropic_base_url, api_key="k", max_retries=0)
+
+        def call() -> Any:
+            try:
+                return client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES)
+            except anthropic.APIStatusError as exc:
+                raise LLMCallFailed("the model call failed") from exc
+
+        return call
+    if is_async:
+        aoclient = openai.AsyncOpenAI(base_url=fake.openai_base_url, api_key="k", max_retries=0)
+
+        async def aocall() -> Any:
+            try:
+                return await aoclient.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+            except openai.APIStatusError as exc:
+                raise LLMCallFailed("the model call failed") from exc
+
+        return aocall
+    oclient = openai.OpenAI(base_url=fake.openai_base_url, api_key="k", max_retries=0)
+
+    def ocall() -> Any:
+        try:
+            return oclient.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+        except openai.APIStatusError as exc:
+            raise LLMCallFailed("the model call failed") from exc
+
+    return ocall
+
+
+async def outcome(fn: Any) -> Any:
+    """What calling the guarded *fn* gives (awaited when it is async); its error, raised."""
+    result = fn()
+    return await result if asyncio.iscoroutine(result) else result
+
+
+@pytest.mark.parametrize(("sdk", "is_async"), WRAPPED_SDKS, ids=[f"{s}-{'async' if a else 'sync'}" for s, a in WRAPPED_SDKS])
+async def test_every_sdks_429_under_a_users_error_is_retried_after_its_retry_after(
+    sdk: str, is_async: bool, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    probe = Probe()
+    ask = probe(lg.retry(attempts=3)(wrapping_call(sdk, is_async, fake_provider)))
+    fake_provider.script(Step(status=429, headers={"retry-after": "5"}), Step(reply="ok now"))
+
+    await outcome(ask)
+
+    assert 2 == api_requests(fake_provider)
+    assert 1 == len(fake_clock.sleeps)
+    assert fake_clock.sleeps[0] >= 5.0  # the server's retry-after, read under the user's error
+    assert [lg.ErrorKind.RATE_LIMITED, None] == [a.error_kind for a in probe.record.attempts]
+
+
+@pytest.mark.parametrize(("sdk", "is_async"), WRAPPED_SDKS, ids=[f"{s}-{'async' if a else 'sync'}" for s, a in WRAPPED_SDKS])
+async def test_every_sdks_400_under_a_users_error_is_not_retried(
+    sdk: str, is_async: bool, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    probe = Probe()
+    ask = probe(lg.retry(attempts=3)(wrapping_call(sdk, is_async, fake_provider)))
+    fake_provider.script(Step(status=400), Step(reply="never"))
+
+    with pytest.raises(LLMCallFailed):
+        await outcome(ask)
+
+    assert 1 == api_requests(fake_provider)
+    assert [] == fake_clock.sleeps
+    assert lg.ErrorKind.BAD_REQUEST == probe.record.error_kind
+
+
+def test_a_generators_429_under_a_users_error_is_retried_before_its_first_chunk(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    @lg.retry
+    def ask() -> Any:
+        try:
+            stream = anthropic_client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, stream=True)
+        except anthropic.APIStatusError as exc:
+            raise LLMCallFailed("the model call failed") from exc
+        for event in stream:
+            if event.type == "content_block_delta":
+                yield event.delta.text  # type: ignore[union-attr]
+
+    fake_provider.script(Step(status=429, headers={"retry-after": "3"}), Step(reply="ok now"))
+
+    assert "ok now" == "".join(ask())
+    assert 2 == api_requests(fake_provider)
+    assert [3.0] == fake_clock.sleeps
+
+
+async def test_an_async_generators_429_under_a_users_error_is_retried_before_its_first_chunk(
+    async_anthropic_client: anthropic.AsyncAnthropic, fake_provider: FakeProvider, fake_clock: FakeClock
+) -> None:
+    @lg.retry
+    async def ask() -> Any:
+        try:
+            stream = await async_anthropic_client.messages.create(
+                model=MODEL, max_tokens=64, messages=MESSAGES, stream=True
+            )
+        except anthropic.APIStatusError as exc:
+            raise LLMCallFailed("the model call failed") from exc
+        async for event in stream:
+            if event.type == "content_block_delta":
+                yield event.delta.text  # type: ignore[union-attr]
+
+    fake_provider.script(Step(status=429, headers={"retry-after": "3"}), Step(reply="ok now"))
+
+    assert "ok now" == "".join([text async for text in ask()])
+    assert 2 == api_requests(fake_provider)
+    assert [3.0] == fake_clock.sleeps
+
+
 def test_the_span_keeps_the_outer_error_type_and_gives_the_kind_underneath(
     anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
 ) -> None:
@@ -216,29 +347,9 @@ def test_the_span_keeps_the_outer_error_type_and_gives_the_kind_underneath(
 # ------------------------------------------------------------- real instructor
 
 
-@pytest.fixture
-def instructor() -> ModuleType:
-    # instructor pins jiter below what openai >= 3.4 needs, so the locked environment cannot
-    # hold it; .ci/run installs it in an environment of its own and sets this variable so
-    # that a missing instructor fails there instead of skipping.
-    if os.environ.get("LLMGUARD_TEST_INSTRUCTOR"):
-        import instructor  # noqa: PLC0415
-
-        return instructor
-    return pytest.importorskip("instructor")
-
-
 # Instructor's own retries: older releases (1.7, say) retried any error, a 429 too, at once; newer
 # ones only replies that fail validation. One attempt leaves the request's failures to llmguard.
 ONE_TRY = 1
-
-
-def json_mode(instructor: ModuleType, client: Any) -> Any:
-    """*client* patched by instructor to parse the reply's text as JSON, on every supported version."""
-    with warnings.catch_warnings():
-        # Newer releases deprecate ANTHROPIC_JSON for JSON, which older ones refuse here.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return instructor.from_anthropic(client, mode=instructor.Mode.ANTHROPIC_JSON)
 
 
 @pytest.fixture

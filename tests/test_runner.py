@@ -197,6 +197,89 @@ def test_fail_returning_none_re_raises_the_original_error() -> None:
     assert ["enter a", "fail a"] == log
 
 
+class Substitutes(Guard):
+    """On an error, runs the inside once more with another function in place of the decorated one."""
+
+    def __init__(self, other: Callable[..., Any]) -> None:
+        self.other = other
+
+    def fail(self, call: Call, state: int | None, exc: BaseException) -> Run | None:
+        return None if state else Run(fn=self.other, state=1)
+
+
+class Defaults(Guard):
+    """Answers the call itself when the inside failed."""
+
+    def fail(self, call: Call, state: Any, exc: BaseException) -> Answer | None:
+        return Answer("default") if isinstance(exc, ConnectionError) else None
+
+
+class Refuses(Guard):
+    """Refuses a first answer from leave: the inside runs again with another model."""
+
+    def leave(self, call: Call, state: int | None, result: Any) -> Any:
+        return Run(kwargs={**call.kwargs, "model": "better"}, state=1) if not state else result
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_run_fn_calls_another_function_inside_every_guard_below(is_async: bool) -> None:
+    """Run(fn=) from fail: the guards below run again and the innermost step calls the other function."""
+    log: list[str] = []
+    probe = Probe()
+
+    def other(q: str, model: str = "m2") -> str:
+        return f"other {q} {model}"
+
+    async def aother(q: str, model: str = "m2") -> str:
+        return other(q, model)
+
+    def primary(q: str, model: str = "m1") -> str:
+        raise ConnectionError("down")
+
+    async def aprimary(q: str, model: str = "m1") -> str:
+        raise ConnectionError("down")
+
+    guarded = probe(Substitutes(aother if is_async else other)(Log("below", log)(aprimary if is_async else primary)))
+    result = asyncio.run(guarded("hi")) if is_async else guarded("hi")
+
+    assert "other hi m2" == result
+    assert ["enter below", "fail below", "enter below", "leave below"] == log
+    assert [lg.Outcome.ERROR, lg.Outcome.OK] == [a.outcome for a in probe.record.attempts]
+    # The replacement lasts for that run only: the next call starts with the decorated function again.
+    log.clear()
+    assert "other again m2" == (asyncio.run(guarded("again")) if is_async else guarded("again"))
+    assert ["enter below", "fail below", "enter below", "leave below"] == log
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_fail_may_answer_the_call_and_leave_may_run_the_inside_again(is_async: bool) -> None:
+    """Answer from fail is the result; Run from leave runs the inside again, like fail's."""
+    seen: list[str] = []
+
+    def down() -> str:
+        raise ConnectionError("down")
+
+    async def adown() -> str:
+        raise ConnectionError("down")
+
+    def answer(model: str = "first") -> str:
+        seen.append(model)
+        return model
+
+    async def aanswer(model: str = "first") -> str:
+        return answer(model)
+
+    defaulted = Defaults()(adown if is_async else down)
+    refused = Refuses()(aanswer if is_async else answer)
+    if is_async:
+        assert "default" == asyncio.run(defaulted())
+        assert "better" == asyncio.run(refused())
+    else:
+        assert "default" == defaulted()
+        assert "better" == refused()
+    assert ["first", "better"] == seen
+
+
 async def test_async_hooks_are_awaited_and_sync_ones_used_where_there_is_no_async_variant() -> None:
     """aenter/afail run for an async def; the same guard's sync hooks for a def."""
     log: list[str] = []

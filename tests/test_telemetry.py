@@ -212,3 +212,16 @@ def test_otel_sdk_disabled_sets_nothing_up(collector: Collector) -> None:
 def test_bad_arguments_fail_naming_the_parameter(kwargs: dict[str, Any], error: type[Exception], names: str) -> None:
     with pytest.raises(error, match=rf"configure_telemetry\({names}=...\)"):
         lg.configure_telemetry(**kwargs)
+
+
+def test_shutdown_leaves_the_llmguard_logger_as_it_found_it() -> None:
+    """The handler and the INFO level it needed go with shutdown: nothing leaks into what runs next."""
+    import logging
+
+    logger = logging.getLogger("llmguard")
+    before = (logger.level, list(logger.handlers))
+    telemetry = lg.configure_telemetry(set_global=False, traces=False, metrics=False, logs="console")
+    assert logging.INFO == logger.level
+    assert telemetry.handler in logger.handlers
+    telemetry.shutdown()
+    assert before == (logger.level, list(logger.handlers))

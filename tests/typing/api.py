@@ -153,3 +153,19 @@ broken_coro = broken_async("x", model="m")
 same_broken = assert_type(broken_coro, Coroutine[Any, Any, bytes])
 same_broken.close()
 broken(3)  # type: ignore[arg-type]
+
+
+@lg.route({"simple": "claude-haiku-4-5", "complex": "claude-sonnet-4-6"}, rules=[lg.RouteRule("complex", tools=True)])
+def routed(q: str, model: str = "claude-sonnet-4-6") -> str:
+    return q
+
+
+@lg.route(["gpt-4.1-nano", "gpt-4o"], classifier=lambda request: None if request.images else "gpt-4.1-nano")
+async def routed_async(q: str, model: str = "gpt-4o") -> bytes:
+    return q.encode()
+
+
+assert_type(routed("x"), str)
+routed_coro = routed_async("x", model="m")
+same_routed = assert_type(routed_coro, Coroutine[Any, Any, bytes])
+same_routed.close()
