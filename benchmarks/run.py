@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 HERE = Path(__file__).parent
-ORDER = ["core", "retry", "breaker", "budget", "ratelimit", "cache", "route", "trace", "fallback", "validate", "stack", "e2e"]
+ORDER = ["core", "retry", "breaker", "budget", "ratelimit", "cache", "route", "trace", "fallback", "validate", "stack", "e2e", "wire"]
 ONLY_BY_NAME = {"targets"}  # runs the others again: only when asked for
 
 

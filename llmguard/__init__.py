@@ -4,6 +4,7 @@ Composable decorators and context managers that wrap any function you already
 have; see the README for what each promises.
 """
 
+from . import _wire
 from ._breaker import breaker
 from ._budget import BudgetAlert, BudgetSpend, budget, budget_spend
 from ._cache import CacheInfo, cache, cache_clear, cache_info
@@ -38,6 +39,11 @@ from .errors import (
 )
 from .prices import Price, cost_of, set_price
 from .providers import classify, usage_from
+
+
+# The wire (docs/wire.md): the SDKs' HTTP exchange is observed inside guarded calls and scopes.
+if _wire._enabled_by_environment():
+    _wire.install()
 
 
 __all__ = [

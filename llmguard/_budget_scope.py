@@ -88,7 +88,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 from . import _check, _clock, _events
 from ._budget_estimate import Estimate, why
 from ._call import Call
-from ._context import enter_scope, exit_scope
+from ._context import Refused, enter_scope, exit_scope
 from ._record import CallRecord
 from ._runner import Guard
 from ._warn import warn
@@ -523,6 +523,9 @@ class Budget(Guard):
 
     def __exit__(self, *exc_info: object) -> None:
         exit_scope(SCOPES, self)
+        exc = exc_info[1] if len(exc_info) > 1 else None
+        if isinstance(exc, Refused):  # an SDK request refused at the wire (`llmguard._wire_budget`)
+            raise exc.error
 
     async def __aenter__(self) -> Budget:
         return self.__enter__()

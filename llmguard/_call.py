@@ -23,9 +23,14 @@ from ._facts import (
     _apply_notes,
     _begin_attempt,
     _end_record,
+    _estimable,
     _fail_attempt,
     _settle_attempt,
+    estimate_unmeasured,
+    sane_usage,
     shape_of,
+    wire_apply,
+    wire_usage,
 )
 from ._record import Attempt, CallRecord, Usage
 from ._stream import (
@@ -136,17 +141,20 @@ class Call:
         self._record = record
         slots, self._attempts = self._attempts, None
         for slot in slots or ():
-            started, model, ended, result, exc, _ = slot
+            started, model, ended, result, exc, _, wire = slot
             attempt = Attempt(len(record.attempts) + 1, model if isinstance(model, str) else record.request_model, started)
-            slot[3] = slot[4] = None  # the attempt has what it needs of them
+            slot[3] = slot[4] = slot[6] = None  # the attempt has what it needs of them
             slot[5] = attempt
             record.attempts.append(attempt)
+            for facts in wire or ():
+                wire_apply(attempt, facts)
             if ended is None:
                 continue  # still running: it settles itself
             if exc is not None:
                 _fail_attempt(attempt, exc, ended)
             else:
                 _settle_attempt(attempt, providers.observe_result(result), ended)
+                estimate_unmeasured(self, attempt, result)
         if self._notes is not None:
             _apply_notes(record, self._notes)
         if self._end is not None:
@@ -216,10 +224,16 @@ class Call:
         if self._record is not None or slots is None:
             return None
         out: list[tuple[Usage | None, str | None, str | None]] = []
-        for _, model, ended, result, exc, _ in slots[since:]:
+        for _, model, ended, result, exc, _, wire in slots[since:]:
             if ended is None or exc is not None:
                 return None
-            found = providers.observe_usage(result)
+            found = None if wire is None else wire_usage(wire)
+            if found is None:
+                found = providers.observe_usage(result)
+                if wire is not None and found is not None and not sane_usage(found[0]):
+                    found = None  # the wire saw the exchange and could not believe it (`_settle_attempt`)
+            if found is None and _estimable(result):
+                return None  # estimated, flagged and warned about once: on the record
             if found is None:
                 out.append((None, model if isinstance(model, str) else None, None))
             else:
@@ -349,7 +363,8 @@ class Call:
 
     # -- attempts --------------------------------------------------------------
     # Each attempt has a *slot*, a list ``[started, model, ended, result,
-    # error, attempt]``; while it runs `_CURRENT` holds ``(call, slot)``.
+    # error, attempt, wire]`` (*wire*: what `llmguard._wire` read of its
+    # responses, `_facts.wire_report`); while it runs `_CURRENT` holds ``(call, slot)``.
     # Before the record exists the slot is all there is (cheaper than an
     # `Attempt`); building the record makes its ``Attempt``. (A slot never
     # refers to its call: a reference cycle on every call would cost the
@@ -360,8 +375,8 @@ class Call:
         record = self._record
         if record is not None:
             attempt = _begin_attempt(record, self._model, _clock.now())
-            return [attempt.started_at, attempt.model, None, None, None, attempt]
-        slot = [_clock.now(), self._model, None, None, None, None]
+            return [attempt.started_at, attempt.model, None, None, None, attempt, None]
+        slot = [_clock.now(), self._model, None, None, None, None, None]
         attempts = self._attempts
         if attempts is None:
             self._attempts = [slot]
@@ -400,6 +415,8 @@ class Call:
             kind = stream_kind(result)
         if kind is None:
             _settle_attempt(attempt, providers.observe_result(result), _clock.now())
+            if attempt.usage is None:
+                estimate_unmeasured(self, attempt, result)
             return result
         record = self.record
         record.stream = True

@@ -27,6 +27,23 @@ T = TypeVar("T")
 _DEADLINE: ContextVar[float | None] = ContextVar("llmguard_deadline", default=None)
 
 
+# The deadline a sync `timeout` in its thread mode enforces itself, by giving up on its worker
+# (which then runs on, and is charged what it used when it ends): the wire leaves the worker's
+# requests unbounded by it (`llmguard._wire`).
+_WORKER_DEADLINE: ContextVar[float | None] = ContextVar("llmguard_worker_deadline", default=None)
+
+
+class DeadlinePassed(BaseException):
+    """The active deadline passed while an SDK request was on the wire (`llmguard._wire`).
+
+    A `BaseException`, like `asyncio.CancelledError`: the SDKs retry any
+    `Exception` from their HTTP client (sleeping first), which would hold the
+    caller past the deadline. The `timeout` guard or block that set the
+    deadline turns it into `GuardTimeout`; its ``__cause__`` is the HTTP
+    library's timeout, when one fired.
+    """
+
+
 def deadline() -> float | None:
     """The active deadline in the clock's monotonic seconds, or None."""
     return _DEADLINE.get()
@@ -58,3 +75,16 @@ def exit_scope(scopes: ContextVar[tuple[T, ...]], scope: T) -> None:
         if active[i] is scope:
             scopes.set(active[:i] + active[i + 1 :])
             break
+
+
+class Refused(BaseException):
+    """A budget scope refused an SDK request at the wire: carries the `BudgetExceeded` (*error*).
+
+    A `BaseException` for the reason `DeadlinePassed` is: the SDKs would wrap
+    an `Exception` from their HTTP client as a connection error and retry it.
+    The scope (``with lg.budget(...)``) raises *error* in its place.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error

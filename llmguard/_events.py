@@ -66,6 +66,7 @@ RATELIMIT_REJECTED: Final = "llmguard.ratelimit.rejected"
 RATELIMIT_STORE_ERROR: Final = "llmguard.ratelimit.store_error"
 VALIDATE_FAILED: Final = "llmguard.validate.failed"
 STREAM_ABANDONED: Final = "llmguard.stream.abandoned"
+USAGE_ESTIMATED: Final = "llmguard.usage.estimated"  # nothing measured: usage estimated from the arguments and result
 CALL: Final = "llmguard.call"
 
 _listeners: list[Callable[[str, dict[str, Any]], None]] = []

@@ -25,7 +25,8 @@ import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _clock, prices, providers
+from . import _clock, _estimate, _events, _warn, prices, providers
+from ._context import DeadlinePassed
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
 
 
@@ -70,7 +71,9 @@ def _begin_attempt(record: CallRecord, model: Any, started: float) -> Attempt:
 
 def _settle_attempt(attempt: Attempt, facts: providers.ResultFacts | None, ended: float) -> None:
     if facts is not None:
-        if attempt.usage is None:  # what the user reported wins
+        # What the user reported or the wire measured wins; where the wire
+        # saw the exchange, the result's usage only if it reads as a measurement.
+        if attempt.usage is None and (not attempt.wire or sane_usage(facts.usage)):
             attempt.usage = facts.usage
         attempt.response_model = facts.model or attempt.response_model
         attempt.provider = facts.provider or attempt.provider
@@ -92,7 +95,9 @@ def _price(attempt: Attempt) -> None:
 def _fail_attempt(attempt: Attempt, exc: BaseException, ended: float) -> None:
     attempt.outcome = outcome_of(exc)
     attempt.error = exc
-    if not isinstance(exc, _NOT_ERRORS):
+    if isinstance(exc, DeadlinePassed):
+        attempt.error_kind = ErrorKind.TIMEOUT
+    elif not isinstance(exc, _NOT_ERRORS):
         info = providers.classify(exc)
         attempt.error_kind = info.kind
         attempt.provider = attempt.provider or info.provider
@@ -155,6 +160,8 @@ def error_kind_of(exc: BaseException) -> ErrorKind | None:
     """The provider-aware kind of *exc* (None for cancellation and close)."""
     if isinstance(exc, _NOT_ERRORS):
         return None
+    if isinstance(exc, DeadlinePassed):
+        return ErrorKind.TIMEOUT
     return providers.classify(exc).kind
 
 
@@ -175,8 +182,10 @@ def report_usage(
     SDK): call it inside the guarded function and every guard (budget,
     trace) sees the numbers as if the provider's response had carried them.
     ``input_tokens`` is the total input, cache reads and writes included.
-    Reporting twice in one attempt adds up. Returns False (and records
-    nothing) when no guarded call is running.
+    Reporting twice in one attempt adds up. In an attempt whose SDK
+    requests the wire measured (`llmguard._wire`, docs/wire.md) the usage
+    reported is not added: the wire counted those requests already. Returns
+    False (and records nothing) when no guarded call is running.
     """
     for name, value in (
         ("input_tokens", input_tokens),
@@ -205,6 +214,10 @@ def report_usage(
         if slot[5] is None:  # no record yet: built now, it makes the slot's attempt
             call.record  # noqa: B018
         attempt = slot[5]
+    if attempt.wire_usage is not None:
+        # The wire measured this attempt's requests; a report of the same
+        # numbers (the usual report_usage after reading the SDK's result) would count them twice.
+        usage = Usage(0, 0)
     _report_on(attempt, usage, model, provider)
     return True
 
@@ -217,6 +230,164 @@ def _report_on(attempt: Attempt, usage: Usage, model: str | None, provider: str 
     if provider:
         attempt.provider = provider
 
+
+
+# -- the wire and estimates ----------------------------------------------------
+
+# Usage beyond this many tokens in one response is garbage, not a measurement.
+_ABSURD = 100_000_000
+
+
+def sane_usage(usage: Usage | None) -> bool:
+    """Whether *usage* reads as a measurement: every count an int from 0 to 10**8, something used."""
+    if usage is None:
+        return False
+    counts = (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+        usage.reasoning_tokens,
+    )
+    if any(type(c) is not int or c < 0 or c > _ABSURD for c in counts):
+        return False
+    return usage.input_tokens + usage.output_tokens > 0
+
+
+def wire_report(running: tuple[Call, Attempt | list[Any]], facts: dict[str, Any]) -> None:
+    """What the wire (`llmguard._wire`) read of one response, put on the attempt *running* when it was sent.
+
+    Measured usage adds up over the attempt's requests (as `report_usage`
+    does); an attempt that already ended (its caller closed a stream
+    first, and estimated what it saw) is left as it settled.
+    """
+    _, attempt = running
+    if not isinstance(attempt, Attempt):  # a runner's slot (see `_call.Call._begin`)
+        slot = attempt
+        if slot[5] is None:
+            # No record yet: kept on the slot (the record, if ever built, applies them).
+            if slot[2] is None:
+                if slot[6] is None:
+                    slot[6] = [facts]
+                else:
+                    slot[6].append(facts)
+            return
+        attempt = slot[5]
+    wire_apply(attempt, facts)
+
+
+def wire_apply(attempt: Attempt, facts: dict[str, Any]) -> None:
+    """Put one response's wire *facts* on *attempt* (see `wire_report`)."""
+    if attempt.ended_at is not None:
+        return
+    attempt.wire += 1
+    usage = facts.get("usage")
+    if usage is not None:
+        # Measured: it replaces what the code reported in this attempt (see `report_usage`).
+        measured = usage if attempt.wire_usage is None else attempt.wire_usage + usage
+        attempt.wire_usage = measured
+        attempt.usage = None
+        _report_on(attempt, measured, facts.get("model"), facts.get("provider"))
+    elif facts.get("provider") and attempt.provider is None:
+        attempt.provider = facts["provider"]
+    if facts.get("response_id"):
+        attempt.response_id = facts["response_id"]
+    if facts.get("request_id"):
+        attempt.request_id = facts["request_id"]
+    if facts.get("rate_limits"):
+        attempt.rate_limits = facts["rate_limits"]
+
+
+_WARNED: set[str] = set()
+
+
+def wire_usage(facts: list[dict[str, Any]]) -> tuple[Usage, str | None, str | None] | None:
+    """``(usage, model, provider)`` the wire measured over a slot's responses (`wire_report`), or None."""
+    total: Usage | None = None
+    model = provider = None
+    for one in facts:
+        usage = one.get("usage")
+        if usage is not None:
+            total = usage if total is None else total + usage
+            model = one.get("model") or model
+            provider = one.get("provider") or provider
+    return None if total is None else (total, model, provider)
+
+
+def _estimable(result: Any) -> bool:
+    """A result that is an LLM's answer without its usage: text, a dict, a pydantic model, None."""
+    return result is None or isinstance(result, (str, dict)) or hasattr(type(result), "model_dump_json")
+
+
+def plain_wire(call: Call) -> tuple[Usage, str | None, str | None] | None:
+    """``(usage, model, provider)`` the wire measured for the last attempt of a call whose record is not built, or None."""
+    slots = call._attempts
+    if not slots or slots[-1][6] is None:
+        return None
+    return wire_usage(slots[-1][6])
+
+
+def needs_record(call: Call, result: Any) -> bool:
+    """Whether a call's one plain *result* is estimated (on its record): nothing measured, and text, a dict, a model or None.
+
+    For a guard that reads a result without the record (`trace` alone),
+    which reads the wire's usage with `plain_wire`.
+    """
+    slots = call._attempts
+    seen = bool(slots) and slots[-1][6] is not None  # type: ignore[index]
+    return (seen or _estimable(result)) and plain_wire(call) is None
+
+
+def estimate_unmeasured(call: Call, attempt: Attempt, result: Any) -> None:
+    """An attempt that returned *result* with no usage measured or reported: estimate it, flag it, say so.
+
+    The input from the call's arguments (`Call.estimated_input_tokens`, at
+    least 1), the output from the text of *result* (a pydantic model's
+    JSON, a dict's text; None: 0): llmguard's one estimator
+    (`llmguard._estimate`). Emits ``llmguard.usage.estimated`` and warns
+    once per function. Anything else a function returns (a number, an
+    object of its own) is left without usage.
+    """
+    if attempt.usage is not None or not _estimable(result):
+        return
+    if result is None:
+        out = 0
+    elif isinstance(result, str):
+        out = _estimate.text_tokens(result)
+    else:
+        try:
+            text = result.model_dump_json() if hasattr(type(result), "model_dump_json") else str(result)
+        except Exception:  # noqa: BLE001 - an odd model: its repr
+            text = repr(result)
+        out = _estimate.text_tokens(text)
+    usage = Usage(max(call.estimated_input_tokens(), 1), out, estimated=True)
+    attempt.usage = usage
+    attempt.cost_usd = None
+    _price(attempt)
+    seen = attempt.wire
+    record = call.record
+    _events.emit(
+        _events.USAGE_ESTIMATED,
+        record,
+        level="warning",
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        responses_seen=seen,
+    )
+    name = record.function
+    if name not in _WARNED:
+        _WARNED.add(name)
+        hint = (
+            "the SDK's responses carried no usage (for an openai stream pass stream_options={'include_usage': True})"
+            if seen
+            else "no SDK request was seen (another client, raw HTTP, or a transport llmguard does not patch): "
+            "call lg.report_usage(...) inside the function with the provider's numbers"
+        )
+        _warn.warn(
+            f"llmguard: {name} returned {type(result).__name__} and no usage was measured, so its usage "
+            f"is estimated (flagged estimated, event {_events.USAGE_ESTIMATED}); {hint}",
+            RuntimeWarning,
+        )
 
 
 # -- shapes ------------------------------------------------------------------

@@ -122,6 +122,12 @@ class Attempt:
     # The request reached the provider even if no chunk was read (an SDK
     # stream object exists, or its manager was entered): it may be billed.
     sent: bool = False
+    # The wire (`llmguard._wire`): how many of the SDKs' HTTP responses this
+    # attempt's code received, the last one's request id and rate-limit headers.
+    wire: int = 0
+    wire_usage: Usage | None = None  # the usage those responses measured, summed
+    request_id: str | None = None
+    rate_limits: dict[str, str] | None = None
 
     def __init__(self, number: int, model: str | None = None, started_at: float = 0.0) -> None:
         self.number = number

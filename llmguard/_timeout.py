@@ -67,7 +67,7 @@ from typing import Any, cast
 from . import _check, _clock, _events
 from ._binder import Binder
 from ._call import Call
-from ._context import _DEADLINE
+from ._context import _DEADLINE, _WORKER_DEADLINE, DeadlinePassed
 from ._facts import ASYNC, SYNC, error_kind_of
 from ._record import ErrorKind
 from ._runner import Guard
@@ -96,7 +96,12 @@ class TimeoutLayer(Guard):
         *,
         first_token: float | dt.timedelta | None = None,
         idle: float | dt.timedelta | None = None,
+        mode: str = "thread",
     ) -> None:
+        if mode not in _MODES:
+            msg = f"timeout(mode=...) must be one of {sorted(_MODES)}, got {mode!r}"
+            raise ValueError(msg)
+        self.mode = mode
         self.total = _check.seconds("timeout", "total", total, optional=True)
         self.first_token = _check.seconds("timeout", "first_token", first_token, optional=True)
         self.idle = _check.seconds("timeout", "idle", idle, optional=True)
@@ -115,7 +120,7 @@ class TimeoutLayer(Guard):
 
     def settings(self) -> dict[str, Any]:
         """The configuration, for `describe`."""
-        return {"total": self.total, "first_token": self.first_token, "idle": self.idle}
+        return {"total": self.total, "first_token": self.first_token, "idle": self.idle, "mode": self.mode}
 
     def _deadline(self, now: float) -> float | None:
         """The deadline of a call or block starting *now*: ours or the active one, the smaller."""
@@ -143,11 +148,38 @@ class TimeoutLayer(Guard):
         bound.__dict__.update(self.__dict__)
         if shape == ASYNC:
             bound.enter, bound.leave, bound.fail = bound._arm, bound._disarm, bound._cancelled
+        elif shape == SYNC and self.mode == "wire":
+            bound.enter, bound.leave, bound.fail = bound._arm_wire, bound._disarm_wire, bound._wire_failed
         else:
             bound.enter, bound.leave = bound._limits, bound._timed
             if shape == SYNC:
                 bound.via = bound._in_worker
         return bound
+
+    def _arm_wire(self, call: Call) -> tuple[_Limits, contextvars.Token[float | None]]:
+        """``def`` with ``mode="wire"``: set the deadline where the function runs; its SDK requests carry it (`llmguard._wire`)."""
+        limits = self._limits(call)
+        return limits, _DEADLINE.set(limits[0])
+
+    def _disarm_wire(self, call: Call, armed: tuple[_Limits, contextvars.Token[float | None]], result: Any) -> Any:
+        """``def`` with ``mode="wire"``, the inside returned: past the deadline it is `GuardTimeout` all the same."""
+        limits, token = armed
+        _DEADLINE.reset(token)
+        if isinstance(result, _StreamBase):
+            return _TimedStream.wrap(result, self, limits[0], limits[1], call)
+        deadline = limits[0]
+        if deadline is not None and _clock.now() > deadline:
+            raise self._expired(call, "total", self._fired("total", deadline - limits[4]))
+        return result
+
+    def _wire_failed(self, call: Call, armed: tuple[_Limits, contextvars.Token[float | None]], exc: BaseException) -> None:
+        """``def`` with ``mode="wire"``, the inside raised: the wire's `DeadlinePassed` is `GuardTimeout`."""
+        limits, token = armed
+        _DEADLINE.reset(token)
+        if isinstance(exc, DeadlinePassed):
+            deadline = limits[0]
+            allowed = 0.0 if deadline is None else deadline - limits[4]
+            raise self._expired(call, "total", self._fired("total", allowed)) from exc
 
     def _limits(self, call: Call) -> _Limits:
         """The call's limits, from now: ours or the active deadline, the smaller, and the first chunk's.
@@ -191,6 +223,10 @@ class TimeoutLayer(Guard):
         """``async def``, the inside raised: the wheel's own cancel is `GuardTimeout`, anything else stands."""
         limits, token, timer = armed
         _DEADLINE.reset(token)
+        if isinstance(exc, DeadlinePassed):  # the wire saw the deadline first
+            if timer is not None:
+                _release(*timer)
+            raise self._expired(call, limits[3], self._fired(limits[3], cast("float", limits[2]) - limits[4])) from exc
         if timer is None:
             return
         if isinstance(exc, asyncio.CancelledError) and _fired_alone(timer[1]):
@@ -208,12 +244,15 @@ class TimeoutLayer(Guard):
         deadline, _, wait_until, limit, _ = limits
         ctx = contextvars.copy_context()
         ctx.run(_DEADLINE.set, deadline)
+        ctx.run(_WORKER_DEADLINE.set, deadline)  # ours to enforce: the wire leaves the worker's requests be
         if wait_until is None:  # only idle limits: nothing to bound yet
             return ctx.run(inside)
         allowed = max(wait_until - _clock.now(), 0.0)
         future = _WORKERS.submit(lambda: ctx.run(inside))
         try:
             return future.result(timeout=allowed)
+        except DeadlinePassed as exc:  # the worker's SDK request ended at the deadline (`llmguard._wire`)
+            raise self._expired(call, limit, self._fired(limit, allowed)) from exc
         except Exception as exc:
             if not (future.done() and not future.cancelled() and future.exception() is exc):
                 # Our wait ran out (a TimeoutError of the wait, not one the
@@ -258,9 +297,11 @@ class TimeoutLayer(Guard):
         self._entered.setdefault(_owner(), []).append((_DEADLINE.set(self._deadline(_clock.now())), None))
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         token, _ = self._pop()
         _DEADLINE.reset(token)
+        if isinstance(exc, DeadlinePassed):  # an SDK request inside ended at the deadline (`llmguard._wire`)
+            raise self._expired(None, "total", self.total or 0.0) from exc
 
     async def __aenter__(self) -> TimeoutLayer:
         deadline = self._deadline(_clock.now())
@@ -274,6 +315,11 @@ class TimeoutLayer(Guard):
     ) -> None:
         token, cm = self._pop()
         _DEADLINE.reset(token)
+        if isinstance(exc, DeadlinePassed):
+            if cm is not None:
+                with contextlib.suppress(BaseException):
+                    await cm.__aexit__(None, None, None)
+            raise self._expired(None, "total", self.total or 0.0) from exc
         if cm is None:  # pragma: no cover - entered with plain `with`
             return
         try:
@@ -290,6 +336,12 @@ class TimeoutLayer(Guard):
         if not stack:
             del self._entered[owner]
         return item
+
+
+# How a sync call is bounded (`timeout(mode=...)`): "thread" runs it in a worker the caller
+# waits on (any blocking code); "wire" runs it on the caller's thread and bounds the SDK
+# requests it makes (`llmguard._wire`).
+_MODES = frozenset({"thread", "wire"})
 
 
 def _capped(limit: float | None) -> float | None:
@@ -477,14 +529,20 @@ def timeout(
     *,
     first_token: float | dt.timedelta | None = None,
     idle: float | dt.timedelta | None = None,
+    mode: str = "thread",
 ) -> TimeoutLayer:
     """Bound a call (and its stream) in time; also a deadline for a block.
 
     ``@lg.timeout(30, first_token=5, idle=10)`` or ``with lg.timeout(30):``.
     All three limits are finite seconds (or timedeltas) > 0; see the
-    module docstring for what happens to abandoned sync work.
+    module docstring for what happens to abandoned sync work. *mode* says
+    how a ``def`` is bounded: ``"thread"`` (the default) runs it in a worker
+    thread the caller stops waiting for at the deadline, whatever it
+    blocks on; ``"wire"`` runs it on the caller's thread, no thread per
+    call, and gives each SDK request it makes the time left as its own
+    timeout (docs/wire.md): for functions whose waiting is SDK requests.
     """
     if callable(cast("object", total)):
         msg = "timeout needs its limits: use @timeout(seconds), not bare @timeout"
         raise TypeError(msg)
-    return TimeoutLayer(total, first_token=first_token, idle=idle)
+    return TimeoutLayer(total, first_token=first_token, idle=idle, mode=mode)

@@ -26,6 +26,7 @@ from opentelemetry.trace import Span, SpanKind
 
 from . import _clock, _events, _semconv, prices, providers
 from ._call import _request_model, _requests_stream
+from ._facts import needs_record, plain_wire
 from ._record import CallRecord, Outcome
 from ._stream import AsyncGuardedStream, GuardedStream, _StreamBase
 from ._trace_client import _GLOBAL_PROVIDER, _address_of_url, _stream_address
@@ -394,7 +395,7 @@ class _CallTrace:
         t1 = _clock.now()  # the call's end, for the span, the metrics and the event alike
         tel = self.tel
         layer = self.layer
-        if exc is None and self._plain():
+        if exc is None and self._plain() and not needs_record(self.call, result):
             self._end_plain(t1, result)
             return
         self.record = record = self.call.record
@@ -517,6 +518,9 @@ class _CallTrace:
         if facts is not None:
             usage, response_model, provider = facts.usage, facts.model, facts.provider
             response_id, finish_reasons = facts.response_id, facts.finish_reasons
+        wired = plain_wire(self.call)  # what the wire measured wins (`_facts._settle_attempt`)
+        if wired is not None:
+            usage, response_model, provider = wired[0], wired[1] or response_model, wired[2] or provider
         cost = prices.cost_of(usage, response_model or self.request_model, provider) if usage is not None else None
         provider = self._provider(provider)
         span = self.span

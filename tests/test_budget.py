@@ -1658,7 +1658,11 @@ def lane_store() -> BudgetStore:
 def test_lane_ledger_is_the_exact_sum_of_every_kind_of_result(
     lane_store: BudgetStore, anthropic_client: anthropic.Anthropic, openai_client: openai.OpenAI, fake_provider: FakeProvider
 ) -> None:
-    """Messages, chat completions, reported usage and a result without usage, each twice: the exact sum."""
+    """Messages, chat completions, reported usage and a result without usage, each twice: the exact sum.
+
+    The result without usage (no SDK request the wire saw, nothing reported) is
+    charged its estimate, flagged: input from the arguments, output from its text.
+    """
     b = budget(usd=10.0, per="day", store=lane_store, name="lane")
 
     @b
@@ -1703,11 +1707,13 @@ def test_lane_ledger_is_the_exact_sum_of_every_kind_of_result(
     spend = b.spend()
     expected = sum(pico(u, CLAUDE) for u in claude_usages) + sum(pico(u, GPT) for u in gpt_usages)
     expected += 2 * pico(lg.Usage(40, 7, cache_read_tokens=8), GPT)
+    silent_usage = lg.Usage(estimated_input(MESSAGES), estimate_tokens("no usage reported"), estimated=True)
+    expected += 2 * pico(silent_usage, GPT)
 
     assert ["ok", "ok", "no usage reported", "no usage reported"] == results
     assert expected == int(spend.exact_usd * PICO)
-    assert sum(u.total_tokens for u in (*claude_usages, *gpt_usages)) + 2 * 47 == spend.tokens
-    assert (8, 0, 0, 0) == (spend.calls, spend.estimated_calls, spend.reserved_usd, spend.reserved_tokens)
+    assert sum(u.total_tokens for u in (*claude_usages, *gpt_usages)) + 2 * 47 + 2 * silent_usage.total_tokens == spend.tokens
+    assert (8, 2, 0, 0) == (spend.calls, spend.estimated_calls, spend.reserved_usd, spend.reserved_tokens)
 
 
 def test_lane_prices_each_result_by_its_own_class_and_model(

@@ -25,6 +25,7 @@ import openai
 import pytest
 
 import llmguard as lg
+import llmguard.wire
 
 from llmguard._budget import budget, budget_spend
 from llmguard._fake_provider import DEFAULT_REPLY, FakeProvider
@@ -271,14 +272,27 @@ def test_the_ids_redis_remembers_are_dropped_after_a_day(redis_url: str) -> None
     store.close()
 
 
+@pytest.fixture
+def no_wire() -> Iterator[None]:
+    """The wire off: usage is learned only when the function returns (what a correction corrects)."""
+    lg.wire.uninstall()
+    try:
+        yield
+    finally:
+        lg.wire.install()
+
+
 def test_a_correction_kept_through_an_outage_is_charged_once(
-    restartable_redis: RedisProcess, openai_client: openai.OpenAI, fake_provider: FakeProvider
+    restartable_redis: RedisProcess, openai_client: openai.OpenAI, fake_provider: FakeProvider, no_wire: None
 ) -> None:
     """Two sync attempts abandoned at their deadline; the first one's correction fails (Redis down) and is kept.
 
     When the second worker ends (Redis back), every correction hook of the
     call runs again: the first attempt's correction, already kept, must not
     be charged a second time. The ledger ends at what the server served.
+    (Without the wire: with it, the usage is measured as the response arrives,
+    before the deadline, and the abandoned attempt is charged exactly at once,
+    leaving nothing to correct.)
     """
     store = RedisBudgetStore(restartable_redis.url + "?socket_timeout=0.5&socket_connect_timeout=0.5", namespace=uuid.uuid4().hex)
     gates = [threading.Event(), threading.Event()]

@@ -499,8 +499,10 @@ def test_deadline_passed_no_alternate_starts(anthropic_client: anthropic.Anthrop
 
     @lg.fallback(alternate)
     def ask(q: str) -> Any:
-        fake_clock.advance(6.0)  # the request took longer than the block allows
-        return anthropic_client.messages.create(model=SONNET, max_tokens=8, messages=[{"role": "user", "content": q}])
+        try:
+            return anthropic_client.messages.create(model=SONNET, max_tokens=8, messages=[{"role": "user", "content": q}])
+        finally:
+            fake_clock.advance(6.0)  # the request took longer than the block allows
 
     fake_provider.script(Step(status=529))
     with lg.timeout(5), pytest.raises(lg.AllFailed) as info:

@@ -458,13 +458,8 @@ def test_one_path_records_the_same_facts_on_every_shape_in_every_stack(
     attempts = [lg.Outcome.ERROR, lg.Outcome.OK] if retried else [lg.Outcome.OK]
     streaming = shape not in ("def", "async def", "method")
     facts = _facts(record)
-    if shape in ("generator", "async generator"):
-        # The function yields text, not the SDK's events, and names no model: the usage is
-        # estimated (never zero) and the model unknown, until llmguard reads the wire (#14).
-        usage = facts[1]
-        assert usage.estimated and usage.input_tokens > 0 and usage.output_tokens > 0
-        assert facts[2] is None
-        facts = (facts[0], lg.Usage(21, 5), "claude-sonnet-4-6", *facts[3:])
+    # A generator function yields text, not the SDK's events, and names no model: its usage
+    # and model are what the wire read of the SDK's stream (#14), as for every other shape.
     assert (len(attempts), lg.Usage(21, 5), "claude-sonnet-4-6", lg.Outcome.OK, streaming, attempts, True) == facts
 
 

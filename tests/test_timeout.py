@@ -371,7 +371,7 @@ def test_timeout_keeps_identity_and_shape() -> None:
     assert "ask" == ask.__name__
     assert asyncio.iscoroutinefunction(ask)
     assert "x" == asyncio.run(ask("x"))
-    assert {"total": 1.0, "first_token": None, "idle": None} == lg.describe(ask)[0].settings
+    assert {"total": 1.0, "first_token": None, "idle": None, "mode": "thread"} == lg.describe(ask)[0].settings
 
 
 def test_abandoned_attempt_and_its_retry_stay_separate_attempts(

@@ -107,8 +107,16 @@ class DictView:
         return f"DictView({self._d!r})"
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def wrap(value: Any) -> Any:
     """*value* with mappings (also inside lists) readable by attribute."""
+    cls = type(value)
+    if cls in _SCALARS:  # most fields of a JSON body: no ABC check (the wire reads every response here)
+        return value
+    if cls is dict:
+        return DictView(value)
     if isinstance(value, Mapping):
         return DictView(value)
     if isinstance(value, list):
