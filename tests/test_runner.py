@@ -513,20 +513,27 @@ def test_a_guarded_call_leaves_no_cyclic_garbage(stack: str) -> None:
             await af("q")
 
     loop = asyncio.new_event_loop()
+    rounds = []
     try:
         f("q")
         loop.run_until_complete(af("q"))
-        gc.collect()
-        gc.disable()
-        try:
-            for _ in range(100):
-                f("q")
-            sync_garbage = gc.collect()
-            loop.run_until_complete(many())
-            async_garbage = gc.collect()
-        finally:
-            gc.enable()
+        # A cycle per call leaves garbage in every round; another thread (a server
+        # or worker left by an earlier test) may leave some in one: up to 3 rounds.
+        for _ in range(3):
+            gc.collect()
+            gc.disable()
+            try:
+                for _ in range(100):
+                    f("q")
+                sync_garbage = gc.collect()
+                loop.run_until_complete(many())
+                async_garbage = gc.collect()
+            finally:
+                gc.enable()
+            rounds.append((sync_garbage, async_garbage))
+            if rounds[-1] == (0, 0):
+                break
     finally:
         loop.close()
 
-    assert (0, 0) == (sync_garbage, async_garbage)
+    assert (0, 0) == rounds[-1], rounds
