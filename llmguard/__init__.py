@@ -28,6 +28,7 @@ from .errors import (
     RateLimited,
     StreamFailed,
     StreamInterrupted,
+    StreamTimedOut,
     ValidationFailed,
 )
 from .prices import Price, cost_of, set_price
@@ -58,6 +59,7 @@ __all__ = [
     "Semantic",
     "StreamFailed",
     "StreamInterrupted",
+    "StreamTimedOut",
     "Telemetry",
     "Usage",
     "ValidationFailed",
