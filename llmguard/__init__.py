@@ -35,6 +35,7 @@ from .errors import (
     RateLimited,
     StreamFailed,
     StreamInterrupted,
+    StreamTimedOut,
     ValidationFailed,
 )
 from .prices import Price, cost_of, set_price
@@ -77,6 +78,7 @@ __all__ = [
     "Semantic",
     "StreamFailed",
     "StreamInterrupted",
+    "StreamTimedOut",
     "Telemetry",
     "Usage",
     "ValidationFailed",

@@ -78,7 +78,7 @@ from ._stream import (
     GuardedStream,
     _StreamBase,
 )
-from .errors import StreamInterrupted
+from .errors import GuardTimeout, StreamInterrupted, StreamTimedOut
 
 
 P = ParamSpec("P")
@@ -374,15 +374,24 @@ def _again(again: Run, state: Any, run: Run | None) -> tuple[Any, Run | None, fl
 
 
 def _interrupted(exc: BaseException, stream: _StreamBase) -> BaseException | None:
-    """A primed stream's failure after chunks reached the caller becomes `StreamInterrupted`."""
+    """A stream's failure after chunks reached the caller becomes `StreamInterrupted`.
+
+    Applied by a priming guard (retry: such a failure is not retried) and to
+    every guarded stream handed to the caller, so whatever the guards and
+    their order the caller catches one class. A stall (`GuardTimeout`)
+    becomes `StreamTimedOut`, which is both.
+    """
     if stream.delivered == 0 or not isinstance(exc, Exception) or isinstance(exc, StreamInterrupted):
         return None
-    return StreamInterrupted(
+    message = (
         f"the stream failed after {stream.delivered} chunk{'s' * (stream.delivered != 1)} "
-        f"reached the caller ({type(exc).__name__}: {exc}); nothing was replayed",
-        text=stream.text,
-        usage=stream.usage_so_far(),
+        f"reached the caller ({type(exc).__name__}: {exc}); nothing was replayed"
     )
+    if isinstance(exc, GuardTimeout):
+        return StreamTimedOut(
+            message, text=stream.text, usage=stream.usage_so_far(), limit=exc.limit, seconds=exc.seconds
+        )
+    return StreamInterrupted(message, text=stream.text, usage=stream.usage_so_far())
 
 
 def _close_quietly(stream: _StreamBase) -> None:
@@ -412,6 +421,7 @@ async def _prime(stream: _StreamBase) -> None:
 
 def _end_with_result(call: Call, result: Any) -> Any:
     if isinstance(result, _StreamBase):
+        result.map_errors(_interrupted)  # whatever the guards and their order: one error family
         result.on_finish(_end_record_hook(call.record))
     else:
         call._finish_call(None)
@@ -468,6 +478,7 @@ def _wrapper(runner: _Runner, fn: Callable[..., Any]) -> Callable[..., Any]:
             call = Call(runner, *split(args if instance is None or not keeps_instance else (instance, *args)), kwargs)
             record = call.record
             stream = stream_type(start=lambda: start(call), record=record)
+            stream.map_errors(_interrupted)  # whatever the guards and their order: one error family
             stream.on_finish(_end_record_hook(record))
             return stream
 

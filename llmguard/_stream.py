@@ -235,12 +235,12 @@ class _StreamBase:
         self._chunk_hooks.append(hook)
 
     def map_errors(self, mapper: ErrorMap) -> None:
-        """Let *mapper(exc, stream)* replace an error raised while reading.
+        """Let *mapper(exc, stream)* replace an error raised to the reader.
 
         If it returns an exception, that is raised instead (``from`` the
-        original) and is what the finish hooks see; None keeps the original.
-        `retry` uses it to turn a failure after the first chunk into
-        `StreamInterrupted`.
+        original); None keeps the original. The finish hooks (and so the
+        record, the span, the ledgers) see the original error. The runner uses
+        it to turn a failure after the first chunk into `StreamInterrupted`.
         """
         self._error_maps.append(mapper)
 
@@ -465,11 +465,11 @@ class GuardedStream(_StreamBase):
             self._finish(*self._ended())
             raise
         except BaseException as exc:
-            mapped = self._mapped(exc) if self._error_maps else exc
             try:
-                self._close_manager(mapped)
+                self._close_manager(exc)
             finally:
-                self._finish(outcome_of(mapped), mapped)
+                self._finish(outcome_of(exc), exc)
+            mapped = self._mapped(exc) if self._error_maps else exc
             if mapped is not exc:
                 raise mapped from exc
             raise
@@ -574,11 +574,11 @@ class AsyncGuardedStream(_StreamBase):
             self._finish(*self._ended())
             raise
         except BaseException as exc:
-            mapped = self._mapped(exc) if self._error_maps else exc
             try:
-                await self._close_manager(mapped)
+                await self._close_manager(exc)
             finally:
-                self._finish(outcome_of(mapped), mapped)
+                self._finish(outcome_of(exc), exc)
+            mapped = self._mapped(exc) if self._error_maps else exc
             if mapped is not exc:
                 raise mapped from exc
             raise

@@ -196,3 +196,20 @@ class StreamInterrupted(LLMGuardError):
         super().__init__(message)
         self.text = text
         self.usage = usage
+
+
+class StreamTimedOut(StreamInterrupted, GuardTimeout):
+    """A stream stalled after chunks had reached the caller (an ``idle`` or ``total`` limit).
+
+    Both a `StreamInterrupted` (``text`` and ``usage`` so far) and a
+    `GuardTimeout` (``limit``, ``seconds``): ``except lg.StreamInterrupted``
+    catches every failure of a started stream, whatever the guards and their
+    order, and ``except lg.GuardTimeout`` every deadline.
+    """
+
+    def __init__(
+        self, message: str, *, text: str = "", usage: Usage | None = None, limit: str = "idle", seconds: float = 0.0
+    ) -> None:
+        StreamInterrupted.__init__(self, message, text=text, usage=usage)
+        self.limit = limit
+        self.seconds = seconds

@@ -691,9 +691,10 @@ def test_stream_that_fails_midway_is_charged_what_it_consumed(
         return anthropic_client.messages.create(model=model, max_tokens=max_tokens, messages=messages, stream=True)
 
     stream = ask(MESSAGES)
-    with pytest.raises(anthropic.APIStatusError):
+    with pytest.raises(lg.StreamInterrupted) as info:
         for _ in stream:
             pass
+    assert isinstance(info.value.__cause__, anthropic.APIStatusError)
     usage = stream.record.usage
     spend = budget_spend(ask)
 
@@ -2199,8 +2200,9 @@ def test_a_stream_that_fails_before_any_text_from_a_function_without_arguments_i
         )
 
     fake_provider.script(Step(error_after=0, usage={"input_tokens": 30, "output_tokens": 5}))
-    with pytest.raises(openai.APIError):
+    with pytest.raises(lg.StreamInterrupted) as info:  # the role chunk had reached the caller
         list(ask())
+    assert isinstance(info.value.__cause__, openai.APIError)
 
     spend = b.spend()
     assert (1, 1) == (spend.calls, spend.estimated_calls)

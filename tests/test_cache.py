@@ -712,8 +712,9 @@ def test_a_stream_that_fails_midway_is_not_stored(
     def chat(q: str) -> Any:
         return openai_client.chat.completions.create(model="gpt-4o", messages=user(q), stream=True)
 
-    with pytest.raises(MID_STREAM_CUT):
+    with pytest.raises(lg.StreamInterrupted) as info:
         list(chat("hi"))
+    assert isinstance(info.value.__cause__, MID_STREAM_CUT)
     assert len(list(chat("hi"))) > 3
     assert 2 == len(fake_provider.requests)
 

@@ -503,8 +503,9 @@ def test_error_mid_stream_ends_span_with_error_and_the_usage_so_far(
     def ask() -> Any:
         return anthropic_client.messages.create(model=MODEL, max_tokens=64, messages=MESSAGES, stream=True)
 
-    with pytest.raises(anthropic.APIStatusError):
+    with pytest.raises(lg.StreamInterrupted) as info:
         text_of_events(ask())
+    assert isinstance(info.value.__cause__, anthropic.APIStatusError)  # a failure after chunks: one family, whatever the guards
 
     span = one_span(exporter)
     attrs = dict(span.attributes or {})

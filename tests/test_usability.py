@@ -110,3 +110,66 @@ def test_on_refused_must_be_callable_and_needs_a_limit() -> None:
         lg.budget(usd=1.0, on_refused=42)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"budget\(on_refused=...\) needs a limit"):
         lg.budget(on_refused=print)
+
+
+# -- one error family for a stream that failed after it started -------------------
+
+
+STACKS: dict[str, Any] = {
+    "timeout alone": lg.timeout(idle=0.3),
+    "retry over timeout": lambda f: lg.retry(lg.timeout(idle=0.3)(f)),
+    "trace, cache, retry, budget, timeout": lambda f: lg.trace(
+        lg.cache(lg.retry(lg.budget(usd=5.0, max_output=64)(lg.timeout(idle=0.3)(f))))
+    ),
+    "timeout over retry": lambda f: lg.timeout(idle=0.3)(lg.retry(f)),
+}
+
+
+@pytest.mark.parametrize("stack", list(STACKS))
+@pytest.mark.parametrize("shape", ["def->stream", "generator"])
+def test_a_stall_after_the_first_chunk_is_one_class_whatever_the_order(
+    stack: str, shape: str, anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """Catch lg.StreamInterrupted: a stall mid-stream is a StreamTimedOut (also a GuardTimeout), whatever the stack."""
+    fake_provider.script(Step(reply="a b c d e f", stall_after=2, stall=3.0))
+
+    def stream(q: str, model: str = "claude-sonnet-4-6") -> Any:
+        return anthropic_client.messages.create(
+            model=model, max_tokens=64, messages=[{"role": "user", "content": q}], stream=True
+        )
+
+    def generator(q: str, model: str = "claude-sonnet-4-6") -> Any:
+        yield from stream(q, model)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lg.OrderWarning)
+        ask = STACKS[stack](stream if shape == "def->stream" else generator)
+    got = []
+    with pytest.raises(lg.StreamInterrupted) as info:
+        got.extend(ask("hi"))
+
+    assert got
+    assert isinstance(info.value, lg.StreamTimedOut)
+    assert isinstance(info.value, lg.GuardTimeout)
+    assert "idle" == info.value.limit
+    assert 1 == len(fake_provider.requests)  # nothing replayed
+
+
+def test_an_sdk_error_after_the_first_chunk_is_stream_interrupted_with_the_error_beneath(
+    anthropic_client: anthropic.Anthropic, fake_provider: FakeProvider
+) -> None:
+    """With trace alone (no retry to prime the stream), the caller still gets StreamInterrupted; the span names the real error."""
+    fake_provider.script(Step(reply="one two three four", error_after=2))
+
+    @lg.trace
+    def ask() -> Any:
+        return anthropic_client.messages.create(
+            model="claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+
+    stream = ask()
+    with pytest.raises(lg.StreamInterrupted) as info:
+        list(stream)
+    assert isinstance(info.value.__cause__, anthropic.APIStatusError)
+    assert stream.record.attempt is not None
+    assert isinstance(stream.record.attempt.error, anthropic.APIStatusError)  # the record names the real failure
