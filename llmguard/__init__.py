@@ -13,6 +13,7 @@ from ._context import remaining
 from ._describe import GuardInfo, describe
 from ._facts import report_usage
 from ._fallback import fallback
+from ._guard import guard
 from ._order import OrderWarning
 from ._ratelimit import ratelimit
 from ._record import Attempt, CallRecord, ErrorKind, Outcome, Usage
@@ -96,6 +97,7 @@ __all__ = [
     "describe",
     "fallback",
     "feedback",
+    "guard",
     "ratelimit",
     "remaining",
     "report_usage",

@@ -75,6 +75,8 @@ decision one atomic script (see `llmguard.stores.breaker`).
 
 from __future__ import annotations
 
+import inspect
+
 from collections.abc import Callable
 from typing import Any, ClassVar, Final, ParamSpec, TypeVar, overload
 
@@ -466,3 +468,11 @@ def breaker(fn: Any = None, /, **settings: Any) -> Any:
     msg = f"breaker() takes keyword arguments only (failures=, ratio=, ...), got {fn!r}"
     raise TypeError(msg)
 
+
+# help(), IDEs and inspect.signature show the real parameters, not (fn=None, /, **settings).
+breaker.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        inspect.Parameter("fn", inspect.Parameter.POSITIONAL_ONLY, default=None),
+        *list(inspect.signature(BreakerLayer.__init__).parameters.values())[1:],
+    ]
+)

@@ -18,13 +18,15 @@ from llmguard._fake_provider import FakeProvider, Step
 from llmguard.testing import FakeClock
 
 
-@pytest.mark.parametrize("name", ["retry", "budget", "cache", "timeout", "trace"])
+@pytest.mark.parametrize(
+    "name", ["retry", "budget", "cache", "timeout", "trace", "breaker", "fallback", "validate", "route", "ratelimit"]
+)
 def test_every_decorator_shows_its_real_parameters(name: str) -> None:
-    """help() and inspect.signature show each setting, never a bare (*args, **kwargs)."""
+    """help() and inspect.signature show each setting, never a bare **kwargs (fallback's *alternates are real)."""
     params = inspect.signature(getattr(lg, name)).parameters
     kinds = {p.kind for p in params.values()}
     assert inspect.Parameter.VAR_KEYWORD not in kinds
-    assert inspect.Parameter.VAR_POSITIONAL not in kinds
+    assert (inspect.Parameter.VAR_POSITIONAL in kinds) == (name == "fallback")
     assert len(params) >= 3
 
 

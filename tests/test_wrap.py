@@ -511,9 +511,10 @@ def test_finish_on_exhaustion(probe: Probe) -> None:
 
 
 def test_finish_on_exception(probe: Probe) -> None:
-    """An exception in the generator finishes once with ERROR and propagates."""
-    with pytest.raises(RuntimeError, match="boom"):
+    """An exception in the generator finishes once with ERROR and propagates (after chunks: as StreamInterrupted)."""
+    with pytest.raises(lg.StreamInterrupted) as info:
         list(wrap(probe, counting_gen)(5, 2))
+    assert isinstance(info.value.__cause__, RuntimeError)
 
     assert [Outcome.ERROR] == probe.finishes
 
@@ -592,8 +593,9 @@ def test_unstarted_generator_runs_nothing(probe: Probe) -> None:
 async def test_async_finish_on_exhaustion_and_error(probe: Probe) -> None:
     """An async generator finishes once with OK, or once with ERROR."""
     assert [0, 1, 2] == [i async for i in wrap(probe, counting_agen)(3)]
-    with pytest.raises(RuntimeError):
+    with pytest.raises(lg.StreamInterrupted) as info:
         _ = [i async for i in wrap(probe, counting_agen)(3, 1)]
+    assert isinstance(info.value.__cause__, RuntimeError)
 
     assert [Outcome.OK, Outcome.ERROR] == probe.finishes
 
