@@ -9,7 +9,8 @@ turning a URL or client into a redis-py client, key naming — lives here.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlsplit
 
 
 KEY_PREFIX = "llmguard"
@@ -48,3 +49,36 @@ def is_redis_target(store: object) -> bool:
 def key(*parts: str) -> str:
     """A namespaced Redis key: ``llmguard:<part>:<part>...``."""
     return ":".join((KEY_PREFIX, *parts))
+
+
+# redis-py waits forever by default; a store's decision must fail (and follow its guard's
+# ``on_store_error``) within seconds when Redis is gone.
+_TIMEOUTS: Final = (("socket_timeout", "2"), ("socket_connect_timeout", "2"))
+POOL_WAIT: Final = 5.0  # seconds a caller waits for a free connection
+
+
+def with_timeouts(url: str) -> str:
+    """*url* with socket timeouts added unless it sets its own."""
+    query = dict(parse_qsl(urlsplit(url).query))
+    extra = "&".join(f"{k}={v}" for k, v in _TIMEOUTS if k not in query)
+    if not extra:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{extra}"
+
+
+def pooled_client(url: str, max_connections: int, *, asynchronous: bool = False) -> Any:
+    """A redis-py client for *url* whose callers wait for a free connection rather than fail.
+
+    redis-py's default pool raises "Too many connections" past its size;
+    hundreds of threads deciding at once should queue instead (up to
+    `POOL_WAIT` seconds), holding at most *max_connections*. Without redis-py
+    installed, *url* itself (`redis_client` then says what to install).
+    """
+    try:
+        import redis  # noqa: PLC0415 - optional dependency
+        import redis.asyncio  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - depends on the install
+        return url
+    module: Any = redis.asyncio if asynchronous else redis
+    pool = module.BlockingConnectionPool.from_url(with_timeouts(url), max_connections=max_connections, timeout=POOL_WAIT)
+    return module.Redis(connection_pool=pool)

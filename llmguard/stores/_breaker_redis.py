@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from .. import _clock, _events
 from . import key as _key
-from . import redis_client
+from . import pooled_client, redis_client
 from ._breaker_base import (
     CLOSED,
     HALF_OPEN,
@@ -28,7 +28,6 @@ from ._breaker_base import (
     Transition,
     refused,
 )
-from ._budget_redis import _POOL_WAIT, _with_timeouts
 
 
 # KEYS: the circuit's hash, its probe set.
@@ -332,17 +331,8 @@ class RedisBreakerStore(BreakerStore):
         return f"RedisBreakerStore({self._client!r}, prefix={self._prefix!r})"
 
     def _pooled(self, url: str, *, asynchronous: bool = False) -> Any:
-        """A client whose callers wait for a free connection (up to a few seconds) rather than fail."""
-        try:
-            import redis  # noqa: PLC0415 - optional dependency
-            import redis.asyncio  # noqa: PLC0415
-        except ImportError:  # pragma: no cover - depends on the install
-            return url  # redis_client() explains what to install
-        module: Any = redis.asyncio if asynchronous else redis
-        pool = module.BlockingConnectionPool.from_url(
-            _with_timeouts(url), max_connections=self._max_connections, timeout=_POOL_WAIT
-        )
-        return module.Redis(connection_pool=pool)
+        """A client whose callers wait for a free connection rather than fail (`stores.pooled_client`)."""
+        return pooled_client(url, self._max_connections, asynchronous=asynchronous)
 
     @property
     def client(self) -> Any:

@@ -16,11 +16,10 @@ import weakref
 
 from collections import deque
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlsplit
 
 from .. import _events
 from . import key as _key
-from . import redis_client
+from . import pooled_client, redis_client
 from ._budget_base import PICO, BudgetStore, BudgetStoreError, Crossing, Ledger, Line, Refusal
 
 
@@ -180,25 +179,10 @@ purge(KEYS[1], KEYS[2], tonumber(ARGV[1]))
 return redis.call('HMGET', KEYS[1], 'su', 'st', 'ru', 'rt', 'n', 'e')
 """
 
-_TIMEOUTS: Final = (("socket_timeout", "2"), ("socket_connect_timeout", "2"))
 # Kept settlements applied per successful round trip. Each is one more round
 # trip inside the call that succeeded (~0.1-1 ms on a LAN): 32 adds a few ms
 # to that one call, and still drains a full queue (10,000) in ~300 calls.
 _RETRY_BATCH: Final = 32
-_POOL_WAIT: Final = 5.0  # seconds a caller waits for a free connection
-
-
-def _with_timeouts(url: str) -> str:
-    """*url* with socket timeouts added unless it sets its own.
-
-    redis-py waits forever by default; a budget check must fail (and follow
-    ``on_store_error``) within seconds when Redis is gone.
-    """
-    query = dict(parse_qsl(urlsplit(url).query))
-    extra = "&".join(f"{k}={v}" for k, v in _TIMEOUTS if k not in query)
-    if not extra:
-        return url
-    return f"{url}{'&' if '?' in url else '?'}{extra}"
 
 
 def _ms(seconds: float) -> int:
@@ -301,22 +285,8 @@ class RedisBudgetStore(BudgetStore):
         return f"RedisBudgetStore({self._client!r}, prefix={self._prefix!r})"
 
     def _pooled(self, url: str, *, asynchronous: bool = False) -> Any:
-        """A client whose callers wait for a free connection rather than fail.
-
-        redis-py's default pool raises "Too many connections" past its size;
-        hundreds of threads checking a budget at once should queue instead
-        (up to the socket timeout), holding at most *max_connections*.
-        """
-        try:
-            import redis  # noqa: PLC0415 - optional dependency
-            import redis.asyncio  # noqa: PLC0415
-        except ImportError:  # pragma: no cover - depends on the install
-            return url  # redis_client() explains what to install
-        module: Any = redis.asyncio if asynchronous else redis
-        pool = module.BlockingConnectionPool.from_url(
-            _with_timeouts(url), max_connections=self._max_connections, timeout=_POOL_WAIT
-        )
-        return module.Redis(connection_pool=pool)
+        """A client whose callers wait for a free connection rather than fail (`stores.pooled_client`)."""
+        return pooled_client(url, self._max_connections, asynchronous=asynchronous)
 
     @property
     def client(self) -> Any:

@@ -8,8 +8,7 @@ import weakref
 from typing import Any, Final, cast
 
 from . import key as _key
-from . import redis_client
-from ._budget_redis import _POOL_WAIT, _with_timeouts
+from . import pooled_client, redis_client
 from ._ratelimit_base import Grant, RateLimitStore
 
 
@@ -115,14 +114,8 @@ class RedisRateLimitStore(RateLimitStore):
         return tuple(client.register_script(s) for s in (_ACQUIRE, _ADJUST, _PUSH, _AHEAD))
 
     def _pooled(self, url: str, *, asynchronous: bool = False) -> Any:
-        import redis  # noqa: PLC0415 - optional dependency
-        import redis.asyncio  # noqa: PLC0415
-
-        module: Any = redis.asyncio if asynchronous else redis
-        pool = module.BlockingConnectionPool.from_url(
-            _with_timeouts(url), max_connections=self._max_connections, timeout=_POOL_WAIT
-        )
-        return module.Redis(connection_pool=pool)
+        """A client whose callers wait for a free connection rather than fail (`stores.pooled_client`)."""
+        return pooled_client(url, self._max_connections, asynchronous=asynchronous)
 
     @property
     def client(self) -> Any:
