@@ -93,7 +93,7 @@ from ._record import CallRecord
 from ._runner import Guard
 from ._warn import warn
 from .errors import BudgetExceeded
-from .stores import is_redis_target
+from .stores import resolve_store
 from .stores.budget import PICO, BucketSpec, BudgetStore, Line, MemoryBudgetStore, RedisBudgetStore
 
 
@@ -247,13 +247,7 @@ def _validate(**config: Any) -> tuple[float, ...]:
 
 
 def _resolve_store(store: Any) -> BudgetStore | None:
-    if store is None or isinstance(store, BudgetStore):
-        return store
-    if is_redis_target(store):
-        return RedisBudgetStore(store)
-    shown = repr(store) if isinstance(store, str) else type(store).__name__
-    msg = f"budget(store=...) must be a BudgetStore, a redis:// URL or a redis-py client, got {shown}"
-    raise ValueError(msg)
+    return resolve_store("budget", store, BudgetStore, RedisBudgetStore)
 
 
 class Budget(Guard):

@@ -93,7 +93,7 @@ from ._runner import Guard
 from ._stream import _StreamBase
 from .errors import RateLimited
 from .providers._headers import headers_of, lower_headers, retry_after_lower
-from .stores import is_redis_target
+from .stores import resolve_store
 from .stores.ratelimit import Grant, MemoryRateLimitStore, RateLimitStore, RedisRateLimitStore
 
 
@@ -158,13 +158,7 @@ def _escape(text: str) -> str:
 
 
 def _resolve_store(store: Any) -> RateLimitStore | None:
-    if store is None or isinstance(store, RateLimitStore):
-        return store
-    if is_redis_target(store):
-        return RedisRateLimitStore(store)
-    shown = repr(store) if isinstance(store, str) else type(store).__name__
-    msg = f"ratelimit(store=...) must be a RateLimitStore, a redis:// URL or a redis-py client, got {shown}"
-    raise ValueError(msg)
+    return resolve_store("ratelimit", store, RateLimitStore, RedisRateLimitStore)
 
 
 class RateLimit(Guard):

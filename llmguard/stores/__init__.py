@@ -9,9 +9,12 @@ turning a URL or client into a redis-py client, key naming — lives here.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
+
+S = TypeVar("S")
 
 KEY_PREFIX = "llmguard"
 
@@ -82,3 +85,17 @@ def pooled_client(url: str, max_connections: int, *, asynchronous: bool = False)
     module: Any = redis.asyncio if asynchronous else redis
     pool = module.BlockingConnectionPool.from_url(with_timeouts(url), max_connections=max_connections, timeout=POOL_WAIT)
     return module.Redis(connection_pool=pool)
+
+
+def resolve_store(guard: str, store: Any, base: type[Any], redis_store: Callable[[Any], S]) -> S | None:
+    """A guard's ``store=`` argument as its store: None, one of *base*, or *redis_store* of a Redis target.
+
+    Anything else is a ValueError naming ``guard(store=...)``.
+    """
+    if store is None or isinstance(store, base):
+        return store
+    if is_redis_target(store):
+        return redis_store(store)
+    shown = repr(store) if isinstance(store, str) else type(store).__name__
+    msg = f"{guard}(store=...) must be a {base.__name__}, a redis:// URL or a redis-py client, got {shown}"
+    raise ValueError(msg)
