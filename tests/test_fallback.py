@@ -8,7 +8,9 @@ its circuit (`llmguard._breaker.circuit`) unless breaker=False.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import warnings
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -56,6 +58,26 @@ def text_of(result: Any) -> str:
     return "".join(out)
 
 
+@pytest.fixture(autouse=True)
+def _collect_what_the_test_left_open() -> Iterator[None]:
+    """Collect, quietly, what a test left for the collector (async clients of event loops already closed).
+
+    Else an unclosed transport's ResourceWarning surfaces later, during whichever test the
+    collector happens to run in, as that test's unraisable-exception failure.
+    """
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+
+
+def _no_keepalive() -> Any:
+    """An async HTTP client that opens a connection per request (calls here run in event loops of their own)."""
+    from sdk_http import httpx  # noqa: PLC0415
+
+    return httpx.AsyncClient(limits=httpx.Limits(max_keepalive_connections=0), timeout=60)
+
+
 class Pair:
     """An anthropic primary and an openai alternate of one call shape, guarded; `run()` gives the text."""
 
@@ -69,9 +91,11 @@ class Pair:
         def aclients() -> tuple[anthropic.AsyncAnthropic, openai.AsyncOpenAI]:
             key = id(asyncio.get_running_loop())
             if key not in loops:
+                # No kept-alive connections: nothing is left open when the loop closes (an
+                # unclosed transport's ResourceWarning would fail whichever test collects it).
                 loops[key] = (
-                    anthropic.AsyncAnthropic(base_url=fake.anthropic_base_url, api_key="k", max_retries=0),
-                    openai.AsyncOpenAI(base_url=fake.openai_base_url, api_key="k", max_retries=0),
+                    anthropic.AsyncAnthropic(base_url=fake.anthropic_base_url, api_key="k", max_retries=0, http_client=_no_keepalive()),
+                    openai.AsyncOpenAI(base_url=fake.openai_base_url, api_key="k", max_retries=0, http_client=_no_keepalive()),
                 )
             return loops[key]
 
@@ -384,7 +408,7 @@ def test_reject_on_finish_reason_length_moves_on(is_async: bool, fake_provider: 
     """An openai answer cut at max_tokens (finish reason "length", HTTP 200) is refused: the next target answers."""
     probe = Probe()
     oc = openai.OpenAI(base_url=fake_provider.openai_base_url, api_key="k", max_retries=0)
-    aoc = openai.AsyncOpenAI(base_url=fake_provider.openai_base_url, api_key="k", max_retries=0)
+    aoc = openai.AsyncOpenAI(base_url=fake_provider.openai_base_url, api_key="k", max_retries=0, http_client=_no_keepalive())
 
     def cut(result: Any, attempt: lg.Attempt) -> bool:
         return "length" in attempt.finish_reasons

@@ -72,7 +72,11 @@ def test_the_stack_works_on_a_real_sdk_call(
         async def aask(messages: Any, model: str = MODEL) -> Any:
             return await async_anthropic_client.messages.create(model=model, max_tokens=64, messages=messages)
 
-        answer = asyncio.run(aask([{"role": "user", "content": "Where is the Louvre?"}]))
+        async def main() -> Any:
+            async with async_anthropic_client:  # closed on its own loop: no transport left open
+                return await aask([{"role": "user", "content": "Where is the Louvre?"}])
+
+        answer = asyncio.run(main())
 
     assert Answer(city="Paris") == answer
     assert 3 == len(fake_provider.requests)
