@@ -322,7 +322,8 @@ def test_in_the_canonical_stack_the_span_says_which_target_answered_and_why(is_a
     assert "ask_openai" == span.attributes["llmguard.fallback.target"]  # type: ignore[index]
     (used,) = [e for e in span.events if e.name == "llmguard.fallback.used"]
     assert "ask_openai" == used.attributes["llmguard.target"]  # type: ignore[index]
-    assert "ask: server (ServiceUnavailableError)" == used.attributes["llmguard.passed_over"]  # type: ignore[index]
+    passed_over = used.attributes["llmguard.passed_over"]  # type: ignore[index]
+    assert passed_over.startswith("ask: server (")  # the 503's class: ServiceUnavailableError, or older SDKs' InternalServerError
     assert ["messages", "messages", "completions"] == paths(fake_provider)
 
 
@@ -469,7 +470,10 @@ def test_all_failed_holds_each_targets_error_in_order(is_async: bool, fake_provi
         pair.run()
 
     errors = info.value.exceptions
-    assert [anthropic.InternalServerError, openai.InternalServerError, lg.AnswerRejected] == [type(e).__mro__[1] if type(e).__name__ == "OverloadedError" else type(e) for e in errors]
+    # The SDKs' class for a 529 differs across their versions: the class family and the status say it.
+    assert [anthropic.APIStatusError, openai.APIStatusError, lg.AnswerRejected] == [
+        next(c for c in (anthropic.APIStatusError, openai.APIStatusError, lg.AnswerRejected) if isinstance(e, c)) for e in errors
+    ]
     assert 529 == errors[0].status_code  # type: ignore[attr-defined]
     assert 500 == errors[1].status_code  # type: ignore[attr-defined]
     rejected = errors[2]
@@ -532,7 +536,10 @@ def test_deadline_passed_no_alternate_starts(anthropic_client: anthropic.Anthrop
     with lg.timeout(5), pytest.raises(lg.AllFailed) as info:
         ask("hi")
     assert [] == tried
-    assert [anthropic.InternalServerError, lg.GuardTimeout] == [type(e).__mro__[1] if type(e).__name__ == "OverloadedError" else type(e) for e in info.value.exceptions]
+    first, second = info.value.exceptions
+    assert isinstance(first, anthropic.APIStatusError)
+    assert 529 == first.status_code
+    assert isinstance(second, lg.GuardTimeout)
     assert "the deadline passed before alternate could start" in str(info.value.exceptions[1])
 
     # Within the deadline the alternate runs.

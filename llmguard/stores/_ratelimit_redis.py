@@ -131,7 +131,7 @@ class RedisRateLimitStore(RateLimitStore):
         """Close this event loop's async connections, then the sync ones."""
         found = self._async.pop(asyncio.get_running_loop(), None)
         if found is not None:
-            await found[0].aclose()
+            await (getattr(found[0], "aclose", None) or found[0].close)()  # redis-py < 5.0.1: close()
         self.close()
 
     # -- the decisions ----------------------------------------------------------
