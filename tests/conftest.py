@@ -36,11 +36,25 @@ def anthropic_client(fake_provider: FakeProvider) -> Iterator[anthropic.Anthropi
         yield client
 
 
+def no_keepalive() -> Any:
+    """An async HTTP client for the SDKs that keeps no connection open between requests.
+
+    Tests run async calls in event loops of their own (`shapes.build` starts one per call): a
+    kept-alive connection would outlive its loop, and its unclosed transport's ResourceWarning
+    would fail whichever later test the collector happened to run in. The SDKs' own timeouts.
+    """
+    from sdk_http import httpx  # noqa: PLC0415
+
+    return httpx.AsyncClient(
+        limits=httpx.Limits(max_keepalive_connections=0), timeout=httpx.Timeout(600.0, connect=5.0)
+    )
+
+
 @pytest.fixture
 def async_anthropic_client(fake_provider: FakeProvider) -> anthropic.AsyncAnthropic:
-    """A real async anthropic client (no SDK retries) pointed at the fake provider."""
+    """A real async anthropic client (no SDK retries, no kept-alive connections) pointed at the fake provider."""
     return anthropic.AsyncAnthropic(
-        base_url=fake_provider.anthropic_base_url, api_key=API_KEY, max_retries=0
+        base_url=fake_provider.anthropic_base_url, api_key=API_KEY, max_retries=0, http_client=no_keepalive()
     )
 
 
@@ -63,9 +77,9 @@ def openai_client(fake_provider: FakeProvider) -> Iterator[openai.OpenAI]:
 
 @pytest.fixture
 def async_openai_client(fake_provider: FakeProvider) -> openai.AsyncOpenAI:
-    """A real async openai client (no SDK retries) pointed at the fake provider."""
+    """A real async openai client (no SDK retries, no kept-alive connections) pointed at the fake provider."""
     return openai.AsyncOpenAI(
-        base_url=fake_provider.openai_base_url, api_key=API_KEY, max_retries=0
+        base_url=fake_provider.openai_base_url, api_key=API_KEY, max_retries=0, http_client=no_keepalive()
     )
 
 
