@@ -408,11 +408,13 @@ def _joined(decoded: Any) -> bytes:
     return decoded if isinstance(decoded, bytes) else b"".join(decoded)
 
 
-class _SyncObserved:
+class _Observed:
     """The response's byte stream, each chunk fed to a `_Watch` as it passes (nothing held back).
 
     With a deadline, a chunk arriving past it, or the library's read timeout
-    at it, ends the body with `DeadlinePassed`.
+    at it, ends the body with `DeadlinePassed`. What happens per chunk, on a
+    failure and at the end is here once; `_SyncObserved` and `_AsyncObserved`
+    only iterate and close.
     """
 
     def __init__(self, inner: Any, watch: _Watch | None, deadline: float | None, timeout_error: type[BaseException]) -> None:
@@ -421,73 +423,66 @@ class _SyncObserved:
         self._deadline = deadline
         self._timeout_error = timeout_error
 
+    def _seen(self, chunk: Any) -> None:
+        """A chunk arrived: past the deadline it ends the body; else the watch reads it."""
+        if self._deadline is not None and _clock.now() > self._deadline + _SLACK:
+            _late()
+        if self._watch is not None:
+            self._watch.feed(chunk)
+
+    def _failed(self, exc: BaseException) -> None:
+        """Reading raised *exc*: the body is cut; the library's timeout at our deadline is `DeadlinePassed`."""
+        if self._watch is not None:
+            self._watch.end(complete=False)
+        if self._deadline is not None and isinstance(exc, self._timeout_error):
+            _passed(self._deadline, exc)
+
+    def _ended(self, *, complete: bool) -> None:
+        if self._watch is not None:
+            self._watch.end(complete=complete)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _SyncObserved(_Observed):
+    """`_Observed` over a sync byte stream."""
+
     def __iter__(self) -> Any:
-        watch = self._watch
-        deadline = self._deadline
         try:
             for chunk in self._inner:
-                if deadline is not None and _clock.now() > deadline + _SLACK:
-                    _late()
-                if watch is not None:
-                    watch.feed(chunk)
+                self._seen(chunk)
                 yield chunk
         except BaseException as exc:
-            if watch is not None:
-                watch.end(complete=False)
-            if deadline is not None and isinstance(exc, self._timeout_error):
-                _passed(deadline, exc)
+            self._failed(exc)
             raise
-        if watch is not None:
-            watch.end(complete=True)
+        self._ended(complete=True)
 
     def close(self) -> None:
         try:
             self._inner.close()
         finally:
-            if self._watch is not None:
-                self._watch.end(complete=False)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+            self._ended(complete=False)
 
 
-class _AsyncObserved:
-    """`_SyncObserved` for an async byte stream."""
-
-    def __init__(self, inner: Any, watch: _Watch | None, deadline: float | None, timeout_error: type[BaseException]) -> None:
-        self._inner = inner
-        self._watch = watch
-        self._deadline = deadline
-        self._timeout_error = timeout_error
+class _AsyncObserved(_Observed):
+    """`_Observed` over an async byte stream."""
 
     async def __aiter__(self) -> Any:
-        watch = self._watch
-        deadline = self._deadline
         try:
             async for chunk in self._inner:
-                if deadline is not None and _clock.now() > deadline + _SLACK:
-                    _late()
-                if watch is not None:
-                    watch.feed(chunk)
+                self._seen(chunk)
                 yield chunk
         except BaseException as exc:
-            if watch is not None:
-                watch.end(complete=False)
-            if deadline is not None and isinstance(exc, self._timeout_error):
-                _passed(deadline, exc)
+            self._failed(exc)
             raise
-        if watch is not None:
-            watch.end(complete=True)
+        self._ended(complete=True)
 
     async def aclose(self) -> None:
         try:
             await self._inner.aclose()
         finally:
-            if self._watch is not None:
-                self._watch.end(complete=False)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+            self._ended(complete=False)
 
 
 def _enabled_by_environment() -> bool:
